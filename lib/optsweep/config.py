@@ -1,0 +1,413 @@
+"""Study parameters: the one place where a params file is read, validated and its derived values computed.
+
+Every user-facing error here is a `ParamsError` whose message is one line naming the file, the key and
+what is allowed, so that bad input fails before any data is prepared or any run is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from .provenance import stable_hash
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+HPARAMS: tuple[str, ...] = ("lr", "min_lr_ratio", "warmup", "beta1", "beta2", "weight_decay", "eps", "clip")
+OPTIONAL_HPARAMS: tuple[str, ...] = ("batch_size",)
+ALL_HPARAMS: tuple[str, ...] = HPARAMS + OPTIONAL_HPARAMS
+
+SCALE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class ParamsError(ValueError):
+    """Bad user input (params file, overrides, CLI arguments): the message is one line."""
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys are an error that lists the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                allowed = ", ".join(cls.model_fields)
+                raise ValueError(f"unknown key {unknown[0]!r}; allowed: {allowed}")
+        return data
+
+
+# --- study-level settings -------------------------------------------------------------------------------
+
+
+class DataSettings(Strict):
+    """Where the text comes from and how much of it becomes token shards."""
+
+    source: Literal["stdlib", "files", "hub"] = "stdlib"
+    paths: list[str] = Field(default_factory=list, description="globs of local text files (source: files)")
+    hub_dataset: str | None = Field(None, description="Hugging Face dataset name (source: hub)")
+    hub_config: str | None = None
+    hub_split: str = "train"
+    text_column: str = "text"
+    train_tokens: int = Field(2_000_000, gt=0, description="tokens written to the training shard")
+    val_tokens: int = Field(50_000, gt=0, description="held-out tokens, never trained on")
+    seed: int = Field(0, ge=0, description="fixes the held-out split and the batch order")
+    dir: str = "data/prepared"
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataSettings:
+        if self.source == "files" and not self.paths:
+            raise ValueError("source 'files' needs 'paths' (a list of globs)")
+        if self.source == "hub" and not self.hub_dataset:
+            raise ValueError("source 'hub' needs 'hub_dataset' (a dataset name)")
+        return self
+
+
+class TokenizerSettings(Strict):
+    """A byte-level BPE trained on the corpus, or a pretrained tokenizer loaded by name or path."""
+
+    kind: Literal["train", "pretrained"] = "train"
+    vocab_size: int = Field(4096, ge=259, le=65536, description="for kind 'train'")
+    train_chars: int = Field(20_000_000, gt=0, description="characters of corpus the BPE is trained on")
+    # The official meta-llama repository is gated; this is an openly downloadable copy of the same tokenizer.
+    name: str = "NousResearch/Llama-2-7b-hf"
+
+
+class LrTransfer(Strict):
+    """Lets the lr grid be stated at a reference width: lr(width) = lr * f(reference_width / width)."""
+
+    rule: Literal["none", "inverse_width", "inverse_sqrt_width"] = "none"
+    reference_width: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_reference(self) -> LrTransfer:
+        if self.rule != "none" and self.reference_width is None:
+            raise ValueError(f"rule {self.rule!r} needs 'reference_width'")
+        return self
+
+    def factor(self, width: int) -> float:
+        if self.rule == "none":
+            return 1.0
+        ratio = self.reference_width / width
+        return ratio if self.rule == "inverse_width" else math.sqrt(ratio)
+
+
+class TrainSettings(Strict):
+    """How the default trainer runs: device, precision, evaluation and divergence detection."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    threads_per_worker: int = Field(1, ge=1)
+    eval_points: int = Field(4, ge=1, description="held-out evaluations, the last one at the full budget")
+    eval_tokens: int | None = Field(None, gt=0, description="held-out tokens per evaluation (default: all)")
+    diverge_above: float | None = Field(
+        None, gt=0, description="loss that ends a run as diverged after warmup (default: ln(vocab) + 1)"
+    )
+    decay_exclude: list[Literal["norm", "embedding", "bias"]] = Field(
+        default_factory=lambda: ["norm", "embedding", "bias"]
+    )
+
+
+class StudySettings(Strict):
+    name: str
+    seed: int = Field(0, ge=0)
+    trainer: str = "optsweep.train:train"
+    workers: int = Field(1, ge=1)
+    workers_per_gpu: int = Field(1, ge=1)
+    store: str = Field("runs", description="run store folder: every finished run, never trained twice")
+    data: DataSettings = Field(default_factory=DataSettings)
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    lr_transfer: LrTransfer = Field(default_factory=LrTransfer)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @field_validator("trainer")
+    @classmethod
+    def _module_colon_function(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"must be 'module:function', got {value!r}")
+        return value
+
+
+# --- scales and hyperparameters ---------------------------------------------------------------------------
+
+
+class Scale(Strict):
+    """A (model size, token budget) setting. Derived values are properties, never typed in."""
+
+    width: int = Field(gt=0)
+    depth: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    ffn_width: int | None = Field(None, gt=0, description="default 4 * width, as in the original study")
+    seq_len: int = Field(gt=0)
+    batch_size: int = Field(gt=0, description="sequences per optimizer step")
+    tokens: int = Field(gt=0, description="training token budget")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scale:
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        if (self.width // self.heads) % 2:
+            raise ValueError(f"head dim width/heads ({self.width // self.heads}) must be even for RoPE")
+        if self.tokens < self.seq_len * self.batch_size:
+            raise ValueError(
+                f"tokens ({self.tokens}) must cover at least one step of batch_size * seq_len "
+                f"({self.batch_size * self.seq_len})"
+            )
+        return self
+
+    @property
+    def ffn(self) -> int:
+        return self.ffn_width or 4 * self.width
+
+    @property
+    def n_params(self) -> int:
+        """Non-embedding parameters: attention (4 d^2) and SwiGLU MLP (3 d ff) per layer, plus RMSNorms."""
+        return self.depth * (4 * self.width**2 + 3 * self.width * self.ffn + 2 * self.width) + self.width
+
+    def steps(self, batch_size: int | None = None) -> int:
+        """Optimizer steps that spend the token budget (the last partial step is dropped)."""
+        return self.tokens // ((batch_size or self.batch_size) * self.seq_len)
+
+    def flops_per_token(self, vocab_size: int) -> int:
+        """Training FLOPs per token: 6 x matmul params (incl. the output head) + causal attention (PaLM)."""
+        matmul = self.depth * (4 * self.width**2 + 3 * self.width * self.ffn) + self.width * vocab_size
+        return 6 * matmul + 12 * self.depth * self.width * self.seq_len
+
+    def derived(self, vocab_size: int, batch_size: int | None = None) -> dict[str, Any]:
+        """The scale as a run spec carries it: declared fields plus every derived value."""
+        batch = batch_size or self.batch_size
+        steps = self.steps(batch)
+        return {
+            **self.model_dump(),
+            "ffn_width": self.ffn,
+            "batch_size": batch,
+            "vocab_size": vocab_size,
+            "n_params": self.n_params,
+            "steps": steps,
+            "tokens": steps * batch * self.seq_len,
+            "flops_per_token": self.flops_per_token(vocab_size),
+        }
+
+
+class Hparams(Strict):
+    """One AdamW configuration. `warmup` is in optimizer steps; `clip` 0 turns clipping off."""
+
+    lr: float = Field(gt=0)
+    min_lr_ratio: float = Field(ge=0, le=1)
+    warmup: int = Field(ge=0)
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    eps: float = Field(gt=0)
+    clip: float = Field(ge=0)
+    batch_size: int | None = Field(None, gt=0)
+
+    def values(self) -> dict[str, float | int]:
+        return self.model_dump(exclude_none=True)
+
+
+class SearchSettings(Strict):
+    """Coordinate descent: which hyperparameters move, in which order, and when to stop."""
+
+    passes: int = Field(3, ge=1, description="upper bound on full passes over the free hyperparameters")
+    order: list[str] | None = Field(None, description="coordinate order (default: the grid's order)")
+    free: list[str] | None = Field(None, description="hyperparameters the search may move (default: all)")
+    tolerance: float = Field(3e-3, ge=0, description="a challenger must beat the incumbent by more")
+    tolerance_kind: Literal["absolute", "relative"] = "absolute"
+    stop_rule: Literal["pass", "neighbourhood"] = "pass"
+    noise_seeds: int = Field(0, ge=0, description="extra seeds for the best config and its competitors")
+    noise_candidates: int = Field(2, ge=0, description="nearest competitors re-evaluated on noise seeds")
+
+
+class AnalysisSettings(Strict):
+    """Sensitivity decisions: how much loss counts as mattering."""
+
+    threshold: float = Field(0.0025, gt=0, description="loss a hyperparameter must cost to matter")
+    threshold_kind: Literal["absolute", "relative"] = "relative"
+    use_seed_noise: bool = Field(True, description="raise the threshold to the measured seed noise")
+
+
+class StudyParams(Strict):
+    study: StudySettings
+    scales: dict[str, Scale]
+    law_scales: dict[str, Scale] = Field(default_factory=dict)
+    baseline: Hparams
+    grid: dict[str, list[float]]
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+
+    @field_validator("scales")
+    @classmethod
+    def _at_least_two(cls, scales: dict[str, Scale]) -> dict[str, Scale]:
+        if len(scales) < 2:
+            raise ValueError(f"needs at least 2 phase-1 scales to compare, got {len(scales)}")
+        return scales
+
+    @field_validator("scales", "law_scales")
+    @classmethod
+    def _names(cls, scales: dict[str, Scale]) -> dict[str, Scale]:
+        for name in scales:
+            if not SCALE_NAME.fullmatch(name):
+                raise ValueError(f"scale name {name!r} must be letters, digits, '_', '-' or '.'")
+        return scales
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[float]]) -> dict[str, list[float]]:
+        for name, values in grid.items():
+            if name not in ALL_HPARAMS:
+                raise ValueError(f"unknown hyperparameter {name!r}; allowed: {', '.join(ALL_HPARAMS)}")
+            if not values:
+                raise ValueError(f"{name}: empty grid; give at least one value")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: repeated grid values {values}")
+        return grid
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudyParams:
+        shared = set(self.scales) & set(self.law_scales)
+        if shared:
+            raise ValueError(f"scale {sorted(shared)[0]!r} is in both 'scales' and 'law_scales'")
+        for name, values in self.grid.items():
+            for value in values:
+                self.hparams_with({name: value}, key=f"grid.{name}")
+        for key in ("order", "free"):
+            for name in getattr(self.search, key) or []:
+                if name not in self.grid:
+                    raise ValueError(f"search.{key}: {name!r} has no grid; grid has: {', '.join(self.grid)}")
+        for name, scale in self.all_scales().items():
+            steps = scale.steps(self.baseline.batch_size)
+            if self.baseline.warmup >= steps:
+                raise ValueError(
+                    f"baseline.warmup ({self.baseline.warmup}) must be shorter than the {steps} steps of scale {name!r}"
+                )
+        return self
+
+    def params_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+    def all_scales(self) -> dict[str, Scale]:
+        return {**self.scales, **self.law_scales}
+
+    def scale(self, name: str) -> Scale:
+        scales = self.all_scales()
+        if name not in scales:
+            raise ParamsError(f"unknown scale {name!r}; allowed: {', '.join(scales)}")
+        return scales[name]
+
+    def hparams_with(self, overrides: dict[str, Any], key: str = "hparams") -> Hparams:
+        """The baseline with some hyperparameters replaced, validated (raises ValueError naming `key`)."""
+        unknown = sorted(set(overrides) - set(ALL_HPARAMS))
+        if unknown:
+            raise ValueError(f"{key}: unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(ALL_HPARAMS)}")
+        try:
+            return Hparams(**{**self.baseline.model_dump(), **overrides})
+        except ValidationError as error:
+            raise ValueError(f"{key}: {_first_error(error)}") from None
+
+    def scale_space(self, name: str) -> tuple[dict[str, float | int], dict[str, list[float | int]]]:
+        """The baseline and grid at one scale, with lr moved from the reference width by the transfer rule.
+
+        Everything downstream (run specs, the run store, results, analysis) sees these effective values.
+        """
+        factor = self.study.lr_transfer.factor(self.scale(name).width)
+        baseline = self.baseline.values()
+        grid = {h: list(values) for h, values in self.grid.items()}
+        baseline["lr"] = _round_sig(baseline["lr"] * factor)
+        if "lr" in grid:
+            grid["lr"] = [_round_sig(v * factor) for v in grid["lr"]]
+        for h in ("warmup", "batch_size"):
+            if h in grid:
+                grid[h] = [int(v) for v in grid[h]]
+        return baseline, grid
+
+    def search_order(self) -> list[str]:
+        order = self.search.order or [h for h in ALL_HPARAMS if h in self.grid]
+        free = self.search.free
+        return [h for h in order if free is None or h in free]
+
+
+def _round_sig(value: float, digits: int = 6) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "missing":
+        message = "missing required key"
+    got = first.get("input")
+    if first["type"] not in ("missing", "value_error") and not isinstance(got, dict):
+        message += f" (got {got!r})"
+    return f"{where}: {message}" if where else message
+
+
+def validate_params(raw: dict[str, Any], source: str = "params") -> StudyParams:
+    """Validate a params mapping; any problem becomes one `ParamsError` line naming `source` and the key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping with keys {', '.join(StudyParams.model_fields)}")
+    try:
+        return StudyParams(**raw)
+    except ValidationError as error:
+        raise ParamsError(f"{source}: {_first_error(error)}") from None
+    except ValueError as error:
+        raise ParamsError(f"{source}: {error}") from None
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+
+
+def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply `key=value` assignments (values parsed as YAML).
+
+    A bare hyperparameter name (`lr=3e-3`) overrides the run's hyperparameters and is returned separately;
+    a dotted path (`study.seed=1`, `scales.a.tokens=100000`) edits the params mapping.
+    """
+    raw = copy.deepcopy(raw)
+    hparams: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set {assignment!r}: expected key=value")
+        value = yaml.safe_load(text)
+        if "." not in key:
+            if key not in ALL_HPARAMS:
+                raise ParamsError(
+                    f"--set {key}: unknown hyperparameter; allowed: {', '.join(ALL_HPARAMS)} or a dotted params path"
+                )
+            hparams[key] = value
+            continue
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ParamsError(f"--set {key}: {part!r} is not a section of the params file")
+            node = node[part]
+        node[leaf] = value
+    return raw, hparams
+
+
+def load_params(path: str | Path, assignments: list[str] | None = None) -> StudyParams:
+    """Read, override and validate a params file."""
+    raw, hparams = apply_overrides(read_params_file(path), assignments or [])
+    if hparams:
+        raw["baseline"] = {**raw.get("baseline", {}), **hparams}
+    return validate_params(raw, source=str(path))

@@ -1,0 +1,92 @@
+"""The trainer plug-in contract: build a run spec, load the trainer named in params, know its code identity.
+
+A trainer is any callable `f(spec: dict) -> dict` named as "module:function". The spec is JSON-serialisable:
+
+    {"scale":   {name, width, depth, heads, ffn_width, seq_len, batch_size, vocab_size,
+                 n_params, steps, tokens, flops_per_token},
+     "hparams": {lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip[, batch_size]},
+     "seed":    int,
+     "data":    identity of the prepared token shards (dir, hash, vocab_size, tokenizer) or None,
+     "train":   the study's train settings (device, precision, compile, eval, divergence, ...)}
+
+and the result holds at least `loss`, the final held-out loss at the full budget (non-finite or missing
+means diverged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ParamsError, StudyParams
+
+DEFAULT_TRAINER = "optsweep.train:train"
+Trainer = Callable[[dict[str, Any]], dict[str, Any]]
+
+# The library modules whose code decides the default trainer's result.
+_DEFAULT_TRAINER_MODULES = ("model", "data", "optim", "train")
+
+
+def load_trainer(name: str) -> Trainer:
+    """Import "module:function"; a failure is a one-line `ParamsError` naming `study.trainer`."""
+    module_name, _, function_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any import failure is the user's trainer setting
+        raise ParamsError(f"study.trainer: cannot import module {module_name!r} ({type(error).__name__}: {error})")
+    trainer = getattr(module, function_name, None)
+    if not callable(trainer):
+        raise ParamsError(f"study.trainer: module {module_name!r} has no callable {function_name!r}")
+    return trainer
+
+
+def code_identity(name: str) -> str:
+    """Hash of the source that decides a trainer's results, so a code change never reuses stale runs."""
+    digest = hashlib.sha256()
+    if name == DEFAULT_TRAINER:
+        package = Path(__file__).parent
+        files = [package / f"{module}.py" for module in _DEFAULT_TRAINER_MODULES]
+    else:
+        files = [Path(inspect.getfile(importlib.import_module(name.partition(":")[0])))]
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def make_run_spec(
+    params: StudyParams,
+    scale_name: str,
+    hparams: dict[str, Any],
+    data: dict[str, Any] | None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """The spec for one run: `hparams` are effective values (lr already moved by the transfer rule)."""
+    scale = params.scale(scale_name)
+    vocab_size = data["vocab_size"] if data else params.study.tokenizer.vocab_size
+    return {
+        "scale": {"name": scale_name, **scale.derived(vocab_size, hparams.get("batch_size"))},
+        "hparams": dict(hparams),
+        "seed": params.study.seed if seed is None else seed,
+        "data": data,
+        "train": params.study.train.model_dump(),
+    }
+
+
+def invalid_reason(spec: dict[str, Any]) -> str | None:
+    """Why a spec cannot be trained (e.g. warmup beyond the run), or None when it can."""
+    steps = spec["scale"]["steps"]
+    warmup = spec["hparams"]["warmup"]
+    if steps < 1:
+        return f"batch_size {spec['scale']['batch_size']} leaves no full step in the token budget"
+    if warmup >= steps:
+        return f"warmup ({warmup}) must be shorter than the run ({steps} steps)"
+    return None
+
+
+def is_diverged(result: dict[str, Any]) -> bool:
+    loss = result.get("loss")
+    return result.get("status") == "diverged" or not isinstance(loss, (int, float)) or not math.isfinite(loss)
