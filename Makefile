@@ -2,11 +2,12 @@
 # The virtual environment is created on first use from requirements.lock (exact versions).
 PYTHON ?= python3
 VENV := .venv
-BIN := $(VENV)/bin
+BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 PRESET ?= tiny
+export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test preset lab lock bench clean-results
+.PHONY: setup repro test browser preset plan lab lock bench
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,22 +19,34 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)
 
+# Validate the params (one-line error before any stage), then run every stage that is out of date.
 repro: $(STAMP)
-	$(BIN)/optsweep train --params params/study.yaml --scale $$($(BIN)/python -c "import yaml; print(next(iter(yaml.safe_load(open('params/study.yaml'))['scales'])))")
+	optsweep plan --params params/study.yaml
+	dvc repro
+	@echo "report: reports/index.html"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The report test drives headless Chromium; install it from the distribution packages when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) browser
+	python -m pytest -q
 
 # Switch the active params/study.yaml to a preset: make preset PRESET=micro|tiny|paper
 preset: $(STAMP)
-	$(BIN)/optsweep preset $(PRESET)
+	optsweep preset $(PRESET)
 
+plan: $(STAMP)
+	optsweep plan --params params/study.yaml
+
+# JupyterLab with the jupytext notebooks paired (open notebooks/*.py as notebooks).
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(BIN)/optsweep bench --params params/study.yaml
+	optsweep bench --params params/study.yaml
 
 lock: $(STAMP)
-	(head -n 2 requirements.lock; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' | grep -v '^optsweep') > requirements.lock.new
+	(head -n 2 requirements.lock; pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' | grep -v '^optsweep') > requirements.lock.new
 	mv requirements.lock.new requirements.lock

@@ -89,6 +89,19 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print_plan(load_params(args.params, args.set))
 
 
+def cmd_notebook(args: argparse.Namespace) -> None:
+    from .notebook import parse_parameter, run_notebook
+
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        raise ParamsError(f"{notebook}: notebook not found")
+    try:
+        parameters = dict(parse_parameter(text) for text in args.p)
+    except ValueError as error:
+        raise ParamsError(str(error)) from None
+    print(run_notebook(notebook, Path(args.html), parameters))
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -142,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     preset = add("preset", cmd_preset, "make params/presets/NAME.yaml the active params file", False)
     preset.add_argument("name", help="micro, tiny, paper, or any file in params/presets/")
     preset.add_argument("--params", default=DEFAULT_PARAMS, help="the active params file to replace")
+
+    notebook = add("notebook", cmd_notebook, "execute a jupytext notebook with papermill, write its HTML", False)
+    notebook.add_argument("notebook", help="a jupytext .py notebook, e.g. notebooks/sweep.py")
+    notebook.add_argument("--html", required=True, help="HTML page to write (code hidden, figures embedded)")
+    notebook.add_argument("-p", action="append", default=[], metavar="NAME=VALUE", help="notebook parameter")
 
     add("plan", cmd_plan, "dry run: print the study's runs, tokens and estimated GPU-hours")
     return parser

@@ -1,0 +1,102 @@
+"""Seaborn figures of the study's results. Each function takes result tables and returns a Figure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+# Hyperparameters spread over orders of magnitude are shown on a log axis.
+LOG_AXIS = {"lr", "eps", "warmup", "batch_size"}
+
+
+def _style_axis(ax: plt.Axes, hparam: str) -> None:
+    if hparam in LOG_AXIS:
+        ax.set_xscale("log")
+    ax.set_title(hparam)
+    ax.set_xlabel("")
+
+
+def loss_slices(frame: pd.DataFrame, value: str = "delta_loss") -> plt.Figure:
+    """One panel per hyperparameter, a line per scale; diverged runs marked with x above the curves."""
+    hparams = list(dict.fromkeys(frame["hparam"]))
+    columns = min(4, len(hparams))
+    rows = -(-len(hparams) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    palette = dict(zip(dict.fromkeys(frame["scale"]), sns.color_palette(n_colors=frame["scale"].nunique())))
+    for ax, hparam in zip(axes.flat, hparams):
+        panel = frame[frame["hparam"] == hparam].sort_values("value")
+        finite = panel[panel["status"] == "ok"]
+        sns.lineplot(data=finite, x="value", y=value, hue="scale", palette=palette, marker="o", ax=ax, legend=False)
+        diverged = panel[panel["status"] == "diverged"]
+        if not diverged.empty:
+            top = finite[value].max() if not finite.empty else 0.0
+            ax.scatter(diverged["value"], [top] * len(diverged), marker="x", s=60, color="black", zorder=5)
+        _style_axis(ax, hparam)
+        ax.set_ylabel("loss - best loss at the scale" if value == "delta_loss" else value)
+    for ax in axes.flat[len(hparams):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=c, marker="o", label=s) for s, c in palette.items()]
+    handles.append(plt.Line2D([], [], color="black", marker="x", linestyle="", label="diverged"))
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.04), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory(sweep: dict[str, Any]) -> plt.Figure:
+    """Held-out loss of the incumbent after each coordinate step of the descent."""
+    steps = pd.DataFrame(sweep["trajectory"])
+    steps["step"] = range(1, len(steps) + 1)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    sns.lineplot(data=steps, x="step", y="loss", hue="pass", marker="o", palette="crest", ax=ax)
+    for _, row in steps.iterrows():
+        ax.annotate(row["hparam"], (row["step"], row["loss"]), fontsize=7, rotation=45, xytext=(2, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("coordinate step")
+    ax.set_ylabel("incumbent held-out loss")
+    fig.tight_layout()
+    return fig
+
+
+def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.Figure:
+    """Optima per scale against N (colour: D) with the fitted law and its 95% interval at each D."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    palette = dict(zip(sorted(points["tokens"].unique()), sns.color_palette("viridis", points["tokens"].nunique())))
+    for tokens, line in fitted.groupby("tokens"):
+        color = palette.get(tokens, "grey")
+        ax.plot(line["n_params"], line["estimate"], color=color, lw=1.5)
+        ax.fill_between(line["n_params"], line["lower"], line["upper"], color=color, alpha=0.15)
+    sns.scatterplot(data=points, x="n_params", y="value", hue="tokens", palette=palette, s=70, ax=ax, zorder=5)
+    ax.set_xscale("log")
+    ax.set_yscale("log" if hparam in LOG_AXIS else "linear")
+    ax.set_xlabel("N (non-embedding parameters)")
+    ax.set_ylabel(f"optimal {hparam}")
+    ax.legend(title="D (tokens)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def eval_curves(sweep: dict[str, Any]) -> plt.Figure:
+    """Held-out loss during training of the best run and the runs of its final slices."""
+    rows = []
+    for run in sweep["runs"]:
+        curve = (run.get("result") or {}).get("eval_curve") or []
+        is_best = run["hparams"] == sweep["best"] and run["seed"] == sweep["provenance"].get("seed")
+        rows += [{"step": s, "loss": l, "run": run["key"][:8], "best": is_best} for s, l in curve]
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if not frame.empty:
+        sns.lineplot(data=frame[~frame["best"]], x="step", y="loss", units="run", estimator=None,
+                     color="lightgrey", lw=0.8, ax=ax)
+        sns.lineplot(data=frame[frame["best"]], x="step", y="loss", color="crimson", lw=2, ax=ax, label="best")
+    ax.set_ylabel("held-out loss")
+    fig.tight_layout()
+    return fig

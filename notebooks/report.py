@@ -1,0 +1,105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # optsweep: near-optimal AdamW hyperparameters and how they scale
+# Every number and figure on this page is read from this study's results files (results/*.json), produced
+# by the runs it trained. Per-scale details are in the sweep reports linked below.
+
+# %% tags=["parameters"]
+params_file = "params/study.yaml"
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from optsweep import plots
+from optsweep.config import load_params
+from optsweep.jsonio import read_json
+from optsweep.report import (
+    compute_summary,
+    load_sweeps,
+    provenance_frame,
+    recommended_frame,
+    scales_frame,
+    slices_frame,
+)
+
+params = load_params(params_file)
+phase1 = load_sweeps(Path("results/sweeps"), list(params.scales))
+law_phase = load_sweeps(Path("results/law_sweeps"), list(params.law_scales))
+sensitivity = read_json(Path("results/sensitivity.json"))
+laws = read_json(Path("results/scaling_law.json"))
+
+# %% [markdown]
+# ## Recommended hyperparameters
+# A fitted law for each hyperparameter that is sensitive to scale, a constant for the others; the original
+# study's reported optimum beside them.
+
+# %%
+recommended_frame(sensitivity, laws)
+
+# %% [markdown]
+# ## Loss against each hyperparameter at each scale
+# Final 1-D slices around each scale's best configuration, as loss above that scale's best; x = diverged.
+
+# %%
+plots.loss_slices(slices_frame(phase1));
+
+# %% [markdown]
+# ## Sensitivity to scale, with the reason for each verdict
+
+# %%
+pd.DataFrame(
+    [
+        {"hyperparameter": h, "sensitive": v["sensitive"], "loss sensitive": v["loss_sensitive"],
+         "optimum shifts": v["optimum_shifts"], "cause": v["shift_cause"],
+         "original rule: stable": v["original_rule"]["stable"], "reason": v["reason"]}
+        for h, v in sensitivity["hyperparameters"].items()
+    ]
+)
+
+# %% [markdown]
+# ## Scaling laws for the sensitive hyperparameters
+
+# %%
+if not laws["laws"]:
+    display(Markdown("No hyperparameter was sensitive to scale: no law to fit."))
+for hparam, law in laws["laws"].items():
+    display(Markdown(f"**{hparam}**: `{law['form']}`, R^2 = {law['r2']:.3f}, {law['n_points']} points. {law['note']}"))
+    display(pd.DataFrame(law["coefficients"]).T)
+    display(pd.DataFrame(law["points"]))
+
+# %% [markdown]
+# ## The brief's hypotheses
+
+# %%
+pd.DataFrame(sensitivity["hypotheses"])
+
+# %% [markdown]
+# ## Scales, runs and compute
+
+# %%
+display(scales_frame(phase1 + law_phase))
+display(pd.Series(compute_summary(phase1 + law_phase)).to_frame("total"))
+links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
+links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
+display(Markdown("Sweep reports: " + " · ".join(links) + " · [sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"))
+
+# %% [markdown]
+# ## Provenance
+
+# %%
+provenance_frame(params, phase1 + law_phase)

@@ -1,0 +1,82 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Scaling laws for the sensitive hyperparameters
+# The law-phase sweeps ran coordinate descent over the sensitive hyperparameters only, the rest fixed at
+# their constants, at more (N, D) scales. For each sensitive hyperparameter we fit
+# log h* = a + b log N + c log D by OLS (statsmodels) on one optimum per scale, with 95% intervals and
+# leave-one-out error; when N and D move together in the data the exponents cannot be separated and the fit
+# falls back to a compute-only law h* = a C^b. The best loss per scale is fitted by L = E + A/N^alpha + B/D^beta.
+
+# %% tags=["parameters"]
+params_file = "params/study.yaml"
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from optsweep import plots
+from optsweep.analysis import fit_scaling_laws, predict, runs_table_from_sweeps
+from optsweep.config import load_params
+from optsweep.jsonio import read_json, write_json
+from optsweep.report import load_sweeps
+
+params = load_params(params_file)
+sweeps = load_sweeps(Path("results/sweeps"), list(params.scales)) + load_sweeps(
+    Path("results/law_sweeps"), list(params.law_scales)
+)
+sensitivity = read_json(Path("results/sensitivity.json"))
+laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity)
+write_json(Path("results/scaling_law.json"), laws)
+display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity['sensitive']) or 'none'}**"))
+
+# %% [markdown]
+# ## Fitted laws, coefficients with 95% intervals
+
+# %%
+for hparam, law in laws["laws"].items():
+    display(Markdown(f"### {hparam}: `{law['form']}`  \n{law['note']}  \n"
+                     f"R^2 = {law['r2']:.3f}, leave-one-out RMSE (log) = {law['loo_rmse']:.3f}, "
+                     f"{law['n_points']} points"))
+    display(pd.DataFrame(law["coefficients"]).T)
+    print(law["summary"])
+
+# %% [markdown]
+# ## Optima and fits
+# Points: the optimum found at each scale. Lines: the fitted law at each token budget, band = 95% interval.
+
+# %%
+for hparam, law in laws["laws"].items():
+    points = pd.DataFrame(law["points"])
+    grid_n = np.geomspace(points["n_params"].min() / 1.5, points["n_params"].max() * 1.5, 30)
+    fitted = []
+    for tokens in sorted(points["tokens"].unique()):
+        width = int(points["width"].median())
+        for n in grid_n:
+            p = predict(laws, n_params=n, tokens=tokens, width=width)
+            lower, upper = p["intervals"][hparam]
+            fitted.append({"tokens": tokens, "n_params": n, "estimate": p["hparams"][hparam],
+                           "lower": lower, "upper": upper})
+    plots.law_points(points, pd.DataFrame(fitted), hparam)
+
+# %% [markdown]
+# ## Learning rate against width, and the loss law
+
+# %%
+display(pd.DataFrame(laws["lr_width"]["points"]) if laws.get("lr_width") else Markdown("No lr data."))
+display(Markdown(f"Loss law: {laws['loss_law']['form']}" if laws.get("loss_law") and laws["loss_law"].get("form")
+                 else f"Loss law not fitted: {(laws.get('loss_law') or {}).get('reason', 'not enough scales')}"))

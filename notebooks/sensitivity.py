@@ -1,0 +1,75 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Which hyperparameters are sensitive to scale?
+# A hyperparameter is *sensitive* when both of the brief's standards hold: the loss cares about it (moving
+# away from the optimum costs more than the noise threshold) and its optimum shifts between scales (judged
+# by regret: what one scale's optimum costs at another). Scale pairs that differ only in data or only in
+# model size tell what causes a shift. The original study's rule (one value near-best at every scale =
+# stable) is shown beside it.
+
+# %% tags=["parameters"]
+params_file = "params/study.yaml"
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from optsweep import plots
+from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
+from optsweep.config import load_params
+from optsweep.jsonio import write_json
+from optsweep.report import load_sweeps, slices_frame
+
+params = load_params(params_file)
+sweeps = load_sweeps(Path("results/sweeps"), list(params.scales))
+table = runs_table_from_sweeps(sweeps)
+sensitivity = analyze_sensitivity(table, params.analysis)
+write_json(Path("results/sensitivity.json"), sensitivity)
+
+# %%
+pd.DataFrame(
+    [
+        {"hyperparameter": h, "sensitive": v["sensitive"], "loss sensitive": v["loss_sensitive"],
+         "optimum shifts": v["optimum_shifts"], "shift cause": v["shift_cause"],
+         "original rule: stable": v["original_rule"]["stable"], "reason": v["reason"]}
+        for h, v in sensitivity["hyperparameters"].items()
+    ]
+)
+
+# %% [markdown]
+# ## Loss against each hyperparameter at each scale (relative to that scale's best; x = diverged)
+
+# %%
+plots.loss_slices(slices_frame(sweeps));
+
+# %% [markdown]
+# ## Optimum per scale
+
+# %%
+pd.DataFrame(
+    [
+        {"hyperparameter": h, "scale": scale, **optimum}
+        for h, v in sensitivity["hyperparameters"].items()
+        for scale, optimum in v["optimum"].items()
+    ]
+)
+
+# %% [markdown]
+# ## The brief's hypotheses
+
+# %%
+pd.DataFrame(sensitivity["hypotheses"])

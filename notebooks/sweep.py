@@ -1,0 +1,81 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Coordinate descent at one scale
+# From the baseline, each free hyperparameter is swept over its grid with the others fixed; the best value
+# is adopted only if it beats the incumbent by more than the tolerance, and passes repeat until nothing
+# changes. Every run is trained on the scale's full token budget and scored on held-out data, all with
+# the same seed, data order and evaluation set (common random numbers). Finished runs come from the run
+# store, so re-running this notebook trains only what is missing.
+
+# %% tags=["parameters"]
+scale = "n1d1"
+phase = "phase1"  # "phase1": every hyperparameter free; "law": only the sensitive ones
+sensitivity = ""  # results/sensitivity.json in the law phase
+params_file = "params/study.yaml"
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from optsweep import plots
+from optsweep.config import load_params
+from optsweep.report import slices_frame
+from optsweep.search import run_sweep
+
+params = load_params(params_file)
+out = Path("results/sweeps" if phase == "phase1" else "results/law_sweeps") / f"{scale}.json"
+sweep = run_sweep(params, scale, out, sensitivity_path=sensitivity or None)
+
+# %%
+s = sweep["scale"]
+display(Markdown(
+    f"**Scale {scale}** ({phase}): width {s['width']}, depth {s['depth']}, N = {s['n_params']:,} non-embedding "
+    f"parameters, D = {s['tokens']:,} tokens ({s['steps']} steps of {s['batch_size']} x {s['seq_len']}).  \n"
+    f"Best held-out loss **{sweep['best_loss']:.4f}** after {sweep['passes']} pass(es); "
+    f"converged: **{sweep['converged']}** (stop rule: {sweep['stop_rule']}, tolerance {sweep['tolerance']} "
+    f"{sweep['tolerance_kind']})."
+))
+pd.DataFrame({"start": sweep["baseline"], "best": sweep["best"]}).T
+
+# %% [markdown]
+# ## Loss along each hyperparameter around the best configuration (final 1-D slices)
+
+# %%
+slices = slices_frame([sweep])
+plots.loss_slices(slices, value="loss");
+
+# %%
+slices.pivot_table(index=["hparam", "value"], values="loss", aggfunc="first").round(4)
+
+# %% [markdown]
+# ## Descent trajectory, near-best set and compute
+
+# %%
+plots.trajectory(sweep);
+
+# %%
+display(pd.DataFrame([{**c["hparams"], "loss": c["loss"]} for c in sweep["near_best"]]))
+if sweep.get("noise"):
+    display(Markdown(f"Seed noise (pooled std over {len(sweep['noise']['seeds'])} extra seeds): "
+                     f"**{sweep['noise']['std']:.4f}**"))
+pd.Series(sweep["compute"]).to_frame("value")
+
+# %% [markdown]
+# ## Held-out loss during training
+
+# %%
+plots.eval_curves(sweep);
