@@ -56,7 +56,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     params.scale(args.scale)
     out = Path(args.out or f"results/sweeps/{args.scale}.json")
     result = run_sweep(params, args.scale, out, sensitivity_path=args.sensitivity)
-    print(f"{args.scale}: best loss {result['best_loss']:.4f} with {result['best']} -> {out}")
+    loss = "none (every run diverged or failed)" if result["best_loss"] is None else f"{result['best_loss']:.4f}"
+    print(f"{args.scale}: best loss {loss} with {result['best']} -> {out}")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:

@@ -282,6 +282,10 @@ class StudyParams(Strict):
             for name in getattr(self.search, key) or []:
                 if name not in self.grid:
                     raise ValueError(f"search.{key}: {name!r} has no grid; grid has: {', '.join(self.grid)}")
+        if not self.grid:
+            raise ValueError(f"grid: empty; give a list of values for at least one of {', '.join(ALL_HPARAMS)}")
+        if not self.search_order():
+            raise ValueError(f"search: 'order' and 'free' leave nothing to search; name some of: {', '.join(self.grid)}")
         for name, scale in self.all_scales().items():
             steps = scale.steps(self.baseline.batch_size)
             if self.baseline.warmup >= steps:

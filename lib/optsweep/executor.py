@@ -1,0 +1,275 @@
+"""Dispatch runs to a pool of persistent worker processes (or run them inline with one worker).
+
+Each worker is started once per sweep with the "spawn" method, imports the trainer once (torch and
+transformers cost seconds to import) and then trains one run spec at a time for as long as the sweep
+lasts. Devices:
+- CPU: `study.workers` workers, each limited to `study.train.threads_per_worker` torch threads.
+- CUDA: by default one worker per visible GPU x `study.workers_per_gpu`; an explicit `study.workers`
+  overrides the count. Worker i is pinned to GPU `gpus[i % len(gpus)]` with CUDA_VISIBLE_DEVICES, so the
+  first workers spread over all GPUs before any GPU gets a second one.
+- One worker in total: runs are trained inline in the main process, which is easiest to debug.
+
+A run whose trainer raises is retried once; a worker that dies (killed, out of memory) is replaced and its
+run retried the same way. After the second failed attempt the run comes back with its error text.
+Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
+does not leave half of them training) and propagates; finished runs are already in the run store.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Iterator
+
+from .config import ParamsError, StudySettings
+from .trainer import Trainer, load_trainer
+
+ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    key: str
+    spec: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A task's end: the trainer's result, or None and the error of its last attempt."""
+
+    key: str
+    spec: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    wall_s: float
+
+
+# --- which workers, on which devices ------------------------------------------------------------------------
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists.
+
+    Asking nvidia-smi rather than torch keeps the main process free of a seconds-long torch import.
+    """
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [gpu.strip() for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.splitlines() if line.strip()]
+
+
+def worker_environments(study: StudySettings, gpus: list[str] | None = None) -> list[dict[str, str]]:
+    """The environment each worker starts with; one entry per worker (see the module docstring)."""
+    device = study.train.device
+    gpus = [] if device == "cpu" else (visible_gpus() if gpus is None else gpus)
+    if device == "cuda" and not gpus:
+        raise ParamsError("study.train.device: 'cuda' but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi)")
+    threads = str(study.train.threads_per_worker)
+    cpu_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if not gpus:
+        return [dict(cpu_env) for _ in range(study.workers)]
+    explicit = "workers" in study.model_fields_set
+    count = study.workers if explicit else len(gpus) * study.workers_per_gpu
+    return [{**cpu_env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(count)]
+
+
+# --- one attempt at one run ------------------------------------------------------------------------------
+
+
+def _attempt(trainer: Trainer, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, float]:
+    """Train once: (result, None, seconds), or (None, traceback text, seconds) when the trainer raised."""
+    start = time.perf_counter()
+    try:
+        result = trainer(spec)
+        if not isinstance(result, dict):
+            raise TypeError(f"trainer returned {type(result).__name__}, expected a dict with 'loss'")
+        return result, None, time.perf_counter() - start
+    except Exception:
+        return None, traceback.format_exc(limit=-8).strip(), time.perf_counter() - start
+
+
+def _limit_torch_threads(threads: int) -> None:
+    """OMP_NUM_THREADS covers a torch imported later; this covers one the trainer module already imported."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _worker_main(trainer_name: str, env: dict[str, str], connection: multiprocessing.connection.Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    os.environ.update(env)  # before the trainer imports torch, so device pinning and threads take effect
+    try:
+        trainer = load_trainer(trainer_name)
+    except ParamsError as error:
+        connection.send(("error", str(error)))
+        return
+    _limit_torch_threads(int(env["OMP_NUM_THREADS"]))
+    connection.send(("ready", os.getpid()))
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError):  # the main process is gone
+            return
+        if task is None:
+            return
+        connection.send((task.key, *_attempt(trainer, task.spec)))
+
+
+# --- the pool --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    connection: multiprocessing.connection.Connection
+    env: dict[str, str]
+    task: Task | None = None
+    attempts: int = 0
+    started: float = 0.0
+
+
+class Executor:
+    """Trains tasks on persistent workers. Use as a context manager so that workers never outlive it."""
+
+    def __init__(self, trainer_name: str, environments: list[dict[str, str]], threads: int = 1):
+        self.trainer_name = trainer_name
+        self.environments = environments
+        self.threads = threads
+        self.inline = len(environments) <= 1
+        self._workers: list[_Worker] = []
+        self._inline_trainer: Trainer | None = None
+        self._context = multiprocessing.get_context("spawn")
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(graceful=exc_type is None)
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        """Train every task; yields each outcome as soon as it is final (after any retries)."""
+        yield from (self._run_inline(tasks) if self.inline else self._run_pool(tasks))
+
+    def close(self, graceful: bool = True) -> None:
+        for worker in self._workers:
+            if graceful and worker.process.is_alive():
+                try:
+                    worker.connection.send(None)
+                except OSError:
+                    pass
+            else:
+                worker.process.terminate()
+        for worker in self._workers:
+            worker.process.join(timeout=10 if graceful else 5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.connection.close()
+        self._workers = []
+
+    # inline: the main process is the only worker
+
+    def _run_inline(self, tasks: list[Task]) -> Iterator[Outcome]:
+        if self._inline_trainer is None:
+            self._inline_trainer = load_trainer(self.trainer_name)
+            _limit_torch_threads(self.threads)
+        for task in tasks:
+            for attempt in range(1, ATTEMPTS + 1):
+                result, error, wall = _attempt(self._inline_trainer, task.spec)
+                if error is None:
+                    break
+            yield Outcome(task.key, task.spec, result, error, attempt, wall)
+
+    # pool: persistent spawned workers, one task each at a time
+
+    def _start_worker(self, env: dict[str, str]) -> _Worker:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main, args=(self.trainer_name, env, theirs), name="optsweep-worker"
+        )
+        process.start()
+        theirs.close()  # so that a dead worker shows up as EOF on our end
+        return _Worker(process, ours, env)
+
+    @staticmethod
+    def _await_ready(worker: _Worker) -> None:
+        """Wait until the worker has imported the trainer. A worker that cannot start is the setup's fault,
+        not the runs': stop the sweep rather than store every run as failed."""
+        try:
+            status, detail = worker.connection.recv()
+        except (EOFError, OSError):
+            worker.process.join(timeout=5)
+            raise RuntimeError(f"a worker process exited (code {worker.process.exitcode}) before it was ready") from None
+        if status == "error":
+            raise ParamsError(f"{detail} (in a worker process)")
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.process.join(timeout=5)
+        worker.connection.close()
+        fresh = self._start_worker(worker.env)
+        self._workers[self._workers.index(worker)] = fresh
+        self._await_ready(fresh)
+        return fresh
+
+    def _run_pool(self, tasks: list[Task]) -> Iterator[Outcome]:
+        if not self._workers:
+            self._workers = [self._start_worker(env) for env in self.environments]  # they start concurrently
+            for worker in self._workers:
+                self._await_ready(worker)
+        queue: collections.deque[tuple[Task, int]] = collections.deque((task, 1) for task in tasks)
+        while queue or any(worker.task for worker in self._workers):
+            for worker in list(self._workers):
+                if worker.task is None and queue:
+                    self._dispatch(worker, *queue.popleft())
+            busy = [worker for worker in self._workers if worker.task is not None]
+            multiprocessing.connection.wait(
+                [w.connection for w in busy] + [w.process.sentinel for w in busy]
+            )
+            for worker in busy:
+                outcome = self._collect(worker, queue)
+                if outcome is not None:
+                    yield outcome
+
+    def _dispatch(self, worker: _Worker, task: Task, attempt: int) -> None:
+        if not worker.process.is_alive():
+            worker = self._replace(worker)
+        worker.task, worker.attempts, worker.started = task, attempt, time.perf_counter()
+        worker.connection.send(task)
+
+    def _collect(self, worker: _Worker, queue: collections.deque[tuple[Task, int]]) -> Outcome | None:
+        """The worker's outcome if its task is final; a failed attempt with tries left goes back in the queue."""
+        task, attempt = worker.task, worker.attempts
+        try:
+            if not worker.connection.poll():
+                if worker.process.is_alive():
+                    return None  # still training
+                raise EOFError
+            key, result, error, wall = worker.connection.recv()
+            worker.task = None
+        except (EOFError, OSError):
+            wall = time.perf_counter() - worker.started
+            worker.task = None
+            self._replace(worker)
+            code = worker.process.exitcode
+            result, error = None, f"worker process died (exit code {code}) while training this run"
+        if error is not None and attempt < ATTEMPTS:
+            queue.appendleft((task, attempt + 1))
+            return None
+        return Outcome(task.key, task.spec, result, error, attempt, wall)

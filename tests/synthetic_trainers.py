@@ -1,0 +1,200 @@
+"""Synthetic trainers with known loss surfaces, for testing the search, the run store and the executor.
+
+Each obeys the trainer contract (`spec -> {"loss": ...}`) and is named in params as
+`study.trainer: "synthetic_trainers:<function>"`. Worker processes import this module by name: pytest puts
+tests/ on sys.path (rootdir-relative imports) and spawned workers inherit the parent's sys.path; a CLI
+subprocess gets it through PYTHONPATH (see `cli_env`).
+
+Instrumentation for the tests, through environment variables (inherited by workers):
+- SYNTH_CALLS: a file; every finished call appends one line `<hparams+seed as JSON>\t<pid>`, so tests can
+  count trainings per config across processes and restarts.
+- SYNTH_SLEEP: seconds each call sleeps (a stand-in for training time).
+- SYNTH_PAUSE: a file; while it exists, a call waits before doing anything (lets a test freeze the sweep
+  at a known point before killing it).
+- SYNTH_MARKS: a folder for the trainers that misbehave only on their first attempt at a config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+# --- loss surfaces (functions of the hyperparameters only) ------------------------------------------------
+
+
+def bowl_loss(h: dict[str, Any]) -> float:
+    """Separable: optimum at lr 1e-2, weight_decay 0.2, beta2 0.99 (each on the test grids)."""
+    return (
+        3.0
+        + 0.5 * math.log10(h["lr"] / 1e-2) ** 2
+        + 2.0 * (h["weight_decay"] - 0.2) ** 2
+        + 5.0 * (h["beta2"] - 0.99) ** 2
+    )
+
+
+def ridge_loss(h: dict[str, Any]) -> float:
+    """Non-separable: a valley along lr x weight decay, x = log2(lr / 1e-3), y = weight_decay / 0.02.
+
+    The best lr depends on the weight decay and vice versa, so one coordinate step at a time creeps along
+    the valley over several passes towards its floor near x = y = 6.
+    """
+    x, y = math.log2(h["lr"] / 1e-3), h["weight_decay"] / 0.02
+    return 3.0 + 0.05 * (x - y) ** 2 + 0.01 * (x + y - 12) ** 2
+
+
+# --- instrumentation --------------------------------------------------------------------------------------
+
+
+def _identity(spec: dict[str, Any]) -> str:
+    return json.dumps({"hparams": spec["hparams"], "seed": spec["seed"]}, sort_keys=True)
+
+
+def _mark_first_attempt(spec: dict[str, Any]) -> bool:
+    """True the first time this config is seen (per SYNTH_MARKS folder), False afterwards."""
+    marks = Path(os.environ["SYNTH_MARKS"])
+    marks.mkdir(parents=True, exist_ok=True)
+    mark = marks / (hashlib.sha256(_identity(spec).encode()).hexdigest()[:16] + ".mark")
+    try:
+        mark.open("x").close()
+        return True
+    except FileExistsError:
+        return False
+
+
+def _finish(spec: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Apply pause and sleep, then log the finished call."""
+    pause = os.environ.get("SYNTH_PAUSE")
+    while pause and Path(pause).exists():
+        time.sleep(0.02)
+    time.sleep(float(os.environ.get("SYNTH_SLEEP", "0")))
+    calls = os.environ.get("SYNTH_CALLS")
+    if calls:
+        with open(calls, "a") as file:  # one short O_APPEND write per call: atomic across processes
+            file.write(f"{_identity(spec)}\t{os.getpid()}\n")
+    return result
+
+
+def read_calls(path: Path) -> list[str]:
+    """The config identities of every finished call logged in a SYNTH_CALLS file."""
+    return [line.split("\t")[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- trainers ------------------------------------------------------------------------------------------------
+
+
+def bowl(spec: dict[str, Any]) -> dict[str, Any]:
+    return _finish(spec, {"loss": bowl_loss(spec["hparams"]), "steps": spec["scale"]["steps"]})
+
+
+def ridge(spec: dict[str, Any]) -> dict[str, Any]:
+    return _finish(spec, {"loss": ridge_loss(spec["hparams"])})
+
+
+def diverging(spec: dict[str, Any]) -> dict[str, Any]:
+    """The bowl, but lr >= 3e-2 diverges: reported the way real trainers do (a flag, or a non-finite loss).
+
+    The flagged run carries a low loss on purpose: a search that looked only at the number would adopt it.
+    """
+    lr = spec["hparams"]["lr"]
+    if lr >= 1e-1:
+        return _finish(spec, {"loss": float("nan")})
+    if lr >= 3e-2:
+        return _finish(spec, {"loss": 0.5, "status": "diverged", "reason": "loss above 7 after warmup"})
+    return bowl(spec)
+
+
+def noisy(spec: dict[str, Any]) -> dict[str, Any]:
+    """A flat surface plus seeded noise (std 1e-3, below the tests' 3e-3 tolerance): no config is better."""
+    noise = random.Random(_identity(spec)).gauss(0.0, 1e-3)
+    return _finish(spec, {"loss": 3.0 + noise})
+
+
+def sleeper(spec: dict[str, Any]) -> dict[str, Any]:
+    """The bowl after SYNTH_SLEEP seconds (default 0.5): equal-length runs for the parallel-speed figure."""
+    time.sleep(float(os.environ.get("SYNTH_SLEEP", "0.5")))
+    return _finish(spec, {"loss": bowl_loss(spec["hparams"])})
+
+
+def whoami(spec: dict[str, Any]) -> dict[str, Any]:
+    """Reports which process trained it and what it was pinned to."""
+    return _finish(spec, {
+        "loss": bowl_loss(spec["hparams"]),
+        "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    })
+
+
+def flaky(spec: dict[str, Any]) -> dict[str, Any]:
+    """Raises on the first attempt at each config, succeeds on the retry."""
+    if _mark_first_attempt(spec):
+        raise RuntimeError("transient failure (first attempt)")
+    return bowl(spec)
+
+
+def broken_at_high_lr(spec: dict[str, Any]) -> dict[str, Any]:
+    """Raises every time for lr >= 3e-2 (a crash, not a divergence)."""
+    if spec["hparams"]["lr"] >= 3e-2:
+        _finish(spec, {})
+        raise RuntimeError(f"cannot train lr {spec['hparams']['lr']}")
+    return bowl(spec)
+
+
+def killer(spec: dict[str, Any]) -> dict[str, Any]:
+    """SIGKILLs its own worker process on the first attempt at each config (never use with workers: 1)."""
+    if _mark_first_attempt(spec):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return whoami(spec)
+
+
+# --- params files for these trainers ---------------------------------------------------------------------
+
+
+def write_study(folder: Path, trainer: str, **sections: Any) -> Path:
+    """A small params file (shaped like params/presets/micro.yaml) for a synthetic trainer, in `folder`.
+
+    `sections` replace top-level sections (`grid`, `search`, `baseline`, ...); `study_*` keywords set keys
+    of the `study` section, e.g. `study_workers=2`. The run store defaults to `folder/runs`.
+    """
+    study = {"name": "synthetic", "seed": 0, "trainer": f"synthetic_trainers:{trainer}", "workers": 1,
+             "store": str(folder / "runs"), "train": {"device": "cpu"}}
+    study.update({key.removeprefix("study_"): value for key, value in sections.items() if key.startswith("study_")})
+    raw = {
+        "study": study,
+        "scales": {
+            "a": {"width": 32, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192},
+            "b": {"width": 64, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192},
+        },
+        "baseline": {"lr": 3e-3, "min_lr_ratio": 0.0, "warmup": 4, "beta1": 0.9, "beta2": 0.95,
+                     "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0},
+        "grid": {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decay": [0.0, 0.1, 0.2], "beta2": [0.9, 0.95, 0.99]},
+        "search": {"passes": 3, "tolerance": 3e-3},
+    }
+    raw.update({key: value for key, value in sections.items() if not key.startswith("study_")})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for an `optsweep` subprocess that can import this module (and its workers too)."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+OPTSWEEP = str(Path(sys.executable).parent / "optsweep")
