@@ -105,6 +105,9 @@ class TrainSettings(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     threads_per_worker: int = Field(1, ge=1)
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="sequences per forward/backward pass, gradients accumulated (default: the batch)"
+    )
     eval_points: int = Field(4, ge=1, description="held-out evaluations, the last one at the full budget")
     eval_tokens: int | None = Field(None, gt=0, description="held-out tokens per evaluation (default: all)")
     diverge_above: float | None = Field(

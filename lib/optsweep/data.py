@@ -1,0 +1,338 @@
+"""Text -> tokenizer -> memory-mapped token shards, prepared once and shared by every run; training batches.
+
+A prepared data folder (`study.data.dir`) holds:
+
+    tokenizer/   a transformers tokenizer (a byte-level BPE trained here, or a pretrained one)
+    val.bin      the held-out tokens: whole documents, never in the training shard
+    train.bin    the training tokens
+    meta.json    the recipe hash (settings + corpus content) and the data identity below
+
+Documents are read in an order fixed by `study.data.seed`, separated by the end-of-text token; the first
+ones fill the validation shard and the rest the training shard, so no document is in both. The identity
+(`ensure_prepared`'s return value) goes into every run spec: its `hash` covers the shards and tokenizer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import glob
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sysconfig
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import datasets
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
+from .provenance import stable_hash
+
+# Bump when the shard format or the preparation recipe changes, so old folders are rebuilt.
+FORMAT_VERSION = 1
+END_OF_TEXT = "<|endoftext|>"
+ENCODE_BATCH = 256  # documents per tokenizer call (the Rust tokenizer parallelises within a call)
+HUB_SHUFFLE_BUFFER = 10_000
+
+
+# --- corpus sources ----------------------------------------------------------------------------------------
+
+
+def source_files(data: DataSettings) -> list[Path]:
+    """The local files of a `stdlib` or `files` corpus, sorted; [] for `hub`. Raises before any write."""
+    if data.source == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
+    if data.source == "files":
+        files: set[Path] = set()
+        for pattern in data.paths:
+            matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file()]
+            if not matched:
+                raise ParamsError(f"study.data.paths: {pattern!r} matches no file")
+            files.update(matched)
+        return sorted(files)
+    return []
+
+
+def files_hash(files: list[Path]) -> str:
+    """Content hash of a file corpus: paths relative to their common folder (not the machine's) + bytes."""
+    root = Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
+    """Documents in the order fixed by `data.seed`, streamed through `datasets` (nothing is cached)."""
+    if data.source == "hub":
+        rows = datasets.load_dataset(
+            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True
+        ).shuffle(seed=data.seed, buffer_size=HUB_SHUFFLE_BUFFER)
+        column = data.text_column
+    else:
+        order = np.random.default_rng(data.seed).permutation(len(files))
+        rows = datasets.load_dataset(
+            "text", data_files=[str(files[i]) for i in order], sample_by="document",
+            keep_linebreaks=True, encoding_errors="replace", split="train", streaming=True,
+        )
+        column = "text"
+    for row in rows:
+        if column not in row:
+            raise ParamsError(f"study.data.text_column: no column {column!r}; the rows have {', '.join(row)}")
+        if row[column]:
+            yield row[column]
+
+
+# --- tokenizer ------------------------------------------------------------------------------------------------
+
+
+def train_bpe(texts: Iterator[str], settings: TokenizerSettings) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style, every byte representable) fit on the first `train_chars` characters."""
+    def first_chars() -> Iterator[str]:
+        seen = 0
+        for text in texts:
+            yield text[: settings.train_chars - seen]
+            seen += len(text)
+            if seen >= settings.train_chars:
+                return
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=settings.vocab_size, special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator(first_chars(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_OF_TEXT)
+
+
+def make_tokenizer(data: DataSettings, settings: TokenizerSettings, files: list[Path]) -> PreTrainedTokenizerBase:
+    if settings.kind == "pretrained":
+        tokenizer = AutoTokenizer.from_pretrained(settings.name)
+        if tokenizer.eos_token_id is None:
+            raise ParamsError(f"study.tokenizer.name: {settings.name!r} has no end-of-text token to separate documents")
+        return tokenizer
+    return train_bpe(corpus_texts(data, files), settings)
+
+
+def tokenizer_label(settings: TokenizerSettings) -> str:
+    return settings.name if settings.kind == "pretrained" else f"bpe-{settings.vocab_size}"
+
+
+# --- shards ---------------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Appends token ids to a flat binary file up to a budget, hashing what it writes."""
+
+    def __init__(self, path: Path, budget: int, dtype: np.dtype) -> None:
+        self.file = path.open("wb")
+        self.budget, self.dtype, self.written = budget, dtype, 0
+        self.digest = hashlib.sha256()
+
+    @property
+    def full(self) -> bool:
+        return self.written >= self.budget
+
+    def write(self, ids: list[int]) -> None:
+        chunk = np.asarray(ids[: self.budget - self.written], dtype=self.dtype)
+        self.file.write(chunk.tobytes())
+        self.digest.update(chunk.tobytes())
+        self.written += len(chunk)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_shards(texts: Iterator[str], tokenizer: PreTrainedTokenizerBase, folder: Path, data: DataSettings, dtype: np.dtype) -> dict[str, Any]:
+    """Tokenize documents in order: whole documents into val.bin until it is full, then train.bin.
+
+    The document that fills the validation budget is cut there and its rest dropped, so no document
+    contributes to both shards. Stops reading the corpus once both budgets are spent.
+    """
+    val = ShardWriter(folder / "val.bin", data.val_tokens, dtype)
+    train = ShardWriter(folder / "train.bin", data.train_tokens, dtype)
+    corpus = hashlib.sha256()
+    for batch in iter(lambda: list(itertools.islice(texts, ENCODE_BATCH)), []):
+        for text, ids in zip(batch, tokenizer(batch, add_special_tokens=False)["input_ids"]):
+            corpus.update(text.encode("utf-8", "replace") + b"\0")
+            (val if not val.full else train).write(ids + [tokenizer.eos_token_id])
+        if train.full:
+            break
+    val.close()
+    train.close()
+    if val.written == 0 or train.written == 0:
+        raise ParamsError(f"study.data: the corpus has no text left for the {'val' if val.written == 0 else 'train'} shard")
+    return {
+        "train_tokens": train.written,
+        "val_tokens": val.written,
+        "shards_hash": hashlib.sha256(val.digest.digest() + train.digest.digest()).hexdigest()[:16],
+        "streamed_hash": corpus.hexdigest()[:16],
+    }
+
+
+def folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build(params: StudyParams, files: list[Path], folder: Path, recipe_key: str, corpus_hash: str | None) -> dict[str, Any]:
+    """Prepare everything into `folder` (a fresh temporary one); meta.json is written last."""
+    data, settings = params.study.data, params.study.tokenizer
+    tokenizer = make_tokenizer(data, settings, files)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    vocab_size = len(tokenizer)
+    dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+    written = write_shards(corpus_texts(data, files), tokenizer, folder, data, dtype)
+    identity = {
+        "dir": str(Path(data.dir)),
+        "hash": stable_hash([written["shards_hash"], folder_hash(folder / "tokenizer")]),
+        "corpus_hash": corpus_hash or written["streamed_hash"],
+        "vocab_size": vocab_size,
+        "tokenizer": tokenizer_label(settings),
+        "seed": data.seed,
+        "train_tokens": written["train_tokens"],
+        "val_tokens": written["val_tokens"],
+        "dtype": dtype.name,
+    }
+    (folder / "meta.json").write_text(json.dumps({"recipe": recipe_key, "identity": identity}, indent=2))
+    return identity
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock held while preparing, so two processes never build the same folder at once."""
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_prepared(params: StudyParams) -> dict[str, Any]:
+    """Prepare the token shards named by `params` (or reuse them when nothing changed); return the identity.
+
+    The folder is built under a temporary name and renamed into place, so a killed preparation never
+    leaves a half-written shard that a later call would reuse.
+    """
+    data, settings = params.study.data, params.study.tokenizer
+    files = source_files(data)
+    corpus_hash = files_hash(files) if files else None
+    recipe_key = stable_hash({
+        "format": FORMAT_VERSION,
+        "data": data.model_dump(mode="json", exclude={"dir"}),
+        "tokenizer": settings.model_dump(mode="json"),
+        "corpus_hash": corpus_hash,
+    })
+    target = Path(data.dir)
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and read_meta(target) is None):
+        raise ParamsError(f"study.data.dir: {target} exists and is not a prepared data folder; name a new folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target.parent / f".{target.name}.lock"):
+        meta = read_meta(target)
+        if meta and meta["recipe"] == recipe_key:
+            return meta["identity"]
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale)
+        building = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        building.mkdir()
+        identity = build(params, files, building, recipe_key, corpus_hash)
+        if target.exists():
+            retired = target.parent / f".{target.name}.tmp-old-{os.getpid()}"
+            target.rename(retired)
+            building.rename(target)
+            shutil.rmtree(retired)
+        else:
+            building.rename(target)
+    return identity
+
+
+# --- reading prepared data -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shards:
+    train: np.memmap
+    val: np.memmap
+    tokenizer: PreTrainedTokenizerBase
+
+
+@functools.lru_cache(maxsize=4)
+def _open_shards(folder: str, data_hash: str) -> Shards:
+    meta = read_meta(Path(folder))
+    if meta is None or meta["identity"]["hash"] != data_hash:
+        found = meta["identity"]["hash"] if meta else "nothing"
+        raise ValueError(f"{folder}: holds data {found}, the run expects {data_hash}; run `optsweep prepare`")
+    dtype = np.dtype(meta["identity"]["dtype"])
+    return Shards(
+        train=np.memmap(Path(folder) / "train.bin", dtype=dtype, mode="r"),
+        val=np.memmap(Path(folder) / "val.bin", dtype=dtype, mode="r"),
+        tokenizer=AutoTokenizer.from_pretrained(Path(folder) / "tokenizer"),
+    )
+
+
+def load_shards(identity: dict[str, Any]) -> Shards:
+    """The memory-mapped shards and tokenizer of a data identity (opened once per process)."""
+    return _open_shards(identity["dir"], identity["hash"])
+
+
+class TrainBatches:
+    """Training batches in an order fixed by the data seed, the same for every config of a sweep.
+
+    The training shard is cut into windows of `seq_len + 1` tokens (inputs and next-token targets) that
+    overlap by one token. Each epoch visits every window once in a seeded permutation; batch `step` takes
+    the next `batch_size` windows of that stream, so a different batch size regroups the same stream.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> None:
+        self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
+        self.n_windows = (len(tokens) - 1) // seq_len
+        if self.n_windows < 1:
+            raise ValueError(f"the training shard ({len(tokens)} tokens) is shorter than one sequence of {seq_len + 1}")
+        self._epoch_order: tuple[int, np.ndarray] | None = None
+
+    def window_order(self, epoch: int) -> np.ndarray:
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            self._epoch_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_windows))
+        return self._epoch_order[1]
+
+    def window_starts(self, step: int) -> np.ndarray:
+        """Token offsets of the windows of batch `step`."""
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs, offsets = np.divmod(positions, self.n_windows)
+        windows = np.concatenate([self.window_order(e)[offsets[epochs == e]] for e in np.unique(epochs)])
+        return windows * self.seq_len
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Batch `step` as a (batch_size, seq_len + 1) int64 CPU tensor."""
+        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in self.window_starts(step)])
+        return torch.from_numpy(rows.astype(np.int64))
+
+
+def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """The held-out tokens (the first `max_tokens`, default all) as windows in fixed order, batched."""
+    usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    n_windows = (usable - 1) // seq_len
+    if n_windows < 1:
+        raise ValueError(f"the validation shard ({len(tokens)} tokens) is shorter than one sequence of {seq_len + 1}")
+    rows = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)])
+    return list(torch.from_numpy(rows.astype(np.int64)).split(batch_size))

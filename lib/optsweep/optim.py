@@ -1,0 +1,90 @@
+"""AdamW as the study defines it: parameter groups for weight decay, the lr schedule, gradient clipping.
+
+The eight hyperparameters (`lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip`) map onto
+torch's AdamW, a `LambdaLR` schedule and `clip_grad_norm_`; nothing else about the optimizer is tuned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+DECAY_KINDS = ("norm", "embedding", "bias")
+
+
+def param_kind(module: torch.nn.Module, name: str) -> str:
+    """What a parameter is, for the weight-decay decision: norm, embedding, bias or weight.
+
+    Only the input embedding (a lookup table) counts as an embedding. The untied output head is a linear
+    projection like every hidden matrix and is decayed with them, as Levanter (the original study's
+    trainer) does; decaying it also keeps its norm in check, which the tied Llama-2 heads get for free.
+    """
+    if name.endswith("bias"):
+        return "bias"
+    if isinstance(module, torch.nn.Embedding):
+        return "embedding"
+    if "norm" in type(module).__name__.lower():
+        return "norm"
+    return "weight"
+
+
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, decay_exclude: Iterable[str] = DECAY_KINDS
+) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed parameters, and those whose kind is in `decay_exclude` (no decay)."""
+    excluded = set(decay_exclude)
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                (no_decay if param_kind(module, name) in excluded else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr for optimizer step `step` (0-based) of a run of `steps` steps.
+
+    Linear warmup from 0 at step 0 to 1 at step `warmup`, then a cosine down to `min_lr_ratio` at the last
+    step (`steps - 1`), so the run ends exactly at the minimum.
+    """
+    if step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - 1 - warmup))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    hparams: dict[str, Any],
+    steps: int,
+    decay_exclude: Iterable[str] = DECAY_KINDS,
+    fused: bool = False,
+) -> tuple[torch.optim.AdamW, LambdaLR]:
+    """AdamW over `param_groups` and its schedule; call `scheduler.step()` after every `optimizer.step()`."""
+    optimizer = torch.optim.AdamW(
+        param_groups(model, hparams["weight_decay"], decay_exclude),
+        lr=hparams["lr"],
+        betas=(hparams["beta1"], hparams["beta2"]),
+        eps=hparams["eps"],
+        fused=fused,
+    )
+    schedule = LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps, hparams["warmup"], hparams["min_lr_ratio"])
+    )
+    return optimizer, schedule
+
+
+def clip_gradients(model: torch.nn.Module, clip: float) -> torch.Tensor | None:
+    """Scale all gradients so that their global norm is at most `clip` (0 = off).
+
+    Returns the norm before clipping as a device tensor (reading it would force a host sync), or None.
+    """
+    if clip <= 0:
+        return None
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
