@@ -75,12 +75,12 @@ def _mark_first_attempt(spec: dict[str, Any]) -> bool:
         return False
 
 
-def _finish(spec: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def _finish(spec: dict[str, Any], result: dict[str, Any], default_sleep: float = 0.0) -> dict[str, Any]:
     """Apply pause and sleep, then log the finished call."""
     pause = os.environ.get("SYNTH_PAUSE")
     while pause and Path(pause).exists():
         time.sleep(0.02)
-    time.sleep(float(os.environ.get("SYNTH_SLEEP", "0")))
+    time.sleep(float(os.environ.get("SYNTH_SLEEP", default_sleep)))
     calls = os.environ.get("SYNTH_CALLS")
     if calls:
         with open(calls, "a") as file:  # one short O_APPEND write per call: atomic across processes
@@ -97,7 +97,7 @@ def read_calls(path: Path) -> list[str]:
 
 
 def bowl(spec: dict[str, Any]) -> dict[str, Any]:
-    return _finish(spec, {"loss": bowl_loss(spec["hparams"]), "steps": spec["scale"]["steps"]})
+    return _finish(spec, {"loss": bowl_loss(spec["hparams"])})
 
 
 def ridge(spec: dict[str, Any]) -> dict[str, Any]:
@@ -125,8 +125,7 @@ def noisy(spec: dict[str, Any]) -> dict[str, Any]:
 
 def sleeper(spec: dict[str, Any]) -> dict[str, Any]:
     """The bowl after SYNTH_SLEEP seconds (default 0.5): equal-length runs for the parallel-speed figure."""
-    time.sleep(float(os.environ.get("SYNTH_SLEEP", "0.5")))
-    return _finish(spec, {"loss": bowl_loss(spec["hparams"])})
+    return _finish(spec, {"loss": bowl_loss(spec["hparams"])}, default_sleep=0.5)
 
 
 def whoami(spec: dict[str, Any]) -> dict[str, Any]:

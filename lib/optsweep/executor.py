@@ -12,12 +12,14 @@ lasts. Devices:
 A run whose trainer raises is retried once; a worker that dies (killed, out of memory) is replaced and its
 run retried the same way. After the second failed attempt the run comes back with its error text.
 Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
-does not leave half of them training) and propagates; finished runs are already in the run store.
+does not leave half of them training) and propagates as KeyboardInterrupt, after handing over the runs
+that had already finished, so that they reach the run store. It never lands in the middle of storing a run.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Iterator
@@ -156,12 +159,42 @@ class Executor:
         self._workers: list[_Worker] = []
         self._inline_trainer: Trainer | None = None
         self._context = multiprocessing.get_context("spawn")
+        self._previous_handler: Any = None
+        self._interruptible = False  # True while waiting for workers or inside an inline trainer
+        self._interrupt_pending = False
 
     def __enter__(self) -> Executor:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(graceful=exc_type is None)
+        try:
+            self.close(graceful=exc_type is None)
+        finally:
+            if self._previous_handler is not None:
+                signal.signal(signal.SIGINT, self._previous_handler)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        """Ctrl-C stops the sweep only where nothing is half done: while waiting for workers or training
+        inline. Elsewhere (storing a finished run, say) it takes effect at the next such point; a second
+        Ctrl-C stops at once."""
+        if self._interruptible or self._interrupt_pending:
+            raise KeyboardInterrupt
+        self._interrupt_pending = True
+
+    def _stop_if_interrupted(self) -> None:
+        if self._interrupt_pending:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _interruptible_section(self) -> Iterator[None]:
+        self._stop_if_interrupted()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
         """Train every task; yields each outcome as soon as it is final (after any retries)."""
@@ -192,7 +225,8 @@ class Executor:
             _limit_torch_threads(self.threads)
         for task in tasks:
             for attempt in range(1, ATTEMPTS + 1):
-                result, error, wall = _attempt(self._inline_trainer, task.spec)
+                with self._interruptible_section():
+                    result, error, wall = _attempt(self._inline_trainer, task.spec)
                 if error is None:
                     break
             yield Outcome(task.key, task.spec, result, error, attempt, wall)
@@ -239,13 +273,25 @@ class Executor:
                 if worker.task is None and queue:
                     self._dispatch(worker, *queue.popleft())
             busy = [worker for worker in self._workers if worker.task is not None]
-            multiprocessing.connection.wait(
-                [w.connection for w in busy] + [w.process.sentinel for w in busy]
-            )
+            try:
+                with self._interruptible_section():
+                    multiprocessing.connection.wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
+            except KeyboardInterrupt:
+                yield from self._finished_before_interrupt(busy)
+                raise
             for worker in busy:
                 outcome = self._collect(worker, queue)
                 if outcome is not None:
                     yield outcome
+
+    @staticmethod
+    def _finished_before_interrupt(busy: list[_Worker]) -> Iterator[Outcome]:
+        """Runs that finished as Ctrl-C came in: hand them over (to be stored) before the workers stop."""
+        for worker in busy:
+            if worker.connection.poll(0.2):
+                key, result, error, wall = worker.connection.recv()
+                if error is None:
+                    yield Outcome(key, worker.task.spec, result, None, worker.attempts, wall)
 
     def _dispatch(self, worker: _Worker, task: Task, attempt: int) -> None:
         if not worker.process.is_alive():

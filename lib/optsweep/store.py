@@ -1,9 +1,9 @@
 """The run store: every finished run as one JSON file, so that no run is ever trained twice.
 
 A run's key is a hash of what decides its result: the run spec (scale, hyperparameters, seed, data
-identity, train settings), the trainer's name and the hash of the trainer's code. Settings that cannot
-change the result are left out of the key, so that moving the prepared data or changing the thread count
-reuses every stored run.
+identity, train settings), the trainer's name and the hash of the trainer's code. What cannot change the
+result is left out of the key (the scale's name, where the prepared data lives, threads and micro-batches),
+so that renaming a scale, moving the data or changing the thread count reuses every stored run.
 
 Each record is written to a temporary file in the store folder and moved into place with `os.replace`,
 which is atomic on POSIX: a reader sees either no file or a whole one, however many processes write at
@@ -32,6 +32,7 @@ RunStatus = Literal["ok", "diverged", "failed"]
 def run_key(spec: dict[str, Any], trainer: str, trainer_code: str) -> str:
     """The store key of a run: its spec without the settings that cannot change the result."""
     identity = copy.deepcopy(spec)
+    identity["scale"].pop("name", None)  # a label: two scales of the same shape share their runs
     if identity.get("data"):
         identity["data"].pop("dir", None)  # where the shards live, not what they hold (that is the hash)
     if identity.get("train"):

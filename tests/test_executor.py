@@ -1,0 +1,112 @@
+"""The executor: persistent spawned workers, device pinning, retries of crashed runs and killed workers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from optsweep.config import ParamsError, StudySettings
+from optsweep.executor import Executor, Task, worker_environments
+
+
+def tasks(count: int) -> list[Task]:
+    return [Task(f"k{i}", {"hparams": {"lr": 1e-3 * (i + 1), "weight_decay": 0.1, "beta2": 0.95}, "seed": 0})
+            for i in range(count)]
+
+
+def study(**settings) -> StudySettings:
+    return StudySettings(name="t", **settings)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_workers_persist_across_runs_and_batches_and_use_their_thread_limit():
+    environments = worker_environments(study(workers=2, train={"device": "cpu", "threads_per_worker": 3}))
+    with Executor("synthetic_trainers:whoami", environments) as executor:
+        first = list(executor.run(tasks(6)))
+        second = list(executor.run(tasks(3)))
+    assert sorted(outcome.key for outcome in first) == [f"k{i}" for i in range(6)]
+    pids = {outcome.result["pid"] for outcome in first + second}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert {outcome.result["omp_num_threads"] for outcome in first} == {"3"}
+    assert {outcome.attempts for outcome in first} == {1} and all(outcome.error is None for outcome in first)
+    assert all(gone(pid) for pid in pids)  # closed with the context
+
+
+def test_one_worker_trains_inline_in_this_process():
+    with Executor("synthetic_trainers:whoami", worker_environments(study(workers=1))) as executor:
+        outcomes = list(executor.run(tasks(2)))
+    assert {outcome.result["pid"] for outcome in outcomes} == {os.getpid()}
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, ["0", "1"]),  # one worker per GPU by default
+        ({"workers_per_gpu": 2}, ["0", "1", "0", "1"]),  # round robin: every GPU busy before any gets two
+        ({"workers": 3}, ["0", "1", "0"]),  # an explicit count wins
+    ],
+)
+def test_gpu_workers_are_pinned_round_robin(settings, expected):
+    environments = worker_environments(study(**settings), gpus=["0", "1"])
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in environments] == expected
+
+
+def test_cpu_device_ignores_gpus_and_cuda_without_gpus_is_an_error():
+    environments = worker_environments(study(workers=2, train={"device": "cpu"}), gpus=["0"])
+    assert len(environments) == 2 and all("CUDA_VISIBLE_DEVICES" not in env for env in environments)
+    with pytest.raises(ParamsError, match="study.train.device: 'cuda' but no GPU is visible"):
+        worker_environments(study(train={"device": "cuda"}), gpus=[])
+
+
+def test_workers_see_only_their_pinned_gpu():
+    environments = worker_environments(study(), gpus=["3", "5"])
+    with Executor("synthetic_trainers:whoami", environments) as executor:
+        outcomes = list(executor.run(tasks(6)))
+    pinned = {outcome.result["pid"]: outcome.result["cuda_visible_devices"] for outcome in outcomes}
+    assert sorted(pinned.values()) == ["3", "5"]
+
+
+def test_a_killed_worker_is_replaced_and_its_run_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
+    with Executor("synthetic_trainers:killer", worker_environments(study(workers=2))) as executor:
+        outcomes = list(executor.run(tasks(4)))
+        alive = [worker.process.is_alive() for worker in executor._workers]
+    assert all(outcome.error is None and outcome.attempts == 2 for outcome in outcomes)
+    assert len({outcome.result["pid"] for outcome in outcomes}) >= 2  # trained by replacement workers
+    assert alive == [True, True]
+
+
+def test_a_crash_is_retried_once_then_reported_with_its_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
+    environments = worker_environments(study(workers=2))
+    with Executor("synthetic_trainers:flaky", environments) as executor:
+        transient = list(executor.run(tasks(3)))
+    with Executor("synthetic_trainers:broken_at_high_lr", environments) as executor:
+        broken = list(executor.run([Task("high", {"hparams": {"lr": 0.1}, "seed": 0})]))
+    assert all(outcome.error is None and outcome.attempts == 2 for outcome in transient)
+    assert broken[0].result is None and broken[0].attempts == 2
+    assert "RuntimeError: cannot train lr 0.1" in broken[0].error
+
+
+def test_a_worker_that_cannot_import_the_trainer_stops_the_pool():
+    with pytest.raises(ParamsError, match="has no callable 'missing' .in a worker process"):
+        with Executor("synthetic_trainers:missing", worker_environments(study(workers=2))) as executor:
+            list(executor.run(tasks(2)))
+
+
+def test_an_interrupt_terminates_the_workers():
+    environments = worker_environments(study(workers=2))
+    with pytest.raises(KeyboardInterrupt):
+        with Executor("synthetic_trainers:whoami", environments) as executor:
+            for outcome in executor.run(tasks(4)):
+                pids = [worker.process.pid for worker in executor._workers]
+                raise KeyboardInterrupt
+    assert all(gone(pid) for pid in pids)

@@ -1,0 +1,263 @@
+"""Coordinate descent on synthetic loss surfaces with known optima (inline worker, so these run in seconds)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import synthetic_trainers as synth
+from optsweep.config import ParamsError, load_params
+from optsweep.search import run_sweep
+from optsweep.store import RunStore
+
+BOWL_OPTIMUM = {"lr": 1e-2, "weight_decay": 0.2, "beta2": 0.99}
+RIDGE = {
+    "grid": {"lr": [1e-3 * 2**i for i in range(9)], "weight_decay": [0.02 * i for i in range(9)]},
+    "baseline": {"lr": 1e-3, "min_lr_ratio": 0.0, "warmup": 4, "beta1": 0.9, "beta2": 0.95,
+                 "weight_decay": 0.0, "eps": 1e-8, "clip": 1.0},
+    "search": {"passes": 10, "tolerance": 1e-3},
+}
+
+
+def sweep(folder: Path, trainer: str, scale: str = "a", sensitivity: Path | None = None, **sections) -> dict:
+    params = load_params(synth.write_study(folder, trainer, **sections))
+    return run_sweep(params, scale, folder / f"{scale}.json", sensitivity_path=sensitivity and str(sensitivity),
+                     progress=False)
+
+
+def picked(hparams: dict, names=("lr", "weight_decay", "beta2")) -> dict:
+    return {name: hparams[name] for name in names}
+
+
+def strict_load(path: Path) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_separable_bowl_reaches_the_grid_optimum_in_one_pass_and_stops_after_the_confirming_pass(tmp_path):
+    result = sweep(tmp_path, "bowl")
+    assert picked(result["best"]) == BOWL_OPTIMUM
+    assert result["best_loss"] == pytest.approx(3.0)
+    assert (result["passes"], result["converged"], result["phase"]) == (2, True, "phase1")
+    first_pass = [step for step in result["trajectory"] if step["pass"] == 1]
+    assert picked(first_pass[-1]["baseline"]) == BOWL_OPTIMUM
+    assert [step["hparam"] for step in first_pass] == ["lr", "beta2", "weight_decay"]
+    assert all(step["baseline"] == result["best"] for step in result["trajectory"] if step["pass"] == 2)
+    # the start baseline, common random numbers, and the 1-D slices through the best
+    assert picked(result["baseline"]) == {"lr": 3e-3, "weight_decay": 0.1, "beta2": 0.95}
+    assert {run["seed"] for run in result["runs"]} == {0}
+    for h, line in result["slices"].items():
+        assert [point["value"] for point in line] == result["grid"][h]
+        assert min(line, key=lambda point: point["loss"])["value"] == result["best"][h]
+    assert result["near_best"][0] == {"hparams": result["best"], "loss": result["best_loss"]}
+    compute = result["compute"]
+    assert compute["runs_planned"] == compute["runs_trained"] == len(result["runs"])
+    assert compute["tokens"] == len(result["runs"]) * result["scale"]["tokens"]
+    assert result["provenance"]["trainer"] == "synthetic_trainers:bowl"
+    assert strict_load(tmp_path / "a.json") == result
+
+
+def test_hitting_the_pass_bound_reports_not_converged(tmp_path):
+    result = sweep(tmp_path, "bowl", search={"passes": 1, "tolerance": 3e-3})
+    assert (result["passes"], result["converged"]) == (1, False)
+    assert picked(result["best"]) == BOWL_OPTIMUM
+    # the slices are completed around the best even though the last pass moved the baseline
+    assert all(point["status"] == "ok" for line in result["slices"].values() for point in line)
+
+
+def test_ridge_keeps_improving_across_passes(tmp_path):
+    result = sweep(tmp_path, "ridge", **RIDGE)
+    loss_after_pass = {step["pass"]: step["loss"] for step in result["trajectory"]}
+    assert loss_after_pass[1] > loss_after_pass[2] > loss_after_pass[3]
+    assert result["passes"] >= 4 and result["converged"]
+    assert result["best_loss"] < loss_after_pass[1] - 0.3
+
+
+def test_diverged_configs_never_become_the_baseline_and_do_not_stop_the_search(tmp_path):
+    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "weight_decay": [0.0, 0.1, 0.2], "beta2": [0.9, 0.95, 0.99]}
+    result = sweep(tmp_path, "diverging", grid=grid)
+    assert picked(result["best"]) == BOWL_OPTIMUM
+    assert all(step["baseline"]["lr"] < 3e-2 for step in result["trajectory"])
+    diverged = [run for run in result["runs"] if run["hparams"]["lr"] >= 3e-2]
+    assert diverged and all(run["status"] == "diverged" and run["loss"] is None for run in diverged)
+    assert {run["reason"] for run in diverged if run["hparams"]["lr"] == 3e-2} == {"loss above 7 after warmup"}
+    assert [point["status"] for point in result["slices"]["lr"]] == ["ok", "ok", "ok", "diverged", "diverged"]
+    strict_load(tmp_path / "a.json")  # NaN losses were written as null
+
+
+def test_a_diverged_start_is_left_for_any_finite_loss(tmp_path):
+    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "weight_decay": [0.0, 0.1, 0.2], "beta2": [0.9, 0.95, 0.99]}
+    baseline = {"lr": 1e-1, "min_lr_ratio": 0.0, "warmup": 4, "beta1": 0.9, "beta2": 0.95,
+                "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0}
+    result = sweep(tmp_path, "diverging", grid=grid, baseline=baseline)
+    assert picked(result["best"]) == BOWL_OPTIMUM
+
+
+@pytest.mark.parametrize(("tolerance", "kept"), [(3e-3, True), (0.0, False)])
+def test_noise_below_the_tolerance_keeps_the_incumbent(tmp_path, tolerance, kept):
+    result = sweep(tmp_path, "noisy", search={"passes": 3, "tolerance": tolerance, "noise_seeds": 2})
+    assert (result["best"] == result["baseline"]) is kept
+    if kept:
+        assert (result["passes"], result["converged"]) == (1, True)
+        assert len(result["near_best"]) == len([run for run in result["runs"] if run["seed"] == 0])
+    noise = result["noise"]
+    assert noise["seeds"] == [0, 1, 2]
+    assert len(noise["configs"]) == 3 and noise["configs"][0]["hparams"] == result["best"]
+    assert all(len(config["losses"]) == 3 for config in noise["configs"])
+    assert 2e-4 < noise["std"] < 3e-3  # the trainer's seed noise is 1e-3
+    assert {run["seed"] for run in result["runs"]} == {0, 1, 2}
+
+
+def test_relative_tolerance_scales_with_the_loss(tmp_path):
+    # 1% of a loss of ~3 is 0.03: the lr step (gain 0.14) is taken, the beta2 step (gain 0.008) is not
+    result = sweep(tmp_path, "bowl", search={"passes": 3, "tolerance": 0.01, "tolerance_kind": "relative"})
+    assert (result["best"]["lr"], result["best"]["beta2"]) == (1e-2, 0.95)
+    assert result["tolerance_kind"] == "relative"
+
+
+def test_neighbourhood_stop_rule_converges_when_the_best_neighbourhood_is_complete(tmp_path):
+    result = sweep(tmp_path, "bowl", search={"passes": 10, "tolerance": 3e-3, "stop_rule": "neighbourhood"})
+    assert picked(result["best"]) == BOWL_OPTIMUM and result["converged"]
+    assert result["stop_rule"] == "neighbourhood"
+    evaluated = [run["hparams"] for run in result["runs"]]
+    for h, values in result["grid"].items():
+        assert all({**result["best"], h: value} in evaluated for value in values)
+    assert {step["hparam"] for step in result["trajectory"]} == {"neighbourhood"}
+
+
+def test_invalid_configs_are_skipped_with_their_reason_and_never_trained(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("SYNTH_CALLS", str(calls))
+    result = sweep(tmp_path, "bowl", grid={"lr": [1e-3, 1e-2], "warmup": [4, 500]})  # 32 steps per run
+    skipped = [run for run in result["runs"] if run["status"] == "skipped"]
+    assert [run["hparams"]["warmup"] for run in skipped] == [500]
+    assert "warmup (500) must be shorter than the run (32 steps)" in skipped[0]["reason"]
+    assert len(synth.read_calls(calls)) == result["compute"]["runs_trained"] == len(result["runs"]) - 1
+    assert result["best"]["warmup"] == 4
+
+
+def test_a_second_sweep_reuses_every_stored_run(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("SYNTH_CALLS", str(calls))
+    first = sweep(tmp_path, "bowl")
+    second = sweep(tmp_path, "bowl")
+    assert second["compute"]["runs_trained"] == 0
+    assert second["compute"]["runs_reused"] == first["compute"]["runs_planned"]
+    assert [(run["key"], run["loss"]) for run in second["runs"]] == [(run["key"], run["loss"]) for run in first["runs"]]
+    assert len(synth.read_calls(calls)) == first["compute"]["runs_trained"]
+
+
+def test_scales_of_the_same_shape_share_their_runs(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("SYNTH_CALLS", str(calls))
+    shape = {"width": 32, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192}
+    scales = {"a": shape, "b": {**shape, "width": 64}}
+    law_scales = {"a_again": shape}
+    sweep(tmp_path, "bowl", scales=scales, law_scales=law_scales)
+    again = sweep(tmp_path, "bowl", scale="a_again", scales=scales, law_scales=law_scales)
+    assert again["compute"]["runs_trained"] == 0 and again["scale"]["name"] == "a_again"
+
+
+def test_a_changed_grid_trains_only_the_new_configs(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("SYNTH_CALLS", str(calls))
+    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decay": [0.0, 0.1, 0.2], "beta2": [0.9, 0.95, 0.99]}
+    first = sweep(tmp_path, "bowl", grid=grid)
+    trained_before = len(synth.read_calls(calls))
+    second = sweep(tmp_path, "bowl", grid={**grid, "lr": grid["lr"] + [1e-4]})
+    new_calls = [json.loads(identity) for identity in synth.read_calls(calls)[trained_before:]]
+    new_runs = [run for run in second["runs"] if run["hparams"]["lr"] == 1e-4]
+    assert new_calls and all(call["hparams"]["lr"] == 1e-4 for call in new_calls)
+    assert second["compute"]["runs_trained"] == len(new_calls) == len(new_runs)
+    assert second["compute"]["runs_reused"] == first["compute"]["runs_planned"]
+    assert max(collections.Counter(synth.read_calls(calls)).values()) == 1
+
+
+def test_a_crashing_run_is_retried_once_then_stored_as_failed_and_never_retried(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("SYNTH_CALLS", str(calls))
+    result = sweep(tmp_path, "broken_at_high_lr")
+    failed = [run for run in result["runs"] if run["status"] == "failed"]
+    assert failed and all(run["loss"] is None and "cannot train lr 0.03" in run["reason"] for run in failed)
+    assert picked(result["best"]) == BOWL_OPTIMUM
+    counts = collections.Counter(synth.read_calls(calls))
+    assert {counts[json.dumps({"hparams": run["hparams"], "seed": 0}, sort_keys=True)] for run in failed} == {2}
+    records = {record.key: record for record in RunStore(tmp_path / "runs")}
+    assert all(records[run["key"]].attempts == 2 and "RuntimeError" in records[run["key"]].error for run in failed)
+    calls_before = len(synth.read_calls(calls))
+    sweep(tmp_path, "broken_at_high_lr")
+    assert len(synth.read_calls(calls)) == calls_before
+
+
+def test_a_transient_crash_succeeds_on_the_retry(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
+    result = sweep(tmp_path, "flaky")
+    assert {run["status"] for run in result["runs"]} == {"ok"}
+    assert {record.attempts for record in RunStore(tmp_path / "runs")} == {2}
+
+
+def test_lr_transfer_rule_moves_every_lr_to_the_scale_width(tmp_path):
+    study = {"study_lr_transfer": {"rule": "inverse_width", "reference_width": 32}}
+    result = sweep(tmp_path, "bowl", scale="b", **study)  # width 64: every lr halves
+    assert result["grid"]["lr"] == [5e-4, 1.5e-3, 5e-3, 1.5e-2]
+    assert result["baseline"]["lr"] == 1.5e-3
+    assert result["provenance"]["lr_transfer"] == {"rule": "inverse_width", "reference_width": 32, "factor": 0.5}
+    assert {run["hparams"]["lr"] for run in result["runs"]} <= set(result["grid"]["lr"])
+
+
+# --- the law phase: only the sensitive hyperparameters move ----------------------------------------------
+
+RECOMMENDED = {
+    "lr": {"value": 2e-2, "rule": "inverse_width", "reference_width": 32},
+    "min_lr_ratio": {"value": 0.0, "rule": "none", "reference_width": None},
+    "warmup": {"value": 8, "rule": "none", "reference_width": None},
+    "beta1": {"value": 0.9, "rule": "none", "reference_width": None},
+    "beta2": {"value": 0.98, "rule": "none", "reference_width": None},
+    "eps": {"value": 1e-10, "rule": "none", "reference_width": None},
+    "clip": {"value": 1.0, "rule": "none", "reference_width": None},
+}
+
+
+def test_law_phase_frees_only_the_sensitive_hyperparameters(tmp_path):
+    sensitivity = tmp_path / "sensitivity.json"
+    sensitivity.write_text(json.dumps({"sensitive": ["weight_decay", "batch_size"], "recommended": RECOMMENDED}))
+    result = sweep(tmp_path, "bowl", scale="b", sensitivity=sensitivity)
+    assert (result["phase"], result["free"]) == ("law", ["weight_decay"])
+    assert result["fixed"]["lr"] == 1e-2  # 2e-2 at width 32, inverse width rule, at width 64
+    assert result["fixed"]["warmup"] == 8 and isinstance(result["fixed"]["warmup"], int)
+    for run in result["runs"]:
+        assert {h: v for h, v in run["hparams"].items() if h != "weight_decay"} == result["fixed"]
+    assert result["best"]["weight_decay"] == 0.2 and result["converged"]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (None, "sensitivity file not found"),
+        ("{not json", "not valid JSON"),
+        ({"recommended": RECOMMENDED}, "key 'sensitive' must be a list"),
+        ({"sensitive": ["lr"]}, "key 'recommended' must map"),
+        ({"sensitive": ["lr"], "recommended": {k: v for k, v in RECOMMENDED.items() if k != "beta1"}},
+         "recommended: missing hyperparameter 'beta1'"),
+        ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": "0.1"}}},
+         "recommended.weight_decay.value: expected a number"),
+        ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": 0.1, "rule": "cubic"}}},
+         "recommended.weight_decay: "),
+        ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": 0.1}, "beta1": {"value": 1.5}}},
+         "recommended: beta1: Input should be less than 1"),
+    ],
+)
+def test_a_bad_sensitivity_file_fails_before_any_run(tmp_path, document, message):
+    sensitivity = tmp_path / "sensitivity.json"
+    if document is not None:
+        sensitivity.write_text(document if isinstance(document, str) else json.dumps(document))
+    with pytest.raises(ParamsError, match=message) as error:
+        sweep(tmp_path, "bowl", sensitivity=sensitivity)
+    assert str(sensitivity) in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "runs").exists()
