@@ -75,7 +75,9 @@ def run_spec(prepared_params: StudyParams, prepared_data: dict[str, Any]) -> Cal
     """spec(scale="a", seed=None, train={...}, **hparams): a run spec on the session's prepared data."""
     from optsweep.trainer import make_run_spec
 
-    def make(scale: str = "a", seed: int | None = None, train: dict[str, Any] | None = None, **hparams: Any) -> dict[str, Any]:
+    def make(
+        scale: str = "a", seed: int | None = None, train: dict[str, Any] | None = None, **hparams: Any
+    ) -> dict[str, Any]:
         baseline, _ = prepared_params.scale_space(scale)
         spec = make_run_spec(prepared_params, scale, {**baseline, **hparams}, prepared_data, seed=seed)
         spec["train"].update(train or {})

@@ -85,6 +85,12 @@ def test_batch_size_override(run_spec):
     assert result["steps"] == 128 and result["tokens"] == 16384
 
 
+def test_bf16_autocast_keeps_the_loss(baseline_result, run_spec):
+    result = train(run_spec("a", train={"precision": "bf16"}))
+    assert result["precision"] == "bf16" and result["loss"] != baseline_result["loss"]
+    assert result["loss"] == pytest.approx(baseline_result["loss"], abs=0.05)
+
+
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])

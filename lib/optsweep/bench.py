@@ -24,6 +24,7 @@ from .trainer import make_run_spec
 WARMUP_STEPS = 3  # untimed steps first: CUDA context, kernel autotuning, torch.compile
 # bf16 dense tensor-core peak (FLOP/s) by device-name fragment.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+SCALE_FIELDS = ("name", "width", "depth", "heads", "seq_len", "batch_size", "vocab_size", "n_params", "flops_per_token")
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -70,10 +71,14 @@ def time_steps(step: Callable[[], torch.Tensor], steps: int, runtime: Runtime) -
     return seconds, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
 
 
-def bench_row(name: str, seconds: float, steps: int, spec: dict[str, Any], runtime: Runtime, memory: float | None, **settings: Any) -> dict[str, Any]:
-    scale = spec["scale"]
+def bench_row(
+    name: str, timing: tuple[float, float | None], steps: int, spec: dict[str, Any], runtime: Runtime, **settings: Any
+) -> dict[str, Any]:
+    """One row: the loop's settings, tokens/s and ms/step; on CUDA also MFU and peak memory."""
+    (seconds, memory), scale = timing, spec["scale"]
     tokens_per_s = steps * scale["batch_size"] * scale["seq_len"] / seconds
-    row = {"trainer": name, **settings, "tokens_per_s": round(tokens_per_s), "ms_per_step": round(1e3 * seconds / steps, 2)}
+    row = {"trainer": name, **settings, "tokens_per_s": round(tokens_per_s)}
+    row["ms_per_step"] = round(1e3 * seconds / steps, 2)
     peak = peak_flops(runtime.name)
     if runtime.device.type == "cuda":
         row["mfu"] = round(scale["flops_per_token"] * tokens_per_s / peak, 4) if peak else None
@@ -97,23 +102,22 @@ def run_bench(params: StudyParams, scale_name: str | None, steps: int) -> dict[s
 
     ours = Run(spec, shards, runtime)
     _, total_params = count_params(ours.model)
-    seconds, memory = time_steps(ours.step, steps, runtime)
-    cuda = runtime.device.type == "cuda"
-    rows = [bench_row("optsweep", seconds, steps, spec, runtime, memory, precision=runtime.precision,
-                      compile=spec["train"]["compile"], fused_adamw=cuda)]
-    del ours
-    seconds, memory = time_steps(hf_eager_step(spec, batches, runtime), steps, runtime)
-    rows.append(bench_row("hf_eager_fp32", seconds, steps, spec, runtime, memory, precision="fp32",
-                          compile=False, fused_adamw=False))
+    ours_timing = time_steps(ours.step, steps, runtime)
+    del ours  # frees its GPU memory before the second loop is measured
+    plain_timing = time_steps(hf_eager_step(spec, batches, runtime), steps, runtime)
+    rows = [
+        bench_row("optsweep", ours_timing, steps, spec, runtime, precision=runtime.precision,
+                  compile=spec["train"]["compile"], fused_adamw=runtime.device.type == "cuda"),
+        bench_row("hf_eager_fp32", plain_timing, steps, spec, runtime,
+                  precision="fp32", compile=False, fused_adamw=False),
+    ]
     return {
         "device": runtime.name,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
-        "scale": {**{k: spec["scale"][k] for k in ("name", "width", "depth", "heads", "seq_len", "batch_size",
-                                                    "vocab_size", "n_params", "flops_per_token")},
-                  "total_params": total_params},
+        "scale": {**{key: spec["scale"][key] for key in SCALE_FIELDS}, "total_params": total_params},
         "timed_steps": steps,
         "rows": rows,
         "speedup": round(rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"], 2),

@@ -55,7 +55,8 @@ def source_files(data: DataSettings) -> list[Path]:
     if data.source == "files":
         files: set[Path] = set()
         for pattern in data.paths:
-            matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file()]
+            matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+            matched = [Path(p) for p in matches if Path(p).is_file()]
             if not matched:
                 raise ParamsError(f"study.data.paths: {pattern!r} matches no file")
             files.update(matched)
@@ -117,7 +118,9 @@ def train_bpe(texts: Iterator[str], settings: TokenizerSettings) -> PreTrainedTo
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_OF_TEXT)
 
 
-def make_tokenizer(data: DataSettings, settings: TokenizerSettings, files: list[Path]) -> PreTrainedTokenizerBase:
+def make_tokenizer(
+    data: DataSettings, settings: TokenizerSettings, files: list[Path]
+) -> PreTrainedTokenizerBase:
     if settings.kind == "pretrained":
         tokenizer = AutoTokenizer.from_pretrained(settings.name)
         if tokenizer.eos_token_id is None:
@@ -155,7 +158,9 @@ class ShardWriter:
         self.file.close()
 
 
-def write_shards(texts: Iterator[str], tokenizer: PreTrainedTokenizerBase, folder: Path, data: DataSettings, dtype: np.dtype) -> dict[str, Any]:
+def write_shards(
+    texts: Iterator[str], tokenizer: PreTrainedTokenizerBase, folder: Path, data: DataSettings, dtype: np.dtype
+) -> dict[str, Any]:
     """Tokenize documents in order: whole documents into val.bin until it is full, then train.bin.
 
     The document that fills the validation budget is cut there and its rest dropped, so no document
@@ -173,7 +178,8 @@ def write_shards(texts: Iterator[str], tokenizer: PreTrainedTokenizerBase, folde
     val.close()
     train.close()
     if val.written == 0 or train.written == 0:
-        raise ParamsError(f"study.data: the corpus has no text left for the {'val' if val.written == 0 else 'train'} shard")
+        empty = "val" if val.written == 0 else "train"
+        raise ParamsError(f"study.data: no text left for the {empty} shard; add text or lower val_tokens")
     return {
         "train_tokens": train.written,
         "val_tokens": val.written,
@@ -190,7 +196,9 @@ def folder_hash(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build(params: StudyParams, files: list[Path], folder: Path, recipe_key: str, corpus_hash: str | None) -> dict[str, Any]:
+def build(
+    params: StudyParams, files: list[Path], folder: Path, recipe_key: str, corpus_hash: str | None
+) -> dict[str, Any]:
     """Prepare everything into `folder` (a fresh temporary one); meta.json is written last."""
     data, settings = params.study.data, params.study.tokenizer
     tokenizer = make_tokenizer(data, settings, files)
@@ -307,7 +315,7 @@ class TrainBatches:
         self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
         self.n_windows = (len(tokens) - 1) // seq_len
         if self.n_windows < 1:
-            raise ValueError(f"the training shard ({len(tokens)} tokens) is shorter than one sequence of {seq_len + 1}")
+            raise ValueError(f"the training shard ({len(tokens)} tokens) is shorter than one window ({seq_len + 1})")
         self._epoch_order: tuple[int, np.ndarray] | None = None
 
     def window_order(self, epoch: int) -> np.ndarray:
@@ -328,11 +336,13 @@ class TrainBatches:
         return torch.from_numpy(rows.astype(np.int64))
 
 
-def val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+def val_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, max_tokens: int | None = None
+) -> list[torch.Tensor]:
     """The held-out tokens (the first `max_tokens`, default all) as windows in fixed order, batched."""
     usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     n_windows = (usable - 1) // seq_len
     if n_windows < 1:
-        raise ValueError(f"the validation shard ({len(tokens)} tokens) is shorter than one sequence of {seq_len + 1}")
+        raise ValueError(f"the validation shard ({len(tokens)} tokens) is shorter than one window ({seq_len + 1})")
     rows = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)])
     return list(torch.from_numpy(rows.astype(np.int64)).split(batch_size))

@@ -73,7 +73,7 @@ class Run:
             self.model, hparams, scale["steps"], settings["decay_exclude"], fused=runtime.device.type == "cuda"
         )
         if settings["compile"]:
-            self.model.compile()
+            self.model.compile(dynamic=False)  # fixed shapes: one graph per batch shape
         self.batches = TrainBatches(shards.train, scale["batch_size"], scale["seq_len"], spec["data"]["seed"])
         self.steps_done = 0
         self.next_batch = self.to_device(self.batches.batch(0))
