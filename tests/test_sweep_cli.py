@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -132,6 +134,20 @@ def test_ctrl_c_stops_the_sweep_and_its_workers_and_keeps_finished_runs(tmp_path
     wait_until(lambda: live_processes_in_group(sweep.pid) == [], timeout=10)  # no worker outlives the sweep
     records = list(RunStore(folder / "runs"))
     assert len(records) >= 2 and all(record.status == "ok" for record in records)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal(tmp_path, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    params = load_params(synth.write_study(tmp_path, "bowl"))
+    run_sweep(params, "a", tmp_path / "a.json")
+    last_frame = terminal.getvalue().rstrip("\n").split("\r")[-1]
+    assert last_frame.startswith("sweep a: 100%") and "13/13" in last_frame and "best 3.0000" in last_frame
 
 
 def test_progress_is_plain_lines_off_a_terminal(tmp_path, capsys):
