@@ -1,0 +1,22 @@
+"""Sensitivity classification and hyperparameter scaling laws, for our sweeps and for anyone's run table.
+
+    table = runs_table_from_sweeps(sweeps)          # or load_runs_table("runs.csv")
+    sensitivity = analyze_sensitivity(table)        # -> results/sensitivity.json
+    laws = fit_scaling_laws(table, sensitivity)     # -> results/scaling_law.json
+    predict(laws, n_params=1e8, tokens=2e9, width=512)
+"""
+
+from .analyze import analyze_table
+from .laws import fit_scaling_laws, predict
+from .sensitivity import analyze_sensitivity
+from .table import load_runs_table, runs_table_from_sweeps, validate_runs_table
+
+__all__ = [
+    "analyze_sensitivity",
+    "analyze_table",
+    "fit_scaling_laws",
+    "load_runs_table",
+    "predict",
+    "runs_table_from_sweeps",
+    "validate_runs_table",
+]

@@ -1,0 +1,30 @@
+"""`optsweep analyze`: a run table in, sensitivity.json and scaling_law.json out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import StudyParams
+from ..jsonio import write_json
+from ..provenance import provenance, stable_hash
+from .laws import fit_scaling_laws
+from .sensitivity import analyze_sensitivity
+from .table import load_runs_table
+
+
+def analyze_table(path: str | Path, out_dir: Path, params: StudyParams | None = None) -> list[Path]:
+    """Validate a CSV/Parquet run table, run both analyses and write their JSON files; returns the paths."""
+    table = load_runs_table(path)
+    settings = params.analysis if params else None
+    sensitivity = analyze_sensitivity(table, settings)
+    laws = fit_scaling_laws(table, sensitivity)
+    origin = provenance(
+        params.params_hash() if params else stable_hash(sensitivity["threshold"]),
+        runs_table=str(path),
+        table_hash=stable_hash(table.to_dict("list")),
+    )
+    out_dir = Path(out_dir)
+    return [
+        write_json(out_dir / "sensitivity.json", sensitivity | {"provenance": origin}),
+        write_json(out_dir / "scaling_law.json", laws | {"provenance": origin}),
+    ]

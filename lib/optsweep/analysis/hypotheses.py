@@ -1,0 +1,177 @@
+"""The brief's conjectures, each answered supported / contradicted / inconclusive with the numbers behind it.
+
+All verdicts use the same currency as the sensitivity decision: regret (the loss a rule or a value costs at
+a scale, read off that scale's slice) against the scale's threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .optimum import Landscape
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+
+
+def judge_hypotheses(
+    land: Landscape, verdicts: dict[str, dict[str, Any]], thresholds: dict[str, float]
+) -> list[dict[str, Any]]:
+    return [
+        lr_inverse_width(land, verdicts, thresholds),
+        value_everywhere(land, "weight_decay", 0.1, thresholds),
+        value_everywhere(land, "clip", 1.0, thresholds),
+        eps_insensitive(verdicts),
+        higher_beta_for_longer_training(land, verdicts, "beta1", thresholds),
+        higher_beta_for_longer_training(land, verdicts, "beta2", thresholds),
+        warmup_constant(land, thresholds),
+    ]
+
+
+def _answer(hypothesis: str, verdict: str, why: str, **evidence: Any) -> dict[str, Any]:
+    return {"hypothesis": hypothesis, "verdict": verdict, "evidence": {"why": why, **evidence}}
+
+
+def _swept(land: Landscape, hparam: str) -> bool:
+    return bool(land.slices.get(hparam))
+
+
+def lr_inverse_width(land: Landscape, verdicts: dict, thresholds: dict[str, float]) -> dict[str, Any]:
+    """lr x width constant: carry each scale's optimal lr to scales of another width under that rule.
+    Pairs that differ only in model size are used when there are any, so data effects do not interfere."""
+    text = "the learning rate scales inversely with width (lr x width constant)"
+    if not _swept(land, "lr"):
+        return _answer(text, INCONCLUSIVE, "lr was not swept")
+    pairs = [(a, b) for a, b in land.pairs("lr") if land.scales.loc[a, "width"] != land.scales.loc[b, "width"]]
+    model_pairs = [(a, b) for a, b in pairs if land.kind(a, b) == "model"]
+    used = model_pairs or pairs
+    widths = {s: float(land.scales.loc[s, "width"]) for s in land.slices["lr"]}
+    optimum = {s: land.optima["lr"][s].refined for s in land.slices["lr"]}
+    evidence: dict[str, Any] = {
+        "lr_x_width": {s: optimum[s] * widths[s] for s in optimum},
+        "lr_x_sqrt_width": {s: optimum[s] * widths[s] ** 0.5 for s in optimum},
+        "pairs": "model-only" if model_pairs else "all pairs of different width",
+    }
+    if not used:
+        return _answer(text, INCONCLUSIVE, "every scale has the same width", **evidence)
+    worst = {}
+    for rule, power in (("none", 0.0), ("inverse_width", 1.0), ("inverse_sqrt_width", 0.5)):
+        excess = [land.regret("lr", land.transferred("lr", a, b, power), b)[0] - thresholds[b] for a, b in used]
+        worst[rule] = max(excess) + 0.0
+    evidence["worst_regret_minus_threshold"] = worst
+    evidence["best_rule"] = min(worst, key=worst.get)
+    if not verdicts["lr"]["loss_sensitive"]:
+        return _answer(text, INCONCLUSIVE, "the loss barely depends on lr, so no width rule can be told apart", **evidence)
+    if worst["inverse_width"] <= 0:
+        return _answer(text, SUPPORTED, "lr x width carried across widths costs less than the threshold", **evidence)
+    return _answer(
+        text, CONTRADICTED,
+        f"lr x width carried across widths costs {worst['inverse_width']:.3g} above the threshold; "
+        f"best rule: {evidence['best_rule']}", **evidence,
+    )
+
+
+def value_everywhere(land: Landscape, hparam: str, value: float, thresholds: dict[str, float]) -> dict[str, Any]:
+    """A fixed value is optimal everywhere when it costs less than the threshold at every scale."""
+    text = f"{hparam} = {value:g} is optimal at every scale"
+    if not _swept(land, hparam):
+        return _answer(text, INCONCLUSIVE, f"{hparam} was not swept")
+    regret, outside = {}, []
+    for scale in land.slices[hparam]:
+        regret[scale], out = land.regret(hparam, value, scale)
+        if out:
+            outside.append(scale)
+    evidence = {
+        "regret": regret,
+        "thresholds": {s: thresholds[s] for s in regret},
+        "optimum": {s: land.optima[hparam][s].refined for s in regret},
+        "outside_grid": outside,
+    }
+    costly = [s for s in regret if s not in outside and regret[s] > thresholds[s]]
+    if costly:
+        return _answer(text, CONTRADICTED, f"{value:g} costs {regret[costly[0]]:.3g} at {costly[0]}", **evidence)
+    if outside:
+        return _answer(text, INCONCLUSIVE, f"{value:g} lies outside the grid at {', '.join(outside)}", **evidence)
+    return _answer(text, SUPPORTED, f"{value:g} costs less than the threshold at every scale", **evidence)
+
+
+def eps_insensitive(verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    text = "epsilon is insensitive to scale"
+    if "eps" not in verdicts:
+        return _answer(text, INCONCLUSIVE, "eps was not swept")
+    v = verdicts["eps"]
+    evidence = {"loss_sensitive": v["loss_sensitive"], "optimum_shifts": v["optimum_shifts"], "reason": v["reason"]}
+    if v["sensitive"]:
+        return _answer(text, CONTRADICTED, "the loss cares about eps and its optimum shifts", **evidence)
+    return _answer(text, SUPPORTED, "eps is not sensitive to scale", **evidence)
+
+
+def _data_pairs(land: Landscape, hparam: str) -> list[tuple[str, str]]:
+    """(shorter, longer) pairs of scales with the same model and different training duration."""
+    duration = land.scales["duration"]
+    return [(a, b) for a, b in land.pairs(hparam) if land.kind(a, b) == "data" and duration[b] > duration[a]]
+
+
+def higher_beta_for_longer_training(
+    land: Landscape, verdicts: dict, hparam: str, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Along pairs that differ only in training duration: does the longer run's optimum rise, by enough
+    that the shorter run's optimum costs more than the threshold there?"""
+    text = f"a higher {hparam} is better for longer training"
+    if not _swept(land, hparam):
+        return _answer(text, INCONCLUSIVE, f"{hparam} was not swept")
+    pairs = _data_pairs(land, hparam)
+    if not pairs:
+        return _answer(text, INCONCLUSIVE, "no two scales differ only in training duration")
+    rows = []
+    for short, long in pairs:
+        regret, _ = land.regret(hparam, land.transferred(hparam, short, long), long)
+        rows.append(
+            {
+                "shorter": short, "longer": long,
+                "optimum_shorter": land.optima[hparam][short].refined,
+                "optimum_longer": land.optima[hparam][long].refined,
+                "regret_of_shorter_optimum": regret, "threshold": thresholds[long],
+            }
+        )
+    up = [r for r in rows if r["optimum_longer"] > r["optimum_shorter"] and r["regret_of_shorter_optimum"] > r["threshold"]]
+    down = [r for r in rows if r["optimum_longer"] < r["optimum_shorter"] and r["regret_of_shorter_optimum"] > r["threshold"]]
+    cares = any(verdicts[hparam]["evidence"]["loss_gaps"][r["longer"]]["loss_sensitive"] for r in rows)
+    if up and not down:
+        return _answer(text, SUPPORTED, "the longer run's optimum is higher, and the shorter run's costs above the threshold", pairs=rows)
+    if down and not up:
+        return _answer(text, CONTRADICTED, "the longer run's optimum is lower, by more than the threshold", pairs=rows)
+    if not up and not down and cares:
+        return _answer(text, CONTRADICTED, "the optimum does not move with duration although the loss cares", pairs=rows)
+    why = "mixed directions across pairs" if up else "the loss barely depends on it at the longer scales"
+    return _answer(text, INCONCLUSIVE, why, pairs=rows)
+
+
+def warmup_constant(land: Landscape, thresholds: dict[str, float]) -> dict[str, Any]:
+    """Constant warmup steps vs warmup proportional to training duration, along pairs that differ only in
+    duration: which rule carries the shorter run's optimum to the longer run for less than the threshold."""
+    text = "warmup stays constant in steps as training gets longer (rather than growing with duration)"
+    if not _swept(land, "warmup"):
+        return _answer(text, INCONCLUSIVE, "warmup was not swept")
+    pairs = _data_pairs(land, "warmup")
+    if not pairs:
+        return _answer(text, INCONCLUSIVE, "no two scales differ only in training duration")
+    rows = []
+    for short, long in pairs:
+        stretch = land.scales.loc[long, "duration"] / land.scales.loc[short, "duration"]
+        optimum = land.optima["warmup"][short].refined
+        rows.append(
+            {
+                "shorter": short, "longer": long, "duration_ratio": float(stretch),
+                "regret_constant": land.regret("warmup", optimum, long)[0],
+                "regret_proportional": land.regret("warmup", optimum * stretch, long)[0],
+                "threshold": thresholds[long],
+            }
+        )
+    constant_fails = any(r["regret_constant"] > r["threshold"] for r in rows)
+    proportional_fails = any(r["regret_proportional"] > r["threshold"] for r in rows)
+    if not constant_fails:
+        also = " (growing with duration would be as good)" if not proportional_fails else ""
+        return _answer(text, SUPPORTED, "the shorter run's warmup costs less than the threshold at the longer run" + also, pairs=rows)
+    if not proportional_fails:
+        return _answer(text, CONTRADICTED, "warmup growing with duration fits; a constant costs above the threshold", pairs=rows)
+    return _answer(text, CONTRADICTED, "a constant warmup costs above the threshold (growing with duration does too)", pairs=rows)

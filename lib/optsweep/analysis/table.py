@@ -1,0 +1,251 @@
+"""Run tables: one row per trained run, the input of every analysis.
+
+A run table has the columns `scale` (a name), `n_params` (non-embedding N), `tokens` (D), `width`, one
+column per hyperparameter that is present (names from `optsweep.config.ALL_HPARAMS`) and `loss` (empty or
+non-finite = diverged). Optional: `seed` (several seeds of one config measure the noise), `status`
+("skipped" rows are dropped, "diverged"/"failed" rows count as diverged), `phase` ("phase1" rows decide
+sensitivity when present), `steps` (training duration; `tokens` stands in for it when absent). Any other
+column is ignored, so a table exported from another codebase works as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import ALL_HPARAMS, ParamsError
+
+REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
+SCALE_COLUMNS = ("n_params", "tokens", "width", "steps")
+OPTIONAL = ("seed", "status", "phase", "steps")
+FAILED_STATUSES = ("diverged", "failed")
+# Where each hyperparameter's values make sense (the natural axes of the analysis need them).
+DOMAINS: dict[str, tuple[str, object]] = {
+    "lr": ("> 0", lambda v: v > 0),
+    "eps": ("> 0", lambda v: v > 0),
+    "batch_size": ("> 0", lambda v: v > 0),
+    "warmup": (">= 0", lambda v: v >= 0),
+    "beta1": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "beta2": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "min_lr_ratio": ("in [0, 1]", lambda v: (v >= 0) & (v <= 1)),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "clip": (">= 0", lambda v: v >= 0),
+}
+
+
+def load_runs_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet run table and validate it (one-line `ParamsError` naming file and column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: runs table not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise ParamsError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
+    except (ValueError, OSError) as error:
+        if isinstance(error, ParamsError):
+            raise
+        raise ParamsError(f"{path}: not a readable {suffix[1:]} table ({str(error).splitlines()[0]})") from None
+    return validate_runs_table(frame, source=str(path))
+
+
+def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
+    """Check and normalise a run table: known columns only, numbers as floats, diverged runs as NaN loss.
+
+    A hyperparameter column with one value in every row was not swept: it is kept as a fixed value (see
+    `fixed_hparams`) as long as some other hyperparameter varies; when none varies the table is an error.
+    """
+    for column in REQUIRED:
+        if column not in frame.columns:
+            raise ParamsError(
+                f"{source}: missing column {column!r}; a runs table needs {', '.join(REQUIRED)} "
+                f"and a column per hyperparameter ({', '.join(ALL_HPARAMS)})"
+            )
+    hparams = [h for h in ALL_HPARAMS if h in frame.columns]
+    if not hparams:
+        raise ParamsError(f"{source}: no hyperparameter column; expected one or more of {', '.join(ALL_HPARAMS)}")
+    keep = ["scale", *SCALE_COLUMNS, *hparams, "loss", *OPTIONAL]
+    table = frame[[c for c in dict.fromkeys(keep) if c in frame.columns]].copy().reset_index(drop=True)
+
+    if table["scale"].isna().any() or (table["scale"].astype(str).str.strip() == "").any():
+        row = int(np.flatnonzero(table["scale"].isna() | (table["scale"].astype(str).str.strip() == ""))[0])
+        raise ParamsError(f"{source}: column 'scale': empty scale name in row {row}")
+    table["scale"] = table["scale"].astype(str)
+    for column in ("status", "phase"):
+        if column in table.columns:
+            table[column] = table[column].astype("string").fillna("")
+
+    for column in [c for c in table.columns if c not in ("scale", "status", "phase")]:
+        table[column] = _numeric(table[column], column, source)
+    for column in [c for c in SCALE_COLUMNS if c in table.columns and c != "steps"]:
+        bad = ~(np.isfinite(table[column]) & (table[column] > 0))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ParamsError(f"{source}: column {column!r}: needs a positive number in every row (row {row})")
+    for h in hparams:
+        bad = ~np.isfinite(table[h])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ParamsError(f"{source}: column {h!r}: empty or non-finite value in row {row}; every run needs it")
+        allowed, inside = DOMAINS[h]
+        bad = ~inside(table[h])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ParamsError(f"{source}: column {h!r}: {table[h].iloc[row]} in row {row}; allowed: {allowed}")
+
+    if "status" in table.columns:
+        table = table[table["status"] != "skipped"].reset_index(drop=True)
+        table.loc[table["status"].isin(FAILED_STATUSES), "loss"] = np.nan
+    table.loc[~np.isfinite(table["loss"]), "loss"] = np.nan
+
+    _check_one_value_per_scale(table, source)
+    _check_scales(table, source)
+    _check_something_swept(table, hparams, source)
+    return table
+
+
+def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
+    """The column as floats; text that is not a number is an error naming the row."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.astype(float)
+    numbers = pd.to_numeric(column, errors="coerce").astype(float)
+    blank = column.isna() | (column.astype(str).str.strip() == "")
+    text = numbers.isna() & ~blank & ~column.astype(str).str.strip().str.lower().isin(["nan", "inf", "-inf"])
+    if text.any():
+        row = int(np.flatnonzero(text)[0])
+        raise ParamsError(f"{source}: column {name!r}: {column.iloc[row]!r} in row {row} is not a number")
+    return numbers
+
+
+def _check_one_value_per_scale(table: pd.DataFrame, source: str) -> None:
+    for column in [c for c in SCALE_COLUMNS if c in table.columns]:
+        counts = table.groupby("scale")[column].nunique()
+        if (counts > 1).any():
+            scale = counts[counts > 1].index[0]
+            first, second = sorted(table.loc[table["scale"] == scale, column].unique())[:2]
+            raise ParamsError(
+                f"{source}: column {column!r}: scale {scale!r} has several values ({first:.10g}, {second:.10g}, ...); "
+                "one per scale"
+            )
+
+
+def _check_scales(table: pd.DataFrame, source: str) -> None:
+    scales = table["scale"].unique()
+    if len(scales) < 2:
+        found = f"{scales[0]!r}" if len(scales) else "none"
+        raise ParamsError(f"{source}: column 'scale': needs runs at two or more scales to compare, found {found}")
+    finite = table["loss"].notna().groupby(table["scale"]).any()
+    if not finite.all():
+        scale = finite[~finite].index[0]
+        raise ParamsError(f"{source}: column 'loss': every run of scale {scale!r} diverged; drop its rows or rerun it")
+
+
+def _check_something_swept(table: pd.DataFrame, hparams: list[str], source: str) -> None:
+    if any(table[h].nunique() > 1 for h in hparams):
+        return
+    names = ", ".join(repr(h) for h in hparams)
+    which = f"column {names} has" if len(hparams) == 1 else f"columns {names} each have"
+    raise ParamsError(
+        f"{source}: {which} a single value in every row: no hyperparameter was swept, so there is nothing to analyse"
+    )
+
+
+def hparam_columns(table: pd.DataFrame) -> list[str]:
+    return [h for h in ALL_HPARAMS if h in table.columns]
+
+
+def fixed_hparams(table: pd.DataFrame) -> dict[str, float]:
+    """Hyperparameters with one value in every row: never swept, reported as fixed, never judged."""
+    return {h: float(table[h].iloc[0]) for h in hparam_columns(table) if table[h].nunique() == 1}
+
+
+def swept_hparams(table: pd.DataFrame) -> list[str]:
+    return [h for h in hparam_columns(table) if table[h].nunique() > 1]
+
+
+def sensitivity_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that decide sensitivity: phase-1 runs when the table marks phases, else every run."""
+    if "phase" in table.columns and (table["phase"] == "phase1").any():
+        return table[table["phase"] == "phase1"].reset_index(drop=True)
+    return table
+
+
+def config_losses(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (scale, config): mean loss over seeds (NaN when any seed diverged) and the seed count."""
+    keys = ["scale", *hparam_columns(table)]
+    configs = (
+        table.assign(diverged=table["loss"].isna())
+        .groupby(keys, sort=False)
+        .agg(loss=("loss", "mean"), seeds=("loss", "size"), diverged=("diverged", "any"))
+    )
+    configs.loc[configs["diverged"], "loss"] = np.nan
+    return configs.drop(columns="diverged").reset_index()
+
+
+def scales_frame(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """One row per scale (index = name): n_params, tokens, width, duration, best_loss, runs.
+    `configs` is `config_losses(table)`."""
+    first = table.groupby("scale", sort=False).first()
+    scales = first[["n_params", "tokens", "width"]].copy()
+    scales["duration"] = first["steps"] if "steps" in first.columns else first["tokens"]
+    scales["duration"] = scales["duration"].where(np.isfinite(scales["duration"]), first["tokens"])
+    scales["best_loss"] = configs.groupby("scale", sort=False)["loss"].min()
+    scales["runs"] = table.groupby("scale", sort=False).size()
+    return scales
+
+
+def seed_noise(table: pd.DataFrame) -> dict[str, Any] | None:
+    """Pooled standard deviation of the loss over seeds of the same config, or None when no config repeats."""
+    keys = ["scale", *hparam_columns(table)]
+    finite = table[table["loss"].notna()]
+    groups = finite.groupby(keys, sort=False)["loss"].agg(["var", "size"])
+    groups = groups[groups["size"] >= 2]
+    if groups.empty:
+        return None
+    dof = int((groups["size"] - 1).sum())
+    pooled = float(((groups["size"] - 1) * groups["var"]).sum() / dof)
+    return {"std": pooled**0.5, "configs": len(groups), "runs": int(groups["size"].sum()), "dof": dof}
+
+
+def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
+    """A run table from our sweep results (results/sweeps/*.json, results/law_sweeps/*.json).
+
+    Every trained run is a row; skipped runs (never trained) are dropped and diverged or failed runs have
+    a NaN loss. A run listed twice (same key) is kept once. lr is the effective lr the run trained with.
+    """
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for sweep in sweeps:
+        scale = sweep["scale"]
+        for run in sweep["runs"]:
+            if run["status"] == "skipped":
+                continue
+            key = (scale["name"], run.get("key") or repr(sorted(run["hparams"].items())) + str(run.get("seed")))
+            if key in seen:
+                continue
+            seen.add(key)
+            loss = run.get("loss") if run["status"] == "ok" else None
+            rows.append(
+                {
+                    "scale": scale["name"],
+                    "n_params": scale["n_params"],
+                    "tokens": scale["tokens"],
+                    "width": scale["width"],
+                    "steps": scale.get("steps"),
+                    **{h: v for h, v in run["hparams"].items() if h in ALL_HPARAMS},
+                    "loss": np.nan if loss is None else loss,
+                    "seed": run.get("seed"),
+                    "status": run["status"],
+                    "phase": sweep.get("phase", "phase1"),
+                }
+            )
+    if not rows:
+        raise ParamsError("sweeps: no trained runs to analyse")
+    return validate_runs_table(pd.DataFrame(rows), source="sweeps")

@@ -1,0 +1,180 @@
+"""Sensitivity classification on run tables generated from known truths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from optsweep.analysis import analyze_sensitivity
+from optsweep.config import AnalysisSettings
+from synthetic_tables import Truth, constant, run_table, scale_grid, sqrt2_grid
+
+# Two widths x two token budgets: every pair of scales differs in data only, in model only, or in both.
+SCALES = scale_grid([256, 512], [2e9, 8e9])
+SMALL_N, BIG_N = SCALES[0].n_params, SCALES[2].n_params
+
+
+def beta2_by_data(scale) -> float:
+    return 1 - 0.05 * (scale.tokens / 2e9) ** -0.8
+
+
+def wd_by_model(scale) -> float:
+    return 0.1 * (scale.n_params / SMALL_N) ** 0.5
+
+
+# lr follows 1/width exactly; beta2 moves with data only; weight decay with model size only; clip and
+# warmup have fixed optima the loss cares about; eps does not matter at all.
+CAUSES = Truth(
+    optimum={
+        "lr": lambda s: 2.0 / s.width, "warmup": constant(2000), "beta2": beta2_by_data,
+        "weight_decay": wd_by_model, "eps": constant(1e-15), "clip": constant(1.0),
+    },
+    curvature={"lr": 0.2, "warmup": 0.05, "beta2": 0.05, "weight_decay": 8.0, "eps": 0.0, "clip": 0.1},
+    grid={
+        "lr": sqrt2_grid(1e-3, 3e-2), "warmup": [500, 1000, 2000, 4000, 8000],
+        "beta2": [0.9, 0.95, 0.98, 0.99, 0.995], "weight_decay": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3],
+        "eps": [1e-20, 1e-15, 1e-10], "clip": [0.0, 0.5, 1.0, 2.0],
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def causes() -> dict:
+    return analyze_sensitivity(run_table(CAUSES, SCALES))
+
+
+def test_only_hparams_whose_optimum_moves_and_matters_are_sensitive(causes):
+    assert causes["sensitive"] == ["beta2", "weight_decay"]
+    verdicts = causes["hyperparameters"]
+    assert verdicts["clip"]["loss_sensitive"] and not verdicts["clip"]["optimum_shifts"]
+    assert verdicts["warmup"]["loss_sensitive"] and not verdicts["warmup"]["optimum_shifts"]
+    assert not verdicts["eps"]["loss_sensitive"]
+    for h in ("beta2", "weight_decay"):
+        assert verdicts[h]["sensitive"] and h not in causes["recommended"]
+        assert h in verdicts[h]["reason"] and "sensitive" in verdicts[h]["reason"]
+
+
+def test_shift_cause_is_data_when_only_d_moves_the_optimum_and_model_when_only_n_does(causes):
+    verdicts = causes["hyperparameters"]
+    assert verdicts["beta2"]["shift_cause"] == "data"
+    assert verdicts["weight_decay"]["shift_cause"] == "model"
+    assert verdicts["clip"]["shift_cause"] == "none"
+    pairs = verdicts["beta2"]["evidence"]["pairs"]
+    assert len(pairs["data"]) == 2 and len(pairs["model"]) == 2
+    assert all(p["exceeds"] for p in pairs["data"]) and not any(p["exceeds"] for p in pairs["model"])
+
+
+def test_lr_compared_after_the_width_rule(causes):
+    lr = causes["hyperparameters"]["lr"]
+    assert lr["loss_sensitive"] and not lr["optimum_shifts"] and not lr["sensitive"]
+    assert lr["evidence"]["width_rule"] == "inverse_width"
+    worst = lr["evidence"]["worst_regret_by_rule"]
+    assert worst["inverse_width"] < worst["inverse_sqrt_width"] < worst["none"]
+    for scale, optimum in lr["optimum"].items():
+        assert optimum["lr_x_width"] == pytest.approx(2.0, rel=1e-6)
+    recommended = causes["recommended"]["lr"]
+    assert recommended["rule"] == "inverse_width" and recommended["reference_width"] == 256
+    # a value that was run, within half a grid step of the truth at the reference width
+    assert abs(math.log(recommended["value"] / (2.0 / 256))) <= math.log(2) / 4 + 1e-9
+
+
+def test_refined_optimum_is_exact_on_a_quadratic_and_flagged_at_the_grid_edge(causes):
+    beta2 = causes["hyperparameters"]["beta2"]["optimum"]
+    long_run = SCALES[1].name
+    assert beta2[long_run]["grid_value"] == 0.98
+    assert beta2[long_run]["refined"] == pytest.approx(beta2_by_data(SCALES[1]), abs=1e-9)
+    assert not beta2[long_run]["at_edge"]
+
+    edge = Truth(
+        optimum={"warmup": constant(20000), "lr": lambda s: 2.0 / s.width},
+        curvature={"warmup": 0.05, "lr": 0.2},
+        grid={"warmup": [500, 1000, 2000, 4000, 8000], "lr": sqrt2_grid(1e-3, 3e-2)},
+    )
+    warmup = analyze_sensitivity(run_table(edge, SCALES))["hyperparameters"]["warmup"]["optimum"]
+    for optimum in warmup.values():
+        assert optimum["at_edge"] and optimum["grid_value"] == optimum["refined"] == 8000
+
+
+def test_original_rule_side_by_side(causes):
+    verdicts = causes["hyperparameters"]
+    assert verdicts["weight_decay"]["original_rule"]["stable"] is False
+    assert verdicts["clip"]["original_rule"] == {
+        "stable": True, "value": 1.0, "common_values": [1.0], "window": "per-scale threshold"
+    }
+    assert causes["recommended"]["clip"]["value"] == 1.0
+    assert causes["recommended"]["warmup"]["value"] == 2000
+
+
+def test_fixed_optimum_never_sensitive_even_when_the_grid_optimum_drifts():
+    # The optimum drifts from 0.12 to 0.13: the best grid value jumps from 0.1 to 0.15, but carrying one
+    # scale's optimum to the other costs less than the threshold, so weight decay is not sensitive.
+    drift = Truth(
+        optimum={"weight_decay": lambda s: 0.12 if s.n_params == SMALL_N else 0.13, "clip": constant(1.0)},
+        curvature={"weight_decay": 8.0, "clip": 0.1},
+        grid={"weight_decay": [0.0, 0.05, 0.1, 0.15, 0.2], "clip": [0.0, 0.5, 1.0, 2.0]},
+    )
+    for noise_seed in range(8):
+        table = run_table(drift, SCALES, noise=0.001 if noise_seed else 0.0, seed=noise_seed)
+        verdict = analyze_sensitivity(table)["hyperparameters"]
+        wd = verdict["weight_decay"]
+        assert wd["loss_sensitive"] and not wd["sensitive"], wd["reason"]
+        assert not verdict["clip"]["sensitive"], verdict["clip"]["reason"]
+        if noise_seed == 0:
+            grid_values = {o["grid_value"] for o in wd["optimum"].values()}
+            assert grid_values == {0.1, 0.15}
+            assert 0 < max(r["regret"] for r in wd["evidence"]["regrets"]) < min(wd["evidence"]["thresholds"].values())
+
+
+def test_full_grid_gives_the_same_optima_as_slices():
+    truth = Truth(
+        optimum={"lr": lambda s: 2.0 / s.width, "beta2": beta2_by_data, "weight_decay": constant(0.1)},
+        curvature={"lr": 0.2, "beta2": 0.05, "weight_decay": 8.0},
+        grid={"lr": sqrt2_grid(4e-3, 1.6e-2), "beta2": [0.9, 0.95, 0.98, 0.99], "weight_decay": [0.0, 0.1, 0.2]},
+    )
+    from_slices = analyze_sensitivity(run_table(truth, SCALES))
+    from_grid = analyze_sensitivity(run_table(truth, SCALES, design="grid"))
+    assert from_grid["sensitive"] == from_slices["sensitive"] == ["beta2"]
+    for h in truth.grid:
+        for scale, optimum in from_slices["hyperparameters"][h]["optimum"].items():
+            assert from_grid["hyperparameters"][h]["optimum"][scale]["refined"] == pytest.approx(optimum["refined"])
+
+
+def test_threshold_is_relative_absolute_or_raised_to_the_seed_noise():
+    truth = Truth(
+        optimum={"clip": constant(1.0), "weight_decay": wd_by_model},
+        curvature={"clip": 0.1, "weight_decay": 8.0},
+        grid={"clip": [0.0, 0.5, 1.0, 1.5], "weight_decay": [0.0, 0.1, 0.2, 0.3]},
+    )
+    quiet = run_table(truth, SCALES)
+    relative = analyze_sensitivity(quiet)
+    for scale, info in relative["scales"].items():
+        assert relative["threshold"]["per_scale"][scale] == pytest.approx(0.0025 * info["best_loss"])
+    assert relative["noise"] is None
+
+    absolute = analyze_sensitivity(quiet, AnalysisSettings(threshold=0.05, threshold_kind="absolute"))
+    assert set(absolute["threshold"]["per_scale"].values()) == {0.05}
+    # a step of weight decay costs 8 * 0.1^2 = 0.08 > 0.05: still sensitive; clip's 0.025 no longer matters
+    assert absolute["sensitive"] == ["weight_decay"]
+    assert not absolute["hyperparameters"]["clip"]["loss_sensitive"]
+
+    noisy = run_table(truth, SCALES, noise=0.03, seeds=4, seed=1)
+    measured = analyze_sensitivity(noisy)
+    assert measured["noise"]["std"] == pytest.approx(0.03, rel=0.3)
+    assert set(measured["threshold"]["per_scale"].values()) == {measured["noise"]["std"]}
+    ignored = analyze_sensitivity(noisy, AnalysisSettings(use_seed_noise=False))
+    assert max(ignored["threshold"]["per_scale"].values()) < 0.03
+
+
+def test_diverged_runs_count_as_a_costly_step():
+    truth = Truth(
+        optimum={"lr": lambda s: 2.0 / s.width, "weight_decay": constant(0.1)},
+        curvature={"lr": 0.001, "weight_decay": 8.0},
+        grid={"lr": sqrt2_grid(1e-3, 3e-2), "weight_decay": [0.0, 0.1, 0.2]},
+    )
+    # Almost flat in lr, but one notch above the best grid value diverges at every scale.
+    best = {s.name: truth.best_grid_config(s)["lr"] for s in SCALES}
+    table = run_table(truth, SCALES, diverged=lambda s, c: c["lr"] > 1.1 * best[s.name])
+    lr = analyze_sensitivity(table)["hyperparameters"]["lr"]
+    assert lr["loss_sensitive"]
+    assert all(g["diverged_step"] for g in lr["evidence"]["loss_gaps"].values())
