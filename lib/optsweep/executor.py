@@ -256,6 +256,9 @@ class Executor:
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.process.join(timeout=5)
+        if worker.process.is_alive():  # alive but unreachable: it must not train on unseen
+            worker.process.kill()
+            worker.process.join()
         worker.connection.close()
         fresh = self._start_worker(worker.env)
         self._workers[self._workers.index(worker)] = fresh
@@ -288,10 +291,14 @@ class Executor:
     def _finished_before_interrupt(busy: list[_Worker]) -> Iterator[Outcome]:
         """Runs that finished as Ctrl-C came in: hand them over (to be stored) before the workers stop."""
         for worker in busy:
-            if worker.connection.poll(0.2):
+            try:
+                if not worker.connection.poll(0.2):
+                    continue
                 key, result, error, wall = worker.connection.recv()
-                if error is None:
-                    yield Outcome(key, worker.task.spec, result, None, worker.attempts, wall)
+            except (EOFError, OSError):
+                continue
+            if error is None:
+                yield Outcome(key, worker.task.spec, result, None, worker.attempts, wall)
 
     def _dispatch(self, worker: _Worker, task: Task, attempt: int) -> None:
         if not worker.process.is_alive():
