@@ -236,6 +236,15 @@ def test_law_phase_frees_only_the_sensitive_hyperparameters(tmp_path):
     assert result["best"]["weight_decay"] == 0.2 and result["converged"]
 
 
+def test_law_phase_keeps_the_baseline_of_hyperparameters_the_analysis_could_not_judge(tmp_path):
+    recommended = {h: entry for h, entry in RECOMMENDED.items() if h != "beta1"}
+    sensitivity = tmp_path / "sensitivity.json"
+    sensitivity.write_text(json.dumps({"sensitive": ["lr"], "unjudged": ["beta1"],
+                                       "recommended": {**recommended, "weight_decay": {"value": 0.2}}}))
+    result = sweep(tmp_path, "bowl", sensitivity=sensitivity)
+    assert result["free"] == ["lr"] and result["fixed"]["beta1"] == 0.9 and result["fixed"]["weight_decay"] == 0.2
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [

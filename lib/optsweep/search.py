@@ -54,12 +54,13 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
         free = params.search_order()
         fixed = {h: v for h, v in baseline.items() if h not in free}
         return SearchSpace("phase1", free, {h: grid[h] for h in free}, fixed, baseline)
-    sensitive, recommended = _read_sensitivity(Path(sensitivity_path))
+    sensitive, unjudged, recommended = _read_sensitivity(Path(sensitivity_path))
     order = params.search.order or list(grid)
     free = [h for h in order if h in sensitive]
     width = params.scale(scale_name).width
     fixed = {h: v for h, v in baseline.items() if h not in free}
-    for h in sorted(set(baseline) - set(free) - set(sensitive)):
+    # Sensitive without a grid, or unjudged by the analysis (never swept): no constant exists, keep the baseline.
+    for h in sorted(set(baseline) - set(free) - set(sensitive) - set(unjudged)):
         if h not in recommended:
             raise ParamsError(f"{sensitivity_path}: recommended: missing hyperparameter {h!r}")
     for h, entry in recommended.items():
@@ -73,8 +74,8 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
     return SearchSpace("law", free, {h: grid[h] for h in free}, fixed, start)
 
 
-def _read_sensitivity(path: Path) -> tuple[list[str], dict[str, Any]]:
-    """The `sensitive` list and `recommended` mapping of a sensitivity.json; a bad file is a ParamsError."""
+def _read_sensitivity(path: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+    """The `sensitive` and (optional) `unjudged` lists and the `recommended` mapping of a sensitivity.json."""
     if not path.is_file():
         raise ParamsError(f"{path}: sensitivity file not found (run the sensitivity stage or `optsweep analyze`)")
     try:
@@ -83,16 +84,17 @@ def _read_sensitivity(path: Path) -> tuple[list[str], dict[str, Any]]:
         raise ParamsError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
         raise ParamsError(f"{path}: expected a JSON object with keys 'sensitive' and 'recommended'")
-    sensitive = document.get("sensitive")
-    if not isinstance(sensitive, list) or not all(isinstance(h, str) for h in sensitive):
-        raise ParamsError(f"{path}: key 'sensitive' must be a list of hyperparameter names")
+    sensitive, unjudged = document.get("sensitive"), document.get("unjudged", [])
+    for key, names in (("sensitive", sensitive), ("unjudged", unjudged)):
+        if not isinstance(names, list) or not all(isinstance(h, str) for h in names):
+            raise ParamsError(f"{path}: key {key!r} must be a list of hyperparameter names")
     recommended = document.get("recommended")
     if not isinstance(recommended, dict):
         raise ParamsError(f"{path}: key 'recommended' must map hyperparameters to {{value, rule, reference_width}}")
     unknown = sorted(set(recommended) - set(ALL_HPARAMS))
     if unknown:
         raise ParamsError(f"{path}: recommended: unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(ALL_HPARAMS)}")
-    return sensitive, recommended
+    return sensitive, unjudged, recommended
 
 
 def _recommended_value(path: str, h: str, entry: Any, width: int) -> float | int:
