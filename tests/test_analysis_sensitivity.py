@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from optsweep.analysis import analyze_sensitivity
@@ -159,11 +161,43 @@ def test_threshold_is_relative_absolute_or_raised_to_the_seed_noise():
     assert not absolute["hyperparameters"]["clip"]["loss_sensitive"]
 
     noisy = run_table(truth, SCALES, noise=0.03, seeds=4, seed=1)
-    measured = analyze_sensitivity(noisy)
-    assert measured["noise"]["std"] == pytest.approx(0.03, rel=0.3)
-    assert set(measured["threshold"]["per_scale"].values()) == {measured["noise"]["std"]}
+    noise = analyze_sensitivity(noisy)["noise"]
+    assert noise["std"] == pytest.approx(0.03, rel=0.3)
+    # the noise of a difference between two configs run on the same seed: sqrt(2) x 0.03 for independent runs
+    assert noise["paired_std"] == pytest.approx(0.03 * math.sqrt(2), rel=0.3)
+    assert set(analyze_sensitivity(noisy)["threshold"]["per_scale"].values()) == {noise["paired_std"]}
+    # without seed labels repeated configs still measure the noise of one run
+    unlabelled = analyze_sensitivity(noisy.drop(columns="seed"))
+    assert unlabelled["noise"]["paired_std"] is None
+    assert set(unlabelled["threshold"]["per_scale"].values()) == {unlabelled["noise"]["std"]}
     ignored = analyze_sensitivity(noisy, AnalysisSettings(use_seed_noise=False))
     assert max(ignored["threshold"]["per_scale"].values()) < 0.03
+
+
+def test_configs_are_compared_on_the_seeds_they_share():
+    # Common random numbers: every run is at seed 0; the best three configs of each scale were also run on
+    # seeds 1 and 2, which move every run's loss a lot (0.2, -0.15) but the differences between configs little.
+    truth = Truth(
+        optimum={"lr": lambda s: 2.0 / s.width, "weight_decay": wd_by_model, "clip": constant(1.0)},
+        curvature={"lr": 0.2, "weight_decay": 8.0, "clip": 0.1},
+        grid={"lr": sqrt2_grid(1e-3, 3e-2), "weight_decay": [0.0, 0.1, 0.2, 0.3], "clip": [0.0, 0.5, 1.0, 1.5]},
+    )
+    base = run_table(truth, SCALES)
+    rng = np.random.default_rng(0)
+    extra = [
+        best.assign(seed=seed, loss=best["loss"] + shift + rng.normal(0, 0.002, len(best)))
+        for _, rows in base.groupby("scale")
+        for best in [rows.nsmallest(3, "loss")]
+        for seed, shift in ((1, 0.2), (2, -0.15))
+    ]
+    crn = analyze_sensitivity(pd.concat([base, *extra]))
+    single_seed = analyze_sensitivity(base)
+    assert crn["noise"]["std"] > 0.1  # the seed moves every run...
+    assert crn["noise"]["paired_std"] < 0.01  # ...but hardly the difference between two configs
+    assert crn["threshold"]["per_scale"] == single_seed["threshold"]["per_scale"]
+    assert crn["sensitive"] == single_seed["sensitive"] == ["weight_decay"]
+    for h, verdict in single_seed["hyperparameters"].items():
+        assert crn["hyperparameters"][h]["optimum"] == verdict["optimum"]
 
 
 def test_diverged_runs_count_as_a_costly_step():

@@ -92,7 +92,7 @@ def test_text_in_a_hparam_column_names_row_and_value():
     table = small_table()
     table["lr"] = table["lr"].astype(object)
     table.loc[4, "lr"] = "3e-3x"
-    with pytest.raises(ParamsError, match=r"runs table: column 'lr': '3e-3x' in row 4 is not a number"):
+    with pytest.raises(ParamsError, match=r"runs table: column 'lr': data row 5 has '3e-3x': not a number"):
         analyze_sensitivity(table)
 
 

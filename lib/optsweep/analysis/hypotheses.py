@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .optimum import Landscape
+from .optimum import WIDTH_RULES, Landscape
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 
@@ -54,15 +54,17 @@ def lr_inverse_width(land: Landscape, verdicts: dict, thresholds: dict[str, floa
     if not used:
         return _answer(text, INCONCLUSIVE, "every scale has the same width", **evidence)
     worst = {}
-    for rule, power in (("none", 0.0), ("inverse_width", 1.0), ("inverse_sqrt_width", 0.5)):
+    for rule, power in WIDTH_RULES.items():
         excess = [land.regret("lr", land.transferred("lr", a, b, power), b)[0] - thresholds[b] for a, b in used]
-        worst[rule] = max(excess) + 0.0
+        worst[rule] = max(excess)
     evidence["worst_regret_minus_threshold"] = worst
     evidence["best_rule"] = min(worst, key=worst.get)
     if not verdicts["lr"]["loss_sensitive"]:
-        return _answer(text, INCONCLUSIVE, "the loss barely depends on lr, so no width rule can be told apart", **evidence)
+        why = "the loss barely depends on lr, so no width rule can be told apart"
+        return _answer(text, INCONCLUSIVE, why, **evidence)
     if worst["inverse_width"] <= 0:
-        return _answer(text, SUPPORTED, "lr x width carried across widths costs less than the threshold", **evidence)
+        why = "lr x width carried across widths costs less than the threshold"
+        return _answer(text, SUPPORTED, why, **evidence)
     return _answer(
         text, CONTRADICTED,
         f"lr x width carried across widths costs {worst['inverse_width']:.3g} above the threshold; "
@@ -90,7 +92,8 @@ def value_everywhere(land: Landscape, hparam: str, value: float, thresholds: dic
     if costly:
         return _answer(text, CONTRADICTED, f"{value:g} costs {regret[costly[0]]:.3g} at {costly[0]}", **evidence)
     if outside:
-        return _answer(text, INCONCLUSIVE, f"{value:g} lies outside the grid at {', '.join(outside)}", **evidence)
+        why = f"{value:g} lies outside the grid at {', '.join(outside)}"
+        return _answer(text, INCONCLUSIVE, why, **evidence)
     return _answer(text, SUPPORTED, f"{value:g} costs less than the threshold at every scale", **evidence)
 
 
@@ -99,7 +102,7 @@ def eps_insensitive(verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "eps" not in verdicts:
         return _answer(text, INCONCLUSIVE, "eps was not swept")
     v = verdicts["eps"]
-    evidence = {"loss_sensitive": v["loss_sensitive"], "optimum_shifts": v["optimum_shifts"], "reason": v["reason"]}
+    evidence = {k: v[k] for k in ("loss_sensitive", "optimum_shifts", "reason")}
     if v["sensitive"]:
         return _answer(text, CONTRADICTED, "the loss cares about eps and its optimum shifts", **evidence)
     return _answer(text, SUPPORTED, "eps is not sensitive to scale", **evidence)
@@ -133,15 +136,19 @@ def higher_beta_for_longer_training(
                 "regret_of_shorter_optimum": regret, "threshold": thresholds[long],
             }
         )
-    up = [r for r in rows if r["optimum_longer"] > r["optimum_shorter"] and r["regret_of_shorter_optimum"] > r["threshold"]]
-    down = [r for r in rows if r["optimum_longer"] < r["optimum_shorter"] and r["regret_of_shorter_optimum"] > r["threshold"]]
+    moved = [r for r in rows if r["regret_of_shorter_optimum"] > r["threshold"]]
+    up = [r for r in moved if r["optimum_longer"] > r["optimum_shorter"]]
+    down = [r for r in moved if r["optimum_longer"] < r["optimum_shorter"]]
     cares = any(verdicts[hparam]["evidence"]["loss_gaps"][r["longer"]]["loss_sensitive"] for r in rows)
     if up and not down:
-        return _answer(text, SUPPORTED, "the longer run's optimum is higher, and the shorter run's costs above the threshold", pairs=rows)
+        why = "the longer run's optimum is higher, and the shorter run's costs above the threshold there"
+        return _answer(text, SUPPORTED, why, pairs=rows)
     if down and not up:
-        return _answer(text, CONTRADICTED, "the longer run's optimum is lower, by more than the threshold", pairs=rows)
-    if not up and not down and cares:
-        return _answer(text, CONTRADICTED, "the optimum does not move with duration although the loss cares", pairs=rows)
+        why = "the longer run's optimum is lower, by more than the threshold"
+        return _answer(text, CONTRADICTED, why, pairs=rows)
+    if not moved and cares:
+        why = "the optimum does not move with duration although the loss cares"
+        return _answer(text, CONTRADICTED, why, pairs=rows)
     why = "mixed directions across pairs" if up else "the loss barely depends on it at the longer scales"
     return _answer(text, INCONCLUSIVE, why, pairs=rows)
 
@@ -171,7 +178,10 @@ def warmup_constant(land: Landscape, thresholds: dict[str, float]) -> dict[str, 
     proportional_fails = any(r["regret_proportional"] > r["threshold"] for r in rows)
     if not constant_fails:
         also = " (growing with duration would be as good)" if not proportional_fails else ""
-        return _answer(text, SUPPORTED, "the shorter run's warmup costs less than the threshold at the longer run" + also, pairs=rows)
+        why = "the shorter run's warmup costs less than the threshold at the longer run" + also
+        return _answer(text, SUPPORTED, why, pairs=rows)
     if not proportional_fails:
-        return _answer(text, CONTRADICTED, "warmup growing with duration fits; a constant costs above the threshold", pairs=rows)
-    return _answer(text, CONTRADICTED, "a constant warmup costs above the threshold (growing with duration does too)", pairs=rows)
+        why = "warmup growing with duration fits; a constant costs above the threshold"
+        return _answer(text, CONTRADICTED, why, pairs=rows)
+    why = "a constant warmup costs above the threshold (growing with duration does too)"
+    return _answer(text, CONTRADICTED, why, pairs=rows)

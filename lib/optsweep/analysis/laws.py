@@ -34,7 +34,9 @@ HUBER_DELTA = 1e-3
 INTEGER_HPARAMS = ("warmup", "batch_size")
 
 
-def fit_scaling_laws(table: pd.DataFrame, sensitivity: dict[str, Any], *, loss_law: bool = True) -> dict[str, Any]:
+def fit_scaling_laws(
+    table: pd.DataFrame, sensitivity: dict[str, Any], *, loss_law: bool = True
+) -> dict[str, Any]:
     """The scaling_law.json dict: a law per sensitive hyperparameter (from every row of the table, phase-1
     and law-phase), the constants for the rest, lr against width, and the loss law (loss_law=False skips
     it, the slow part, when only the hyperparameter laws are wanted).
@@ -100,14 +102,19 @@ def _ols(hparam: str, points: pd.DataFrame, kind: str):
     return sm.OLS(_transform(hparam, points["value"]), _design(points, kind)).fit()
 
 
+def _collinear(x: Any, y: Any) -> bool:
+    """Whether two regressors cannot be told apart: one is constant or they (nearly) move together."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return bool(np.ptp(x) < 1e-9 or np.ptp(y) < 1e-9 or abs(np.corrcoef(x, y)[0, 1]) > COLLINEAR_CORR)
+
+
 def _collinearity(points: pd.DataFrame) -> tuple[bool, float | None, float]:
     """Whether log N and log D are (nearly) collinear, their correlation, and the design's condition number."""
     log_n, log_d = np.log(points["n_params"].to_numpy(float)), np.log(points["tokens"].to_numpy(float))
     condition = float(np.linalg.cond(_design(points, "N_D").to_numpy()))
-    if np.ptp(log_n) < 1e-9 or np.ptp(log_d) < 1e-9:
-        return True, None, condition
-    corr = float(np.corrcoef(log_n, log_d)[0, 1])
-    return abs(corr) > COLLINEAR_CORR, corr, condition
+    constant = np.ptp(log_n) < 1e-9 or np.ptp(log_d) < 1e-9
+    corr = None if constant else float(np.corrcoef(log_n, log_d)[0, 1])
+    return _collinear(log_n, log_d), corr, condition
 
 
 def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
@@ -131,15 +138,16 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
     if len(used) < 3:
         return f"{hparam}: optima at only {len(used)} scales; a law needs 3 or more"
 
+    if np.ptp(_design(used, "compute")["C_exponent"]) < 1e-9:
+        return f"{hparam}: every scale has the same compute 6 N D; a law needs N or D to vary"
     collinear, corr, condition = _collinearity(used)
     kind = "N_D"
     if collinear:
         kind = "compute"
-        notes.append(
-            "N and D move together in these scales (|corr(log N, log D)| "
-            f"{'= 1, one of them constant' if corr is None else f'= {abs(corr):.3f}'}), so their exponents "
-            "cannot be separated: fell back to a compute-only law in C = 6 N D"
+        together = "one of N and D is the same at every scale" if corr is None else (
+            f"N and D move together in these scales (|corr(log N, log D)| = {abs(corr):.3f})"
         )
+        notes.append(f"{together}, so their exponents cannot be separated: fell back to a compute-only law in C = 6 N D")
     elif len(used) < 4:
         kind = "compute"
         notes.append(f"only {len(used)} optima: too few for separate N and D exponents, fitted a compute-only law")
@@ -190,29 +198,26 @@ def _form(hparam: str, kind: str, coefficients: dict[str, dict]) -> str:
 
 
 def lr_against_width(land: Landscape) -> dict[str, Any]:
-    """Optimal lr x width and lr x sqrt(width) per scale, and the fitted width exponent of lr*
-    (with log D as a second regressor when data varies independently): -1 = inverse width, -0.5 = sqrt."""
-    points = pd.DataFrame(
-        [
-            {"scale": scale, "width": int(land.scales.loc[scale, "width"]),
-             "n_params": float(land.scales.loc[scale, "n_params"]), "tokens": float(land.scales.loc[scale, "tokens"]),
-             "lr": opt.refined, "lr_x_width": opt.refined * land.scales.loc[scale, "width"],
-             "lr_x_sqrt_width": opt.refined * math.sqrt(land.scales.loc[scale, "width"]), "at_edge": opt.at_edge}
-            for scale, opt in land.optima["lr"].items()
-        ]
-    )
-    out: dict[str, Any] = {"points": points.to_dict("records"), "width_exponent": None, "note": ""}
-    if points["width"].nunique() < 2 or len(points) < 3:
+    """Optimal lr x width and lr x sqrt(width) per scale, and the fitted width exponent of lr* (with log D
+    as a second regressor when data varies independently of width): -1 = inverse width, -0.5 = sqrt."""
+    points = optimum_points(land, "lr").rename(columns={"value": "lr"})
+    points["lr_x_width"] = points["lr"] * points["width"]
+    points["lr_x_sqrt_width"] = points["lr"] * np.sqrt(points["width"])
+    out: dict[str, Any] = {"points": points.to_dict("records"), "width_exponent": None}
+    used = points[~points["at_edge"]] if (~points["at_edge"]).sum() >= 3 else points
+    if used["width"].nunique() < 2 or len(used) < 3:
         out["note"] = "needs 3 or more scales and 2 or more widths to fit the width exponent"
         return out
-    design = pd.DataFrame({"const": 1.0, "log_width": np.log(points["width"].astype(float))})
-    log_d = np.log(points["tokens"])
-    if np.ptp(log_d) > 1e-9 and abs(np.corrcoef(design["log_width"], log_d)[0, 1]) < COLLINEAR_CORR and len(points) >= 4:
+    design = pd.DataFrame({"const": 1.0, "log_width": np.log(used["width"].astype(float))})
+    log_d = np.log(used["tokens"])
+    if len(used) >= 4 and not _collinear(design["log_width"], log_d):
         design["log_tokens"] = log_d
         out["note"] = "log lr* = a + s log width + c log D (OLS)"
     else:
         out["note"] = "log lr* = a + s log width (OLS; D constant or moving with width)"
-    result = sm.OLS(np.log(points["lr"]), design).fit()
+    if len(used) < len(points):
+        out["note"] += "; optima at the grid edge left out"
+    result = sm.OLS(np.log(used["lr"]), design).fit()
     low, high = result.conf_int(alpha=0.05).loc["log_width"]
     out["width_exponent"] = {
         "estimate": float(result.params["log_width"]), "stderr": float(result.bse["log_width"]),
@@ -225,7 +230,9 @@ def lr_against_width(land: Landscape) -> dict[str, Any]:
 # --- the loss law -------------------------------------------------------------------------------------------
 
 
-def _loss_objective(theta: np.ndarray, x_n: np.ndarray, x_d: np.ndarray, log_loss: np.ndarray) -> tuple[float, np.ndarray]:
+def _loss_objective(
+    theta: np.ndarray, x_n: np.ndarray, x_d: np.ndarray, log_loss: np.ndarray
+) -> tuple[float, np.ndarray]:
     """Summed Huber loss of log L_pred - log L with its gradient; theta = (e, a, alpha, b, beta) and
     L_pred = exp(e) + exp(a - alpha x_n) + exp(b - beta x_d), with x_n, x_d = log N, log D centred (the
     centring keeps a and alpha from trading off against each other, which stalls the optimizer)."""
@@ -250,8 +257,9 @@ def _loss_law_starts(n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> list[np.
     """One start per (alpha, beta) on a grid, with E, A, B from non-negative least squares at those exponents
     (in the centred parameters: A / N^alpha = exp(a - alpha x_n) with x_n = log N - mean log N)."""
     starts = []
+    n_rel, d_rel = n / np.exp(np.log(n).mean()), d / np.exp(np.log(d).mean())
     for alpha, beta in itertools.product((0.1, 0.3, 0.6, 1.0), repeat=2):
-        basis = np.stack([np.ones_like(n), (n / np.exp(np.log(n).mean())) ** -alpha, (d / np.exp(np.log(d).mean())) ** -beta], axis=1)
+        basis = np.stack([np.ones_like(n), n_rel**-alpha, d_rel**-beta], axis=1)
         coefs = nnls(basis, loss)[0]
         e, a, b = np.log(np.maximum(coefs, 1e-6 * loss.min()))
         starts.append(np.array([e, a, alpha, b, beta]))
@@ -263,13 +271,15 @@ def fit_loss_law(scales: pd.DataFrame) -> dict[str, Any]:
     Unbounded, as in the literature: a negative exponent is reported, not hidden."""
     n, d, loss = (scales[c].to_numpy(float) for c in ("n_params", "tokens", "best_loss"))
     if len(scales) < LOSS_LAW_MIN_SCALES:
-        return {"form": None, "reason": f"{len(scales)} scales; the loss law (5 parameters) needs {LOSS_LAW_MIN_SCALES} or more"}
-    if len(np.unique(n)) < 2 or len(np.unique(d)) < 2 or abs(np.corrcoef(np.log(n), np.log(d))[0, 1]) > COLLINEAR_CORR:
-        return {"form": None, "reason": "N and D do not vary independently across scales, so A/N^alpha and B/D^beta cannot be separated"}
+        why = f"{len(scales)} scales; the loss law (5 parameters) needs {LOSS_LAW_MIN_SCALES} or more"
+        return {"form": None, "reason": why}
+    if _collinear(np.log(n), np.log(d)):
+        why = "N and D do not vary independently across scales, so A/N^alpha and B/D^beta cannot be separated"
+        return {"form": None, "reason": why}
     mean_n, mean_d = np.log(n).mean(), np.log(d).mean()
     args = (np.log(n) - mean_n, np.log(d) - mean_d, np.log(loss))
     # The summed Huber loss is tiny near the optimum: stop on the gradient, not on scipy's default scales.
-    options = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000}
+    options = {"ftol": 1e-13, "gtol": 1e-10, "maxiter": 1000}
     fits = [minimize(_loss_objective, x0, args=args, jac=True, method="L-BFGS-B", options=options)
             for x0 in _loss_law_starts(n, d, loss)]
     best = min(fits, key=lambda f: f.fun)
@@ -326,7 +336,8 @@ def predict(law: dict[str, Any], n_params: float, tokens: float, width: int | No
                 )
             factor = LrTransfer(rule=rule, reference_width=constant["reference_width"]).factor(width)
         values[hparam] = _as_hparam(hparam, constant["value"] * factor)
-        sources[hparam] = "constant" + (f" at width {constant['reference_width']}, {rule}" if rule != "none" else "")
+        at_width = f" at width {constant['reference_width']}, {rule}" if rule != "none" else ""
+        sources[hparam] = "constant" + at_width
     for hparam, why in law.get("unfitted", {}).items():
         values[hparam] = None
         sources[hparam] = f"no law: {why}"

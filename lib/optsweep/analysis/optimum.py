@@ -8,6 +8,7 @@ for the betas, linear for ratios, weight decay and clipping.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from .table import config_losses, scales_frame, swept_hparams
 LOG_AXIS = ("lr", "eps", "batch_size")
 LOG1P_AXIS = ("warmup",)
 BETA_AXIS = ("beta1", "beta2")
+# lr x width^power stays constant under each width rule; "none" first so it wins ties (fewest assumptions).
+WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqrt_width": 0.5}
 # A pair of scales "differs only in data" when N and width agree within this relative tolerance (and
 # likewise for tokens), so budgets rounded to whole steps still pair up.
 SAME_SIZE_RTOL = 0.01
@@ -121,20 +124,19 @@ def find_optimum(slice_: Slice) -> Optimum:
     kept within one grid step of the best (a parabola is only trusted that close).
     """
     values, losses, i = slice_.values, slice_.losses, slice_.best_index
-    grid = Optimum(float(values[i]), float(values[i]), False, float(losses[i]), "")
+    grid_value, loss = float(values[i]), float(losses[i])
     if i == 0 or i == len(values) - 1:
-        return Optimum(grid.grid_value, grid.refined, True, grid.loss, "grid value: best at the grid edge")
+        return Optimum(grid_value, grid_value, True, loss, "grid value: best at the grid edge")
     if np.isnan(losses[i - 1]) or np.isnan(losses[i + 1]):
-        return Optimum(grid.grid_value, grid.refined, False, grid.loss, "grid value: a neighbour diverged")
+        return Optimum(grid_value, grid_value, False, loss, "grid value: a neighbour diverged")
     window = [j for j in range(i - 2, i + 3) if 0 <= j < len(values) and not np.isnan(losses[j])]
     x = to_axis(slice_.hparam, values)
-    a, b, c = np.polyfit(x[window] - x[i], losses[window], 2)
-    if a <= 0:
-        return Optimum(grid.grid_value, grid.refined, False, grid.loss, "grid value: parabola not convex")
-    steps = sorted((x[i - 1] - x[i], x[i + 1] - x[i]))
-    vertex = float(np.clip(-b / (2 * a), *steps))
+    curvature, slope, _ = np.polyfit(x[window] - x[i], losses[window], 2)
+    if curvature <= 0:
+        return Optimum(grid_value, grid_value, False, loss, "grid value: parabola not convex")
+    vertex = float(np.clip(-slope / (2 * curvature), *sorted((x[i - 1] - x[i], x[i + 1] - x[i]))))
     refined = float(from_axis(slice_.hparam, x[i] + vertex))
-    return Optimum(grid.grid_value, refined, False, grid.loss, f"parabola through {len(window)} runs")
+    return Optimum(grid_value, refined, False, loss, f"parabola through {len(window)} runs")
 
 
 @dataclass
@@ -145,6 +147,9 @@ class Landscape:
     configs: pd.DataFrame
     slices: dict[str, dict[str, Slice]]
     optima: dict[str, dict[str, Optimum]]
+
+    def __post_init__(self) -> None:
+        self._info = self.scales.to_dict("index")  # plain dicts: looked up for every pair of scales
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, hparams: list[str]) -> Landscape:
@@ -166,21 +171,26 @@ class Landscape:
 
     def kind(self, a: str, b: str) -> str:
         """"data" when only the token budget differs, "model" when only the model does, else "both"."""
-        sa, sb = self.scales.loc[a], self.scales.loc[b]
-        same_model = sa["width"] == sb["width"] and np.isclose(sa["n_params"], sb["n_params"], rtol=SAME_SIZE_RTOL)
-        same_data = np.isclose(sa["tokens"], sb["tokens"], rtol=SAME_SIZE_RTOL)
+        sa, sb = self._info[a], self._info[b]
+        same_model = sa["width"] == sb["width"] and math.isclose(sa["n_params"], sb["n_params"], rel_tol=SAME_SIZE_RTOL)
+        same_data = math.isclose(sa["tokens"], sb["tokens"], rel_tol=SAME_SIZE_RTOL)
         if same_model and same_data:
             return "same"
         return "data" if same_model else "model" if same_data else "both"
 
-    def width_factor(self, source_width: float, target_width: float, power: float) -> float:
-        """How an lr moves from one width to another under lr x width^power = constant."""
-        return (source_width / target_width) ** power
+    def _width_ratio(self, scale: str, width: float) -> float:
+        return self._info[scale]["width"] / width
 
     def transferred(self, hparam: str, a: str, b: str, power: float = 0.0) -> float:
-        """Scale a's optimum carried to scale b (lr under a width rule of the given power)."""
-        factor = self.width_factor(self.scales.loc[a, "width"], self.scales.loc[b, "width"], power)
-        return self.optima[hparam][a].refined * factor
+        """Scale a's optimum carried to scale b, keeping value x width^power constant (lr under a width rule)."""
+        return self.optima[hparam][a].refined * self._width_ratio(a, self._info[b]["width"]) ** power
+
+    def to_reference(self, value: float, scale: str, power: float, reference_width: int | None) -> float:
+        """A value run at `scale`, expressed at the reference width (unchanged when power is 0)."""
+        return value * self._width_ratio(scale, reference_width) ** power if power else value
+
+    def from_reference(self, value: float, scale: str, power: float, reference_width: int | None) -> float:
+        return value / self._width_ratio(scale, reference_width) ** power if power else value
 
     def regret(self, hparam: str, value: float, scale: str) -> tuple[float, bool]:
         return self.slices[hparam][scale].regret(value)

@@ -20,17 +20,15 @@ import pandas as pd
 
 from ..config import AnalysisSettings
 from .hypotheses import judge_hypotheses
-from .optimum import Landscape, Slice
+from .optimum import WIDTH_RULES, Landscape, Slice
 from .table import fixed_hparams, seed_noise, sensitivity_rows, swept_hparams, validate_runs_table
-
-# lr x width^power stays constant under each rule; "none" first so it wins ties (fewest assumptions).
-WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqrt_width": 0.5}
 
 
 def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None = None) -> dict[str, Any]:
     """The sensitivity.json dict for a run table (phase-1 rows when the table marks phases)."""
     settings = settings or AnalysisSettings()
-    table = validate_runs_table(sensitivity_rows(validate_runs_table(table)), source="phase-1 rows of the runs table")
+    table = sensitivity_rows(validate_runs_table(table))
+    table = validate_runs_table(table, source="phase-1 rows of the runs table")  # still two scales, still swept
     land = Landscape.from_table(table, swept_hparams(table))
     # A column that varies only between scales (e.g. an lr moved by a width rule but never swept) has no
     # slice anywhere: nothing can be said about it.
@@ -39,19 +37,20 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
     noise = seed_noise(table)
     thresholds = scale_thresholds(land.scales, settings, noise)
 
+    fixed = fixed_hparams(table)
     verdicts, recommended = {}, {}
     for h in hparams:
         verdicts[h], constant = judge(land, h, thresholds)
         if not verdicts[h]["sensitive"]:
             recommended[h] = constant
-    for h, value in fixed_hparams(table).items():
+    for h, value in fixed.items():
         recommended[h] = {"value": value, "rule": "none", "reference_width": None, "swept": False}
 
     return {
         "hyperparameters": verdicts,
         "sensitive": [h for h in hparams if verdicts[h]["sensitive"]],
         "recommended": recommended,
-        "fixed": fixed_hparams(table),
+        "fixed": fixed,
         "unjudged": unjudged,
         "threshold": {
             "kind": settings.threshold_kind,
@@ -72,13 +71,13 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
 
 
 def scale_thresholds(scales: pd.DataFrame, settings: AnalysisSettings, noise: dict | None) -> dict[str, float]:
-    """Loss that counts as mattering at each scale."""
+    """Loss that counts as mattering at each scale: the settings' threshold, raised to the measured seed
+    noise (the paired noise when configs share seeds, as our sweeps' do) when there is one."""
+    measured = (noise["paired_std"] or noise["std"]) if noise and settings.use_seed_noise else 0.0
     thresholds = {}
     for scale, best_loss in scales["best_loss"].items():
         value = settings.threshold * best_loss if settings.threshold_kind == "relative" else settings.threshold
-        if settings.use_seed_noise and noise:
-            value = max(value, noise["std"])
-        thresholds[scale] = float(value)
+        thresholds[scale] = float(max(value, measured))
     return thresholds
 
 
@@ -97,7 +96,8 @@ def judge(land: Landscape, hparam: str, thresholds: dict[str, float]) -> tuple[d
     cause, pairs = shift_cause(regrets, optimum_shifts)
     reference_width = int(widths.min()) if rule != "none" else None
 
-    constant = consensus(land, hparam, list(_normalised_values(land, hparam, power, reference_width)), power, reference_width)
+    run_values = _normalised_values(land, hparam, power, reference_width)
+    constant = consensus(land, hparam, run_values, power, reference_width)
     verdict = {
         "sensitive": loss_sensitive and optimum_shifts,
         "loss_sensitive": loss_sensitive,
@@ -137,7 +137,9 @@ def loss_gaps(slice_: Slice, threshold: float) -> dict[str, Any]:
     }
 
 
-def transfer_regrets(land: Landscape, hparam: str, power: float, thresholds: dict[str, float]) -> list[dict[str, Any]]:
+def transfer_regrets(
+    land: Landscape, hparam: str, power: float, thresholds: dict[str, float]
+) -> list[dict[str, Any]]:
     """For every ordered pair of scales: what scale a's optimum costs at scale b."""
     rows = []
     for a, b in land.pairs(hparam):
@@ -178,13 +180,12 @@ def shift_cause(regrets: list[dict[str, Any]], shifts: bool) -> tuple[str, dict[
     return cause, pairs
 
 
-def _normalised_values(land: Landscape, hparam: str, power: float, reference_width: int | None) -> set[float]:
+def _normalised_values(land: Landscape, hparam: str, power: float, reference_width: int | None) -> list[float]:
     """Every value of `hparam` run at any scale, expressed at the reference width (lr under a width rule)."""
     values = set()
     for scale, s in land.slices[hparam].items():
-        factor = land.width_factor(land.scales.loc[scale, "width"], reference_width, power) if power else 1.0
-        values |= {_round_sig(v * factor) for v in s.values}
-    return values
+        values |= {_round_sig(land.to_reference(v, scale, power, reference_width)) for v in s.values}
+    return sorted(values)
 
 
 def consensus(
@@ -196,8 +197,7 @@ def consensus(
     for value in sorted(candidates):
         regrets, outside = [], 0
         for scale in land.slices[hparam]:
-            factor = land.width_factor(reference_width, land.scales.loc[scale, "width"], power) if power else 1.0
-            regret, out = land.regret(hparam, value * factor, scale)
+            regret, out = land.regret(hparam, land.from_reference(value, scale, power, reference_width), scale)
             regrets.append(regret)
             outside += out
         scored.append(((outside, max(regrets), float(np.mean(regrets))), value))
@@ -218,17 +218,20 @@ def original_rule(
     for scale in land.slices[hparam]:
         runs = land.configs[land.configs["scale"] == scale]
         near = runs[runs["loss"] <= runs["loss"].min() + thresholds[scale]]
-        factor = land.width_factor(land.scales.loc[scale, "width"], reference_width, power) if power else 1.0
-        values = {_round_sig(v * factor) for v in near[hparam]}
+        values = {_round_sig(land.to_reference(v, scale, power, reference_width)) for v in near[hparam]}
         common = values if common is None else common & values
     common = common or set()
-    value = consensus(land, hparam, list(common), power, reference_width)["value"] if common else None
-    return {"stable": bool(common), "value": value, "common_values": sorted(common), "window": "per-scale threshold"}
+    value = consensus(land, hparam, sorted(common), power, reference_width)["value"] if common else None
+    window = "per-scale threshold"
+    return {"stable": bool(common), "value": value, "common_values": sorted(common), "window": window}
 
 
 def reason(hparam: str, verdict: dict[str, Any], gaps: dict[str, dict], regrets: list[dict], rule: str) -> str:
     """One readable sentence with the numbers behind the decision."""
-    worst_gap_scale = max(gaps, key=lambda s: (gaps[s]["diverged_step"], gaps[s]["max_step_gap"] - gaps[s]["threshold"]))
+    def badness(scale: str) -> tuple[bool, float]:
+        return gaps[scale]["diverged_step"], gaps[scale]["max_step_gap"] - gaps[scale]["threshold"]
+
+    worst_gap_scale = max(gaps, key=badness)
     g = gaps[worst_gap_scale]
     if g["diverged_step"]:
         loss_part = f"one grid step from the optimum diverges at {worst_gap_scale}"
@@ -247,8 +250,8 @@ def reason(hparam: str, verdict: dict[str, Any], gaps: dict[str, dict], regrets:
             f"({w['from']} -> {w['to']}, threshold {w['threshold']:.3g})"
         )
     if verdict["sensitive"]:
-        cause = {"both": "data and model", "unknown": "scale (the table cannot tell data from model)"}
-        verdict_part = f"sensitive, the optimum moves with {cause.get(verdict['shift_cause'], verdict['shift_cause'])}"
+        causes = {"both": "data and model", "unknown": "scale (the table cannot tell data from model)"}
+        verdict_part = f"sensitive, the optimum moves with {causes.get(verdict['shift_cause'], verdict['shift_cause'])}"
     elif not verdict["loss_sensitive"]:
         verdict_part = "not sensitive, the loss barely cares"
     else:

@@ -10,8 +10,9 @@ column is ignored, so a table exported from another codebase works as it is.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ SCALE_COLUMNS = ("n_params", "tokens", "width", "steps")
 OPTIONAL = ("seed", "status", "phase", "steps")
 FAILED_STATUSES = ("diverged", "failed")
 # Where each hyperparameter's values make sense (the natural axes of the analysis need them).
-DOMAINS: dict[str, tuple[str, object]] = {
+DOMAINS: dict[str, tuple[str, Callable[[pd.Series], pd.Series]]] = {
     "lr": ("> 0", lambda v: v > 0),
     "eps": ("> 0", lambda v: v > 0),
     "batch_size": ("> 0", lambda v: v > 0),
@@ -41,17 +42,13 @@ def load_runs_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: runs table not found")
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
     suffix = path.suffix.lower()
+    if suffix not in readers:
+        raise ParamsError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
     try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            raise ParamsError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
-    except (ValueError, OSError) as error:
-        if isinstance(error, ParamsError):
-            raise
+        frame = readers[suffix](path)
+    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
         raise ParamsError(f"{path}: not a readable {suffix[1:]} table ({str(error).splitlines()[0]})") from None
     return validate_runs_table(frame, source=str(path))
 
@@ -72,36 +69,27 @@ def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.D
     if not hparams:
         raise ParamsError(f"{source}: no hyperparameter column; expected one or more of {', '.join(ALL_HPARAMS)}")
     keep = ["scale", *SCALE_COLUMNS, *hparams, "loss", *OPTIONAL]
-    table = frame[[c for c in dict.fromkeys(keep) if c in frame.columns]].copy().reset_index(drop=True)
-
-    if table["scale"].isna().any() or (table["scale"].astype(str).str.strip() == "").any():
-        row = int(np.flatnonzero(table["scale"].isna() | (table["scale"].astype(str).str.strip() == ""))[0])
-        raise ParamsError(f"{source}: column 'scale': empty scale name in row {row}")
-    table["scale"] = table["scale"].astype(str)
-    for column in ("status", "phase"):
+    table = frame[[c for c in dict.fromkeys(keep) if c in frame.columns]].reset_index(drop=True)
+    for column in ("status", "phase", "seed"):  # labels
         if column in table.columns:
             table[column] = table[column].astype("string").fillna("")
+    if "status" in table.columns:  # skipped runs were never trained
+        table = table[table["status"] != "skipped"].reset_index(drop=True)
 
-    for column in [c for c in table.columns if c not in ("scale", "status", "phase")]:
+    names = table["scale"].astype("string").str.strip()
+    _fail_if(names.isna() | (names == ""), table["scale"], source, "scale", "empty scale name")
+    table["scale"] = names.astype(str)
+    for column in [c for c in table.columns if c not in ("scale", "status", "phase", "seed")]:
         table[column] = _numeric(table[column], column, source)
     for column in [c for c in SCALE_COLUMNS if c in table.columns and c != "steps"]:
-        bad = ~(np.isfinite(table[column]) & (table[column] > 0))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ParamsError(f"{source}: column {column!r}: needs a positive number in every row (row {row})")
+        positive = np.isfinite(table[column]) & (table[column] > 0)
+        _fail_if(~positive, table[column], source, column, "needs a positive number")
     for h in hparams:
-        bad = ~np.isfinite(table[h])
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ParamsError(f"{source}: column {h!r}: empty or non-finite value in row {row}; every run needs it")
+        _fail_if(~np.isfinite(table[h]), table[h], source, h, "every run needs a finite value")
         allowed, inside = DOMAINS[h]
-        bad = ~inside(table[h])
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ParamsError(f"{source}: column {h!r}: {table[h].iloc[row]} in row {row}; allowed: {allowed}")
+        _fail_if(~inside(table[h]), table[h], source, h, f"allowed: {allowed}")
 
     if "status" in table.columns:
-        table = table[table["status"] != "skipped"].reset_index(drop=True)
         table.loc[table["status"].isin(FAILED_STATUSES), "loss"] = np.nan
     table.loc[~np.isfinite(table["loss"]), "loss"] = np.nan
 
@@ -111,16 +99,23 @@ def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.D
     return table
 
 
+def _fail_if(bad: pd.Series, values: pd.Series, source: str, column: str, message: str) -> None:
+    """One line naming the column, the first bad data row (1-based, header not counted) and its value."""
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy(dtype=bool))[0])
+        value = values.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise ParamsError(f"{source}: column {column!r}: data row {row + 1} has {value!r}: {message}")
+
+
 def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
     """The column as floats; text that is not a number is an error naming the row."""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         return column.astype(float)
     numbers = pd.to_numeric(column, errors="coerce").astype(float)
-    blank = column.isna() | (column.astype(str).str.strip() == "")
-    text = numbers.isna() & ~blank & ~column.astype(str).str.strip().str.lower().isin(["nan", "inf", "-inf"])
-    if text.any():
-        row = int(np.flatnonzero(text)[0])
-        raise ParamsError(f"{source}: column {name!r}: {column.iloc[row]!r} in row {row} is not a number")
+    text = column.astype("string").str.strip()
+    blank_or_special = column.isna() | text.str.lower().isin(["", "nan", "inf", "-inf"])
+    _fail_if(numbers.isna() & ~blank_or_special, column, source, name, "not a number")
     return numbers
 
 
@@ -131,8 +126,8 @@ def _check_one_value_per_scale(table: pd.DataFrame, source: str) -> None:
             scale = counts[counts > 1].index[0]
             first, second = sorted(table.loc[table["scale"] == scale, column].unique())[:2]
             raise ParamsError(
-                f"{source}: column {column!r}: scale {scale!r} has several values ({first:.10g}, {second:.10g}, ...); "
-                "one per scale"
+                f"{source}: column {column!r}: scale {scale!r} has several values "
+                f"({first:.10g}, {second:.10g}, ...); one per scale"
             )
 
 
@@ -144,7 +139,9 @@ def _check_scales(table: pd.DataFrame, source: str) -> None:
     finite = table["loss"].notna().groupby(table["scale"]).any()
     if not finite.all():
         scale = finite[~finite].index[0]
-        raise ParamsError(f"{source}: column 'loss': every run of scale {scale!r} diverged; drop its rows or rerun it")
+        raise ParamsError(
+            f"{source}: column 'loss': every run of scale {scale!r} diverged; drop its rows or rerun it"
+        )
 
 
 def _check_something_swept(table: pd.DataFrame, hparams: list[str], source: str) -> None:
@@ -153,7 +150,8 @@ def _check_something_swept(table: pd.DataFrame, hparams: list[str], source: str)
     names = ", ".join(repr(h) for h in hparams)
     which = f"column {names} has" if len(hparams) == 1 else f"columns {names} each have"
     raise ParamsError(
-        f"{source}: {which} a single value in every row: no hyperparameter was swept, so there is nothing to analyse"
+        f"{source}: {which} a single value in every row: no hyperparameter was swept, "
+        "so there is nothing to analyse"
     )
 
 
@@ -178,15 +176,35 @@ def sensitivity_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def config_losses(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (scale, config): mean loss over seeds (NaN when any seed diverged) and the seed count."""
+    """One row per (scale, config): its loss (NaN = diverged) and how many runs it has.
+
+    Configs are compared under common random numbers: a config's loss is its mean over the seeds that every
+    config of the scale was run on (else over the scale's most common seed), so a config also run on extra
+    seeds to measure noise is not compared by a mean against the others' single seed. A config with none of
+    those seeds gets its mean over all its seeds.
+    """
     keys = ["scale", *hparam_columns(table)]
+    counted = table[_comparable_runs(table, keys)] if "seed" in table.columns else table
     configs = (
-        table.assign(diverged=table["loss"].isna())
+        counted.assign(diverged=counted["loss"].isna())
         .groupby(keys, sort=False)
-        .agg(loss=("loss", "mean"), seeds=("loss", "size"), diverged=("diverged", "any"))
+        .agg(loss=("loss", "mean"), diverged=("diverged", "any"))
     )
     configs.loc[configs["diverged"], "loss"] = np.nan
+    configs["runs"] = table.groupby(keys, sort=False).size()
     return configs.drop(columns="diverged").reset_index()
+
+
+def _comparable_runs(table: pd.DataFrame, keys: list[str]) -> pd.Series:
+    if table["seed"].nunique() == 1:
+        return pd.Series(True, index=table.index)
+    comparable = pd.Series(False, index=table.index)
+    for _, rows in table.groupby("scale", sort=False):
+        shared = set.intersection(*(set(seeds) for seeds in rows.groupby(keys[1:], sort=False)["seed"].unique()))
+        on_shared = rows["seed"].isin(shared or {rows["seed"].mode().iloc[0]})
+        has_shared = on_shared.groupby([rows[k] for k in keys[1:]], sort=False).transform("any")
+        comparable[rows.index] = on_shared | ~has_shared
+    return comparable
 
 
 def scales_frame(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
@@ -202,7 +220,13 @@ def scales_frame(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_noise(table: pd.DataFrame) -> dict[str, Any] | None:
-    """Pooled standard deviation of the loss over seeds of the same config, or None when no config repeats."""
+    """How much the loss moves with the seed, or None when no config was run on more than one seed.
+
+    `std`: the loss of one run about its config's mean, pooled over configs with several seeds.
+    `paired_std`: under common random numbers, the std of the loss difference between two configs run on
+    the same seed (config and seed effects removed, two-way), the noise that matters when configs share
+    seeds; None when no two configs share two seeds.
+    """
     keys = ["scale", *hparam_columns(table)]
     finite = table[table["loss"].notna()]
     groups = finite.groupby(keys, sort=False)["loss"].agg(["var", "size"])
@@ -211,7 +235,27 @@ def seed_noise(table: pd.DataFrame) -> dict[str, Any] | None:
         return None
     dof = int((groups["size"] - 1).sum())
     pooled = float(((groups["size"] - 1) * groups["var"]).sum() / dof)
-    return {"std": pooled**0.5, "configs": len(groups), "runs": int(groups["size"].sum()), "dof": dof}
+    return {
+        "std": pooled**0.5,
+        "paired_std": _paired_std(finite) if "seed" in table.columns else None,
+        "configs": len(groups), "runs": int(groups["size"].sum()), "dof": dof,
+    }
+
+
+def _paired_std(finite: pd.DataFrame) -> float | None:
+    """sqrt(2) x the residual std of loss = config effect + seed effect + noise, on the blocks of configs x
+    seeds that were all run (pooled over scales)."""
+    squares, dof = 0.0, 0
+    for _, rows in finite.groupby("scale", sort=False):
+        block = rows.pivot_table(index=hparam_columns(rows), columns="seed", values="loss", aggfunc="mean")
+        block = block[block.notna().sum(axis=1) >= 2]
+        block = block.loc[:, block.notna().all(axis=0)].to_numpy()
+        if block.shape[0] < 2 or block.shape[1] < 2:
+            continue
+        residual = block - block.mean(axis=1, keepdims=True) - block.mean(axis=0, keepdims=True) + block.mean()
+        squares += float((residual**2).sum())
+        dof += (block.shape[0] - 1) * (block.shape[1] - 1)
+    return math.sqrt(2 * squares / dof) if dof else None
 
 
 def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
