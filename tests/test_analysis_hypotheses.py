@@ -49,6 +49,10 @@ def test_lr_inversely_proportional_to_width():
     assert lr["evidence"]["best_rule"] == "inverse_sqrt_width"
     assert lr["evidence"]["worst_regret_minus_threshold"]["inverse_width"] > 0
 
+    beyond_the_grid = verdicts(lr=lambda s: 1.0 / s.width**0.5, weight_decay=constant(0.1))
+    lr = answer(beyond_the_grid, "the learning rate scales inversely with width")
+    assert lr["verdict"] == "inconclusive" and "grid edge" in lr["evidence"]["why"]
+
 
 def test_weight_decay_and_clipping_values_optimal_everywhere():
     fixed = verdicts(weight_decay=constant(0.1), clip=constant(1.0))

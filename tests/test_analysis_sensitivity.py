@@ -93,9 +93,10 @@ def test_refined_optimum_is_exact_on_a_quadratic_and_flagged_at_the_grid_edge(ca
         curvature={"warmup": 0.05, "lr": 0.2},
         grid={"warmup": [500, 1000, 2000, 4000, 8000], "lr": sqrt2_grid(1e-3, 3e-2)},
     )
-    warmup = analyze_sensitivity(run_table(edge, SCALES))["hyperparameters"]["warmup"]["optimum"]
-    for optimum in warmup.values():
+    warmup = analyze_sensitivity(run_table(edge, SCALES))["hyperparameters"]["warmup"]
+    for optimum in warmup["optimum"].values():
         assert optimum["at_edge"] and optimum["grid_value"] == optimum["refined"] == 8000
+    assert warmup["evidence"]["at_edge"] == [s.name for s in SCALES] and "widen the grid" in warmup["reason"]
 
 
 def test_original_rule_side_by_side(causes):

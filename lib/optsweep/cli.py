@@ -74,7 +74,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if not Path(args.law).is_file():
         raise ParamsError(f"--law {args.law}: file not found (run the scaling_law stage or `optsweep analyze`)")
-    law = json.loads(Path(args.law).read_text())
+    try:
+        law = json.loads(Path(args.law).read_text())
+    except ValueError as error:
+        raise ParamsError(f"--law {args.law}: not valid JSON ({error})") from None
     _print_json(predict(law, n_params=args.n_params, tokens=args.tokens, width=args.width))
 
 

@@ -43,7 +43,9 @@ def lr_inverse_width(land: Landscape, verdicts: dict, thresholds: dict[str, floa
         return _answer(text, INCONCLUSIVE, "lr was not swept")
     pairs = [(a, b) for a, b in land.pairs("lr") if land.scales.loc[a, "width"] != land.scales.loc[b, "width"]]
     model_pairs = [(a, b) for a, b in pairs if land.kind(a, b) == "model"]
-    used = model_pairs or pairs
+    # Two optima both at a grid edge say nothing about how lr moves between them.
+    edge = {scale for scale, optimum in land.optima["lr"].items() if optimum.at_edge}
+    used = [(a, b) for a, b in (model_pairs or pairs) if not (a in edge and b in edge)]
     widths = {s: float(land.scales.loc[s, "width"]) for s in land.slices["lr"]}
     optimum = {s: land.optima["lr"][s].refined for s in land.slices["lr"]}
     evidence: dict[str, Any] = {
@@ -51,8 +53,10 @@ def lr_inverse_width(land: Landscape, verdicts: dict, thresholds: dict[str, floa
         "lr_x_sqrt_width": {s: optimum[s] * widths[s] ** 0.5 for s in optimum},
         "pairs": "model-only" if model_pairs else "all pairs of different width",
     }
-    if not used:
+    if not pairs:
         return _answer(text, INCONCLUSIVE, "every scale has the same width", **evidence)
+    if not used:
+        return _answer(text, INCONCLUSIVE, "the optimal lr lies at the grid edge at every scale compared", **evidence)
     worst = {}
     for rule, power in WIDTH_RULES.items():
         excess = [land.regret("lr", land.transferred("lr", a, b, power), b)[0] - thresholds[b] for a, b in used]

@@ -307,25 +307,18 @@ def predict(law: dict[str, Any], n_params: float, tokens: float, width: int | No
     intervals (statsmodels, refitted on the stored points), constants for the rest (moved to `width` when
     a width rule applies)."""
     for key in ("laws", "constants"):
-        if key not in law:
+        if not isinstance(law, dict) or key not in law:
             raise ParamsError(f"--law: missing key {key!r}; expected a scaling_law.json from `optsweep analyze`")
     values: dict[str, float | int | None] = {}
     intervals: dict[str, list[float]] = {}
     sources: dict[str, str] = {}
     notes: list[str] = []
     for hparam, fit in law["laws"].items():
-        used = pd.DataFrame([p for p in fit["points"] if p["used"]])
-        frame = used.assign(value=used["value"].astype(float))
-        result = _ols(hparam, frame, fit["kind"])
-        target = _design(pd.DataFrame({"n_params": [n_params], "tokens": [tokens]}), fit["kind"])
-        row = result.get_prediction(target).summary_frame(alpha=0.05).iloc[0]
-        bounds = sorted(_untransform(hparam, [row["obs_ci_lower"], row["obs_ci_upper"]]).tolist())
-        values[hparam] = _as_hparam(hparam, float(_untransform(hparam, row["mean"])))
-        intervals[hparam] = bounds
+        values[hparam], intervals[hparam], extrapolated = _predict_from_law(hparam, fit, n_params, tokens)
         sources[hparam] = fit["form"]
-        if not (used["n_params"].min() <= n_params <= used["n_params"].max()
-                and used["tokens"].min() <= tokens <= used["tokens"].max()):
-            notes.append(f"{hparam}: N or D outside the fitted scales, extrapolated")
+        if extrapolated:
+            what = "N or D" if fit["kind"] == "N_D" else "compute"
+            notes.append(f"{hparam}: {what} outside the fitted scales, extrapolated")
     for hparam, constant in law["constants"].items():
         rule = constant.get("rule", "none")
         factor = 1.0
@@ -349,6 +342,21 @@ def predict(law: dict[str, Any], n_params: float, tokens: float, width: int | No
         "sources": sources,
         "notes": notes,
     }
+
+
+def _predict_from_law(
+    hparam: str, fit: dict[str, Any], n_params: float, tokens: float
+) -> tuple[float | int, list[float], bool]:
+    """Estimate, 95% prediction interval and whether (N, D) lies outside the fitted points, from the OLS
+    refitted on the law's stored points (the same numbers statsmodels gave when the law was fitted)."""
+    used = pd.DataFrame([p for p in fit["points"] if p["used"]])
+    result = _ols(hparam, used, fit["kind"])
+    target = _design(pd.DataFrame({"n_params": [n_params], "tokens": [tokens]}), fit["kind"])
+    row = result.get_prediction(target).summary_frame(alpha=0.05).iloc[0]
+    interval = sorted(_untransform(hparam, [row["obs_ci_lower"], row["obs_ci_upper"]]).tolist())
+    regressors, point = _design(used, fit["kind"]).iloc[:, 1:], target.iloc[0, 1:]
+    extrapolated = bool(((point < regressors.min()) | (point > regressors.max())).any())
+    return _as_hparam(hparam, float(_untransform(hparam, row["mean"]))), interval, extrapolated
 
 
 def _as_hparam(hparam: str, value: float) -> float | int:

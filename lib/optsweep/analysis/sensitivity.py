@@ -112,10 +112,11 @@ def judge(land: Landscape, hparam: str, thresholds: dict[str, float]) -> tuple[d
             "regrets": regrets,
             "pairs": pairs,
             "consensus": constant,
+            "at_edge": [scale for scale, optimum in land.optima[hparam].items() if optimum.at_edge],
         },
         "original_rule": original_rule(land, hparam, thresholds, power, reference_width),
     }
-    verdict["reason"] = reason(hparam, verdict, gaps, regrets, rule)
+    verdict["reason"] = reason(hparam, verdict, gaps, regrets, rule, verdict["evidence"]["at_edge"])
     return verdict, {k: constant[k] for k in ("value", "rule", "reference_width")} | {"swept": True}
 
 
@@ -226,7 +227,9 @@ def original_rule(
     return {"stable": bool(common), "value": value, "common_values": sorted(common), "window": window}
 
 
-def reason(hparam: str, verdict: dict[str, Any], gaps: dict[str, dict], regrets: list[dict], rule: str) -> str:
+def reason(
+    hparam: str, verdict: dict[str, Any], gaps: dict[str, dict], regrets: list[dict], rule: str, at_edge: list[str]
+) -> str:
     """One readable sentence with the numbers behind the decision."""
     def badness(scale: str) -> tuple[bool, float]:
         return gaps[scale]["diverged_step"], gaps[scale]["max_step_gap"] - gaps[scale]["threshold"]
@@ -256,7 +259,8 @@ def reason(hparam: str, verdict: dict[str, Any], gaps: dict[str, dict], regrets:
         verdict_part = "not sensitive, the loss barely cares"
     else:
         verdict_part = "not sensitive, one value serves every scale"
-    return f"{hparam}: {verdict_part}: {loss_part}; {shift_part}."
+    edge_part = f"; the optimum lies at the grid edge at {', '.join(at_edge)} (widen the grid)" if at_edge else ""
+    return f"{hparam}: {verdict_part}: {loss_part}; {shift_part}{edge_part}."
 
 
 def _optimum_row(land: Landscape, hparam: str, scale: str) -> dict[str, Any]:
