@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from optsweep.analysis import analyze_sensitivity, analyze_table, fit_scaling_laws, predict
 from optsweep.cli import main
-from optsweep.config import ParamsError
+from optsweep.config import ParamsError, load_params
 from synthetic_tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
 
+REPO = Path(__file__).resolve().parents[1]
 STEP_LAW = {"prefactor": 1.79, "N": -0.713, "D": 0.307}  # Step Law (arXiv 2503.04715)
 
 
@@ -198,12 +200,25 @@ def test_analyze_and_predict_through_the_cli(tmp_path, capsys):
     assert set(printed["hparams"]) == {"lr", "weight_decay"} and len(printed["intervals"]["lr"]) == 2
 
 
-def test_analyze_table_returns_the_paths_it_wrote(tmp_path):
+def test_analyze_table_returns_the_paths_it_wrote_with_settings_from_params(tmp_path):
     truth = Truth(optimum={"lr": lambda s: 2.0 / s.width}, curvature={"lr": 0.2}, grid={"lr": sqrt2_grid(1e-3, 3e-2)})
     path = tmp_path / "runs.parquet"
     run_table(truth, scale_grid([256, 512], [2e9])).to_parquet(path)
-    paths = analyze_table(path, tmp_path / "out")
+    params = load_params(REPO / "params/presets/tiny.yaml", ["analysis.threshold=0.05", "analysis.threshold_kind=absolute"])
+    paths = analyze_table(path, tmp_path / "out", params=params)
     assert [p.name for p in paths] == ["sensitivity.json", "scaling_law.json"] and all(p.is_file() for p in paths)
-    laws = json.loads(paths[1].read_text())
+    sensitivity, laws = (json.loads(p.read_text()) for p in paths)
+    assert set(sensitivity["threshold"]["per_scale"].values()) == {0.05}
+    assert sensitivity["provenance"]["params_hash"] == params.params_hash()
     assert laws["constants"]["lr"]["rule"] == "inverse_width" and laws["loss_law"]["form"] is None
     assert np.isclose(laws["constants"]["lr"]["value"] * 256, 2.0, rtol=0.2)
+
+
+def test_predict_cli_errors_exit_2(tmp_path, capsys):
+    law = tmp_path / "law.json"
+    law.write_text(json.dumps({"laws": {}, "constants": {"lr": {"value": 8e-3, "rule": "inverse_width", "reference_width": 256}}}))
+    assert main(["predict", "--n-params", "1e8", "--tokens", "1e10", "--law", str(law)]) == 2
+    assert "pass --width" in capsys.readouterr().err
+    law.write_text("{not json")
+    assert main(["predict", "--n-params", "1e8", "--tokens", "1e10", "--law", str(law)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

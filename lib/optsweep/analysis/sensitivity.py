@@ -56,6 +56,7 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
             "kind": settings.threshold_kind,
             "value": settings.threshold,
             "use_seed_noise": settings.use_seed_noise,
+            "noise_used": _noise_used(noise, settings),
             "per_scale": thresholds,
         },
         "noise": noise,
@@ -73,12 +74,16 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
 def scale_thresholds(scales: pd.DataFrame, settings: AnalysisSettings, noise: dict | None) -> dict[str, float]:
     """Loss that counts as mattering at each scale: the settings' threshold, raised to the measured seed
     noise (the paired noise when configs share seeds, as our sweeps' do) when there is one."""
-    measured = (noise["paired_std"] or noise["std"]) if noise and settings.use_seed_noise else 0.0
+    measured = _noise_used(noise, settings) or 0.0
     thresholds = {}
     for scale, best_loss in scales["best_loss"].items():
         value = settings.threshold * best_loss if settings.threshold_kind == "relative" else settings.threshold
         thresholds[scale] = float(max(value, measured))
     return thresholds
+
+
+def _noise_used(noise: dict | None, settings: AnalysisSettings) -> float | None:
+    return (noise["paired_std"] or noise["std"]) if noise and settings.use_seed_noise else None
 
 
 def judge(land: Landscape, hparam: str, thresholds: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
