@@ -30,11 +30,14 @@ from optsweep.config import load_params
 from optsweep.jsonio import read_json
 from optsweep.report import (
     compute_summary,
+    hypotheses_frame,
     load_sweeps,
     provenance_frame,
     recommended_frame,
     scales_frame,
+    sensitivity_frame,
     slices_frame,
+    styled,
 )
 
 params = load_params(params_file)
@@ -49,7 +52,7 @@ laws = read_json(Path("results/scaling_law.json"))
 # study's reported optimum beside them.
 
 # %%
-recommended_frame(sensitivity, laws)
+styled(recommended_frame(sensitivity, laws))
 
 # %% [markdown]
 # ## Loss against each hyperparameter at each scale
@@ -62,14 +65,7 @@ plots.loss_slices(slices_frame(phase1));
 # ## Sensitivity to scale, with the reason for each verdict
 
 # %%
-pd.DataFrame(
-    [
-        {"hyperparameter": h, "sensitive": v["sensitive"], "loss sensitive": v["loss_sensitive"],
-         "optimum shifts": v["optimum_shifts"], "cause": v["shift_cause"],
-         "original rule: stable": v["original_rule"]["stable"], "reason": v["reason"]}
-        for h, v in sensitivity["hyperparameters"].items()
-    ]
-)
+styled(sensitivity_frame(sensitivity))
 
 # %% [markdown]
 # ## Scaling laws for the sensitive hyperparameters
@@ -79,21 +75,21 @@ if not laws["laws"]:
     display(Markdown("No hyperparameter was sensitive to scale: no law to fit."))
 for hparam, law in laws["laws"].items():
     display(Markdown(f"**{hparam}**: `{law['form']}`, R^2 = {law['r2']:.3f}, {law['n_points']} points. {law['note']}"))
-    display(pd.DataFrame(law["coefficients"]).T)
-    display(pd.DataFrame(law["points"]))
+    display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
+    display(styled(pd.DataFrame(law["points"])))
 
 # %% [markdown]
 # ## The brief's hypotheses
 
 # %%
-pd.DataFrame(sensitivity["hypotheses"])
+styled(hypotheses_frame(sensitivity))
 
 # %% [markdown]
 # ## Scales, runs and compute
 
 # %%
-display(scales_frame(phase1 + law_phase))
-display(pd.Series(compute_summary(phase1 + law_phase)).to_frame("total"))
+display(styled(scales_frame(phase1 + law_phase)))
+display(styled(pd.DataFrame(compute_summary(phase1 + law_phase).items(), columns=["", "total"])))
 links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
 links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
 display(Markdown("Sweep reports: " + " · ".join(links) + " · [sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"))
@@ -102,4 +98,4 @@ display(Markdown("Sweep reports: " + " · ".join(links) + " · [sensitivity](sen
 # ## Provenance
 
 # %%
-provenance_frame(params, phase1 + law_phase)
+styled(provenance_frame(params, phase1 + law_phase))

@@ -26,13 +26,12 @@ params_file = "params/study.yaml"
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
 from optsweep.config import load_params
 from optsweep.jsonio import write_json
-from optsweep.report import load_sweeps, slices_frame
+from optsweep.report import hypotheses_frame, load_sweeps, sensitivity_frame, slices_frame, styled
 
 params = load_params(params_file)
 sweeps = load_sweeps(Path("results/sweeps"), list(params.scales))
@@ -41,14 +40,7 @@ sensitivity = analyze_sensitivity(table, params.analysis)
 write_json(Path("results/sensitivity.json"), sensitivity)
 
 # %%
-pd.DataFrame(
-    [
-        {"hyperparameter": h, "sensitive": v["sensitive"], "loss sensitive": v["loss_sensitive"],
-         "optimum shifts": v["optimum_shifts"], "shift cause": v["shift_cause"],
-         "original rule: stable": v["original_rule"]["stable"], "reason": v["reason"]}
-        for h, v in sensitivity["hyperparameters"].items()
-    ]
-)
+styled(sensitivity_frame(sensitivity))
 
 # %% [markdown]
 # ## Loss against each hyperparameter at each scale (relative to that scale's best; x = diverged)
@@ -60,16 +52,16 @@ plots.loss_slices(slices_frame(sweeps));
 # ## Optimum per scale
 
 # %%
-pd.DataFrame(
+styled(pd.DataFrame(
     [
         {"hyperparameter": h, "scale": scale, **optimum}
         for h, v in sensitivity["hyperparameters"].items()
         for scale, optimum in v["optimum"].items()
     ]
-)
+))
 
 # %% [markdown]
 # ## The brief's hypotheses
 
 # %%
-pd.DataFrame(sensitivity["hypotheses"])
+styled(hypotheses_frame(sensitivity))

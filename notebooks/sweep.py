@@ -56,16 +56,18 @@ pd.DataFrame({"start": sweep["baseline"], "best": sweep["best"]}).T
 
 # %%
 slices = slices_frame([sweep])
-plots.loss_slices(slices, value="loss");
-
-# %%
-slices.pivot_table(index=["hparam", "value"], values="loss", aggfunc="first").round(4)
+if slices.empty:
+    display(Markdown("No free hyperparameters at this scale: the baseline was the only run."))
+else:
+    plots.loss_slices(slices, value="loss")
+    display(slices.pivot_table(index=["hparam", "value"], values="loss", aggfunc="first").round(4))
 
 # %% [markdown]
 # ## Descent trajectory, near-best set and compute
 
 # %%
-plots.trajectory(sweep);
+if sweep["trajectory"]:
+    plots.trajectory(sweep)
 
 # %%
 display(pd.DataFrame([{**c["hparams"], "loss": c["loss"]} for c in sweep["near_best"]]))

@@ -88,7 +88,7 @@ def test_study_writes_every_result_and_the_report(study):
         assert law_sweep["phase"] == "law"
         assert set(law_sweep["free"]) == set(sensitivity["sensitive"]) & set(params["grid"])
     laws = json.loads((root / "results/scaling_law.json").read_text())
-    assert set(laws["laws"]) == set(sensitivity["sensitive"])
+    assert set(laws["laws"]) | set(laws["unfitted"]) == set(sensitivity["sensitive"])
     report = (root / "reports/index.html").read_text()
     for name in [*params["scales"], *params["law_scales"]]:
         assert name in report

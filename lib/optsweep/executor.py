@@ -197,7 +197,11 @@ class Executor:
             self._interruptible = False
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
-        """Train every task; yields each outcome as soon as it is final (after any retries)."""
+        """Train every task; yields each outcome as soon as it is final (after any retries).
+
+        Workers start with the first task, so a sweep whose runs are all stored never imports torch."""
+        if not tasks:
+            return
         yield from (self._run_inline(tasks) if self.inline else self._run_pool(tasks))
 
     def close(self, graceful: bool = True) -> None:

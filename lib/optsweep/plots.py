@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -85,18 +81,18 @@ def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.F
 
 
 def eval_curves(sweep: dict[str, Any]) -> plt.Figure:
-    """Held-out loss during training of the best run and the runs of its final slices."""
-    rows = []
+    """Held-out loss during training: every run of the sweep in grey, the best one in red."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     for run in sweep["runs"]:
         curve = (run.get("result") or {}).get("eval_curve") or []
-        is_best = run["hparams"] == sweep["best"] and run["seed"] == sweep["provenance"].get("seed")
-        rows += [{"step": s, "loss": l, "run": run["key"][:8], "best": is_best} for s, l in curve]
-    frame = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    if not frame.empty:
-        sns.lineplot(data=frame[~frame["best"]], x="step", y="loss", units="run", estimator=None,
-                     color="lightgrey", lw=0.8, ax=ax)
-        sns.lineplot(data=frame[frame["best"]], x="step", y="loss", color="crimson", lw=2, ax=ax, label="best")
+        if curve:
+            is_best = run["hparams"] == sweep["best"] and run["seed"] == sweep["provenance"].get("seed")
+            steps, losses = zip(*curve)
+            ax.plot(steps, losses, color="crimson" if is_best else "lightgrey", lw=2 if is_best else 0.8,
+                    zorder=3 if is_best else 2, label="best" if is_best else None)
+    ax.set_xlabel("step")
     ax.set_ylabel("held-out loss")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     return fig

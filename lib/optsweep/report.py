@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import json
+
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 from .config import ALL_HPARAMS, StudyParams
 from .jsonio import read_json
@@ -74,16 +77,16 @@ def best_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{"scale": s["scale"]["name"], **s["best"], "loss": s["best_loss"]} for s in sweeps])
 
 
-def compute_summary(sweeps: list[dict[str, Any]]) -> dict[str, float]:
+def compute_summary(sweeps: list[dict[str, Any]]) -> dict[str, str]:
     """Distinct trained runs and their compute over all sweeps (a run shared by two sweeps counts once)."""
     runs = {r["key"]: r for s in sweeps for r in s["runs"] if r["status"] in ("ok", "diverged")}
     results = [r.get("result") or {} for r in runs.values()]
     return {
-        "runs trained": len(runs),
-        "diverged": sum(r["status"] == "diverged" for r in runs.values()),
-        "tokens": float(sum(x.get("tokens", 0) for x in results)),
-        "FLOPs": float(sum(x.get("flops", 0) for x in results)),
-        "train hours (summed over workers)": sum(x.get("wall_s", 0) for x in results) / 3600,
+        "runs trained": f"{len(runs)}",
+        "of which diverged": f"{sum(r['status'] == 'diverged' for r in runs.values())}",
+        "tokens": f"{sum(x.get('tokens', 0) for x in results):.3g}",
+        "training FLOPs": f"{sum(x.get('flops', 0) for x in results):.3g}",
+        "run time, summed over workers": f"{sum(x.get('wall_s', 0) for x in results) / 60:.1f} min",
     }
 
 
@@ -127,3 +130,32 @@ def provenance_frame(params: StudyParams, sweeps: list[dict[str, Any]]) -> pd.Da
         "sweeps run": f"{min(p['created'] for p in recorded)} .. {max(p['created'] for p in recorded)}",
     }
     return pd.DataFrame({"": list(values), "value": list(values.values())})
+
+
+def sensitivity_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
+    """One row per hyperparameter: both standards, the cause, the original study's rule, and why."""
+    return pd.DataFrame(
+        [
+            {"hyperparameter": h, "sensitive": v["sensitive"], "loss sensitive": v["loss_sensitive"],
+             "optimum shifts": v["optimum_shifts"], "shift cause": v["shift_cause"],
+             "original rule: stable": v["original_rule"]["stable"], "reason": v["reason"]}
+            for h, v in sensitivity["hyperparameters"].items()
+        ]
+    )
+
+
+def hypotheses_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
+    """The brief's conjectures with our verdict, the reason, and the numbers behind it."""
+    rows = []
+    for answer in sensitivity["hypotheses"]:
+        evidence = dict(answer["evidence"])
+        why = evidence.pop("why", "")
+        rows.append({"hypothesis": answer["hypothesis"], "verdict": answer["verdict"], "why": why,
+                     "numbers": json.dumps(evidence, default=str) if evidence else ""})
+    return pd.DataFrame(rows)
+
+
+def styled(frame: pd.DataFrame, digits: int = 4) -> Styler:
+    """A table for the HTML report: no index column, floats to `digits` significant digits."""
+    floats = {c: f"{{:.{digits}g}}" for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
+    return frame.style.hide(axis="index").format(floats, na_rep="-")

@@ -30,7 +30,7 @@ from .executor import Executor, Outcome, Task, worker_environments
 from .provenance import provenance
 from .jsonio import to_strict, write_json
 from .store import RunRecord, RunStore, run_key
-from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, load_trainer, make_run_spec
+from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
 Config = dict[str, float | int]
 INTEGER_HPARAMS = ("warmup", "batch_size")
@@ -385,9 +385,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
     search = params.search
     space = search_space(params, scale_name, sensitivity_path)
     trainer = params.study.trainer
-    load_trainer(trainer)  # a bad trainer setting fails here, before data or workers
+    trainer_code = code_identity(trainer)  # a missing trainer module fails here, before data or workers
     environments = worker_environments(params.study)
-    trainer_code = code_identity(trainer)
     data = None
     if trainer == DEFAULT_TRAINER:
         from .data import ensure_prepared  # only the default trainer reads prepared shards

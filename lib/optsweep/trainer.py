@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import inspect
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +44,18 @@ def load_trainer(name: str) -> Trainer:
     return trainer
 
 
+def trainer_module_file(name: str) -> Path:
+    """The source file of a trainer's module, found without importing it (torch imports take seconds)."""
+    module_name = name.partition(":")[0]
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as error:
+        raise ParamsError(f"study.trainer: cannot find module {module_name!r} ({error})") from None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise ParamsError(f"study.trainer: cannot find module {module_name!r} (is it on PYTHONPATH?)")
+    return Path(spec.origin)
+
+
 def code_identity(name: str) -> str:
     """Hash of the source that decides a trainer's results, so a code change never reuses stale runs."""
     digest = hashlib.sha256()
@@ -51,7 +63,7 @@ def code_identity(name: str) -> str:
         package = Path(__file__).parent
         files = [package / f"{module}.py" for module in _DEFAULT_TRAINER_MODULES]
     else:
-        files = [Path(inspect.getfile(importlib.import_module(name.partition(":")[0])))]
+        files = [trainer_module_file(name)]
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
