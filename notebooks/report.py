@@ -22,6 +22,7 @@ params_file = "params/study.yaml"
 # %%
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -31,6 +32,7 @@ from optsweep.jsonio import read_json
 from optsweep.report import (
     compute_summary,
     hypotheses_frame,
+    law_curves,
     load_sweeps,
     provenance_frame,
     recommended_frame,
@@ -76,7 +78,11 @@ if not laws["laws"]:
 for hparam, law in laws["laws"].items():
     display(Markdown(f"**{hparam}**: `{law['form']}`, R^2 = {law['r2']:.3f}, {law['n_points']} points. {law['note']}"))
     display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
+    plots.law_points(pd.DataFrame(law["points"]), law_curves(laws, hparam), hparam)
+    plt.show()
     display(styled(pd.DataFrame(law["points"])))
+for hparam, reason in laws["unfitted"].items():
+    display(Markdown(f"**{hparam}** is sensitive but has no law: {reason}"))
 
 # %% [markdown]
 # ## The brief's hypotheses

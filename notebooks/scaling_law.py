@@ -25,15 +25,14 @@ params_file = "params/study.yaml"
 # %%
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
 from optsweep import plots
-from optsweep.analysis import fit_scaling_laws, predict, runs_table_from_sweeps
+from optsweep.analysis import fit_scaling_laws, runs_table_from_sweeps
 from optsweep.config import load_params
 from optsweep.jsonio import read_json, write_json
-from optsweep.report import load_sweeps
+from optsweep.report import law_curves, load_sweeps, styled
 
 params = load_params(params_file)
 sweeps = load_sweeps(Path("results/sweeps"), list(params.scales)) + load_sweeps(
@@ -52,7 +51,7 @@ for hparam, law in laws["laws"].items():
     display(Markdown(f"### {hparam}: `{law['form']}`  \n{law['note']}  \n"
                      f"R^2 = {law['r2']:.3f}, leave-one-out RMSE (log) = {law['loo_rmse']:.3f}, "
                      f"{law['n_points']} points"))
-    display(pd.DataFrame(law["coefficients"]).T)
+    display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
     print(law["summary"])
 
 # %% [markdown]
@@ -61,22 +60,14 @@ for hparam, law in laws["laws"].items():
 
 # %%
 for hparam, law in laws["laws"].items():
-    points = pd.DataFrame(law["points"])
-    grid_n = np.geomspace(points["n_params"].min() / 1.5, points["n_params"].max() * 1.5, 30)
-    fitted = []
-    for tokens in sorted(points["tokens"].unique()):
-        width = int(points["width"].median())
-        for n in grid_n:
-            p = predict(laws, n_params=n, tokens=tokens, width=width)
-            lower, upper = p["intervals"][hparam]
-            fitted.append({"tokens": tokens, "n_params": n, "estimate": p["hparams"][hparam],
-                           "lower": lower, "upper": upper})
-    plots.law_points(points, pd.DataFrame(fitted), hparam)
+    plots.law_points(pd.DataFrame(law["points"]), law_curves(laws, hparam), hparam)
 
 # %% [markdown]
 # ## Learning rate against width, and the loss law
 
 # %%
-display(pd.DataFrame(laws["lr_width"]["points"]) if laws.get("lr_width") else Markdown("No lr data."))
+display(styled(pd.DataFrame(laws["lr_width"]["points"])) if laws.get("lr_width") else Markdown("lr was not swept."))
+for hparam, reason in laws["unfitted"].items():
+    display(Markdown(f"**{hparam}** is sensitive but has no law: {reason}"))
 display(Markdown(f"Loss law: {laws['loss_law']['form']}" if laws.get("loss_law") and laws["loss_law"].get("form")
                  else f"Loss law not fitted: {(laws.get('loss_law') or {}).get('reason', 'not enough scales')}"))

@@ -56,6 +56,14 @@ def ridge_loss(h: dict[str, Any]) -> float:
     return 3.0 + 0.05 * (x - y) ** 2 + 0.01 * (x + y - 12) ** 2
 
 
+def scaling_loss(h: dict[str, Any], n_params: float, tokens: float) -> float:
+    """A scale-aware surface: a Chinchilla-like floor, an lr optimum following Step Law's form
+    lr* = 1.79 N^-0.713 D^0.307, and a weight-decay optimum at 0.1 that does not move."""
+    best_lr = 1.79 * n_params**-0.713 * tokens**0.307
+    floor = 1.7 + 20 / n_params**0.34 + 20 / tokens**0.28
+    return floor + 0.3 * math.log(h["lr"] / best_lr) ** 2 + 0.5 * (h["weight_decay"] - 0.1) ** 2
+
+
 # --- instrumentation --------------------------------------------------------------------------------------
 
 
@@ -98,6 +106,11 @@ def read_calls(path: Path) -> list[str]:
 
 def bowl(spec: dict[str, Any]) -> dict[str, Any]:
     return _finish(spec, {"loss": bowl_loss(spec["hparams"])})
+
+
+def scaling(spec: dict[str, Any]) -> dict[str, Any]:
+    scale = spec["scale"]
+    return _finish(spec, {"loss": scaling_loss(spec["hparams"], scale["n_params"], scale["tokens"])})
 
 
 def ridge(spec: dict[str, Any]) -> dict[str, Any]:

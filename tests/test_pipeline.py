@@ -176,7 +176,7 @@ def test_report_figures_load_without_console_errors(study, browser):
     for page in pages:
         browser.get(page.as_uri())
         images = _images(browser)
-        assert len(images) >= 2, f"{page.name}: expected figures, found {len(images)}"
+        assert images, f"{page.name}: no figures"
         broken = [i for i in images if not i["complete"] or i["width"] == 0]
         assert not broken, f"{page.name}: figures that did not load: {broken}"
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

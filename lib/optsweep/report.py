@@ -7,9 +7,11 @@ from typing import Any
 
 import json
 
+import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from .analysis import predict
 from .config import ALL_HPARAMS, StudyParams
 from .jsonio import read_json
 
@@ -159,3 +161,18 @@ def styled(frame: pd.DataFrame, digits: int = 4) -> Styler:
     """A table for the HTML report: no index column, floats to `digits` significant digits."""
     floats = {c: f"{{:.{digits}g}}" for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
     return frame.style.hide(axis="index").format(floats, na_rep="-")
+
+
+def law_curves(laws: dict[str, Any], hparam: str, samples: int = 30) -> pd.DataFrame:
+    """The fitted law for `hparam` with its 95% interval along N, at each token budget it was fitted on."""
+    points = pd.DataFrame(laws["laws"][hparam]["points"])
+    width = int(points["width"].median())  # only constants with a width rule read it
+    n_grid = np.geomspace(points["n_params"].min() / 1.5, points["n_params"].max() * 1.5, samples)
+    rows = []
+    for tokens in sorted(points["tokens"].unique()):
+        for n_params in n_grid:
+            prediction = predict(laws, n_params=n_params, tokens=tokens, width=width)
+            lower, upper = prediction["intervals"][hparam]
+            rows.append({"tokens": tokens, "n_params": n_params, "estimate": prediction["hparams"][hparam],
+                         "lower": lower, "upper": upper})
+    return pd.DataFrame(rows)
