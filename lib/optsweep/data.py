@@ -7,8 +7,9 @@ A prepared data folder (`study.data.dir`) holds:
     train.bin    the training tokens
     meta.json    the recipe hash (settings + corpus content) and the data identity below
 
-Documents are read in an order fixed by `study.data.seed`, separated by the end-of-text token; the first
-ones fill the validation shard and the rest the training shard, so no document is in both. The identity
+Documents are read in an order fixed by `study.data.seed`, separated by the end-of-text token. A held-out
+prefix of the documents fills the validation shard; the tokenizer is trained and the training shard written
+only from the documents after it, so no held-out text is ever seen by the tokenizer or the model. The identity
 (`ensure_prepared`'s return value) goes into every run spec: its `hash` covers the shards and tokenizer.
 """
 
@@ -38,10 +39,14 @@ from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
 from .provenance import stable_hash
 
 # Bump when the shard format or the preparation recipe changes, so old folders are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 END_OF_TEXT = "<|endoftext|>"
 ENCODE_BATCH = 256  # documents per tokenizer call (the Rust tokenizer parallelises within a call)
 HUB_SHUFFLE_BUFFER = 10_000
+# The held-out prefix is measured in characters because it must be fixed before a tokenizer exists. BPE
+# tokenizers compress text to 2-5 characters per token, so 8 fills the validation shard with room to spare
+# (a build that falls short says so); the prefix's surplus documents are dropped, never trained on.
+HELD_OUT_CHARS_PER_TOKEN = 8
 
 
 # --- corpus sources ----------------------------------------------------------------------------------------
@@ -94,6 +99,18 @@ def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
             yield row[column]
 
 
+def held_out_flags(texts: Iterator[str], val_tokens: int) -> Iterator[tuple[bool, str]]:
+    """Each document with whether it belongs to the held-out prefix (`HELD_OUT_CHARS_PER_TOKEN` x val_tokens)."""
+    budget, seen = HELD_OUT_CHARS_PER_TOKEN * val_tokens, 0
+    for text in texts:
+        yield seen < budget, text
+        seen += len(text)
+
+
+def after_held_out(texts: Iterator[str], val_tokens: int) -> Iterator[str]:
+    return (text for held_out, text in held_out_flags(texts, val_tokens) if not held_out)
+
+
 # --- tokenizer ------------------------------------------------------------------------------------------------
 
 
@@ -126,7 +143,7 @@ def make_tokenizer(
         if tokenizer.eos_token_id is None:
             raise ParamsError(f"study.tokenizer.name: {settings.name!r} has no end-of-text token to separate documents")
         return tokenizer
-    return train_bpe(corpus_texts(data, files), settings)
+    return train_bpe(after_held_out(corpus_texts(data, files), data.val_tokens), settings)
 
 
 def tokenizer_label(settings: TokenizerSettings) -> str:
@@ -161,25 +178,28 @@ class ShardWriter:
 def write_shards(
     texts: Iterator[str], tokenizer: PreTrainedTokenizerBase, folder: Path, data: DataSettings, dtype: np.dtype
 ) -> dict[str, Any]:
-    """Tokenize documents in order: whole documents into val.bin until it is full, then train.bin.
-
-    The document that fills the validation budget is cut there and its rest dropped, so no document
-    contributes to both shards. Stops reading the corpus once both budgets are spent.
-    """
+    """Tokenize documents in order: the held-out prefix into val.bin (cut at its budget, the surplus
+    dropped), every later document into train.bin. Stops reading the corpus once train.bin is full."""
     val = ShardWriter(folder / "val.bin", data.val_tokens, dtype)
     train = ShardWriter(folder / "train.bin", data.train_tokens, dtype)
     corpus = hashlib.sha256()
-    for batch in iter(lambda: list(itertools.islice(texts, ENCODE_BATCH)), []):
-        for text, ids in zip(batch, tokenizer(batch, add_special_tokens=False)["input_ids"]):
+    documents = held_out_flags(texts, data.val_tokens)
+    for batch in iter(lambda: list(itertools.islice(documents, ENCODE_BATCH)), []):
+        encoded = tokenizer([text for _, text in batch], add_special_tokens=False)["input_ids"]
+        for (held_out, text), ids in zip(batch, encoded):
             corpus.update(text.encode("utf-8", "replace") + b"\0")
-            (val if not val.full else train).write(ids + [tokenizer.eos_token_id])
+            (val if held_out else train).write(ids + [tokenizer.eos_token_id])
         if train.full:
             break
     val.close()
     train.close()
-    if val.written == 0 or train.written == 0:
-        empty = "val" if val.written == 0 else "train"
-        raise ParamsError(f"study.data: no text left for the {empty} shard; add text or lower val_tokens")
+    if not val.full:
+        raise ParamsError(
+            f"study.data.val_tokens: the held-out documents gave only {val.written} of {data.val_tokens} tokens; "
+            "add text or lower val_tokens"
+        )
+    if train.written == 0:
+        raise ParamsError("study.data: no text left for the train shard; add text or lower val_tokens")
     return {
         "train_tokens": train.written,
         "val_tokens": val.written,
