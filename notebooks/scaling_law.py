@@ -48,9 +48,9 @@ display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity['sensitiv
 
 # %%
 for hparam, law in laws["laws"].items():
+    loo = "undefined (a point has leverage 1)" if law["loo_rmse"] is None else f"{law['loo_rmse']:.3f}"
     display(Markdown(f"### {hparam}: `{law['form']}`  \n{law['note']}  \n"
-                     f"R^2 = {law['r2']:.3f}, leave-one-out RMSE (log) = {law['loo_rmse']:.3f}, "
-                     f"{law['n_points']} points"))
+                     f"R^2 = {law['r2']:.3f}, leave-one-out RMSE (log) = {loo}, {law['n_points']} points"))
     display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
     print(law["summary"])
 

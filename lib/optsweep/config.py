@@ -327,9 +327,9 @@ class StudyParams(Strict):
         factor = self.study.lr_transfer.factor(self.scale(name).width)
         baseline = self.baseline.values()
         grid = {h: list(values) for h, values in self.grid.items()}
-        baseline["lr"] = _round_sig(baseline["lr"] * factor)
+        baseline["lr"] = round_sig(baseline["lr"] * factor)
         if "lr" in grid:
-            grid["lr"] = [_round_sig(v * factor) for v in grid["lr"]]
+            grid["lr"] = [round_sig(v * factor) for v in grid["lr"]]
         for h in ("warmup", "batch_size"):
             if h in grid:
                 grid[h] = [int(v) for v in grid[h]]
@@ -341,7 +341,8 @@ class StudyParams(Strict):
         return [h for h in order if free is None or h in free]
 
 
-def _round_sig(value: float, digits: int = 6) -> float:
+def round_sig(value: float, digits: int = 6) -> float:
+    """`value` to `digits` significant digits (so 1e-2 * 0.5 prints as 0.005, not 0.005000000000000001)."""
     return float(f"{value:.{digits}g}")
 
 

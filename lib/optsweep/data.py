@@ -27,16 +27,19 @@ import sysconfig
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import datasets
 import numpy as np
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
 from .provenance import stable_hash
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+# datasets, tokenizers, transformers and torch are imported where they are used: checking that prepared data
+# is up to date (every pipeline stage does) then costs milliseconds instead of seconds of imports.
 
 # Bump when the shard format or the preparation recipe changes, so old folders are rebuilt.
 FORMAT_VERSION = 2
@@ -80,6 +83,8 @@ def files_hash(files: list[Path]) -> str:
 
 def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
     """Documents in the order fixed by `data.seed`, streamed through `datasets` (nothing is cached)."""
+    import datasets
+
     if data.source == "hub":
         rows = datasets.load_dataset(
             data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True
@@ -116,6 +121,9 @@ def after_held_out(texts: Iterator[str], val_tokens: int) -> Iterator[str]:
 
 def train_bpe(texts: Iterator[str], settings: TokenizerSettings) -> PreTrainedTokenizerFast:
     """A byte-level BPE (GPT-2 style, every byte representable) fit on the first `train_chars` characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     def first_chars() -> Iterator[str]:
         seen = 0
         for text in texts:
@@ -139,6 +147,8 @@ def make_tokenizer(
     data: DataSettings, settings: TokenizerSettings, files: list[Path]
 ) -> PreTrainedTokenizerBase:
     if settings.kind == "pretrained":
+        from transformers import AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(settings.name)
         if tokenizer.eos_token_id is None:
             raise ParamsError(f"study.tokenizer.name: {settings.name!r} has no end-of-text token to separate documents")
@@ -310,6 +320,8 @@ def _open_shards(folder: str, data_hash: str) -> Shards:
     if meta is None or meta["identity"]["hash"] != data_hash:
         found = meta["identity"]["hash"] if meta else "nothing"
         raise ValueError(f"{folder}: holds data {found}, the run expects {data_hash}; run `optsweep prepare`")
+    from transformers import AutoTokenizer
+
     dtype = np.dtype(meta["identity"]["dtype"])
     return Shards(
         train=np.memmap(Path(folder) / "train.bin", dtype=dtype, mode="r"),
@@ -352,6 +364,8 @@ class TrainBatches:
 
     def batch(self, step: int) -> torch.Tensor:
         """Batch `step` as a (batch_size, seq_len + 1) int64 CPU tensor."""
+        import torch
+
         rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in self.window_starts(step)])
         return torch.from_numpy(rows.astype(np.int64))
 
@@ -360,6 +374,8 @@ def val_batches(
     tokens: np.ndarray, batch_size: int, seq_len: int, max_tokens: int | None = None
 ) -> list[torch.Tensor]:
     """The held-out tokens (the first `max_tokens`, default all) as windows in fixed order, batched."""
+    import torch
+
     usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     n_windows = (usable - 1) // seq_len
     if n_windows < 1:

@@ -8,14 +8,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-sns.set_theme(style="whitegrid", context="notebook")
+from .analysis.optimum import LOG1P_AXIS, LOG_AXIS
 
-# Hyperparameters spread over orders of magnitude are shown on a log axis.
-LOG_AXIS = {"lr", "eps", "warmup", "batch_size"}
+sns.set_theme(style="whitegrid", context="notebook")
 
 
 def _style_axis(ax: plt.Axes, hparam: str) -> None:
-    if hparam in LOG_AXIS:
+    if hparam in LOG_AXIS + LOG1P_AXIS:  # spread over orders of magnitude
         ax.set_xscale("log")
     ax.set_title(hparam)
     ax.set_xlabel("")
@@ -72,7 +71,7 @@ def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.F
         ax.fill_between(line["n_params"], line["lower"], line["upper"], color=color, alpha=0.15)
     sns.scatterplot(data=points, x="n_params", y="value", hue="tokens", palette=palette, s=70, ax=ax, zorder=5)
     ax.set_xscale("log")
-    ax.set_yscale("log" if hparam in LOG_AXIS else "linear")
+    ax.set_yscale("log" if hparam in LOG_AXIS + LOG1P_AXIS else "linear")
     ax.set_xlabel("N (non-embedding parameters)")
     ax.set_ylabel(f"optimal {hparam}")
     ax.legend(title="D (tokens)", fontsize=8)

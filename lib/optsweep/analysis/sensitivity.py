@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import AnalysisSettings
+from ..config import AnalysisSettings, round_sig
 from .hypotheses import judge_hypotheses
 from .optimum import WIDTH_RULES, Landscape, Slice
 from .table import fixed_hparams, seed_noise, sensitivity_rows, swept_hparams, validate_runs_table
@@ -190,7 +190,7 @@ def _normalised_values(land: Landscape, hparam: str, power: float, reference_wid
     """Every value of `hparam` run at any scale, expressed at the reference width (lr under a width rule)."""
     values = set()
     for scale, s in land.slices[hparam].items():
-        values |= {_round_sig(land.to_reference(v, scale, power, reference_width)) for v in s.values}
+        values |= {round_sig(land.to_reference(v, scale, power, reference_width)) for v in s.values}
     return sorted(values)
 
 
@@ -224,7 +224,7 @@ def original_rule(
     for scale in land.slices[hparam]:
         runs = land.configs[land.configs["scale"] == scale]
         near = runs[runs["loss"] <= runs["loss"].min() + thresholds[scale]]
-        values = {_round_sig(land.to_reference(v, scale, power, reference_width)) for v in near[hparam]}
+        values = {round_sig(land.to_reference(v, scale, power, reference_width)) for v in near[hparam]}
         common = values if common is None else common & values
     common = common or set()
     value = consensus(land, hparam, sorted(common), power, reference_width)["value"] if common else None
@@ -283,8 +283,4 @@ def _worst(regrets: list[dict[str, Any]]) -> dict[str, Any]:
     if worst is None:
         return {"regret": 0.0, "excess": -math.inf}
     return worst | {"excess": worst["regret"] - worst["threshold"]}
-
-
-def _round_sig(value: float, digits: int = 6) -> float:
-    return float(f"{value:.{digits}g}")
 
