@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, _round_sig
+from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
 from .executor import Executor, Outcome, Task, worker_environments
 from .provenance import provenance
 from .jsonio import to_strict, write_json
@@ -107,7 +107,7 @@ def _recommended_value(path: str, h: str, entry: Any, width: int) -> float | int
     except ValidationError as error:
         first = error.errors()[0]
         raise ParamsError(f"{path}: recommended.{h}: {first['msg'].removeprefix('Value error, ')}") from None
-    moved = _round_sig(value * transfer.factor(width))
+    moved = round_sig(value * transfer.factor(width))
     return int(round(moved)) if h in INTEGER_HPARAMS else moved
 
 
