@@ -15,6 +15,7 @@ from typing import Any
 
 EXECUTED_DIR = Path("build/notebooks")
 KERNEL = "python3"
+TEMPLATES = Path(__file__).parent / "templates"  # "offline": nbconvert's lab template without CDN scripts
 
 
 def parse_parameter(text: str) -> tuple[str, Any]:
@@ -47,7 +48,10 @@ def run_notebook(notebook: Path, html_out: Path, parameters: dict[str, Any]) -> 
         stdout_file=sys.stdout,
         stderr_file=sys.stderr,
     )
-    exporter = nbconvert.HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = nbconvert.HTMLExporter(
+        template_name="offline", extra_template_basedirs=[str(TEMPLATES)],
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+    )
     body, _ = exporter.from_filename(str(executed))
     tmp = html_out.with_suffix(".html.tmp")
     tmp.write_text(body)
