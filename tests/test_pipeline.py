@@ -46,10 +46,10 @@ def _copy_repo(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    for path in ("results", "reports/sweeps", "reports/law_sweeps", "dvc.lock"):
-        shutil.rmtree(target / path, ignore_errors=True) if (target / path).is_dir() else (target / path).unlink(missing_ok=True)
-    for html in (target / "reports").glob("*.html"):
-        html.unlink()
+    # Start from no results: the committed ones belong to the default preset, not to this micro study.
+    shutil.rmtree(target / "results", ignore_errors=True)
+    shutil.rmtree(target / "reports", ignore_errors=True)
+    (target / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], target)
     _run(["git", "add", "-A"], target)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], target)
