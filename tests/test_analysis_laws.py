@@ -126,6 +126,18 @@ def test_loss_law_recovers_chinchilla_when_optima_lie_on_the_grid():
     assert loss_law["rmse_log"] < 1e-6
 
 
+def test_loss_law_that_the_scales_cannot_identify_is_not_offered_as_a_baseline():
+    # The loss does not depend on N at all: no model term can be fitted, so no law is offered.
+    truth = Truth(
+        optimum={"lr": lambda s: 2.0 / s.width}, curvature={"lr": 0.2},
+        grid={"lr": lambda s: [2.0 / s.width * 2 ** (k / 2) for k in range(-3, 4)]},
+        loss_law={**CHINCHILLA, "A": 0.0},
+    )
+    loss_law = fit_scaling_laws(run_table(truth, STEP_SCALES), ONLY_LR)["loss_law"]
+    assert loss_law["form"] is None and "degenerate fit" in loss_law["reason"]
+    assert loss_law["rejected_form"].startswith("L = ")
+
+
 def test_loss_law_needs_enough_scales():
     truth = Truth(optimum={"lr": lambda s: 2.0 / s.width}, curvature={"lr": 0.2}, grid={"lr": sqrt2_grid(1e-3, 3e-2)})
     laws = fit_scaling_laws(run_table(truth, scale_grid([256, 512], [2e9, 8e9])), ONLY_LR)

@@ -286,8 +286,16 @@ def fit_loss_law(scales: pd.DataFrame) -> dict[str, Any]:
     e, a, alpha, b, beta = best.x
     big_a, big_b = math.exp(a + alpha * mean_n), math.exp(b + beta * mean_d)
     predicted = np.exp(e) + big_a / n**alpha + big_b / d**beta
+    form = f"L = {math.exp(e):.4g} + {big_a:.4g} / N^{alpha:.4g} + {big_b:.4g} / D^{beta:.4g}"
+    # A term that contributes nothing at these scales, or a negative exponent, means the scales cannot
+    # identify the law: the best fit is kept for inspection but not offered as a baseline.
+    share_n, share_d = big_a / n**alpha / predicted, big_b / d**beta / predicted
+    if alpha <= 0 or beta <= 0 or share_n.max() < 1e-3 or share_d.max() < 1e-3:
+        why = (f"degenerate fit ({form}): these scales cannot separate the model and data terms; "
+               "spread N and D further")
+        return {"form": None, "reason": why, "rejected_form": form, "n_points": len(scales)}
     return {
-        "form": f"L = {math.exp(e):.4g} + {big_a:.4g} / N^{alpha:.4g} + {big_b:.4g} / D^{beta:.4g}",
+        "form": form,
         "E": math.exp(e), "A": big_a, "alpha": float(alpha), "B": big_b, "beta": float(beta),
         "huber_delta": HUBER_DELTA, "objective": float(best.fun), "starts": len(fits),
         "rmse_log": float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2))),
