@@ -74,11 +74,6 @@ def scales_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
-def best_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
-    """The best hyperparameters found at each scale, one row per scale."""
-    return pd.DataFrame([{"scale": s["scale"]["name"], **s["best"], "loss": s["best_loss"]} for s in sweeps])
-
-
 def compute_summary(sweeps: list[dict[str, Any]]) -> dict[str, str]:
     """Distinct trained runs and their compute over all sweeps (a run shared by two sweeps counts once)."""
     runs = {r["key"]: r for s in sweeps for r in s["runs"] if r["status"] in ("ok", "diverged")}
