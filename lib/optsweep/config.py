@@ -98,6 +98,15 @@ class LrTransfer(Strict):
         return ratio if self.rule == "inverse_width" else math.sqrt(ratio)
 
 
+class DivergenceRule(Strict):
+    """When a run has blown up (see optsweep.divergence): its smoothed train loss, after warmup, stays more
+    than `rise` above its own best for `patience` steps."""
+
+    rise: float = Field(0.5, gt=0, description="relative rise over the best smoothed loss that counts as blown up")
+    patience: int = Field(10, ge=1, description="consecutive train steps above the rise before the run stops")
+    smoothing: float = Field(0.1, gt=0, le=1, description="weight of the newest loss in the moving average")
+
+
 class TrainSettings(Strict):
     """How the default trainer runs: device, precision, evaluation and divergence detection."""
 
@@ -113,6 +122,7 @@ class TrainSettings(Strict):
     diverge_above: float | None = Field(
         None, gt=0, description="loss that ends a run as diverged after warmup (default: ln(vocab) + 1)"
     )
+    divergence: DivergenceRule = Field(default_factory=DivergenceRule)
     decay_exclude: list[Literal["norm", "embedding", "bias"]] = Field(
         default_factory=lambda: ["norm", "embedding", "bias"]
     )
@@ -235,6 +245,9 @@ class AnalysisSettings(Strict):
     threshold: float = Field(0.0025, gt=0, description="loss a hyperparameter must cost to matter")
     threshold_kind: Literal["absolute", "relative"] = "relative"
     use_seed_noise: bool = Field(True, description="raise the threshold to the measured seed noise")
+    divergence_rise: float = Field(
+        0.5, gt=0, description="a finite loss this much (relative) above its scale's best is counted as diverged"
+    )
 
 
 class StudyParams(Strict):
