@@ -1,0 +1,67 @@
+"""Before any run is dispatched, each worker proves it can compute on its device.
+
+A worker that cannot (no GPU visible to torch, a driver too old for this torch's CUDA build, a compile
+toolchain that fails, a GPU already full) would otherwise fail every run it is given, and every one of
+those runs would be stored as `failed`. The preflight turns that into one line that stops the sweep
+before anything is trained or stored.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+MIN_FREE_BYTES = 1 << 30  # a GPU with less than 1 GiB free is taken by something else
+
+
+class PreflightError(RuntimeError):
+    """The device cannot run training; the message is one line naming the cause."""
+
+
+def _driver_version() -> str | None:
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return listed.splitlines()[0].strip() if listed.strip() else None
+
+
+def _no_cuda_reason(torch: Any) -> str:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build; install a CUDA build (see README, 'GPU drivers')"
+    driver = _driver_version()
+    if driver is None:
+        return f"no GPU visible to torch (nvidia-smi finds no driver; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU with driver {driver}: the driver is too old "
+            "for this CUDA build, or the GPU is not visible; see README, 'GPU drivers'")
+
+
+def check_device(train_settings: dict[str, Any]) -> str:
+    """Compute on the device the train settings name; return its description or raise `PreflightError`."""
+    device = train_settings.get("device", "auto")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        if device == "cuda":
+            raise PreflightError(f"study.train.device is 'cuda' but {_no_cuda_reason(torch)}")
+        return "cpu"
+    try:
+        probe = torch.ones(256, 256, device="cuda")
+        (probe @ probe).sum().item()
+        if train_settings.get("compile"):
+            compiled = torch.compile(lambda x: torch.nn.functional.silu(x) * 2)
+            compiled(probe).sum().item()
+        free, total = torch.cuda.mem_get_info()
+    except Exception as error:  # any failure here is the device's or toolchain's, not a run's
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise PreflightError(f"CUDA preflight failed on {torch.cuda.get_device_name()}: "
+                             f"{type(error).__name__}: {first}") from None
+    name = torch.cuda.get_device_name()
+    if free < MIN_FREE_BYTES:
+        raise PreflightError(f"{name}: only {free / 2**30:.2f} GiB of {total / 2**30:.0f} GiB free; "
+                             "another process holds the GPU (a sweep still running?)")
+    return f"{name} ({free / 2**30:.0f} GiB free, torch {torch.__version__}, CUDA {torch.version.cuda})"
