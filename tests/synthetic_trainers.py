@@ -210,3 +210,11 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 OPTSWEEP = str(Path(sys.executable).parent / "optsweep")
+
+
+def broken_while_marked(spec: dict[str, Any]) -> dict[str, Any]:
+    """Raises while the file named by SYNTH_BROKEN exists (a fault that a later sweep no longer meets)."""
+    if Path(os.environ["SYNTH_BROKEN"]).exists():
+        _finish(spec, {})
+        raise RuntimeError("device fault (simulated)")
+    return bowl(spec)

@@ -14,7 +14,8 @@ import torch
 
 import optsweep.data
 from optsweep.config import ParamsError, StudyParams, validate_params
-from optsweep.data import TrainBatches, ensure_prepared, load_shards, val_batches
+from optsweep.batches import TrainBatches, load_shards, val_batches
+from optsweep.data import ensure_prepared
 
 from conftest import small_study
 

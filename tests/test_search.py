@@ -11,7 +11,7 @@ import pytest
 
 import synthetic_trainers as synth
 from optsweep.config import ParamsError, load_params
-from optsweep.search import run_sweep
+from optsweep.search import FailedRuns, run_sweep
 from optsweep.store import RunStore
 
 BOWL_OPTIMUM = {"lr": 1e-2, "weight_decay": 0.2, "beta2": 0.99}
@@ -179,20 +179,26 @@ def test_a_changed_grid_trains_only_the_new_configs(tmp_path, monkeypatch):
     assert max(collections.Counter(synth.read_calls(calls)).values()) == 1
 
 
-def test_a_crashing_run_is_retried_once_then_stored_as_failed_and_never_retried(tmp_path, monkeypatch):
+def test_a_crashing_run_is_retried_once_stored_as_failed_and_trained_again_by_the_next_sweep(tmp_path, monkeypatch):
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("SYNTH_CALLS", str(calls))
-    result = sweep(tmp_path, "broken_at_high_lr")
+    with pytest.raises(FailedRuns, match="run\\(s\\) failed .*cannot train lr 0.03"):
+        sweep(tmp_path, "broken_at_high_lr")
+    result = strict_load(tmp_path / "a.json")  # written before the sweep reports the failures
     failed = [run for run in result["runs"] if run["status"] == "failed"]
     assert failed and all(run["loss"] is None and "cannot train lr 0.03" in run["reason"] for run in failed)
+    assert {run["key"] for run in failed} == {entry["key"] for entry in result["failed"]}
     assert picked(result["best"]) == BOWL_OPTIMUM
     counts = collections.Counter(synth.read_calls(calls))
     assert {counts[json.dumps({"hparams": run["hparams"], "seed": 0}, sort_keys=True)] for run in failed} == {2}
     records = {record.key: record for record in RunStore(tmp_path / "runs")}
     assert all(records[run["key"]].attempts == 2 and "RuntimeError" in records[run["key"]].error for run in failed)
     calls_before = len(synth.read_calls(calls))
-    sweep(tmp_path, "broken_at_high_lr")
-    assert len(synth.read_calls(calls)) == calls_before
+    with pytest.raises(FailedRuns):
+        sweep(tmp_path, "broken_at_high_lr")
+    retried = synth.read_calls(calls)[calls_before:]  # only the failed runs, each on its two attempts
+    assert sorted(retried) == sorted(json.dumps({"hparams": run["hparams"], "seed": 0}, sort_keys=True)
+                                     for run in failed for _ in range(2))
 
 
 def test_a_transient_crash_succeeds_on_the_retry(tmp_path, monkeypatch):

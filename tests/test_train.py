@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from optsweep.train import train
+from optsweep.train import TRAINER_VERSION, train
 from optsweep.trainer import code_identity, is_diverged
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -44,8 +44,10 @@ def test_result_fields(baseline_result, run_spec, prepared_data):
     assert (result["device"], result["precision"], result["diverged_at_step"]) == ("cpu", "fp32", None)
     assert result["provenance"] == {
         "data_hash": prepared_data["hash"], "tokenizer": "bpe-512", "code": code_identity("optsweep.train:train"),
-        "seed": 0, "torch": torch.__version__, "transformers": result["provenance"]["transformers"],
+        "trainer_version": TRAINER_VERSION, "seed": 0, "batch_seed": 0, "torch": torch.__version__,
+        "transformers": result["provenance"]["transformers"],
     }
+    assert (result["micro_batch_size"], result["oom_halvings"], result["resumed_from"]) == (8, 0, [])
 
 
 def test_identical_specs_give_identical_results(baseline_result, run_spec):

@@ -16,7 +16,8 @@ import torch
 import transformers
 
 from .config import ParamsError, StudyParams
-from .data import TrainBatches, ensure_prepared, load_shards
+from .batches import TrainBatches, load_shards
+from .data import ensure_prepared
 from .model import build_model, count_params
 from .train import Run, Runtime, configure_determinism, resolve_runtime
 from .trainer import make_run_spec

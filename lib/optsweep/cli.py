@@ -7,12 +7,14 @@ before any data is prepared or any run is trained.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .config import ParamsError, load_params
+from .search import FailedRuns
 
 DEFAULT_PARAMS = "params/study.yaml"
 
@@ -58,6 +60,34 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     result = run_sweep(params, args.scale, out, sensitivity_path=args.sensitivity)
     loss = "none (every run diverged or failed)" if result["best_loss"] is None else f"{result['best_loss']:.4f}"
     print(f"{args.scale}: best loss {loss} with {result['best']} -> {out}")
+
+
+def cmd_store(args: argparse.Namespace) -> None:
+    from .store import RunStore
+    from . import store_view
+
+    params = load_params(args.params, args.set)
+    store = RunStore(params.study.store)
+    if args.action == "list":
+        for row in store_view.rows(store):
+            if args.status in (None, row.status):
+                print(row.line())
+    elif args.action == "show":
+        record = store.get(args.key or "")
+        if record is None:
+            raise ParamsError(f"store {store.root}: no run {args.key!r} (see `optsweep store list`)")
+        _print_json(dataclasses.asdict(record))
+    elif args.action == "why":
+        if not args.scale:
+            raise ParamsError("optsweep store why: needs --scale NAME (the run of the baseline, moved by --set)")
+        baseline, _ = params.scale_space(args.scale)
+        print(store_view.explain_missing(params, args.scale, baseline, store_view.require_default_data(params), store))
+    else:
+        records, stale = store_view.retry_failed(params, store)
+        for record in records:
+            print(f"{record.key}: {record.status.value}")
+        for record in stale:
+            print(f"{record.key}: failed under older training code; a sweep with the current code trains it anew")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -165,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     notebook.add_argument("--html", required=True, help="HTML page to write (code hidden, figures embedded)")
     notebook.add_argument("-p", action="append", default=[], metavar="NAME=VALUE", help="notebook parameter")
 
+    store = add("store", cmd_store, "the run store: list runs, show one, say why a run is not stored, retry failed")
+    store.add_argument("action", choices=["list", "show", "why", "retry"],
+                       help="list [--status S] | show KEY | why --scale NAME [--set h=v] | retry (failed runs)")
+    store.add_argument("key", nargs="?", default=None, help="a run key (for show)")
+    store.add_argument("--status", choices=["ok", "diverged", "failed", "in_progress"], default=None)
+    store.add_argument("--scale", default=None, help="a scale name (for why)")
+
     add("plan", cmd_plan, "dry run: print the study's runs, tokens and estimated GPU-hours")
     return parser
 
@@ -176,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as error:
         print(f"optsweep: error: {error}", file=sys.stderr)
         return 2
+    except FailedRuns as error:
+        print(f"optsweep: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("optsweep: interrupted; finished runs are kept in the run store", file=sys.stderr)
         return 130

@@ -117,6 +117,9 @@ class TrainSettings(Strict):
     micro_batch_size: int | None = Field(
         None, gt=0, description="sequences per forward/backward pass, gradients accumulated (default: the batch)"
     )
+    checkpoint_every_s: float = Field(
+        1800, ge=0, description="seconds between checkpoints inside a run (0 = none); a retried run resumes"
+    )
     eval_points: int = Field(4, ge=1, description="held-out evaluations, the last one at the full budget")
     eval_tokens: int | None = Field(None, gt=0, description="held-out tokens per evaluation (default: all)")
     diverge_above: float | None = Field(
@@ -161,6 +164,9 @@ class Scale(Strict):
     seq_len: int = Field(gt=0)
     batch_size: int = Field(gt=0, description="sequences per optimizer step")
     tokens: int = Field(gt=0, description="training token budget")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="sequences per forward/backward pass at this scale (default: study.train's)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Scale:
@@ -198,7 +204,7 @@ class Scale(Strict):
         batch = batch_size or self.batch_size
         steps = self.steps(batch)
         return {
-            **self.model_dump(),
+            **self.model_dump(exclude={"micro_batch_size"}),  # a layout setting: it travels in spec["train"]
             "ffn_width": self.ffn,
             "batch_size": batch,
             "vocab_size": vocab_size,
@@ -237,6 +243,9 @@ class SearchSettings(Strict):
     stop_rule: Literal["pass", "neighbourhood"] = "pass"
     noise_seeds: int = Field(0, ge=0, description="extra seeds for the best config and its competitors")
     noise_candidates: int = Field(2, ge=0, description="nearest competitors re-evaluated on noise seeds")
+    noise_varies: Literal["both", "init", "data_order"] = Field(
+        "both", description="what the noise seeds change: the initialisation, the batch order, or both"
+    )
 
 
 class AnalysisSettings(Strict):
@@ -303,12 +312,26 @@ class StudyParams(Strict):
         if not self.search_order():
             raise ValueError(f"search: 'order' and 'free' leave nothing to search; name some of: {', '.join(self.grid)}")
         for name, scale in self.all_scales().items():
+            self._check_micro_batch(name, scale)
             steps = scale.steps(self.baseline.batch_size)
             if self.baseline.warmup >= steps:
                 raise ValueError(
                     f"baseline.warmup ({self.baseline.warmup}) must be shorter than the {steps} steps of scale {name!r}"
                 )
         return self
+
+    def _check_micro_batch(self, name: str, scale: Scale) -> None:
+        """The micro-batch must divide every batch size this scale trains with (gradients accumulate)."""
+        micro = scale.micro_batch_size or self.study.train.micro_batch_size
+        if micro is None:
+            return
+        key = f"scales.{name}.micro_batch_size" if scale.micro_batch_size else "study.train.micro_batch_size"
+        batches = {scale.batch_size, *(int(b) for b in self.grid.get("batch_size", []))}
+        if self.baseline.batch_size:
+            batches.add(self.baseline.batch_size)
+        for batch in sorted(batches):
+            if batch % micro:
+                raise ValueError(f"{key}: {micro} does not divide the batch size {batch} of scale {name!r}")
 
     def params_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))

@@ -16,7 +16,6 @@ only from the documents after it, so no held-out text is ever seen by the tokeni
 from __future__ import annotations
 
 import fcntl
-import functools
 import glob
 import hashlib
 import itertools
@@ -25,7 +24,6 @@ import os
 import shutil
 import sysconfig
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -35,7 +33,6 @@ from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
 from .provenance import stable_hash
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # datasets, tokenizers, transformers and torch are imported where they are used: checking that prepared data
@@ -302,83 +299,3 @@ def ensure_prepared(params: StudyParams) -> dict[str, Any]:
         else:
             building.rename(target)
     return identity
-
-
-# --- reading prepared data -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shards:
-    train: np.memmap
-    val: np.memmap
-    tokenizer: PreTrainedTokenizerBase
-
-
-@functools.lru_cache(maxsize=4)
-def _open_shards(folder: str, data_hash: str) -> Shards:
-    meta = read_meta(Path(folder))
-    if meta is None or meta["identity"]["hash"] != data_hash:
-        found = meta["identity"]["hash"] if meta else "nothing"
-        raise ValueError(f"{folder}: holds data {found}, the run expects {data_hash}; run `optsweep prepare`")
-    from transformers import AutoTokenizer
-
-    dtype = np.dtype(meta["identity"]["dtype"])
-    return Shards(
-        train=np.memmap(Path(folder) / "train.bin", dtype=dtype, mode="r"),
-        val=np.memmap(Path(folder) / "val.bin", dtype=dtype, mode="r"),
-        tokenizer=AutoTokenizer.from_pretrained(Path(folder) / "tokenizer"),
-    )
-
-
-def load_shards(identity: dict[str, Any]) -> Shards:
-    """The memory-mapped shards and tokenizer of a data identity (opened once per process)."""
-    return _open_shards(identity["dir"], identity["hash"])
-
-
-class TrainBatches:
-    """Training batches in an order fixed by the data seed, the same for every config of a sweep.
-
-    The training shard is cut into windows of `seq_len + 1` tokens (inputs and next-token targets) that
-    overlap by one token. Each epoch visits every window once in a seeded permutation; batch `step` takes
-    the next `batch_size` windows of that stream, so a different batch size regroups the same stream.
-    """
-
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> None:
-        self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
-        self.n_windows = (len(tokens) - 1) // seq_len
-        if self.n_windows < 1:
-            raise ValueError(f"the training shard ({len(tokens)} tokens) is shorter than one window ({seq_len + 1})")
-        self._epoch_order: tuple[int, np.ndarray] | None = None
-
-    def window_order(self, epoch: int) -> np.ndarray:
-        if self._epoch_order is None or self._epoch_order[0] != epoch:
-            self._epoch_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_windows))
-        return self._epoch_order[1]
-
-    def window_starts(self, step: int) -> np.ndarray:
-        """Token offsets of the windows of batch `step`."""
-        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
-        epochs, offsets = np.divmod(positions, self.n_windows)
-        windows = np.concatenate([self.window_order(e)[offsets[epochs == e]] for e in np.unique(epochs)])
-        return windows * self.seq_len
-
-    def batch(self, step: int) -> torch.Tensor:
-        """Batch `step` as a (batch_size, seq_len + 1) int64 CPU tensor."""
-        import torch
-
-        rows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in self.window_starts(step)])
-        return torch.from_numpy(rows.astype(np.int64))
-
-
-def val_batches(
-    tokens: np.ndarray, batch_size: int, seq_len: int, max_tokens: int | None = None
-) -> list[torch.Tensor]:
-    """The held-out tokens (the first `max_tokens`, default all) as windows in fixed order, batched."""
-    import torch
-
-    usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
-    n_windows = (usable - 1) // seq_len
-    if n_windows < 1:
-        raise ValueError(f"the validation shard ({len(tokens)} tokens) is shorter than one window ({seq_len + 1})")
-    rows = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n_windows)])
-    return list(torch.from_numpy(rows.astype(np.int64)).split(batch_size))

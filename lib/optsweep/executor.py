@@ -9,11 +9,17 @@ lasts. Devices:
   first workers spread over all GPUs before any GPU gets a second one.
 - One worker in total: runs are trained inline in the main process, which is easiest to debug.
 
+Before its first run each worker (and the inline trainer) runs the device preflight (optsweep.preflight):
+a worker that cannot compute on its device stops the sweep with one line, and nothing is stored.
+
 A run whose trainer raises is retried once; a worker that dies (killed, out of memory) is replaced and its
-run retried the same way. After the second failed attempt the run comes back with its error text.
+run retried the same way, resuming from the run's checkpoint if it left one. After the second failed
+attempt the run comes back with its error text (a *failed* run, trained again by the next sweep).
 Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
 does not leave half of them training) and propagates as KeyboardInterrupt, after handing over the runs
 that had already finished, so that they reach the run store. It never lands in the middle of storing a run.
+Workers never outlive the main process: each watches its parent and exits when it is gone (an SSH drop's
+SIGHUP, a SIGKILL), so a dead sweep never holds a device.
 """
 
 from __future__ import annotations
@@ -34,9 +40,13 @@ import traceback
 from typing import Any, Iterator
 
 from .config import ParamsError, StudySettings
+from .preflight import PreflightError, check_device
 from .trainer import Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
+PARENT_POLL_S = 1.0  # how often a worker checks that the main process is still alive
+# Fewer out-of-memory errors from fragmentation when a run halves its micro-batch (set before torch starts).
+CUDA_ALLOCATOR = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +101,7 @@ def worker_environments(study: StudySettings, gpus: list[str] | None = None) -> 
         return [dict(cpu_env) for _ in range(study.workers)]
     explicit = "workers" in study.model_fields_set
     count = study.workers if explicit else len(gpus) * study.workers_per_gpu
-    return [{**cpu_env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(count)]
+    return [{**cpu_env, **CUDA_ALLOCATOR, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(count)]
 
 
 # --- one attempt at one run ------------------------------------------------------------------------------
@@ -115,16 +125,29 @@ def _limit_torch_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def _worker_main(trainer_name: str, env: dict[str, str], connection: multiprocessing.connection.Connection) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Exit at once when the main process is gone (the worker is then re-parented): no orphan holds a GPU."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="optsweep-parent-watch", daemon=True).start()
+
+
+def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[str, Any],
+                 connection: multiprocessing.connection.Connection) -> None:
+    _exit_with_parent(int(env["OPTSWEEP_DRIVER_PID"]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     os.environ.update(env)  # before the trainer imports torch, so device pinning and threads take effect
     try:
         trainer = load_trainer(trainer_name)
-    except ParamsError as error:
+        _limit_torch_threads(int(env["OMP_NUM_THREADS"]))
+        device = check_device(train_settings)
+    except (ParamsError, PreflightError) as error:
         connection.send(("error", str(error)))
         return
-    _limit_torch_threads(int(env["OMP_NUM_THREADS"]))
-    connection.send(("ready", os.getpid()))
+    connection.send(("ready", device))
     while True:
         try:
             task = connection.recv()
@@ -151,9 +174,11 @@ class _Worker:
 class Executor:
     """Trains tasks on persistent workers. Use as a context manager so that workers never outlive it."""
 
-    def __init__(self, trainer_name: str, environments: list[dict[str, str]], threads: int = 1):
+    def __init__(self, trainer_name: str, environments: list[dict[str, str]], threads: int = 1,
+                 train_settings: dict[str, Any] | None = None):
         self.trainer_name = trainer_name
-        self.environments = environments
+        self.environments = [{**env, "OPTSWEEP_DRIVER_PID": str(os.getpid())} for env in environments]
+        self.train_settings = train_settings or {"device": "cpu"}
         self.threads = threads
         self.inline = len(environments) <= 1
         self._workers: list[_Worker] = []
@@ -227,6 +252,10 @@ class Executor:
         if self._inline_trainer is None:
             self._inline_trainer = load_trainer(self.trainer_name)
             _limit_torch_threads(self.threads)
+            try:
+                check_device(self.train_settings)
+            except PreflightError as error:
+                raise ParamsError(f"preflight: {error}") from None
         for task in tasks:
             for attempt in range(1, ATTEMPTS + 1):
                 with self._interruptible_section():
@@ -240,7 +269,7 @@ class Executor:
     def _start_worker(self, env: dict[str, str]) -> _Worker:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=_worker_main, args=(self.trainer_name, env, theirs), name="optsweep-worker"
+            target=_worker_main, args=(self.trainer_name, env, self.train_settings, theirs), name="optsweep-worker"
         )
         process.start()
         theirs.close()  # so that a dead worker shows up as EOF on our end
@@ -256,7 +285,7 @@ class Executor:
             worker.process.join(timeout=5)
             raise RuntimeError(f"a worker process exited (code {worker.process.exitcode}) before it was ready") from None
         if status == "error":
-            raise ParamsError(f"{detail} (in a worker process)")
+            raise ParamsError(f"{detail} (in a worker process, before any run)")
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.process.join(timeout=5)

@@ -9,6 +9,7 @@ before anything is trained or stored.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from typing import Any
 
@@ -33,16 +34,18 @@ def _no_cuda_reason(torch: Any) -> str:
         return f"torch {torch.__version__} is a CPU-only build; install a CUDA build (see README, 'GPU drivers')"
     driver = _driver_version()
     if driver is None:
-        return f"no GPU visible to torch (nvidia-smi finds no driver; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
-    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU with driver {driver}: the driver is too old "
-            "for this CUDA build, or the GPU is not visible; see README, 'GPU drivers'")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"no GPU visible to torch (nvidia-smi finds no driver; CUDA_VISIBLE_DEVICES={visible!r})"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU with driver {driver}: "
+            "the driver is too old for this CUDA build, or the GPU is not visible; see README, 'GPU drivers'")
 
 
 def check_device(train_settings: dict[str, Any]) -> str:
     """Compute on the device the train settings name; return its description or raise `PreflightError`."""
     device = train_settings.get("device", "auto")
-    if device == "cpu":
-        return "cpu"
+    no_gpu_here = shutil.which("nvidia-smi") is None and not os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device == "cpu" or (device == "auto" and no_gpu_here):
+        return "cpu"  # without importing torch: a synthetic trainer's workers start in milliseconds
     import torch
 
     if not torch.cuda.is_available():

@@ -44,7 +44,8 @@ def print_plan(params: StudyParams) -> None:
     free = params.search_order()
     print(f"study {params.study.name!r}: {len(params.scales)} phase-1 scales, {len(params.law_scales)} law scales")
     print(f"GPU-hours assume {ASSUMED_MFU:.0%} MFU of a {PEAK_FLOPS / 1e12:.0f} TFLOP/s GPU\n")
-    header = f"{'phase':<7} {'scale':<12} {'N':>10} {'D':>10} {'steps':>7} {'runs 1st/max':>13} {'tokens (max)':>14} {'GPU-h (max)':>12}"
+    header = (f"{'phase':<7} {'scale':<12} {'N':>10} {'D':>10} {'steps':>7} {'micro':>6} {'runs 1st/max':>13} "
+              f"{'tokens (max)':>14} {'GPU-h (max)':>12}")
     print(header)
     print("-" * len(header))
     total_hours = 0.0
@@ -57,8 +58,9 @@ def print_plan(params: StudyParams) -> None:
             hours = tokens * scale.flops_per_token(vocab) / (PEAK_FLOPS * ASSUMED_MFU) / 3600
             total_hours += hours
             total_runs += most
+            micro = scale.micro_batch_size or params.study.train.micro_batch_size or scale.batch_size
             print(
-                f"{phase:<7} {name:<12} {scale.n_params:>10.3g} {scale.tokens:>10.3g} {scale.steps():>7} "
+                f"{phase:<7} {name:<12} {scale.n_params:>10.3g} {scale.tokens:>10.3g} {scale.steps():>7} {micro:>6} "
                 f"{f'{first}/{most}':>13} {tokens:>14.3g} {hours:>12.1f}"
             )
     print(f"\nat most {total_runs} runs, about {total_hours:,.0f} GPU-hours (law scales: fewer once the sensitive set is known)")

@@ -29,11 +29,15 @@ from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyP
 from .executor import Executor, Outcome, Task, worker_environments
 from .provenance import provenance
 from .jsonio import to_strict, write_json
-from .store import RunRecord, RunStore, run_key
+from .store import RunRecord, RunStatus, RunStore, run_key
 from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
 Config = dict[str, float | int]
 INTEGER_HPARAMS = ("warmup", "batch_size")
+
+
+class FailedRuns(RuntimeError):
+    """A sweep ended with runs that failed: its result file lists them, but it is not a finished search."""
 
 
 # --- the search space: what moves, what is fixed, where it starts ---------------------------------------
@@ -120,8 +124,8 @@ class Run:
 
     key: str
     hparams: Config
-    seed: int
-    status: Literal["ok", "diverged", "failed", "skipped"]
+    seed: int  # the replicate: the sweep's seed, or a noise seed (see `RunEvaluator.spec`)
+    status: RunStatus
     loss: float | None
     reason: str | None = None
     result: dict[str, Any] | None = None
@@ -130,10 +134,11 @@ class Run:
     @property
     def rank(self) -> float:
         """What the search minimises: a run that did not finish with a loss is infinitely bad."""
-        return self.loss if self.status == "ok" else math.inf
+        return self.loss if self.status == RunStatus.OK else math.inf
 
     def report(self) -> dict[str, Any]:
-        row = {"key": self.key, "hparams": self.hparams, "seed": self.seed, "loss": self.loss, "status": self.status}
+        row = {"key": self.key, "hparams": self.hparams, "seed": self.seed, "loss": self.loss,
+               "status": self.status.value}
         if self.reason:
             row["reason"] = self.reason
         row["result"] = self.result
@@ -142,7 +147,7 @@ class Run:
 
 def _run_from_record(record: RunRecord, hparams: Config, seed: int) -> Run:
     reason = record.error.strip().splitlines()[-1] if record.error else None
-    if record.status == "diverged" and record.result:
+    if record.status == RunStatus.DIVERGED and record.result:
         reason = record.result.get("reason")
     return Run(record.key, hparams, seed, record.status, record.loss, reason, record.result, record.spec)
 
@@ -207,8 +212,18 @@ class RunEvaluator:
         return _config_id(hparams, self.seed) in self.runs
 
     def best_loss(self) -> float | None:
-        finished = [run.loss for run in self.runs.values() if run.status == "ok" and run.seed == self.seed]
+        finished = [run.loss for run in self.runs.values() if run.status == RunStatus.OK and run.seed == self.seed]
         return min(finished, default=None)
+
+    def spec(self, hparams: Config, seed: int) -> dict[str, Any]:
+        """The run spec of a config on replicate `seed`: the sweep's seed, or noise seed `study.seed + i`,
+        which moves the initialisation and/or the batch order by i (`search.noise_varies`)."""
+        offset, varies = seed - self.seed, self.params.search.noise_varies
+        return make_run_spec(
+            self.params, self.scale_name, hparams, self.data,
+            seed=self.seed + (offset if varies in ("both", "init") else 0),
+            batch_seed=self.params.study.data.seed + (offset if varies in ("both", "data_order") else 0),
+        )
 
     def evaluate(self, configs: list[Config], seeds: list[int] | None = None) -> list[Run]:
         """Every config on every seed (default: the sweep's seed), in that order; duplicates are run once."""
@@ -218,22 +233,23 @@ class RunEvaluator:
         for hparams, seed in pairs:
             if _config_id(hparams, seed) in self.runs:
                 continue
-            spec = make_run_spec(self.params, self.scale_name, hparams, self.data, seed=seed)
+            spec = self.spec(hparams, seed)
             key = run_key(spec, self.trainer, self.trainer_code)
             reason = invalid_reason(spec)
-            record = None if reason else self.store.get(key)
+            record = None if reason else self.store.get_result(key)  # a failed run is trained again
             if reason:
-                self.runs[_config_id(hparams, seed)] = Run(key, hparams, seed, "skipped", None, reason, spec=spec)
+                self.runs[_config_id(hparams, seed)] = Run(key, hparams, seed, RunStatus.SKIPPED, None, reason,
+                                                           spec=spec)
             elif record is not None:
                 self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
                 reused += 1
             else:
-                tasks[key] = (hparams, seed, spec)
+                tasks[key] = (hparams, seed, {**spec, "checkpoint_dir": str(self.store.checkpoint_dir(key))})
         self.reused += reused
         self.progress.plan(len(tasks), reused, self.best_loss())
         for outcome in self.executor.run([Task(key, spec) for key, (_, _, spec) in tasks.items()]):
             hparams, seed, _ = tasks[outcome.key]
-            record = self._record(outcome)
+            record = outcome_record(outcome, self.trainer, self.trainer_code)
             self.store.put(outcome.key, record)
             run = _run_from_record(record, hparams, seed)
             self.runs[_config_id(hparams, seed)] = run
@@ -241,18 +257,20 @@ class RunEvaluator:
             self.progress.trained(run, self.best_loss())
         return [self.runs[_config_id(hparams, seed)] for hparams, seed in pairs]
 
-    def _record(self, outcome: Outcome) -> RunRecord:
-        if outcome.error is not None:
-            status, loss = "failed", None
-        elif is_diverged(outcome.result):
-            status, loss = "diverged", None
-        else:
-            status, loss = "ok", float(outcome.result["loss"])
-        return RunRecord(
-            key=outcome.key, status=status, loss=loss, spec=outcome.spec, trainer=self.trainer,
-            trainer_code=self.trainer_code, result=outcome.result, error=outcome.error,
-            attempts=outcome.attempts, wall_s=round(outcome.wall_s, 3),
-        )
+
+
+def outcome_record(outcome: Outcome, trainer: str, trainer_code: str) -> RunRecord:
+    """The run store's record of an executor outcome: failed (a fault), diverged or ok."""
+    if outcome.error is not None:
+        status, loss = RunStatus.FAILED, None
+    elif is_diverged(outcome.result):
+        status, loss = RunStatus.DIVERGED, None
+    else:
+        status, loss = RunStatus.OK, float(outcome.result["loss"])
+    return RunRecord(
+        key=outcome.key, status=status, loss=loss, spec=outcome.spec, trainer=trainer, trainer_code=trainer_code,
+        result=outcome.result, error=outcome.error, attempts=outcome.attempts, wall_s=round(outcome.wall_s, 3),
+    )
 
 
 # --- coordinate descent ------------------------------------------------------------------------------------
@@ -334,21 +352,21 @@ def _slices(space: SearchSpace, best: Run, evaluator: RunEvaluator) -> dict[str,
 
 
 def _near_best(best: Run, search: SearchSettings, evaluator: RunEvaluator) -> list[dict[str, Any]]:
-    if best.status != "ok":
+    if best.status != RunStatus.OK:
         return []
     limit = best.loss + _margin(search, best.loss)
     close = [run for run in evaluator.runs.values()
-             if run.seed == evaluator.seed and run.status == "ok" and run.loss <= limit]
+             if run.seed == evaluator.seed and run.status == RunStatus.OK and run.loss <= limit]
     return [{"hparams": run.hparams, "loss": run.loss} for run in sorted(close, key=lambda run: run.loss)]
 
 
 def _seed_noise(best: Run, search: SearchSettings, evaluator: RunEvaluator) -> dict[str, Any] | None:
     """The best and its closest competitors on extra seeds; std pooled over configs (n - 1 weighted)."""
-    if search.noise_seeds == 0 or best.status != "ok":
+    if search.noise_seeds == 0 or best.status != RunStatus.OK:
         return None
     competitors = sorted(
         (run for run in evaluator.runs.values()
-         if run.seed == evaluator.seed and run.status == "ok" and run.hparams != best.hparams),
+         if run.seed == evaluator.seed and run.status == RunStatus.OK and run.hparams != best.hparams),
         key=lambda run: run.loss,
     )[: search.noise_candidates]
     configs = [best.hparams] + [run.hparams for run in competitors]
@@ -368,7 +386,7 @@ def _seed_noise(best: Run, search: SearchSettings, evaluator: RunEvaluator) -> d
 
 def _compute(evaluator: RunEvaluator, wall_s: float) -> dict[str, Any]:
     """The cost of every run this sweep's result rests on (token budgets), and what this invocation did."""
-    runs = [run for run in evaluator.runs.values() if run.status != "skipped"]
+    runs = [run for run in evaluator.runs.values() if run.status != RunStatus.SKIPPED]
     tokens = sum(run.spec["scale"]["tokens"] for run in runs)
     flops = sum(run.spec["scale"]["tokens"] * run.spec["scale"]["flops_per_token"] for run in runs)
     return {"runs_planned": len(runs), "runs_trained": evaluator.trained, "runs_reused": evaluator.reused,
@@ -395,7 +413,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
     label = f"sweep {scale_name}" + (" (law)" if space.phase == "law" else "")
     bar = Progress(label, progress)
     try:
-        with Executor(trainer, environments, threads=params.study.train.threads_per_worker) as executor:
+        with Executor(trainer, environments, threads=params.study.train.threads_per_worker,
+                      train_settings=params.study.train.model_dump()) as executor:
             evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
             descend = _descend_by_neighbourhood if search.stop_rule == "neighbourhood" else _descend_in_passes
             descent = descend(space, search, evaluator)
@@ -425,6 +444,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         "runs": [run.report() for run in evaluator.runs.values()],
         "slices": slices,
         "noise": noise,
+        "failed": [{"key": run.key, "hparams": run.hparams, "seed": run.seed, "error": run.reason}
+                   for run in evaluator.runs.values() if run.status == RunStatus.FAILED],
         "compute": _compute(evaluator, time.perf_counter() - started),
         "provenance": provenance(
             params.params_hash(),
@@ -437,4 +458,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         ),
     })
     write_json(Path(out_path), result)
+    if result["failed"]:
+        raise FailedRuns(f"{scale_name}: {len(result['failed'])} run(s) failed (a fault, not a result), e.g. "
+                         f"{result['failed'][0]['error']}; finished runs are stored, run the sweep again to "
+                         f"retry them (`optsweep store list --status failed` shows them)")
     return result

@@ -4,8 +4,16 @@ A run trains the scale's Llama-2 on exactly `scale.steps` batches of `batch_size
 the prepared shards, evaluates the held-out loss at `train.eval_points` evenly spaced steps (the last at
 the full budget) and returns the final held-out loss with curves, throughput and provenance.
 
-Common random numbers: the init depends only on `spec.seed` and the batch order only on the data seed, so
-every config of a sweep starts from the same weights and sees the same batches.
+Common random numbers: the init depends only on `spec.seed` and the batch order only on `spec.batch_seed`,
+so every config of a sweep starts from the same weights and sees the same batches.
+
+Surviving real scale:
+- Every `train.checkpoint_every_s` seconds the run saves its whole state (model, optimizer, schedule,
+  step, curves, RNG) to `spec.checkpoint_dir`, atomically, keeping only the newest. A run that finds a
+  checkpoint resumes from it; since batch `step` is a function of the seed and the step, the resumed run
+  ends bitwise where an uninterrupted one would on the CPU.
+- A run that blows up (optsweep.divergence) stops early with status "diverged" and the rule that fired.
+- A CUDA out-of-memory error halves the micro-batch and continues from the last checkpoint (or the start).
 """
 
 from __future__ import annotations
@@ -13,23 +21,32 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import transformers
 
+from .batches import Shards, TrainBatches, load_shards, val_batches
 from .config import ParamsError
-from .data import Shards, TrainBatches, load_shards, val_batches
-from .jsonio import to_strict
+from .divergence import Divergence, DivergenceMonitor
+from .jsonio import to_strict, write_json
 from .model import build_model, count_params
 from .optim import build_optimizer, clip_gradients
 from .trainer import DEFAULT_TRAINER, code_identity
 
+# Bump when a change alters results in a way the code itself does not show (a data-order convention, say):
+# it is part of the code identity, so every stored run is trained again.
+TRAINER_VERSION = 2
 SYNC_EVERY = 16  # steps between reads of the train loss on the host (each read waits for the GPU)
 CURVE_POINTS = 100  # train-curve samples kept in the result
+CHECKPOINT_FILE = "checkpoint.pt"
+PROGRESS_FILE = "progress.json"  # the checkpoint's step and time, readable without torch
 
 
 @dataclass(frozen=True)
@@ -63,20 +80,38 @@ def resolve_runtime(settings: dict[str, Any]) -> Runtime:
 class Run:
     """One run's model, optimizer, schedule and batch stream. `step()` does one optimizer update."""
 
-    def __init__(self, spec: dict[str, Any], shards: Shards, runtime: Runtime) -> None:
+    def __init__(self, spec: dict[str, Any], shards: Shards, runtime: Runtime, micro_batch: int) -> None:
         scale, hparams, settings = spec["scale"], spec["hparams"], spec["train"]
         self.runtime = runtime
         self.clip = hparams["clip"]
-        self.micro_batch = settings.get("micro_batch_size") or scale["batch_size"]
+        self.micro_batch = micro_batch
         self.model = build_model(scale, seed=spec["seed"]).to(runtime.device)
         self.optimizer, self.scheduler = build_optimizer(
             self.model, hparams, scale["steps"], settings["decay_exclude"], fused=runtime.device.type == "cuda"
         )
         if settings["compile"]:
             self.model.compile(dynamic=False)  # fixed shapes: one graph per batch shape
-        self.batches = TrainBatches(shards.train, scale["batch_size"], scale["seq_len"], spec["data"]["seed"])
+        self.batches = TrainBatches(shards.train, scale["batch_size"], scale["seq_len"], spec["batch_seed"])
         self.steps_done = 0
         self.next_batch = self.to_device(self.batches.batch(0))
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs besides its curves (see `Progress`)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if self.runtime.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.runtime.device)
+        return {"steps_done": self.steps_done, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.runtime.device)
+        self.steps_done = state["steps_done"]
+        self.next_batch = self.to_device(self.batches.batch(self.steps_done))
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """On CUDA, an asynchronous copy from pinned memory that overlaps with the running step."""
@@ -124,15 +159,6 @@ def eval_steps(steps: int, points: int) -> list[int]:
     return sorted({max(1, round(steps * i / points)) for i in range(1, points + 1)})
 
 
-def first_divergence(losses: list[float], start: int, warmup: int, threshold: float) -> int | None:
-    """The first step from `start` whose loss is non-finite, or above `threshold` once warmup is over."""
-    for step in range(start, len(losses)):
-        loss = losses[step]
-        if not math.isfinite(loss) or (step >= warmup and loss > threshold):
-            return step
-    return None
-
-
 @functools.lru_cache(maxsize=1)
 def _code() -> str:
     return code_identity(DEFAULT_TRAINER)
@@ -144,64 +170,164 @@ def configure_determinism(runtime: Runtime, threads: int) -> None:
     torch.use_deterministic_algorithms(runtime.device.type == "cpu")
 
 
+@dataclass
+class Progress:
+    """What a run has done so far: saved with its checkpoint, returned in its result."""
+
+    micro_batch: int
+    train_losses: list[float] = field(default_factory=list)
+    eval_curve: list[list[float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    resumed_from: list[int] = field(default_factory=list)  # the step of each resume
+    oom_halvings: int = 0
+
+
+class Checkpointer:
+    """The newest checkpoint of one run in its own folder, written atomically (temp file + os.replace)."""
+
+    def __init__(self, folder: str | None, every_s: float):
+        self.folder = Path(folder) if folder and every_s > 0 else None
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def load(self) -> tuple[dict[str, Any], Progress] | None:
+        path = self.folder / CHECKPOINT_FILE if self.folder else None
+        if path is None or not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["run"], Progress(**saved["progress"])
+
+    def due(self) -> bool:
+        return self.folder is not None and time.monotonic() - self.last >= self.every_s
+
+    def save(self, run: Run, progress: Progress) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+        torch.save({"run": run.state(), "progress": progress.__dict__}, tmp)
+        os.replace(tmp, self.folder / CHECKPOINT_FILE)
+        write_json(self.folder / PROGRESS_FILE, {"step": run.steps_done, "time": time.time()})
+        self.last = time.monotonic()
+
+
+def divergence_monitor(spec: dict[str, Any]) -> DivergenceMonitor:
+    """The run's divergence rule: `train.divergence`, and `train.diverge_above` (default ln(vocab) + 1)."""
+    settings, rule = spec["train"], spec["train"]["divergence"]
+    threshold = settings["diverge_above"] or math.log(spec["scale"]["vocab_size"]) + 1.0
+    return DivergenceMonitor(spec["hparams"]["warmup"], threshold, rule["rise"], rule["patience"], rule["smoothing"])
+
+
+def _log(message: str) -> None:
+    print(f"optsweep train: {message}", file=sys.stderr, flush=True)
+
+
+def _largest_divisor_at_most(batch: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if batch % d == 0)
+
+
 def train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one run; divergence ends it early with status "diverged" (never an exception)."""
+    """Train one run; divergence ends it early with status "diverged" (never an exception).
+
+    A CUDA out-of-memory error halves the micro-batch and tries again, from the last checkpoint if any."""
+    scale, settings = spec["scale"], spec["train"]
+    micro_batch = settings.get("micro_batch_size") or scale["batch_size"]
+    halvings = 0
+    while True:
+        try:
+            return _train(spec, micro_batch, halvings)
+        except torch.cuda.OutOfMemoryError:
+            if micro_batch == 1:
+                raise
+            micro_batch = _largest_divisor_at_most(scale["batch_size"], micro_batch // 2)
+            halvings += 1
+            _log(f"CUDA out of memory; trying again with micro-batch {micro_batch}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _train(spec: dict[str, Any], micro_batch: int, halvings: int) -> dict[str, Any]:
     started = time.perf_counter()
-    scale, hparams, settings = spec["scale"], spec["hparams"], spec["train"]
+    scale, settings = spec["scale"], spec["train"]
     runtime = resolve_runtime(settings)
     configure_determinism(runtime, settings["threads_per_worker"])
     shards = load_shards(spec["data"])
-    run = Run(spec, shards, runtime)
+    checkpointer = Checkpointer(spec.get("checkpoint_dir"), settings["checkpoint_every_s"])
+    saved = checkpointer.load()
+    if saved is not None:
+        micro_batch = min(micro_batch, saved[1].micro_batch)  # a run that needed a smaller one still does
+    run = Run(spec, shards, runtime, micro_batch)
+    progress = Progress(micro_batch, oom_halvings=halvings)
+    if saved is not None:
+        run.load_state(saved[0])
+        progress = Progress(**{**saved[1].__dict__, "micro_batch": micro_batch, "oom_halvings": halvings})
+        progress.resumed_from.append(run.steps_done)
+        _log(f"resuming from the checkpoint at step {run.steps_done} of {scale['steps']}")
     n_params, total_params = count_params(run.model)
     held_out = val_batches(shards.val, scale["batch_size"], scale["seq_len"], settings["eval_tokens"])
-    threshold = settings["diverge_above"] or math.log(spec["data"]["vocab_size"]) + 1.0
+    monitor = divergence_monitor(spec)
+    monitor.observe(progress.train_losses)  # a resumed run's curve rebuilds the monitor's state
+    divergence: Divergence | None = None
     steps, checkpoints = scale["steps"], eval_steps(scale["steps"], settings["eval_points"])
 
-    train_losses: list[float] = []
     pending: list[torch.Tensor] = []
-    eval_curve: list[list[float]] = []
-    diverged_at, eval_seconds = None, 0.0
-    loop_started = time.perf_counter()
-    for step in range(steps):
+    segment_started = time.perf_counter()
+    for step in range(run.steps_done, steps):
         pending.append(run.step())
-        if len(pending) == SYNC_EVERY or step + 1 in checkpoints:
-            first = len(train_losses)
-            train_losses.extend(torch.stack(pending).tolist())
+        at_eval = step + 1 in checkpoints
+        if len(pending) == SYNC_EVERY or at_eval:
+            losses = torch.stack(pending).tolist()
             pending.clear()
-            diverged_at = first_divergence(train_losses, first, hparams["warmup"], threshold)
-            if diverged_at is not None:
+            progress.train_losses.extend(losses)
+            divergence = monitor.observe(losses)
+            if divergence is not None:
                 break
-        if step + 1 in checkpoints:
-            eval_started = time.perf_counter()
-            eval_curve.append([step + 1, run.evaluate(held_out)])
-            eval_seconds += time.perf_counter() - eval_started
-    train_seconds = time.perf_counter() - loop_started - eval_seconds
+        if at_eval:
+            progress.train_seconds += time.perf_counter() - segment_started
+            progress.eval_curve.append([step + 1, run.evaluate(held_out)])
+            segment_started = time.perf_counter()
+        if not pending and checkpointer.due() and step + 1 < steps:
+            progress.train_seconds += time.perf_counter() - segment_started
+            checkpointer.save(run, progress)
+            segment_started = time.perf_counter()
+    progress.train_seconds += time.perf_counter() - segment_started
+    return _result(spec, run, progress, divergence, runtime, (n_params, total_params), time.perf_counter() - started)
 
-    final = eval_curve[-1][1] if diverged_at is None else math.nan
+
+def _result(spec: dict[str, Any], run: Run, progress: Progress, divergence: Divergence | None, runtime: Runtime,
+            counts: tuple[int, int], wall_s: float) -> dict[str, Any]:
+    scale = spec["scale"]
+    final = progress.eval_curve[-1][1] if divergence is None else math.nan
     status = "ok" if math.isfinite(final) else "diverged"
     tokens = run.steps_done * scale["batch_size"] * scale["seq_len"]
-    stride = max(1, len(train_losses) // CURVE_POINTS)
-    sampled = sorted({*range(0, len(train_losses), stride), len(train_losses) - 1})
+    losses = progress.train_losses
+    stride = max(1, len(losses) // CURVE_POINTS)
+    sampled = sorted({*range(0, len(losses), stride), len(losses) - 1}) if losses else []
     return to_strict({
         "loss": final if status == "ok" else None,
         "status": status,
-        "train_curve": [[s, train_losses[s]] for s in sampled],
-        "eval_curve": eval_curve,
-        "tokens_per_s": tokens / train_seconds,
-        "wall_s": time.perf_counter() - started,
-        "n_params": n_params,
-        "total_params": total_params,
+        "train_curve": [[s, losses[s]] for s in sampled],
+        "eval_curve": progress.eval_curve,
+        "tokens_per_s": tokens / progress.train_seconds if progress.train_seconds > 0 else None,
+        "wall_s": wall_s,
+        "n_params": counts[0],
+        "total_params": counts[1],
         "tokens": tokens,
         "flops": scale["flops_per_token"] * tokens,
         "steps": run.steps_done,
         "device": runtime.name,
         "precision": runtime.precision,
-        "diverged_at_step": diverged_at,
+        "micro_batch_size": progress.micro_batch,
+        "oom_halvings": progress.oom_halvings,
+        "resumed_from": progress.resumed_from,
+        "diverged_at_step": divergence.step if divergence else None,
+        "reason": divergence.describe() if divergence else None,
+        "divergence_rule": spec["train"]["divergence"],
         "provenance": {
             "data_hash": spec["data"]["hash"],
             "tokenizer": spec["data"]["tokenizer"],
             "code": _code(),
+            "trainer_version": TRAINER_VERSION,
             "seed": spec["seed"],
+            "batch_seed": spec["batch_seed"],
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },

@@ -2,19 +2,29 @@
 
 A trainer is any callable `f(spec: dict) -> dict` named as "module:function". The spec is JSON-serialisable:
 
-    {"scale":   {name, width, depth, heads, ffn_width, seq_len, batch_size, vocab_size,
-                 n_params, steps, tokens, flops_per_token},
-     "hparams": {lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip[, batch_size]},
-     "seed":    int,
-     "data":    identity of the prepared token shards (dir, hash, vocab_size, tokenizer) or None,
-     "train":   the study's train settings (device, precision, compile, eval, divergence, ...)}
+    {"scale":          {name, width, depth, heads, ffn_width, seq_len, batch_size, vocab_size,
+                        n_params, steps, tokens, flops_per_token},
+     "hparams":        {lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip[, batch_size]},
+     "seed":           int, the initialisation seed,
+     "batch_seed":     int, the seed of the batch order (the data seed; noise re-runs may vary it),
+     "data":           identity of the prepared token shards (dir, hash, vocab_size, tokenizer) or None,
+     "train":          the study's train settings (device, precision, compile, eval, divergence, micro-batch
+                       of this scale, checkpoint interval, ...),
+     "checkpoint_dir": a folder of the run store that belongs to this run alone, or None}
 
 and the result holds at least `loss`, the final held-out loss at the full budget (non-finite or missing
-means diverged).
+means diverged; `"status": "diverged"` says so explicitly). A trainer that raises has *failed*: the run is
+missing, not diverged, and is trained again by the next sweep.
+
+Checkpoints: a long-running trainer may save its state in `checkpoint_dir` and, when it finds a state
+there on a later call with the same spec, resume from it instead of starting over (a worker that died, a
+node that was lost). Write atomically (a temp file and `os.replace`). The run store deletes the folder
+once the run's result is stored.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
@@ -27,8 +37,9 @@ from .config import ParamsError, StudyParams
 DEFAULT_TRAINER = "optsweep.train:train"
 Trainer = Callable[[dict[str, Any]], dict[str, Any]]
 
-# The library modules whose code decides the default trainer's result.
-_DEFAULT_TRAINER_MODULES = ("model", "data", "optim", "train")
+# The library modules whose code decides the default trainer's result. How the data was prepared (data.py)
+# is covered by the data hash in the spec instead.
+_DEFAULT_TRAINER_MODULES = ("model", "batches", "optim", "divergence", "train")
 
 
 def load_trainer(name: str) -> Trainer:
@@ -56,8 +67,27 @@ def trainer_module_file(name: str) -> Path:
     return Path(spec.origin)
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_text(path: Path) -> str:
+    """A module's code as it runs: parsed and printed again, so comments, docstrings and layout drop out."""
+    return ast.unparse(_without_docstrings(ast.parse(path.read_text(), filename=str(path))))
+
+
 def code_identity(name: str) -> str:
-    """Hash of the source that decides a trainer's results, so a code change never reuses stale runs."""
+    """Hash of the code that decides a trainer's results, so a code change never reuses stale runs.
+
+    Only code counts: an edit to comments, docstrings or formatting keeps every stored run. The default
+    trainer's `TRAINER_VERSION` (train.py) is part of the code, so bumping it retrains everything.
+    """
     digest = hashlib.sha256()
     if name == DEFAULT_TRAINER:
         package = Path(__file__).parent
@@ -65,7 +95,7 @@ def code_identity(name: str) -> str:
     else:
         files = [trainer_module_file(name)]
     for path in files:
-        digest.update(path.read_bytes())
+        digest.update(code_text(path).encode())
     return digest.hexdigest()[:16]
 
 
@@ -75,16 +105,24 @@ def make_run_spec(
     hparams: dict[str, Any],
     data: dict[str, Any] | None,
     seed: int | None = None,
+    batch_seed: int | None = None,
 ) -> dict[str, Any]:
-    """The spec for one run: `hparams` are effective values (lr already moved by the transfer rule)."""
+    """The spec for one run: `hparams` are effective values (lr already moved by the transfer rule).
+
+    `seed` (default the study's) fixes the initialisation, `batch_seed` (default the data seed) the batch
+    order: configs compared on one (seed, batch_seed) share both (common random numbers)."""
     scale = params.scale(scale_name)
     vocab_size = data["vocab_size"] if data else params.study.tokenizer.vocab_size
+    train = params.study.train.model_dump()
+    train["micro_batch_size"] = scale.micro_batch_size or train["micro_batch_size"]
     return {
         "scale": {"name": scale_name, **scale.derived(vocab_size, hparams.get("batch_size"))},
         "hparams": dict(hparams),
         "seed": params.study.seed if seed is None else seed,
+        "batch_seed": params.study.data.seed if batch_seed is None else batch_seed,
         "data": data,
-        "train": params.study.train.model_dump(),
+        "train": train,
+        "checkpoint_dir": None,
     }
 
 

@@ -1,0 +1,130 @@
+"""`optsweep store`: what the run store holds, why a spec is not in it, and retrying failed runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterator
+
+from .config import ParamsError, StudyParams
+from .store import LAYOUT_SETTINGS, RunRecord, RunStatus, RunStore, run_key
+from .trainer import DEFAULT_TRAINER, code_identity, make_run_spec
+
+IN_PROGRESS = "in_progress"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreRow:
+    """One line of `optsweep store list`."""
+
+    key: str
+    status: str  # a RunStatus value, or "in_progress" for a checkpoint without a result
+    scale: str
+    loss: float | None
+    detail: str  # hyperparameters, the checkpoint step, or the last line of the error
+
+    def line(self) -> str:
+        loss = "-" if self.loss is None else f"{self.loss:.4f}"
+        return f"{self.key}  {self.status:<11} {self.scale:<12} {loss:>8}  {self.detail}"
+
+
+def _hparams_text(spec: dict[str, Any]) -> str:
+    return " ".join(f"{h}={v:g}" for h, v in spec.get("hparams", {}).items())
+
+
+def rows(store: RunStore) -> Iterator[StoreRow]:
+    """Every record, then every run in progress (a checkpoint without a result) with its step."""
+    for record in store:
+        detail = _hparams_text(record.spec)
+        if record.status == RunStatus.FAILED and record.error:
+            detail += f"  [{record.error.strip().splitlines()[-1]}]"
+        yield StoreRow(record.key, record.status.value, record.spec["scale"].get("name", "?"), record.loss, detail)
+    for key in store.in_progress():
+        progress = store.checkpoint_dir(key) / "progress.json"
+        step = json.loads(progress.read_text())["step"] if progress.is_file() else "?"
+        yield StoreRow(key, IN_PROGRESS, "?", None, f"checkpoint at step {step}")
+
+
+def _identity_parts(spec: dict[str, Any], trainer: str, trainer_code: str) -> dict[str, Any]:
+    """The parts of a run's identity, as `run_key` hashes them (layout settings left out)."""
+    train = {k: v for k, v in (spec.get("train") or {}).items() if k not in LAYOUT_SETTINGS}
+    scale = {k: v for k, v in spec["scale"].items() if k != "name"}
+    data = {k: v for k, v in (spec.get("data") or {}).items() if k != "dir"}
+    return {"trainer": trainer, "trainer_code": trainer_code, "scale": scale, "hparams": spec["hparams"],
+            "seed": spec.get("seed"), "batch_seed": spec.get("batch_seed"), "data": data, "train": train}
+
+
+def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """Which identity parts differ, down to the changed keys of the dict-valued ones."""
+    found = []
+    for part, value in wanted.items():
+        other = stored.get(part)
+        if value == other:
+            continue
+        if isinstance(value, dict) and isinstance(other, dict):
+            keys = sorted(k for k in value.keys() | other.keys() if value.get(k) != other.get(k))
+            found += [f"{part}.{k}: {other.get(k)!r} stored, {value.get(k)!r} now" for k in keys]
+        else:
+            found.append(f"{part}: {other!r} stored, {value!r} now")
+    return found
+
+
+def explain_missing(params: StudyParams, scale_name: str, hparams: dict[str, Any],
+                    data: dict[str, Any] | None, store: RunStore) -> str:
+    """Why the run of `hparams` at `scale_name` is (or is not) in the store, against the nearest stored run."""
+    trainer = params.study.trainer
+    spec = make_run_spec(params, scale_name, hparams, data)
+    code = code_identity(trainer)
+    key = run_key(spec, trainer, code)
+    record = store.get(key)
+    if record is not None:
+        verdict = "stored as a result" if record.is_result else "stored as failed: the next sweep trains it again"
+        return f"{key}: {verdict} ({record.status.value})"
+    wanted = _identity_parts(spec, trainer, code)
+    nearest: tuple[int, RunRecord, list[str]] | None = None
+    for stored in store:
+        differences = _differences(wanted, _identity_parts(stored.spec, stored.trainer, stored.trainer_code))
+        if nearest is None or len(differences) < nearest[0]:
+            nearest = (len(differences), stored, differences)
+    if nearest is None:
+        return f"{key}: not stored; the store {store.root} holds no runs"
+    _, stored, differences = nearest
+    return f"{key}: not stored; the nearest stored run {stored.key} differs in:\n  " + "\n  ".join(differences)
+
+
+def failed_runs_to_retry(params: StudyParams, store: RunStore) -> tuple[list[RunRecord], list[RunRecord]]:
+    """Failed runs of this study's trainer: those its current code can retry, and stale ones (older code)."""
+    trainer = params.study.trainer
+    code = code_identity(trainer)
+    failed = [r for r in store if r.status == RunStatus.FAILED and r.trainer == trainer]
+    return [r for r in failed if r.trainer_code == code], [r for r in failed if r.trainer_code != code]
+
+
+def retry_failed(params: StudyParams, store: RunStore) -> tuple[list[RunRecord], list[RunRecord]]:
+    """Train the retryable failed runs again now (resuming from their checkpoints); returns (new records, stale)."""
+    from .executor import Executor, Task, worker_environments
+    from .search import outcome_record
+
+    ready, stale = failed_runs_to_retry(params, store)
+    tasks = [Task(r.key, {**r.spec, "checkpoint_dir": str(store.checkpoint_dir(r.key))}) for r in ready]
+    trainer, code = params.study.trainer, code_identity(params.study.trainer)
+    records = []
+    with Executor(trainer, worker_environments(params.study), threads=params.study.train.threads_per_worker,
+                  train_settings=params.study.train.model_dump()) as executor:
+        for outcome in executor.run(tasks):
+            record = outcome_record(outcome, trainer, code)
+            store.put(outcome.key, record)
+            records.append(record)
+    return records, stale
+
+
+def require_default_data(params: StudyParams) -> dict[str, Any] | None:
+    """The prepared data identity when the study trains with optsweep's own trainer, else None."""
+    if params.study.trainer != DEFAULT_TRAINER:
+        return None
+    from .data import ensure_prepared
+
+    try:
+        return ensure_prepared(params)
+    except ValueError as error:
+        raise ParamsError(f"study.data: {error}") from None
