@@ -194,7 +194,7 @@ def write_study(folder: Path, trainer: str, **sections: Any) -> Path:
         "baseline": {"lr": 3e-3, "min_lr_ratio": 0.0, "warmup": 4, "beta1": 0.9, "beta2": 0.95,
                      "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0},
         "grid": {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decay": [0.0, 0.1, 0.2], "beta2": [0.9, 0.95, 0.99]},
-        "search": {"passes": 3, "tolerance": 3e-3},
+        "search": {"passes": 3, "tolerance": 3e-3, "extend_edges": 0},  # grids as given, unless a test asks
     }
     raw.update({key: value for key, value in sections.items() if not key.startswith("study_")})
     folder.mkdir(parents=True, exist_ok=True)

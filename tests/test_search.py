@@ -19,7 +19,7 @@ RIDGE = {
     "grid": {"lr": [1e-3 * 2**i for i in range(9)], "weight_decay": [0.02 * i for i in range(9)]},
     "baseline": {"lr": 1e-3, "min_lr_ratio": 0.0, "warmup": 4, "beta1": 0.9, "beta2": 0.95,
                  "weight_decay": 0.0, "eps": 1e-8, "clip": 1.0},
-    "search": {"passes": 10, "tolerance": 1e-3},
+    "search": {"passes": 10, "tolerance": 1e-3, "extend_edges": 0},
 }
 
 
@@ -64,7 +64,7 @@ def test_separable_bowl_reaches_the_grid_optimum_in_one_pass_and_stops_after_the
 
 
 def test_hitting_the_pass_bound_reports_not_converged(tmp_path):
-    result = sweep(tmp_path, "bowl", search={"passes": 1, "tolerance": 3e-3})
+    result = sweep(tmp_path, "bowl", search={"passes": 1, "tolerance": 3e-3, "extend_edges": 0})
     assert (result["passes"], result["converged"]) == (1, False)
     assert picked(result["best"]) == BOWL_OPTIMUM
     # the slices are completed around the best even though the last pass moved the baseline
@@ -276,3 +276,29 @@ def test_a_bad_sensitivity_file_fails_before_any_run(tmp_path, document, message
         sweep(tmp_path, "bowl", sensitivity=sensitivity)
     assert str(sensitivity) in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_optimum_on_a_grid_edge_extends_the_grid_by_its_own_step_and_records_it(tmp_path):
+    """The bowl's lr optimum (1e-2) lies past the top of [1e-3, 3e-3]: the grid grows geometrically (x3)."""
+    result = sweep(tmp_path, "bowl", grid={"lr": [1e-3, 3e-3], "weight_decay": [0.1, 0.2, 0.3]},
+                   search={"passes": 3, "tolerance": 1e-3, "extend_edges": 2})
+    grown = [(e["hparam"], e["end"], e["value"]) for e in result["grid_extensions"]]
+    assert grown == [("lr", "high", 9e-3), ("lr", "high", 2.7e-2)]
+    assert result["grid"]["lr"] == [1e-3, 3e-3, 9e-3, 2.7e-2]
+    assert result["best"]["lr"] == 9e-3 and result["converged"]
+    assert [point["value"] for point in result["slices"]["lr"]] == [1e-3, 3e-3, 9e-3, 2.7e-2]
+
+
+def test_edge_extension_stops_at_the_limit_and_at_the_domain(tmp_path):
+    limited = sweep(tmp_path / "limit", "bowl", grid={"lr": [1e-4, 3e-4]},
+                    baseline={**RIDGE["baseline"], "lr": 1e-4, "weight_decay": 0.2, "beta2": 0.99},
+                    search={"passes": 3, "tolerance": 1e-3, "extend_edges": 1})
+    assert [(e["hparam"], e["value"]) for e in limited["grid_extensions"]] == [("lr", 9e-4)]
+    assert limited["best"]["lr"] == 9e-4  # still on the (grown) edge: the analysis sees it as an edge optimum
+    bounded = sweep(tmp_path / "bound", "bowl", grid={"beta2": [0.9, 0.95]},
+                    baseline={**RIDGE["baseline"], "lr": 1e-2, "weight_decay": 0.2},
+                    search={"passes": 3, "tolerance": 1e-4, "extend_edges": 5})
+    values = [e["value"] for e in bounded["grid_extensions"]]
+    assert values[:2] == [0.975, 0.9875] and all(v < 1 for v in values)  # 1 - beta halves, never reaches 1
+    off = sweep(tmp_path / "off", "bowl", grid={"lr": [1e-3, 3e-3]}, search={"passes": 3, "extend_edges": 0})
+    assert off["grid_extensions"] == [] and off["best"]["lr"] == 3e-3

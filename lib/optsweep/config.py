@@ -241,6 +241,9 @@ class SearchSettings(Strict):
     tolerance: float = Field(3e-3, ge=0, description="a challenger must beat the incumbent by more")
     tolerance_kind: Literal["absolute", "relative"] = "absolute"
     stop_rule: Literal["pass", "neighbourhood"] = "pass"
+    extend_edges: int = Field(
+        2, ge=0, description="values a grid may grow by at each end when the optimum lands on its edge (0 = off)"
+    )
     noise_seeds: int = Field(0, ge=0, description="extra seeds for the best config and its competitors")
     noise_candidates: int = Field(2, ge=0, description="nearest competitors re-evaluated on noise seeds")
     noise_varies: Literal["both", "init", "data_order"] = Field(

@@ -339,6 +339,65 @@ def _descend_by_neighbourhood(space: SearchSpace, search: SearchSettings, evalua
     return Descent(incumbent, search.passes, False, trajectory)
 
 
+# --- grids that follow an optimum past their edge -----------------------------------------------------------
+
+LOG_AXIS = ("lr", "eps", "batch_size", "warmup", "weight_decay", "clip")  # geometric grids
+ONE_MINUS_LOG_AXIS = ("beta1", "beta2")  # geometric in 1 - beta
+
+
+def next_value_past_edge(h: str, edge: float, neighbour: float) -> float:
+    """One more grid step beyond `edge`, away from `neighbour`, on the hyperparameter's natural axis."""
+    if h in ONE_MINUS_LOG_AXIS and edge < 1 and neighbour < 1:
+        return round_sig(1 - (1 - edge) ** 2 / (1 - neighbour))
+    if h in LOG_AXIS and edge > 0 and neighbour > 0:
+        return round_sig(edge * edge / neighbour)
+    return round_sig(2 * edge - neighbour)
+
+
+def _edge_extensions(params: StudyParams, space: SearchSpace, best: Run, grown: dict[str, int]) -> list[dict[str, Any]]:
+    """For each free hyperparameter whose best value is a grid edge: the value one grid step further, when it
+    is valid and the grid has grown fewer than `search.extend_edges` times at that end."""
+    added = []
+    for h in space.free:
+        values = sorted(space.grid[h])
+        if len(values) < 2 or best.status != RunStatus.OK or best.hparams[h] not in (values[0], values[-1]):
+            continue
+        end = "low" if best.hparams[h] == values[0] else "high"
+        if grown.get(f"{h}:{end}", 0) >= params.search.extend_edges:
+            continue
+        edge, neighbour = (values[0], values[1]) if end == "low" else (values[-1], values[-2])
+        value = next_value_past_edge(h, edge, neighbour)
+        value = int(round(value)) if h in INTEGER_HPARAMS else value
+        try:
+            params.hparams_with({h: value}, key=f"search.extend_edges: {h}")
+        except ValueError:
+            continue  # past the domain (weight decay below 0, say): the edge is a real bound
+        if value in values:
+            continue
+        grown[f"{h}:{end}"] = grown.get(f"{h}:{end}", 0) + 1
+        added.append({"hparam": h, "end": end, "value": value, "edge": edge, "edge_loss": best.loss})
+    return added
+
+
+def descend_following_edges(params: StudyParams, space: SearchSpace, evaluator: RunEvaluator) -> tuple[Descent, SearchSpace, list[dict[str, Any]]]:
+    """Coordinate descent; while the optimum sits on a grid edge, grow that grid by one step and descend again
+    from the optimum (stored runs are reused), up to `search.extend_edges` steps per end."""
+    search = params.search
+    descend = _descend_by_neighbourhood if search.stop_rule == "neighbourhood" else _descend_in_passes
+    descent = descend(space, search, evaluator)
+    extensions: list[dict[str, Any]] = []
+    grown: dict[str, int] = {}
+    while added := _edge_extensions(params, space, descent.best, grown):
+        extensions += added
+        grid = {h: sorted([*values, *(a["value"] for a in added if a["hparam"] == h)])
+                for h, values in space.grid.items()}
+        space = dataclasses.replace(space, grid=grid, baseline=dict(descent.best.hparams))
+        more = descend(space, search, evaluator)
+        descent = Descent(more.best, descent.passes + more.passes, more.converged,
+                          descent.trajectory + more.trajectory)
+    return descent, space, extensions
+
+
 # --- reporting -----------------------------------------------------------------------------------------------
 
 
@@ -416,9 +475,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         with Executor(trainer, environments, threads=params.study.train.threads_per_worker,
                       train_settings=params.study.train.model_dump()) as executor:
             evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
-            descend = _descend_by_neighbourhood if search.stop_rule == "neighbourhood" else _descend_in_passes
-            descent = descend(space, search, evaluator)
-            slices = _slices(space, descent.best, evaluator)
+            descent, searched, extensions = descend_following_edges(params, space, evaluator)
+            slices = _slices(searched, descent.best, evaluator)
             noise = _seed_noise(descent.best, search, evaluator)
     finally:
         bar.close()
@@ -429,7 +487,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         "phase": space.phase,
         "free": space.free,
         "fixed": space.fixed,
-        "grid": space.grid,
+        "grid": searched.grid,
+        "grid_extensions": extensions,
         "order": params.search.order or list(params.grid),
         "baseline": space.baseline,
         "best": descent.best.hparams,
