@@ -229,6 +229,22 @@ class Executor:
             return
         yield from (self._run_inline(tasks) if self.inline else self._run_pool(tasks))
 
+    def start(self) -> None:
+        """Start the workers (or load the trainer inline) and run the device preflight, once.
+
+        `run` calls it; call it earlier to fail before anything else happens (claiming runs, say)."""
+        if self.inline and self._inline_trainer is None:
+            self._inline_trainer = load_trainer(self.trainer_name)
+            _limit_torch_threads(self.threads)
+            try:
+                check_device(self.train_settings)
+            except PreflightError as error:
+                raise ParamsError(f"preflight: {error}") from None
+        elif not self.inline and not self._workers:
+            self._workers = [self._start_worker(env) for env in self.environments]  # they start concurrently
+            for worker in self._workers:
+                self._await_ready(worker)
+
     def close(self, graceful: bool = True) -> None:
         for worker in self._workers:
             if graceful and worker.process.is_alive():
@@ -249,13 +265,7 @@ class Executor:
     # inline: the main process is the only worker
 
     def _run_inline(self, tasks: list[Task]) -> Iterator[Outcome]:
-        if self._inline_trainer is None:
-            self._inline_trainer = load_trainer(self.trainer_name)
-            _limit_torch_threads(self.threads)
-            try:
-                check_device(self.train_settings)
-            except PreflightError as error:
-                raise ParamsError(f"preflight: {error}") from None
+        self.start()
         for task in tasks:
             for attempt in range(1, ATTEMPTS + 1):
                 with self._interruptible_section():
@@ -299,10 +309,7 @@ class Executor:
         return fresh
 
     def _run_pool(self, tasks: list[Task]) -> Iterator[Outcome]:
-        if not self._workers:
-            self._workers = [self._start_worker(env) for env in self.environments]  # they start concurrently
-            for worker in self._workers:
-                self._await_ready(worker)
+        self.start()
         queue: collections.deque[tuple[Task, int]] = collections.deque((task, 1) for task in tasks)
         while queue or any(worker.task for worker in self._workers):
             for worker in list(self._workers):

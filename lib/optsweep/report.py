@@ -12,7 +12,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from .analysis import predict
-from .config import ALL_HPARAMS, StudyParams
+from .config import ParamsError, ALL_HPARAMS, StudyParams
 from .jsonio import read_json
 
 RESULTS = Path("results")
@@ -33,8 +33,22 @@ BRIEF_REPORTED: dict[str, str] = {
 
 
 def load_sweeps(folder: Path, names: list[str]) -> list[dict[str, Any]]:
-    """The sweep results of the named scales (files of scales not in the params are ignored)."""
-    return [read_json(folder / f"{name}.json") for name in names if (folder / f"{name}.json").is_file()]
+    """The sweep results of the named scales (files of scales not in the params are ignored), checked to share
+    one data hash and trainer identity."""
+    sweeps = [read_json(folder / f"{name}.json") for name in names if (folder / f"{name}.json").is_file()]
+    require_one_identity(sweeps)
+    return sweeps
+
+
+def require_one_identity(sweeps: list[dict[str, Any]]) -> None:
+    """Sweeps that feed one analysis must have trained on the same data with the same training code."""
+    for part in ("data_hash", "trainer", "trainer_code"):
+        seen: dict[Any, list[str]] = {}
+        for sweep in sweeps:
+            seen.setdefault(sweep["provenance"].get(part), []).append(sweep["scale"]["name"])
+        if len(seen) > 1:
+            groups = "; ".join(f"{', '.join(names)}: {value}" for value, names in seen.items())
+            raise ParamsError(f"sweeps disagree on {part} ({groups}); re-run the stale scales' sweeps")
 
 
 def slices_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:

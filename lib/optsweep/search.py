@@ -14,13 +14,15 @@ seed noise is next to the tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -29,10 +31,11 @@ from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyP
 from .executor import Executor, Outcome, Task, worker_environments
 from .provenance import provenance
 from .jsonio import to_strict, write_json
-from .store import RunRecord, RunStatus, RunStore, run_key
+from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
 from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
 Config = dict[str, float | int]
+CLAIM_POLL_S = 1.0  # how often a driver looks for runs that another driver has claimed
 INTEGER_HPARAMS = ("warmup", "batch_size")
 
 
@@ -204,6 +207,7 @@ class RunEvaluator:
         self.params, self.scale_name, self.data = params, scale_name, data
         self.trainer, self.trainer_code = params.study.trainer, trainer_code
         self.store, self.executor, self.progress = store, executor, progress
+        self.claims = RunClaims(store)
         self.seed = params.study.seed
         self.runs: dict[tuple, Run] = {}
         self.trained = self.reused = 0
@@ -247,15 +251,33 @@ class RunEvaluator:
                 tasks[key] = (hparams, seed, {**spec, "checkpoint_dir": str(self.store.checkpoint_dir(key))})
         self.reused += reused
         self.progress.plan(len(tasks), reused, self.best_loss())
+        if tasks:
+            self.executor.start()  # a worker that cannot start stops the sweep before any run is claimed
+        while tasks:
+            claimed = [key for key in list(tasks) if self.claims.acquire(key)]
+            for key in list(tasks):  # stored meanwhile by another driver (it stores, then releases its claim)
+                record = self.store.get_result(key)
+                if record is not None:
+                    hparams, seed, _ = tasks.pop(key)
+                    self.claims.release(key)
+                    run = self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
+                    self.reused += 1
+                    self.progress.trained(run, self.best_loss())
+            self._train({key: tasks.pop(key) for key in claimed if key in tasks})
+            if tasks:  # claimed by other live drivers: wait for their results (or for their claims to go stale)
+                time.sleep(CLAIM_POLL_S)
+        return [self.runs[_config_id(hparams, seed)] for hparams, seed in pairs]
+
+    def _train(self, tasks: dict[str, tuple[Config, int, dict[str, Any]]]) -> None:
+        """Train claimed tasks; store each outcome as it comes, then release its claim."""
         for outcome in self.executor.run([Task(key, spec) for key, (_, _, spec) in tasks.items()]):
             hparams, seed, _ = tasks[outcome.key]
             record = outcome_record(outcome, self.trainer, self.trainer_code)
             self.store.put(outcome.key, record)
-            run = _run_from_record(record, hparams, seed)
-            self.runs[_config_id(hparams, seed)] = run
+            self.claims.release(outcome.key)
+            run = self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
             self.trained += 1
             self.progress.trained(run, self.best_loss())
-        return [self.runs[_config_id(hparams, seed)] for hparams, seed in pairs]
 
 
 
@@ -271,6 +293,25 @@ def outcome_record(outcome: Outcome, trainer: str, trainer_code: str) -> RunReco
         key=outcome.key, status=status, loss=loss, spec=outcome.spec, trainer=trainer, trainer_code=trainer_code,
         result=outcome.result, error=outcome.error, attempts=outcome.attempts, wall_s=round(outcome.wall_s, 3),
     )
+
+
+@contextlib.contextmanager
+def heartbeat(claims: RunClaims) -> Iterator[None]:
+    """Keep this driver's claims fresh while it works; release them all when it stops, however it stops."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(CLAIM_HEARTBEAT_S):
+            claims.refresh()
+
+    thread = threading.Thread(target=beat, name="optsweep-claims-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        claims.release_all()
 
 
 # --- coordinate descent ------------------------------------------------------------------------------------
@@ -475,9 +516,10 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         with Executor(trainer, environments, threads=params.study.train.threads_per_worker,
                       train_settings=params.study.train.model_dump()) as executor:
             evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
-            descent, searched, extensions = descend_following_edges(params, space, evaluator)
-            slices = _slices(searched, descent.best, evaluator)
-            noise = _seed_noise(descent.best, search, evaluator)
+            with heartbeat(evaluator.claims):
+                descent, searched, extensions = descend_following_edges(params, space, evaluator)
+                slices = _slices(searched, descent.best, evaluator)
+                noise = _seed_noise(descent.best, search, evaluator)
     finally:
         bar.close()
     transfer = params.study.lr_transfer

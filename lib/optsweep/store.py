@@ -13,6 +13,11 @@ What the store guarantees:
   again, resuming from its checkpoint.
 - A run in progress may keep one checkpoint in `checkpoints/<key>/` (written by the trainer, atomically);
   it is deleted once the run's record is stored.
+- Several drivers (two boxes, two scales started by hand) may share one store and never train the same
+  run twice: a driver claims a run before training it, by creating `claims/<key>.json` exclusively
+  (`O_CREAT | O_EXCL`, atomic on POSIX and NFSv3+) with its host, pid and a heartbeat it refreshes. A claim
+  whose heartbeat is older than `CLAIM_STALE_S`, or whose process is gone from this host, is stale and is
+  taken over (under a lock, so that only one driver takes it).
 
 Each record is written to a temporary file in the store folder and moved into place with `os.replace`,
 which is atomic on POSIX: a reader sees either no file or a whole one, however many processes write at
@@ -26,9 +31,15 @@ import copy
 import dataclasses
 import datetime as dt
 import enum
+import fcntl
 import json
 import logging
+import os
 import shutil
+import socket
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,6 +60,9 @@ class RunStatus(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+
+CLAIM_HEARTBEAT_S = 30.0  # how often a driver refreshes the claims it holds
+CLAIM_STALE_S = 120.0  # a claim not refreshed for this long belongs to a dead driver
 
 # Settings that say how a run is laid out or where it writes, not where it ends.
 LAYOUT_SETTINGS = ("threads_per_worker", "micro_batch_size", "checkpoint_every_s")
@@ -146,3 +160,97 @@ class RunStore:
             log.warning("run store: ignoring unreadable %s (%s: %s); its run will be trained again",
                         path, type(error).__name__, error)
             return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """Who is training a run: a driver on a host, alive while its heartbeat is fresh."""
+
+    owner: str
+    host: str
+    pid: int
+    heartbeat: float
+
+    def is_stale(self, now: float) -> bool:
+        if now - self.heartbeat > CLAIM_STALE_S:
+            return True
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+
+class RunClaims:
+    """Exclusive claims on runs in a store's `claims/` folder, held by one driver (`owner`)."""
+
+    def __init__(self, store: RunStore):
+        self.folder = store.root / "claims"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: set[str] = set()
+        self._lock = threading.Lock()  # the heartbeat thread refreshes while the driver claims and releases
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def _claim(self) -> Claim:
+        return Claim(self.owner, socket.gethostname(), os.getpid(), time.time())
+
+    def _create(self, key: str) -> bool:
+        try:
+            fd = os.open(self._path(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dataclasses.asdict(self._claim()), handle)
+        return True
+
+    def read(self, key: str) -> Claim | None:
+        try:
+            return Claim(**json.loads(self._path(key).read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):  # being written right now: treat as fresh
+            return Claim("?", "?", -1, time.time())
+
+    def acquire(self, key: str) -> bool:
+        """Claim a run for this driver; False when another live driver holds it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if key in self.held or self._create(key):
+                self.held.add(key)
+                return True
+        with open(self.folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one driver at a time decides a take-over
+            current = self.read(key)
+            if current is not None and not current.is_stale(time.time()):
+                return False
+            if current is not None:
+                log.warning("run store: taking over the stale claim of %s on run %s", current.owner, key)
+            self._path(key).unlink(missing_ok=True)
+            with self._lock:
+                if self._create(key):
+                    self.held.add(key)
+                    return True
+        return False
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            if key in self.held:
+                self.held.discard(key)
+                current = self.read(key)
+                if current is not None and current.owner == self.owner:
+                    self._path(key).unlink(missing_ok=True)
+
+    def refresh(self) -> None:
+        """Renew the heartbeat of every claim held (atomically: a reader sees the old or the new one)."""
+        with self._lock:
+            for key in self.held:
+                write_json(self._path(key), dataclasses.asdict(self._claim()))
+
+    def release_all(self) -> None:
+        for key in list(self.held):
+            self.release(key)
