@@ -9,7 +9,7 @@ would need to reach that optimizer's tuned loss, D_eff = ((L - c) / a)^(-1/b), a
 A D_eff outside AdamW's fitted data range is flagged `extrapolated`; a loss at or below c, which AdamW
 never reaches, has no D_eff (None: an unbounded speedup).
 
-Intervals come from a parametric residual bootstrap: each replicate adds independent N(0, noise^2) to
+Intervals come from a parametric bootstrap with Gaussian residuals: each replicate adds independent N(0, noise^2) to
 AdamW's fitted losses and to the challenger's tuned loss, refits L(D) and recomputes D_eff. `noise`, the
 loss noise of one run, is the larger of a floor (default 3e-3, the original study's near-best tolerance)
 and the fit's residual standard error when there are more than 3 data scales; with exactly 3 the curve
@@ -36,7 +36,7 @@ MIN_DATA_SCALES = 3
 NOISE_FLOOR = 3e-3
 CLAIMED_MAX_SPEEDUP = 1.4  # the talk: no optimizer beat a well-tuned AdamW by more
 BOOTSTRAP = (
-    "parametric residual bootstrap: each replicate adds N(0, noise^2) to AdamW's fitted losses and to the "
+    "parametric bootstrap (Gaussian residuals): each replicate adds N(0, noise^2) to AdamW's fitted losses and to the "
     "challenger's tuned loss, refits L(D) = a * D^-b + c and recomputes D_eff"
 )
 Interval = tuple[float | None, float | None]  # None: unbounded above (AdamW's curve never gets there)
