@@ -1,13 +1,15 @@
-"""AdamW as the study defines it: parameter groups for weight decay, the lr schedule, gradient clipping.
+"""AdamW as the study defines it, and the parts every optimizer shares: parameter groups for weight decay,
+the lr schedule, gradient clipping.
 
-The eight hyperparameters (`lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip`) map onto
+AdamW's eight hyperparameters (`lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip`) map onto
 torch's AdamW, a `LambdaLR` schedule and `clip_grad_norm_`; nothing else about the optimizer is tuned.
+Other optimizers (optsweep.optimizers) reuse the groups, the schedule and the clipping.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -32,14 +34,20 @@ def param_kind(module: torch.nn.Module, name: str) -> str:
 
 
 def param_groups(
-    model: torch.nn.Module, weight_decay: float, decay_exclude: Iterable[str] = DECAY_KINDS
+    model: torch.nn.Module,
+    weight_decay: float,
+    decay_exclude: Iterable[str] = DECAY_KINDS,
+    skip: Collection[int] = (),
 ) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed parameters, and those whose kind is in `decay_exclude` (no decay)."""
+    """Two groups: decayed parameters, and those whose kind is in `decay_exclude` (no decay).
+
+    `skip` holds the ids of parameters that another optimizer updates (Muon's hidden matrices).
+    """
     excluded = set(decay_exclude)
     decay, no_decay = [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if param.requires_grad:
+            if param.requires_grad and id(param) not in skip:
                 (no_decay if param_kind(module, name) in excluded else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -59,6 +67,24 @@ def lr_factor(step: int, steps: int, warmup: int, min_lr_ratio: float) -> float:
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int, min_lr_ratio: float) -> LambdaLR:
+    """The shared schedule: every param group's lr follows `lr_factor` times the lr it was created with."""
+    return LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup, min_lr_ratio))
+
+
+def adamw(
+    model: torch.nn.Module, hparams: dict[str, Any], decay_exclude: Iterable[str] = DECAY_KINDS, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, at its peak lr (the schedule scales it)."""
+    return torch.optim.AdamW(
+        param_groups(model, hparams["weight_decay"], decay_exclude),
+        lr=hparams["lr"],
+        betas=(hparams["beta1"], hparams["beta2"]),
+        eps=hparams["eps"],
+        fused=fused,
+    )
+
+
 def build_optimizer(
     model: torch.nn.Module,
     hparams: dict[str, Any],
@@ -66,18 +92,9 @@ def build_optimizer(
     decay_exclude: Iterable[str] = DECAY_KINDS,
     fused: bool = False,
 ) -> tuple[torch.optim.AdamW, LambdaLR]:
-    """AdamW over `param_groups` and its schedule; call `scheduler.step()` after every `optimizer.step()`."""
-    optimizer = torch.optim.AdamW(
-        param_groups(model, hparams["weight_decay"], decay_exclude),
-        lr=hparams["lr"],
-        betas=(hparams["beta1"], hparams["beta2"]),
-        eps=hparams["eps"],
-        fused=fused,
-    )
-    schedule = LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps, hparams["warmup"], hparams["min_lr_ratio"])
-    )
-    return optimizer, schedule
+    """AdamW and its schedule; call `scheduler.step()` after every `optimizer.step()`."""
+    optimizer = adamw(model, hparams, decay_exclude, fused)
+    return optimizer, lr_schedule(optimizer, steps, hparams["warmup"], hparams["min_lr_ratio"])
 
 
 def clip_gradients(model: torch.nn.Module, clip: float) -> torch.Tensor | None:

@@ -9,6 +9,7 @@
 from .analyze import analyze_table
 from .laws import fit_scaling_laws, predict
 from .sensitivity import analyze_sensitivity
+from .speedup import compute_speedup as compute_speedup
 from .table import load_runs_table, runs_table_from_sweeps, validate_runs_table
 
 __all__ = [

@@ -1,0 +1,193 @@
+"""Optimizer plug-ins (optsweep.optimizers): each trains a tiny Llama, bit for bit repeatably, with the
+shared schedule; Muon gets only the hidden matrices; a user's optimizer plugs in; bad settings fail in one line."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from optsweep.analysis.optimum import to_axis
+from optsweep.config import ParamsError
+from optsweep.data import TrainBatches, load_shards, val_batches
+from optsweep.model import build_model
+from optsweep.optim import build_optimizer, clip_gradients
+from optsweep.optimizers import (
+    BUILT_IN,
+    JointOptimizer,
+    build,
+    check_hparams,
+    load_optimizer,
+    optimizer_identity,
+    resolve_hparams,
+)
+from optsweep.train import Runtime, configure_determinism
+
+STEPS = 40
+# Settings that train the tiny model quickly; warmup 4 and the default cosine to 0 are shared by all.
+TRAIN_HPARAMS: dict[str, dict[str, Any]] = {
+    "adamw": {"lr": 1e-2, "warmup": 4},
+    "muon": {"lr": 0.02, "adam_lr": 1e-2, "warmup": 4},
+    "lion": {"lr": 3e-3, "warmup": 4},
+    "soap": {"lr": 1e-2, "warmup": 4},
+    "user_optimizer:sgd": {"lr": 0.5, "warmup": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(prepared_params, prepared_data):
+    """The small study's scale "a" (width 32, 1 layer, vocab 512) and its prepared shards."""
+    return prepared_params.scale("a").derived(prepared_data["vocab_size"]), load_shards(prepared_data)
+
+
+def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=tokens[:, :-1]).logits
+    return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def train_tiny(name: str, tiny, steps: int = STEPS) -> tuple[float, list[torch.Tensor]]:
+    """Train with `build`'s optimizer and schedule; returns the held-out loss and the final weights."""
+    scale, shards = tiny
+    configure_determinism(Runtime(torch.device("cpu"), "fp32"), threads=1)
+    model = build_model(scale, seed=0)
+    hparams = TRAIN_HPARAMS[name]
+    optimizer, schedule = build(name, model, hparams, steps)
+    batches = TrainBatches(shards.train, scale["batch_size"], scale["seq_len"], seed=0)
+    for step in range(steps):
+        next_token_loss(model, batches.batch(step)).backward()
+        clip_gradients(model, resolve_hparams(name, hparams)["clip"])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        held_out = [next_token_loss(model, b).item() for b in val_batches(shards.val, 8, scale["seq_len"], 2048)]
+    return sum(held_out) / len(held_out), [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", [*BUILT_IN, "user_optimizer:sgd"])
+def test_each_optimizer_learns_and_is_bitwise_repeatable(name, tiny):
+    loss, weights = train_tiny(name, tiny)
+    assert loss < math.log(tiny[0]["vocab_size"]) - 0.5
+    again, weights_again = train_tiny(name, tiny)
+    assert again == loss
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_again))
+
+
+def test_adamw_entry_is_the_study_adamw_bit_for_bit(tiny):
+    hparams = resolve_hparams("adamw", TRAIN_HPARAMS["adamw"])
+    first = build_model(tiny[0], seed=0)
+    second = build_model(tiny[0], seed=0)
+    ours, our_schedule = build("adamw", first, hparams, STEPS)
+    study, study_schedule = build_optimizer(second, hparams, STEPS)
+    assert type(ours) is torch.optim.AdamW
+    assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in study.param_groups] == [0.0, 0.0]
+    batch = TrainBatches(tiny[1].train, 8, 32, seed=0).batch(0)
+    for model, optimizer, schedule in ((first, ours, our_schedule), (second, study, study_schedule)):
+        for _ in range(5):
+            next_token_loss(model, batch).backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def parameter_names(model: torch.nn.Module, params) -> set[str]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for p in params}
+
+
+def test_muon_gets_the_hidden_matrices_and_adamw_the_rest(tiny):
+    scale = {**tiny[0], "depth": 2}
+    model = build_model(scale, seed=0)
+    optimizer, _ = build("muon", model, {"lr": 0.05, "adam_lr": 4e-3, "weight_decay": 0.2}, steps=10)
+    assert isinstance(optimizer, JointOptimizer)
+    muon, adam = optimizer.parts
+    assert type(muon) is torch.optim.Muon and type(adam) is torch.optim.AdamW
+    projections = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
+    hidden = {f"model.layers.{i}.{projection}.weight" for i in range(2) for projection in projections}
+    assert parameter_names(model, (p for g in muon.param_groups for p in g["params"])) == hidden
+    decayed, plain = (parameter_names(model, g["params"]) for g in adam.param_groups)
+    assert decayed == {"lm_head.weight"}
+    assert "model.embed_tokens.weight" in plain and "model.norm.weight" in plain
+    assert len(hidden) + len(decayed) + len(plain) == len(list(model.parameters()))
+    assert [g["initial_lr"] for g in optimizer.param_groups] == [0.05, 4e-3, 4e-3]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.2, 0.0]
+
+
+def test_muon_schedule_and_checkpoint_cover_both_parts(tiny):
+    model = build_model(tiny[0], seed=0)
+    hparams = {"lr": 0.05, "adam_lr": 4e-3, "warmup": 2, "min_lr_ratio": 0.1}
+    optimizer, schedule = build("muon", model, hparams, steps=10)
+    batch = TrainBatches(tiny[1].train, 8, 32, seed=0).batch(0)
+    for _ in range(9):
+        next_token_loss(model, batch).backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    muon, adam = optimizer.parts
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.1 * 0.05)  # the last step: min_lr_ratio * lr
+    assert adam.param_groups[0]["lr"] == pytest.approx(0.1 * 4e-3)
+    saved = optimizer.state_dict()
+    restored, restored_schedule = build("muon", build_model(tiny[0], seed=0), hparams, steps=10)
+    restored_schedule.load_state_dict(schedule.state_dict())
+    restored.load_state_dict(saved)
+    assert [g["lr"] for g in restored.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    assert restored.param_groups[0] is restored.parts[0].param_groups[0]  # the schedule still moves the parts
+    assert set(restored.parts[0].state_dict()["state"]) == set(saved["parts"][0]["state"])
+
+
+def test_declared_axes_agree_with_the_analysis():
+    adamw = load_optimizer("adamw")
+    for name, hparam in adamw.hparams.items():
+        values = [0.5, 0.9] if hparam.axis == "log1m" else [0.0, 3.0] if hparam.axis in ("log1p", "linear") else [1e-3]
+        assert list(hparam.to_axis(values)) == list(to_axis(name, values))
+        assert hparam.from_axis(hparam.to_axis(values)) == pytest.approx(values)
+
+
+def test_every_default_is_allowed():
+    for plugin in BUILT_IN.values():
+        resolved = resolve_hparams(plugin.name, {})
+        assert set(resolved) == set(plugin.hparams) >= {"lr", "min_lr_ratio", "warmup", "clip"}
+        assert all(isinstance(resolved[h.name], int) == h.integer for h in plugin.hparams.values())
+
+
+@pytest.mark.parametrize(("name", "values", "message"), [
+    ("lion", {"eps": 1e-8}, "optimizer 'lion' has no hyperparameter 'eps'; it has: lr, beta1, beta2,"),
+    ("muon", {"momentum": 1.0}, "optimizer 'muon', momentum: 1.0 is outside [0, 1)"),
+    ("soap", {"precondition_frequency": 2.5}, "optimizer 'soap', precondition_frequency: must be an integer"),
+    ("soap", {"precondition_frequency": math.nan}, "precondition_frequency: nan is outside [1, inf)"),
+    ("adamw", {"lr": 0}, "optimizer 'adamw', lr: 0 is outside (0, inf)"),
+    ("adamw", {"lr": math.inf}, "optimizer 'adamw', lr: inf is outside (0, inf)"),
+    ("adamw", {"lr": "fast"}, "optimizer 'adamw', lr: must be a number, got 'fast'"),
+    ("sgd", {}, "unknown optimizer 'sgd'; built in: adamw, muon, lion, soap, or 'module:function'"),
+    ("no_such_module:opt", {}, "cannot import module 'no_such_module'"),
+    ("user_optimizer:not_declared", {}, "'user_optimizer:not_declared' is not an optimizer declared with"),
+])
+def test_bad_settings_fail_in_one_line(name, values, message):
+    with pytest.raises(ParamsError) as error:
+        check_hparams(name, values)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_errors_name_where_the_setting_is():
+    with pytest.raises(ParamsError, match=r"^optimizers\.lion\.grid: optimizer 'lion', beta2: -0\.1 is outside"):
+        check_hparams("lion", {"beta2": -0.1}, where="optimizers.lion.grid")
+
+
+def test_batch_size_is_a_run_setting_every_optimizer_accepts():
+    assert "batch_size" not in resolve_hparams("lion", {"batch_size": 64, "warmup": 3.0})
+    assert resolve_hparams("lion", {"warmup": 3.0})["warmup"] == 3
+
+
+def test_identity_names_hparams_libraries_and_code():
+    identity = optimizer_identity("soap", {"lr": 1e-2})
+    assert identity["name"] == "soap" and identity["hparams"]["lr"] == 1e-2
+    assert identity["hparams"]["precondition_frequency"] == 10  # defaults are part of it
+    assert identity["libraries"] == {"pytorch-optimizer": "4.1.0"} and len(identity["code"]) == 16
+    assert optimizer_identity("soap", {"lr": 1e-2, "precondition_frequency": 10}) == identity
+    assert optimizer_identity("soap", {"lr": 2e-2}) != identity
+    user = optimizer_identity("user_optimizer:sgd", {})
+    assert user["name"] == "user_optimizer:sgd" and user["libraries"] == {} and user["code"] != identity["code"]
