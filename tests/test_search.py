@@ -302,3 +302,21 @@ def test_edge_extension_stops_at_the_limit_and_at_the_domain(tmp_path):
     assert values[:2] == [0.975, 0.9875] and all(v < 1 for v in values)  # 1 - beta halves, never reaches 1
     off = sweep(tmp_path / "off", "bowl", grid={"lr": [1e-3, 3e-3]}, search={"passes": 3, "extend_edges": 0})
     assert off["grid_extensions"] == [] and off["best"]["lr"] == 3e-3
+
+
+def test_a_sweep_result_with_a_missing_or_wrong_field_fails_in_one_line_naming_it(tmp_path):
+    from optsweep.documents import SweepResult, read_document
+
+    sweep(tmp_path, "bowl")
+    path = tmp_path / "a.json"
+    assert read_document(path, SweepResult).best == json.loads(path.read_text())["best"]
+    document = json.loads(path.read_text())
+    del document["best_loss"]
+    document["runs"][0]["status"] = "exploded"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ParamsError, match=r"a\.json: not a valid SweepResult: field best_loss: Field required$"):
+        read_document(path, SweepResult)
+    document["best_loss"] = 3.0
+    path.write_text(json.dumps(document))
+    with pytest.raises(ParamsError, match=r"field runs\.0\.status: Input should be 'ok', 'diverged'"):
+        read_document(path, SweepResult)

@@ -374,10 +374,15 @@ class StudyParams(Strict):
                 grid[h] = [int(v) for v in grid[h]]
         return baseline, grid
 
+    def coordinate_order(self) -> list[str]:
+        """The one order in which coordinate descent visits hyperparameters: `search.order`, else every grid
+        entry in the canonical order of `ALL_HPARAMS`."""
+        return self.search.order or [h for h in ALL_HPARAMS if h in self.grid]
+
     def search_order(self) -> list[str]:
-        order = self.search.order or [h for h in ALL_HPARAMS if h in self.grid]
+        """The phase-1 coordinates: the coordinate order, restricted to `search.free` when given."""
         free = self.search.free
-        return [h for h in order if free is None or h in free]
+        return [h for h in self.coordinate_order() if free is None or h in free]
 
 
 def round_sig(value: float, digits: int = 6) -> float:

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
 from .executor import Executor, Outcome, Task, worker_environments
 from .provenance import provenance
-from .jsonio import to_strict, write_json
+from .documents import SweepResult, as_json, write_document
+from .jsonio import to_strict
 from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
 from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
@@ -62,8 +63,7 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
         fixed = {h: v for h, v in baseline.items() if h not in free}
         return SearchSpace("phase1", free, {h: grid[h] for h in free}, fixed, baseline)
     sensitive, unjudged, recommended = _read_sensitivity(Path(sensitivity_path))
-    order = params.search.order or list(grid)
-    free = [h for h in order if h in sensitive]
+    free = [h for h in params.coordinate_order() if h in sensitive]
     width = params.scale(scale_name).width
     fixed = {h: v for h, v in baseline.items() if h not in free}
     # Sensitive without a grid, or unjudged by the analysis (never swept): no constant exists, keep the baseline.
@@ -498,7 +498,7 @@ def _compute(evaluator: RunEvaluator, wall_s: float) -> dict[str, Any]:
 
 def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_path: str | None = None,
               progress: bool = True) -> dict[str, Any]:
-    """Coordinate descent at one scale; writes `out_path` (strict JSON, atomically) and returns the same dict."""
+    """Coordinate descent at one scale; writes `out_path` (a `SweepResult`, atomically) and returns its JSON."""
     started = time.perf_counter()
     search = params.search
     space = search_space(params, scale_name, sensitivity_path)
@@ -524,14 +524,14 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         bar.close()
     transfer = params.study.lr_transfer
     width = params.scale(scale_name).width
-    result = to_strict({
+    result = SweepResult.model_validate(to_strict({
         "scale": make_run_spec(params, scale_name, space.baseline, data)["scale"],
         "phase": space.phase,
         "free": space.free,
         "fixed": space.fixed,
         "grid": searched.grid,
         "grid_extensions": extensions,
-        "order": params.search.order or list(params.grid),
+        "order": params.coordinate_order(),
         "baseline": space.baseline,
         "best": descent.best.hparams,
         "best_loss": descent.best.loss,
@@ -557,10 +557,10 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
             lr_transfer={"rule": transfer.rule, "reference_width": transfer.reference_width,
                          "factor": transfer.factor(width)},
         ),
-    })
-    write_json(Path(out_path), result)
-    if result["failed"]:
-        raise FailedRuns(f"{scale_name}: {len(result['failed'])} run(s) failed (a fault, not a result), e.g. "
-                         f"{result['failed'][0]['error']}; finished runs are stored, run the sweep again to "
+    }))
+    write_document(Path(out_path), result)
+    if result.failed:
+        raise FailedRuns(f"{scale_name}: {len(result.failed)} run(s) failed (a fault, not a result), e.g. "
+                         f"{result.failed[0].error}; finished runs are stored, run the sweep again to "
                          f"retry them (`optsweep store list --status failed` shows them)")
-    return result
+    return as_json(result)

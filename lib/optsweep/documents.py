@@ -1,0 +1,157 @@
+"""The results documents that cross stages and files, as pydantic models: written and read only through here.
+
+Reading validates: a hand-edited, truncated or stale results file fails with one line naming the file and
+the field (`ParamsError`), instead of a KeyError three modules later. Every document carries the
+provenance of whatever command wrote it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import ParamsError
+from .jsonio import read_json, write_json
+from .store import RunStatus
+
+Number = float | int
+Config = dict[str, Number]
+
+
+class Document(BaseModel):
+    """Base of every results document: unknown fields are kept (newer writers), missing ones are errors."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Provenance(Document):
+    """What produced a document: code version, params hash, time, and what the writer adds (data, trainer)."""
+
+    code_version: str
+    params_hash: str | None
+    created: str
+
+
+class SweptRun(Document):
+    """One evaluated config of a sweep, as the sweep result lists it."""
+
+    key: str
+    hparams: Config
+    seed: int
+    loss: float | None
+    status: RunStatus
+    reason: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class SlicePoint(Document):
+    value: Number
+    loss: float | None
+    status: RunStatus
+
+
+class TrajectoryStep(Document):
+    """The incumbent after one coordinate step (or one neighbourhood, for that stop rule)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    pass_number: int = Field(alias="pass")
+    hparam: str
+    baseline: Config
+    loss: float | None
+
+
+class GridExtension(Document):
+    """A value added past a grid edge because the optimum sat on that edge (`search.extend_edges`)."""
+
+    hparam: str
+    end: Literal["low", "high"]
+    value: Number
+    edge: Number
+    edge_loss: float | None
+
+
+class FailedRun(Document):
+    key: str
+    hparams: Config
+    seed: int
+    error: str | None
+
+
+class SeedNoise(Document):
+    seeds: list[int]
+    configs: list[dict[str, Any]]
+    std: float | None
+
+
+class Compute(Document):
+    runs_planned: int
+    runs_trained: int
+    runs_reused: int
+    tokens: int
+    flops: float
+    wall_s: float
+
+
+class SweepResult(Document):
+    """`results/sweeps/<scale>.json` and `results/law_sweeps/<scale>.json`: one coordinate descent."""
+
+    scale: dict[str, Any]
+    phase: Literal["phase1", "law"]
+    free: list[str]
+    fixed: Config
+    grid: dict[str, list[Number]]
+    grid_extensions: list[GridExtension]
+    order: list[str]
+    baseline: Config
+    best: Config
+    best_loss: float | None
+    near_best: list[dict[str, Any]]
+    passes: int
+    converged: bool
+    stop_rule: Literal["pass", "neighbourhood"]
+    tolerance: float
+    tolerance_kind: Literal["absolute", "relative"]
+    trajectory: list[TrajectoryStep]
+    runs: list[SweptRun]
+    slices: dict[str, list[SlicePoint]]
+    noise: SeedNoise | None
+    failed: list[FailedRun]
+    compute: Compute
+    provenance: Provenance
+
+
+DocumentType = TypeVar("DocumentType", bound=Document)
+
+
+def _first_problem(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"field {where or '(document)'}: {first['msg']}"
+
+
+def read_document(path: Path | str, kind: type[DocumentType]) -> DocumentType:
+    """Read and validate a results file; any problem is one `ParamsError` line naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: results file not found")
+    try:
+        raw = read_json(path)
+    except ValueError as error:
+        raise ParamsError(f"{path}: not valid JSON ({error})") from None
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(f"{path}: not a valid {kind.__name__}: {_first_problem(error)}") from None
+
+
+def as_json(document: Document) -> dict[str, Any]:
+    """The document as the plain JSON mapping its file holds (for code that reads mappings)."""
+    return document.model_dump(mode="json", by_alias=True)
+
+
+def write_document(path: Path | str, document: Document) -> Path:
+    """Write a document as strict JSON, atomically."""
+    return write_json(Path(path), as_json(document))
