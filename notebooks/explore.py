@@ -22,9 +22,11 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from optsweep import results
+from optsweep import plots, results
 from optsweep.config import ALL_HPARAMS
+from optsweep.jsonio import read_json
 from optsweep.paths import project
+from optsweep.report import law_curves
 
 paths = project()
 runs = results.runs(paths)
@@ -62,7 +64,7 @@ else:
     for hparam, ax in grid.axes_dict.items():
         if hparam in ("lr", "eps"):
             ax.set_xscale("log")
-    grid.set(yscale="symlog")
+    grid.set(ylim=(None, landscape["delta_loss"].quantile(0.95)))  # the few blown-up runs would flatten the rest
 
 # %% [markdown]
 # ## Trajectories of the searches
@@ -89,15 +91,14 @@ else:
 
 # %% [markdown]
 # ## Scaling laws
-# Coefficients with their 95% intervals, and the optima each law was fitted on.
+# Coefficients with their 95% intervals; the optima each law was fitted on, with the law at each token
+# budget (band: 95% interval).
 
 # %%
 if paths.scaling_law.is_file() and not (laws := results.laws(paths)).empty:
     display(laws.set_index(["hparam", "coefficient"]))
-    points = results.law_points(paths)
-    grid = sns.relplot(data=points, x="n_params", y="value", hue="tokens", style="used", col="hparam",
-                       col_wrap=3, height=3, facet_kws={"sharey": False}, palette="viridis")
-    grid.set(xscale="log", yscale="log")
-    plt.show()
+    for hparam, points in results.law_points(paths).groupby("hparam"):
+        plots.law_points(points, law_curves(read_json(paths.scaling_law), hparam), hparam)
+        plt.show()
 else:
     display(Markdown("No fitted law yet: run the scaling_law stage (`make repro`)."))
