@@ -31,6 +31,7 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: $(STAMP) browser
+	ruff check lib tests notebooks bench
 	python -m pytest -q
 
 # Switch the active params/study.yaml to a preset: make preset PRESET=micro|tiny|paper
@@ -40,9 +41,11 @@ preset: $(STAMP)
 plan: $(STAMP)
 	optsweep plan --params params/study.yaml
 
-# JupyterLab with the jupytext notebooks paired (open notebooks/*.py as notebooks).
+# JupyterLab on the whole project: notebooks/ (open a jupytext .py as a notebook; explore.py to dig into
+# the results), their executed copies in build/notebooks/, results/ and reports/. Notebooks find the project
+# root from whichever folder their kernel starts in.
 lab: $(STAMP)
-	jupyter lab notebooks/
+	jupyter lab --notebook-dir=.
 
 bench: $(STAMP)
 	optsweep bench --params params/study.yaml

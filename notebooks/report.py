@@ -17,18 +17,17 @@
 # by the runs it trained. Per-scale details are in the sweep reports linked below.
 
 # %% tags=["parameters"]
-params_file = "params/study.yaml"
+params_file = ""  # default: the active params/study.yaml
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.config import load_params
-from optsweep.jsonio import read_json
+from optsweep.jsonio import read_json, write_json
+from optsweep.paths import enter_root
 from optsweep.report import (
     compute_summary,
     hypotheses_frame,
@@ -41,12 +40,15 @@ from optsweep.report import (
     slices_frame,
     styled,
 )
+from optsweep.results import study_metrics
 
-params = load_params(params_file)
-phase1 = load_sweeps(Path("results/sweeps"), list(params.scales))
-law_phase = load_sweeps(Path("results/law_sweeps"), list(params.law_scales))
-sensitivity = read_json(Path("results/sensitivity.json"))
-laws = read_json(Path("results/scaling_law.json"))
+paths = enter_root()
+params = load_params(params_file or paths.params)
+phase1 = load_sweeps(paths.sweeps("phase1"), list(params.scales))
+law_phase = load_sweeps(paths.sweeps("law"), list(params.law_scales))
+sensitivity = read_json(paths.sensitivity)
+laws = read_json(paths.scaling_law)
+write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump())  # for `dvc metrics`
 
 # %% [markdown]
 # ## Recommended hyperparameters

@@ -20,11 +20,9 @@
 # falls back to a compute-only law h* = a C^b. The best loss per scale is fitted by L = E + A/N^alpha + B/D^beta.
 
 # %% tags=["parameters"]
-params_file = "params/study.yaml"
+params_file = ""  # default: the active params/study.yaml
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -32,15 +30,17 @@ from optsweep import plots
 from optsweep.analysis import fit_scaling_laws, runs_table_from_sweeps
 from optsweep.config import load_params
 from optsweep.jsonio import read_json, write_json
+from optsweep.paths import enter_root
 from optsweep.report import law_curves, load_sweeps, styled
 
-params = load_params(params_file)
-sweeps = load_sweeps(Path("results/sweeps"), list(params.scales)) + load_sweeps(
-    Path("results/law_sweeps"), list(params.law_scales)
+paths = enter_root()
+params = load_params(params_file or paths.params)
+sweeps = load_sweeps(paths.sweeps("phase1"), list(params.scales)) + load_sweeps(
+    paths.sweeps("law"), list(params.law_scales)
 )
-sensitivity = read_json(Path("results/sensitivity.json"))
+sensitivity = read_json(paths.sensitivity)
 laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity)
-write_json(Path("results/scaling_law.json"), laws)
+write_json(paths.scaling_law, laws)
 display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity['sensitive']) or 'none'}**"))
 
 # %% [markdown]

@@ -20,24 +20,24 @@
 # stable) is shown beside it.
 
 # %% tags=["parameters"]
-params_file = "params/study.yaml"
+params_file = ""  # default: the active params/study.yaml
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 
 from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
 from optsweep.config import load_params
 from optsweep.jsonio import write_json
+from optsweep.paths import enter_root
 from optsweep.report import hypotheses_frame, load_sweeps, sensitivity_frame, slices_frame, styled
 
-params = load_params(params_file)
-sweeps = load_sweeps(Path("results/sweeps"), list(params.scales))
+paths = enter_root()
+params = load_params(params_file or paths.params)
+sweeps = load_sweeps(paths.sweeps("phase1"), params.scales_to_compare())
 table = runs_table_from_sweeps(sweeps)
 sensitivity = analyze_sensitivity(table, params.analysis)
-write_json(Path("results/sensitivity.json"), sensitivity)
+write_json(paths.sensitivity, sensitivity)
 
 # %%
 styled(sensitivity_frame(sensitivity))

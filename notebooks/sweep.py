@@ -20,25 +20,25 @@
 # store, so re-running this notebook trains only what is missing.
 
 # %% tags=["parameters"]
-scale = "n1d1"
-phase = "phase1"  # "phase1": every hyperparameter free; "law": only the sensitive ones
-sensitivity = ""  # results/sensitivity.json in the law phase
-params_file = "params/study.yaml"
+scale = ""  # a scale of this phase in the params (default: the phase's first scale)
+phase = "phase1"  # "phase1": every hyperparameter free; "law": only the sensitive ones (reads results/sensitivity.json)
+params_file = ""  # default: the active params/study.yaml
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.config import load_params
+from optsweep.paths import enter_root
 from optsweep.report import slices_frame
 from optsweep.search import run_sweep
 
-params = load_params(params_file)
-out = Path("results/sweeps" if phase == "phase1" else "results/law_sweeps") / f"{scale}.json"
-sweep = run_sweep(params, scale, out, sensitivity_path=sensitivity or None)
+paths = enter_root()  # the params' run store and data folder are relative to the project root
+params = load_params(params_file or paths.params)
+scale = scale or params.first_scale(phase)
+sensitivity = str(paths.sensitivity) if phase == "law" else None  # the law phase frees only the sensitive ones
+sweep = run_sweep(params, scale, paths.sweep(scale, phase), sensitivity_path=sensitivity)
 
 # %%
 s = sweep["scale"]

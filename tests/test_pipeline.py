@@ -1,7 +1,8 @@
 """The whole study through DVC on the micro preset, in a temporary copy of the repository.
 
 One module-scoped study is run once and then edited, re-run, killed and resumed, so the suite pays for a
-single full pipeline run; its report is then opened in headless Chromium.
+single full pipeline run; its report is then opened in headless Chromium, its DVC metrics shown, its
+notebooks run from notebooks/ and the explore notebook run in a real JupyterLab in that browser.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -190,3 +194,115 @@ def test_report_links_to_every_sweep_report(study, browser):
     for sweep_page in (root / "reports/sweeps").glob("*.html"):
         assert f"sweeps/{sweep_page.name}" in hrefs
         assert (root / "reports/sweeps" / sweep_page.name).is_file()
+
+
+# --- the study as JupyterLab sees it ------------------------------------------------------------------
+# These run last: executing the stage notebooks by hand rewrites results files (same results, new timings).
+
+
+def test_dvc_metrics_show_prints_the_declared_metrics(study):
+    root, _ = study
+    params = yaml.safe_load((root / "params/study.yaml").read_text())
+    shown = _run(["dvc", "metrics", "show"], root).stdout
+    for name in [*params["scales"], *params["law_scales"]]:
+        assert f"best_loss.{name}" in shown
+    for hparam in params["grid"]:
+        assert f"sensitive.{hparam}" in shown
+    laws = json.loads((root / "results/scaling_law.json").read_text())["laws"]
+    assert all(f"law_exponents.{hparam}." in shown for hparam in laws)
+    metrics = json.loads((root / "results/metrics.json").read_text())
+    assert metrics["best_loss"] == {
+        name: json.loads((root / f"results/{folder}/{name}.json").read_text())["best_loss"]
+        for folder, key in (("sweeps", "scales"), ("law_sweeps", "law_scales")) for name in params[key]
+    }
+
+
+def test_every_notebook_runs_from_the_notebooks_folder_with_its_defaults(study, tmp_path):
+    """As JupyterLab starts kernels: in notebooks/, with the parameters cell as written."""
+    root, _ = study
+    params = yaml.safe_load((root / "params/study.yaml").read_text())
+    runs_before = len(list((root / "runs").glob("*.json")))
+    runs = [("sweep.py",), ("sweep.py", "-p", "phase=law"), ("sensitivity.py",), ("scaling_law.py",),
+            ("report.py",), ("explore.py",)]
+    for number, (notebook, *parameters) in enumerate(runs):
+        _run(["optsweep", "notebook", notebook, "--html", str(tmp_path / f"{number}.html"), *parameters],
+             root / "notebooks")
+    first, first_law = next(iter(params["scales"])), next(iter(params["law_scales"]))
+    for folder, name in (("sweeps", first), ("law_sweeps", first_law)):
+        sweep = json.loads((root / f"results/{folder}/{name}.json").read_text())
+        assert sweep["compute"]["runs_trained"] == 0  # every run came from the project's run store
+    assert len(list((root / "runs").glob("*.json"))) == runs_before
+    assert not {"runs", "results", "data", "build"} & {p.name for p in (root / "notebooks").iterdir()}
+    assert (root / "build/notebooks/5.ipynb").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(study):
+    """A real JupyterLab server on the study, started as `make lab` does, on a free loopback port."""
+    root, _ = study
+    port, token = _free_port(), secrets.token_hex(16)
+    command = ["jupyter", "lab", "--no-browser", "--notebook-dir=.", "--ip=127.0.0.1", f"--port={port}",
+               f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True"]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    server = subprocess.Popen(command, cwd=root, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
+            time.sleep(0.5)
+    yield url, token
+    os.killpg(server.pid, signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+# In the lab page: open notebooks/explore.py as a notebook (jupytext), run every cell on a kernel the server
+# starts in notebooks/, and return each code cell's execution count and outputs.
+RUN_EXPLORE_IN_LAB = """
+const done = arguments[arguments.length - 1];
+const app = window.jupyterapp;
+app.started.then(async () => {
+  const panel = await app.commands.execute('docmanager:open', {path: 'notebooks/explore.py', factory: 'Notebook'});
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+  const ok = await app.commands.execute('notebook:run-all-cells');
+  const cells = [];
+  for (let i = 0; i < panel.content.model.cells.length; i++) cells.push(panel.content.model.cells.get(i).toJSON());
+  done({ok, kernel: panel.sessionContext.session.kernel.name,
+        cells: cells.filter(c => c.cell_type === 'code').map(c => ({count: c.execution_count, outputs: c.outputs}))});
+}).catch(error => done({error: String(error)}));
+"""
+
+
+def test_explore_notebook_runs_in_jupyterlab_in_a_browser(study, browser, jupyterlab):
+    url, token = jupyterlab
+    browser.get(f"{url}/lab?token={token}")
+    deadline = time.monotonic() + 120
+    while not browser.execute_script("return !!window.jupyterapp"):
+        assert time.monotonic() < deadline, "the JupyterLab page did not load"
+        time.sleep(0.5)
+    browser.set_script_timeout(300)
+    ran = browser.execute_async_script(RUN_EXPLORE_IN_LAB)
+    assert "error" not in ran, ran["error"]
+    assert ran["ok"] and ran["kernel"] == "python3"
+    errors = [o for cell in ran["cells"] for o in cell["outputs"] if o["output_type"] == "error"]
+    assert not errors, [f"{o['ename']}: {o['evalue']}" for o in errors]
+    assert all(cell["count"] for cell in ran["cells"]), "a cell did not run"
+    figures = [o for cell in ran["cells"] for o in cell["outputs"] if "image/png" in o.get("data", {})]
+    assert len(figures) >= 4  # run store, landscape, trajectories, laws

@@ -57,10 +57,10 @@ def _broken_preset(tmp_path: Path, edit) -> Path:
     ("edit", "expected"),
     [
         (lambda raw: raw["law_scales"]["l1"].pop("heads"), "law_scales.l1.heads: missing required key"),
-        (lambda raw: raw.update(scales={"a": raw["scales"]["a"]}), "needs at least 2 phase-1 scales"),
+        (lambda raw: raw.update(scales={}), "scales: needs at least 1 phase-1 scale"),
         (lambda raw: raw["scales"]["a"].update(widht=64), "unknown key 'widht'"),
     ],
-    ids=["law-scale-missing-key", "one-phase1-scale", "misspelt-key"],
+    ids=["law-scale-missing-key", "no-phase1-scale", "misspelt-key"],
 )
 def test_bad_preset_fails_in_one_line_before_any_stage(tmp_path: Path, edit, expected: str):
     path = _broken_preset(tmp_path, edit)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import ParamsError, load_params
+from .paths import PARAMS_FILE, project
 from .search import FailedRuns
 
-DEFAULT_PARAMS = "params/study.yaml"
+DEFAULT_PARAMS = str(PARAMS_FILE)  # commands run from the project root, as dvc.yaml's stages do
 
 
 def _print_json(value: Any) -> None:
@@ -56,7 +57,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     params = load_params(args.params, args.set)
     params.scale(args.scale)
-    out = Path(args.out or f"results/sweeps/{args.scale}.json")
+    out = Path(args.out) if args.out else project().sweep(args.scale, "law" if args.sensitivity else "phase1")
     result = run_sweep(params, args.scale, out, sensitivity_path=args.sensitivity)
     loss = "none (every run diverged or failed)" if result["best_loss"] is None else f"{result['best_loss']:.4f}"
     print(f"{args.scale}: best loss {loss} with {result['best']} -> {out}")
@@ -102,12 +103,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .analysis import predict
 
-    if not Path(args.law).is_file():
-        raise ParamsError(f"--law {args.law}: file not found (run the scaling_law stage or `optsweep analyze`)")
+    law_file = Path(args.law) if args.law else project().scaling_law
+    if not law_file.is_file():
+        raise ParamsError(f"--law {law_file}: file not found (run the scaling_law stage or `optsweep analyze`)")
     try:
-        law = json.loads(Path(args.law).read_text())
+        law = json.loads(law_file.read_text())
     except ValueError as error:
-        raise ParamsError(f"--law {args.law}: not valid JSON ({error})") from None
+        raise ParamsError(f"--law {law_file}: not valid JSON ({error})") from None
     _print_json(predict(law, n_params=args.n_params, tokens=args.tokens, width=args.width))
 
 
@@ -169,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = add("sweep", cmd_sweep, "coordinate descent over the grid at one scale")
     sweep.add_argument("--scale", required=True, help="a scale name from params")
-    sweep.add_argument("--out", default=None, help="result JSON (default results/sweeps/<scale>.json)")
+    sweep.add_argument("--out", default=None, help="result JSON (default results/sweeps/<scale>.json, "
+                                                   "results/law_sweeps/<scale>.json with --sensitivity)")
     sweep.add_argument(
         "--sensitivity", default=None,
         help="sensitivity.json: free only the sensitive hyperparameters, fix the rest at their constants",
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--n-params", type=_positive_float, required=True, help="non-embedding parameters")
     predict.add_argument("--tokens", type=_positive_float, required=True, help="training tokens")
     predict.add_argument("--width", type=int, default=None, help="model width (for width-based lr rules)")
-    predict.add_argument("--law", default="results/scaling_law.json", help="fitted scaling_law.json")
+    predict.add_argument("--law", default=None, help="fitted scaling_law.json (default results/scaling_law.json)")
 
     preset = add("preset", cmd_preset, "make params/presets/NAME.yaml the active params file", False)
     preset.add_argument("name", help="micro, tiny, paper, or any file in params/presets/")

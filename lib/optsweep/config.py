@@ -135,13 +135,22 @@ class StudySettings(Strict):
     name: str
     seed: int = Field(0, ge=0)
     trainer: str = "optsweep.train:train"
-    workers: int = Field(1, ge=1)
-    workers_per_gpu: int = Field(1, ge=1)
+    workers: int | Literal["auto"] = Field(
+        "auto", description="worker processes: a count, or 'auto' (GPUs x workers_per_gpu, else one per CPU core)"
+    )
+    workers_per_gpu: int = Field(1, ge=1, description="runs sharing one GPU when workers is 'auto'")
     store: str = Field("runs", description="run store folder: every finished run, never trained twice")
     data: DataSettings = Field(default_factory=DataSettings)
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     lr_transfer: LrTransfer = Field(default_factory=LrTransfer)
     train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"must be 'auto' or a count of at least 1, got {value!r}")
+        return value
 
     @field_validator("trainer")
     @classmethod
@@ -273,9 +282,9 @@ class StudyParams(Strict):
 
     @field_validator("scales")
     @classmethod
-    def _at_least_two(cls, scales: dict[str, Scale]) -> dict[str, Scale]:
-        if len(scales) < 2:
-            raise ValueError(f"needs at least 2 phase-1 scales to compare, got {len(scales)}")
+    def _at_least_one(cls, scales: dict[str, Scale]) -> dict[str, Scale]:
+        if not scales:
+            raise ValueError("needs at least 1 phase-1 scale")
         return scales
 
     @field_validator("scales", "law_scales")
@@ -341,6 +350,28 @@ class StudyParams(Strict):
 
     def all_scales(self) -> dict[str, Scale]:
         return {**self.scales, **self.law_scales}
+
+    def phase_scales(self, phase: str) -> dict[str, Scale]:
+        """The scales swept in one phase: `scales` ("phase1") or `law_scales` ("law")."""
+        if phase not in ("phase1", "law"):
+            raise ParamsError(f"phase {phase!r}: allowed: phase1 (every hyperparameter free), law (the sensitive ones)")
+        return self.scales if phase == "phase1" else self.law_scales
+
+    def first_scale(self, phase: str) -> str:
+        """The scale a phase's sweep runs when none is named."""
+        scales = self.phase_scales(phase)
+        if not scales:
+            key = "scales" if phase == "phase1" else "law_scales"
+            raise ParamsError(f"{key}: empty; no scale to sweep in phase {phase!r}")
+        return next(iter(scales))
+
+    def scales_to_compare(self) -> list[str]:
+        """The phase-1 scales the sensitivity analysis compares: it needs two (a single scale still sweeps)."""
+        if len(self.scales) < 2:
+            raise ParamsError(
+                f"scales: the sensitivity analysis compares phase-1 scales and needs at least 2, got {len(self.scales)}"
+            )
+        return list(self.scales)
 
     def scale(self, name: str) -> Scale:
         scales = self.all_scales()

@@ -3,10 +3,12 @@
 Each worker is started once per sweep with the "spawn" method, imports the trainer once (torch and
 transformers cost seconds to import) and then trains one run spec at a time for as long as the sweep
 lasts. Devices:
-- CPU: `study.workers` workers, each limited to `study.train.threads_per_worker` torch threads.
-- CUDA: by default one worker per visible GPU x `study.workers_per_gpu`; an explicit `study.workers`
-  overrides the count. Worker i is pinned to GPU `gpus[i % len(gpus)]` with CUDA_VISIBLE_DEVICES, so the
-  first workers spread over all GPUs before any GPU gets a second one.
+- `study.workers` is a count, or `auto` (the default): one worker per visible GPU x `study.workers_per_gpu`,
+  or without a GPU one per CPU core / `study.train.threads_per_worker`. A written count means the same on
+  any box.
+- CPU: each worker is limited to `study.train.threads_per_worker` torch threads.
+- CUDA: worker i is pinned to GPU `gpus[i % len(gpus)]` with CUDA_VISIBLE_DEVICES, so the first workers
+  spread over all GPUs before any GPU gets a second one.
 - One worker in total: runs are trained inline in the main process, which is easiest to debug.
 
 Before its first run each worker (and the inline trainer) runs the device preflight (optsweep.preflight):
@@ -97,11 +99,18 @@ def worker_environments(study: StudySettings, gpus: list[str] | None = None) -> 
         raise ParamsError("study.train.device: 'cuda' but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi)")
     threads = str(study.train.threads_per_worker)
     cpu_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    count = study.workers if study.workers != "auto" else _auto_workers(study, gpus)
     if not gpus:
-        return [dict(cpu_env) for _ in range(study.workers)]
-    explicit = "workers" in study.model_fields_set
-    count = study.workers if explicit else len(gpus) * study.workers_per_gpu
+        return [dict(cpu_env) for _ in range(count)]
     return [{**cpu_env, **CUDA_ALLOCATOR, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(count)]
+
+
+def _auto_workers(study: StudySettings, gpus: list[str]) -> int:
+    """`workers: auto`: one per GPU x workers_per_gpu, or as many CPU workers as the cores allow."""
+    if gpus:
+        return len(gpus) * study.workers_per_gpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // study.train.threads_per_worker)
 
 
 # --- one attempt at one run ------------------------------------------------------------------------------

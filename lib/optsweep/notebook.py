@@ -1,8 +1,9 @@
 """Execute a jupytext notebook with papermill and convert it to a self-contained HTML page.
 
 Papermill cannot read a jupytext .py directly, so the notebook is read with jupytext and handed over as a
-notebook object. The executed .ipynb goes to build/notebooks/ (for JupyterLab; it changes on every run, so
-no pipeline stage depends on it); the HTML hides the code and embeds the figures.
+notebook object. The executed .ipynb goes to the project's build/notebooks/ (for JupyterLab; it changes on
+every run, so no pipeline stage depends on it); the HTML hides the code and embeds the figures. A notebook
+that stops on bad input (a `ParamsError`) fails with that one line, not with the kernel's traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXECUTED_DIR = Path("build/notebooks")
+from .config import ParamsError
+from .paths import project
+
 KERNEL = "python3"
 TEMPLATES = Path(__file__).parent / "templates"  # "offline": nbconvert's lab template without CDN scripts
 
@@ -35,19 +38,24 @@ def run_notebook(notebook: Path, html_out: Path, parameters: dict[str, Any]) -> 
     import nbconvert
     import papermill
 
-    executed = EXECUTED_DIR / f"{html_out.stem}.ipynb"
+    executed = project().executed_notebooks / f"{html_out.stem}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     html_out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        jupytext.read(notebook),
-        str(executed),
-        parameters=parameters,
-        kernel_name=KERNEL,
-        cwd=os.getcwd(),
-        progress_bar=False,
-        stdout_file=sys.stdout,
-        stderr_file=sys.stderr,
-    )
+    try:
+        papermill.execute_notebook(
+            jupytext.read(notebook),
+            str(executed),
+            parameters=parameters,
+            kernel_name=KERNEL,
+            cwd=os.getcwd(),
+            progress_bar=False,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+        )
+    except papermill.PapermillExecutionError as error:
+        if error.ename == ParamsError.__name__:
+            raise ParamsError(f"{notebook}: {error.evalue}") from None
+        raise
     exporter = nbconvert.HTMLExporter(
         template_name="offline", extra_template_basedirs=[str(TEMPLATES)],
         exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
