@@ -122,7 +122,7 @@ def _recommended_value(path: str, h: str, entry: Any, width: int) -> float | int
 
 
 @dataclasses.dataclass
-class Run:
+class EvaluatedRun:
     """One evaluated config of this sweep."""
 
     key: str
@@ -148,11 +148,11 @@ class Run:
         return row
 
 
-def _run_from_record(record: RunRecord, hparams: Config, seed: int) -> Run:
+def _run_from_record(record: RunRecord, hparams: Config, seed: int) -> EvaluatedRun:
     reason = record.error.strip().splitlines()[-1] if record.error else None
     if record.status == RunStatus.DIVERGED and record.result:
         reason = record.result.get("reason")
-    return Run(record.key, hparams, seed, record.status, record.loss, reason, record.result, record.spec)
+    return EvaluatedRun(record.key, hparams, seed, record.status, record.loss, reason, record.result, record.spec)
 
 
 def _config_id(hparams: Config, seed: int) -> tuple:
@@ -180,7 +180,7 @@ class Progress:
             print(f"{self.label}: {self.done}/{self.planned} ({reused} from the run store); best {_loss_text(best)}",
                   file=sys.stderr, flush=True)
 
-    def trained(self, run: Run, best: float | None) -> None:
+    def trained(self, run: EvaluatedRun, best: float | None) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -209,7 +209,7 @@ class RunEvaluator:
         self.store, self.executor, self.progress = store, executor, progress
         self.claims = RunClaims(store)
         self.seed = params.study.seed
-        self.runs: dict[tuple, Run] = {}
+        self.runs: dict[tuple, EvaluatedRun] = {}
         self.trained = self.reused = 0
 
     def known(self, hparams: Config) -> bool:
@@ -229,7 +229,7 @@ class RunEvaluator:
             batch_seed=self.params.study.data.seed + (offset if varies in ("both", "data_order") else 0),
         )
 
-    def evaluate(self, configs: list[Config], seeds: list[int] | None = None) -> list[Run]:
+    def evaluate(self, configs: list[Config], seeds: list[int] | None = None) -> list[EvaluatedRun]:
         """Every config on every seed (default: the sweep's seed), in that order; duplicates are run once."""
         pairs = [(dict(hparams), seed) for hparams in configs for seed in (seeds or [self.seed])]
         tasks: dict[str, tuple[Config, int, dict[str, Any]]] = {}
@@ -242,7 +242,7 @@ class RunEvaluator:
             reason = invalid_reason(spec)
             record = None if reason else self.store.get_result(key)  # a failed run is trained again
             if reason:
-                self.runs[_config_id(hparams, seed)] = Run(key, hparams, seed, RunStatus.SKIPPED, None, reason,
+                self.runs[_config_id(hparams, seed)] = EvaluatedRun(key, hparams, seed, RunStatus.SKIPPED, None, reason,
                                                            spec=spec)
             elif record is not None:
                 self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
@@ -319,7 +319,7 @@ def heartbeat(claims: RunClaims) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Descent:
-    best: Run
+    best: EvaluatedRun
     passes: int
     converged: bool
     trajectory: list[dict[str, Any]]
@@ -329,14 +329,14 @@ def _margin(search: SearchSettings, reference: float) -> float:
     return search.tolerance if search.tolerance_kind == "absolute" else search.tolerance * abs(reference)
 
 
-def _beats(challenger: Run, incumbent: Run, search: SearchSettings) -> bool:
+def _beats(challenger: EvaluatedRun, incumbent: EvaluatedRun, search: SearchSettings) -> bool:
     """Strictly better by more than the tolerance; a diverged or failed run never beats anything."""
     if math.isinf(challenger.rank) or math.isinf(incumbent.rank):
         return not math.isinf(challenger.rank)
     return challenger.rank < incumbent.rank - _margin(search, incumbent.rank)
 
 
-def _step(pass_number: int, hparam: str, incumbent: Run) -> dict[str, Any]:
+def _step(pass_number: int, hparam: str, incumbent: EvaluatedRun) -> dict[str, Any]:
     return {"pass": pass_number, "hparam": hparam, "baseline": dict(incumbent.hparams), "loss": incumbent.loss}
 
 
@@ -395,7 +395,7 @@ def next_value_past_edge(h: str, edge: float, neighbour: float) -> float:
     return round_sig(2 * edge - neighbour)
 
 
-def _edge_extensions(params: StudyParams, space: SearchSpace, best: Run, grown: dict[str, int]) -> list[dict[str, Any]]:
+def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun, grown: dict[str, int]) -> list[dict[str, Any]]:
     """For each free hyperparameter whose best value is a grid edge: the value one grid step further, when it
     is valid and the grid has grown fewer than `search.extend_edges` times at that end."""
     added = []
@@ -442,7 +442,7 @@ def descend_following_edges(params: StudyParams, space: SearchSpace, evaluator: 
 # --- reporting -----------------------------------------------------------------------------------------------
 
 
-def _slices(space: SearchSpace, best: Run, evaluator: RunEvaluator) -> dict[str, list[dict[str, Any]]]:
+def _slices(space: SearchSpace, best: EvaluatedRun, evaluator: RunEvaluator) -> dict[str, list[dict[str, Any]]]:
     """The 1-D line through the best along every free hyperparameter (runs any point not yet evaluated)."""
     slices = {}
     for h in space.free:
@@ -451,7 +451,7 @@ def _slices(space: SearchSpace, best: Run, evaluator: RunEvaluator) -> dict[str,
     return slices
 
 
-def _near_best(best: Run, search: SearchSettings, evaluator: RunEvaluator) -> list[dict[str, Any]]:
+def _near_best(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvaluator) -> list[dict[str, Any]]:
     if best.status != RunStatus.OK:
         return []
     limit = best.loss + _margin(search, best.loss)
@@ -460,7 +460,7 @@ def _near_best(best: Run, search: SearchSettings, evaluator: RunEvaluator) -> li
     return [{"hparams": run.hparams, "loss": run.loss} for run in sorted(close, key=lambda run: run.loss)]
 
 
-def _seed_noise(best: Run, search: SearchSettings, evaluator: RunEvaluator) -> dict[str, Any] | None:
+def _seed_noise(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvaluator) -> dict[str, Any] | None:
     """The best and its closest competitors on extra seeds; std pooled over configs (n - 1 weighted)."""
     if search.noise_seeds == 0 or best.status != RunStatus.OK:
         return None
