@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from optsweep.cli import main
-
 from conftest import small_study, write_params
+from optsweep.cli import main
 
 
 def test_train_prints_the_result(prepared_params_file):

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 import optsweep.data
-from optsweep.config import ParamsError, StudyParams, validate_params
-from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.data import ensure_prepared
-
 from conftest import small_study
+from optsweep.batches import TrainBatches, load_shards, val_batches
+from optsweep.config import ParamsError, StudyParams, validate_params
+from optsweep.data import ensure_prepared
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
 

@@ -64,8 +64,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_store(args: argparse.Namespace) -> None:
-    from .store import RunStore
     from . import store_view
+    from .store import RunStore
 
     params = load_params(args.params, args.set)
     store = RunStore(params.study.store)

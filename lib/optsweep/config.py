@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from .provenance import stable_hash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .provenance import stable_hash
 
 HPARAMS: tuple[str, ...] = ("lr", "min_lr_ratio", "warmup", "beta1", "beta2", "weight_decay", "eps", "clip")
 OPTIONAL_HPARAMS: tuple[str, ...] = ("batch_size",)
@@ -322,7 +323,8 @@ class StudyParams(Strict):
         if not self.grid:
             raise ValueError(f"grid: empty; give a list of values for at least one of {', '.join(ALL_HPARAMS)}")
         if not self.search_order():
-            raise ValueError(f"search: 'order' and 'free' leave nothing to search; name some of: {', '.join(self.grid)}")
+            names = ", ".join(self.grid)
+            raise ValueError(f"search: 'order' and 'free' leave nothing to search; name some of: {names}")
         for name, scale in self.all_scales().items():
             self._check_micro_batch(name, scale)
             steps = scale.steps(self.baseline.batch_size)

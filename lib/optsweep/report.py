@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
-
-import json
 
 import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
 from .analysis import predict
-from .config import ParamsError, ALL_HPARAMS, StudyParams
+from .config import ALL_HPARAMS, ParamsError, StudyParams
 from .jsonio import read_json
 
 RESULTS = Path("results")

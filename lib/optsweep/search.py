@@ -28,10 +28,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
-from .executor import Executor, Outcome, Task, worker_environments
-from .provenance import provenance
 from .documents import SweepResult, as_json, write_document
+from .executor import Executor, Outcome, Task, worker_environments
 from .jsonio import to_strict
+from .provenance import provenance
 from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
 from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
@@ -100,7 +100,8 @@ def _read_sensitivity(path: Path) -> tuple[list[str], list[str], dict[str, Any]]
         raise ParamsError(f"{path}: key 'recommended' must map hyperparameters to {{value, rule, reference_width}}")
     unknown = sorted(set(recommended) - set(ALL_HPARAMS))
     if unknown:
-        raise ParamsError(f"{path}: recommended: unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(ALL_HPARAMS)}")
+        allowed = ", ".join(ALL_HPARAMS)
+        raise ParamsError(f"{path}: recommended: unknown hyperparameter {unknown[0]!r}; allowed: {allowed}")
     return sensitive, unjudged, recommended
 
 
@@ -395,7 +396,8 @@ def next_value_past_edge(h: str, edge: float, neighbour: float) -> float:
     return round_sig(2 * edge - neighbour)
 
 
-def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun, grown: dict[str, int]) -> list[dict[str, Any]]:
+def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun,
+                     grown: dict[str, int]) -> list[dict[str, Any]]:
     """For each free hyperparameter whose best value is a grid edge: the value one grid step further, when it
     is valid and the grid has grown fewer than `search.extend_edges` times at that end."""
     added = []
@@ -420,7 +422,8 @@ def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun
     return added
 
 
-def descend_following_edges(params: StudyParams, space: SearchSpace, evaluator: RunEvaluator) -> tuple[Descent, SearchSpace, list[dict[str, Any]]]:
+def descend_following_edges(params: StudyParams, space: SearchSpace,
+                            evaluator: RunEvaluator) -> tuple[Descent, SearchSpace, list[dict[str, Any]]]:
     """Coordinate descent; while the optimum sits on a grid edge, grow that grid by one step and descend again
     from the optimum (stored runs are reused), up to `search.extend_edges` steps per end."""
     search = params.search
@@ -515,7 +518,8 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
     try:
         with Executor(trainer, environments, threads=params.study.train.threads_per_worker,
                       train_settings=params.study.train.model_dump()) as executor:
-            evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
+            store = RunStore(params.study.store)
+            evaluator = RunEvaluator(params, scale_name, data, trainer_code, store, executor, bar)
             with heartbeat(evaluator.claims):
                 descent, searched, extensions = descend_following_edges(params, space, evaluator)
                 slices = _slices(searched, descent.best, evaluator)
