@@ -30,6 +30,7 @@ from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.config import load_params
+from optsweep.documents import SweepResult, as_json, read_document
 from optsweep.paths import enter_root
 from optsweep.report import slices_frame
 from optsweep.search import run_sweep
@@ -37,8 +38,14 @@ from optsweep.search import run_sweep
 paths = enter_root()  # the params' run store and data folder are relative to the project root
 params = load_params(params_file or paths.params)
 scale = scale or params.first_scale(phase)
-sensitivity = str(paths.sensitivity) if phase == "law" else None  # the law phase frees only the sensitive ones
-sweep = run_sweep(params, scale, paths.sweep(scale, phase), sensitivity_path=sensitivity)
+result_path = paths.sweep(scale, phase)
+if result_path.is_file():  # written by the phase's search (`dvc repro`, `optsweep sweep --phase`)
+    sweep = as_json(read_document(result_path, SweepResult))
+    display(Markdown(f"From `{result_path.relative_to(paths.root)}` ({sweep['provenance']['created']}); "
+                     f"`optsweep sweep --scale {scale}` or `dvc repro` brings it up to date."))
+else:  # opened before the study ran: search this scale now (stored runs are reused)
+    sensitivity = str(paths.sensitivity) if phase == "law" else None  # the law phase frees only the sensitive ones
+    sweep = run_sweep(params, scale, result_path, sensitivity_path=sensitivity)
 
 # %%
 s = sweep["scale"]

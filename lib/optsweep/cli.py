@@ -52,15 +52,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _print_json(run_bench(params, args.scale, steps=args.steps))
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
-    from .search import run_sweep
+def _best_text(scale: str, best_loss: float | None, best: dict[str, Any], out: Path) -> str:
+    loss = "none (every run diverged or failed)" if best_loss is None else f"{best_loss:.4f}"
+    return f"{scale}: best loss {loss} with {best} -> {out}"
 
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .search import run_phase, run_sweep
+
+    if (args.scale is None) == (args.phase is None):
+        raise ParamsError("optsweep sweep: give either --scale NAME (one search) or --phase phase1|law (all scales)")
     params = load_params(args.params, args.set)
+    if args.phase == "law" and not args.sensitivity:
+        raise ParamsError("optsweep sweep --phase law: needs --sensitivity results/sensitivity.json")
+    if args.phase:
+        out_dir = Path(args.out) if args.out else project().sweeps(args.phase)
+        for name, result in run_phase(params, args.phase, out_dir, sensitivity_path=args.sensitivity).items():
+            print(_best_text(name, result.best_loss, result.best, out_dir / f"{name}.json"))
+        return
     params.scale(args.scale)
     out = Path(args.out) if args.out else project().sweep(args.scale, "law" if args.sensitivity else "phase1")
     result = run_sweep(params, args.scale, out, sensitivity_path=args.sensitivity)
-    loss = "none (every run diverged or failed)" if result["best_loss"] is None else f"{result['best_loss']:.4f}"
-    print(f"{args.scale}: best loss {loss} with {result['best']} -> {out}")
+    print(_best_text(args.scale, result["best_loss"], result["best"], out))
 
 
 def cmd_store(args: argparse.Namespace) -> None:
@@ -169,10 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", default=None, help="a scale name from params (default: the first)")
     bench.add_argument("--steps", type=int, default=20, help="timed optimizer steps per row")
 
-    sweep = add("sweep", cmd_sweep, "coordinate descent over the grid at one scale")
-    sweep.add_argument("--scale", required=True, help="a scale name from params")
+    sweep = add("sweep", cmd_sweep, "coordinate descent over the grid at one scale, or at every scale of a phase")
+    sweep.add_argument("--scale", default=None, help="a scale name from params")
+    sweep.add_argument("--phase", choices=["phase1", "law"], default=None,
+                       help="every scale of the phase at once, on one pool of workers")
     sweep.add_argument("--out", default=None, help="result JSON (default results/sweeps/<scale>.json, "
-                                                   "results/law_sweeps/<scale>.json with --sensitivity)")
+                                                   "results/law_sweeps/<scale>.json with --sensitivity); "
+                                                   "with --phase, a folder")
     sweep.add_argument(
         "--sensitivity", default=None,
         help="sensitivity.json: free only the sensitive hyperparameters, fix the rest at their constants",

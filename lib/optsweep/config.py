@@ -251,6 +251,9 @@ class SearchSettings(Strict):
     tolerance: float = Field(3e-3, ge=0, description="a challenger must beat the incumbent by more")
     tolerance_kind: Literal["absolute", "relative"] = "absolute"
     stop_rule: Literal["pass", "neighbourhood"] = "pass"
+    speculate: int = Field(
+        0, ge=0, description="lines ahead trained on idle workers of a phase's pool (0 = none; may waste runs)"
+    )
     extend_edges: int = Field(
         2, ge=0, description="values a grid may grow by at each end when the optimum lands on its edge (0 = off)"
     )

@@ -90,6 +90,7 @@ class Compute(Document):
     runs_planned: int
     runs_trained: int
     runs_reused: int
+    runs_speculative_unused: int = 0  # trained ahead of the search, then not needed (still stored)
     tokens: int
     flops: float
     wall_s: float
@@ -121,6 +122,19 @@ class SweepResult(Document):
     failed: list[FailedRun]
     compute: Compute
     provenance: Provenance
+
+    def same_search(self, other: SweepResult) -> bool:
+        """Whether two results say the same, ignoring when and by which invocation they were made (and the
+        hash of the whole params file: an edit to another scale does not change this scale's result)."""
+        def stable(result: SweepResult) -> dict[str, Any]:
+            data = as_json(result)
+            for volatile in ("wall_s", "runs_trained", "runs_reused", "runs_speculative_unused"):
+                data["compute"].pop(volatile, None)
+            for volatile in ("created", "code_version", "params_hash"):
+                data["provenance"].pop(volatile, None)
+            return data
+
+        return stable(self) == stable(other)
 
 
 DocumentType = TypeVar("DocumentType", bound=Document)

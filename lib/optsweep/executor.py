@@ -47,6 +47,7 @@ from .trainer import Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
 PARENT_POLL_S = 1.0  # how often a worker checks that the main process is still alive
+INBOX_POLL_S = 0.05  # how often a serving pool looks for newly submitted tasks while its workers train
 # Fewer out-of-memory errors from fragmentation when a run halves its micro-batch (set before torch starts).
 CUDA_ALLOCATOR = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 
@@ -165,6 +166,46 @@ def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[st
         if task is None:
             return
         connection.send((task.key, *_attempt(trainer, task.spec)))
+
+
+# --- tasks submitted while the pool runs -------------------------------------------------------------------
+
+
+class TaskInbox:
+    """Tasks handed to a serving pool by other threads; `finished` once closed and empty. Speculative tasks
+    (runs a search will probably need next) wait behind every task that a search is waiting for."""
+
+    def __init__(self) -> None:
+        self._tasks: list[Task] = []
+        self._speculative: list[Task] = []
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def submit(self, tasks: list[Task], speculative: bool = False) -> None:
+        with self._changed:
+            (self._speculative if speculative else self._tasks).extend(tasks)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def take(self) -> tuple[list[Task], list[Task]]:
+        """(tasks waited for, speculative tasks) submitted since the last call."""
+        with self._changed:
+            taken = (self._tasks, self._speculative)
+            self._tasks, self._speculative = [], []
+            return taken
+
+    def wait(self, timeout: float) -> None:
+        with self._changed:
+            if not self._tasks and not self._speculative and not self._closed:
+                self._changed.wait(timeout)
+
+    def finished(self) -> bool:
+        with self._changed:
+            return self._closed and not self._tasks and not self._speculative
 
 
 # --- the pool --------------------------------------------------------------------------------------------
@@ -302,7 +343,8 @@ class Executor:
             status, detail = worker.connection.recv()
         except (EOFError, OSError):
             worker.process.join(timeout=5)
-            raise RuntimeError(f"a worker process exited (code {worker.process.exitcode}) before it was ready") from None
+            code = worker.process.exitcode
+            raise RuntimeError(f"a worker process exited (code {code}) before it was ready") from None
         if status == "error":
             raise ParamsError(f"{detail} (in a worker process, before any run)")
 
@@ -317,17 +359,32 @@ class Executor:
         self._await_ready(fresh)
         return fresh
 
-    def _run_pool(self, tasks: list[Task]) -> Iterator[Outcome]:
+    def _run_pool(self, tasks: list[Task], inbox: TaskInbox | None = None) -> Iterator[Outcome]:
+        """Train `tasks`, and with an inbox every task submitted to it until it is closed and drained."""
         self.start()
         queue: collections.deque[tuple[Task, int]] = collections.deque((task, 1) for task in tasks)
-        while queue or any(worker.task for worker in self._workers):
+        spare: collections.deque[tuple[Task, int]] = collections.deque()  # speculative: only on idle workers
+        while True:
+            if inbox is not None:
+                waited_for, speculative = inbox.take()
+                queue.extend((task, 1) for task in waited_for)
+                spare.extend((task, 1) for task in speculative)
+            if not queue and not spare and not any(worker.task for worker in self._workers):
+                if inbox is None or inbox.finished():
+                    return
             for worker in list(self._workers):
-                if worker.task is None and queue:
-                    self._dispatch(worker, *queue.popleft())
+                if worker.task is None and (queue or spare):
+                    self._dispatch(worker, *(queue or spare).popleft())
             busy = [worker for worker in self._workers if worker.task is not None]
             try:
                 with self._interruptible_section():
-                    multiprocessing.connection.wait([w.connection for w in busy] + [w.process.sentinel for w in busy])
+                    waited = [w.connection for w in busy] + [w.process.sentinel for w in busy]
+                    if inbox is None:
+                        multiprocessing.connection.wait(waited)
+                    elif waited:
+                        multiprocessing.connection.wait(waited, timeout=INBOX_POLL_S)
+                    else:
+                        inbox.wait(INBOX_POLL_S)
             except KeyboardInterrupt:
                 yield from self._finished_before_interrupt(busy)
                 raise
@@ -335,6 +392,13 @@ class Executor:
                 outcome = self._collect(worker, queue)
                 if outcome is not None:
                     yield outcome
+
+    def serve(self, inbox: TaskInbox) -> Iterator[Outcome]:
+        """Train whatever is submitted to `inbox` (from other threads) until it is finished; yields outcomes as
+        they become final. This keeps every worker busy while several searches each wait on their own runs."""
+        if self.inline:
+            raise ValueError("serve needs a pool of workers (study.workers > 1)")
+        yield from self._run_pool([], inbox)
 
     @staticmethod
     def _finished_before_interrupt(busy: list[_Worker]) -> Iterator[Outcome]:

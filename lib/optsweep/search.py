@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import queue
 import sys
 import threading
 import time
@@ -28,8 +29,8 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
-from .documents import SweepResult, as_json, write_document
-from .executor import Executor, Outcome, Task, worker_environments
+from .documents import SweepResult, as_json, read_document, write_document
+from .executor import Executor, Outcome, Task, TaskInbox, worker_environments
 from .jsonio import to_strict
 from .provenance import provenance
 from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
@@ -161,10 +162,11 @@ def _config_id(hparams: Config, seed: int) -> tuple:
 
 
 class Progress:
-    """Runs done / planned and the best loss: a tqdm bar on a terminal, plain log lines otherwise."""
+    """Runs done / planned and the best loss: a tqdm bar on a terminal, plain log lines otherwise (and when
+    several searches report at once)."""
 
-    def __init__(self, label: str, enabled: bool):
-        on_terminal = enabled and sys.stderr.isatty()
+    def __init__(self, label: str, enabled: bool, lines_only: bool = False):
+        on_terminal = enabled and sys.stderr.isatty() and not lines_only
         self.label, self.lines = label, enabled and not on_terminal
         self.bar = tqdm(total=0, unit="run", desc=label, file=sys.stderr, dynamic_ncols=True) if on_terminal else None
         self.planned = self.done = 0
@@ -211,6 +213,8 @@ class RunEvaluator:
         self.claims = RunClaims(store)
         self.seed = params.study.seed
         self.runs: dict[tuple, EvaluatedRun] = {}
+        self.requested: dict[tuple, None] = {}  # every config in the order first asked for
+        self.speculative: dict[str, tuple[Config, int, dict[str, Any]]] = {}  # submitted ahead, not back yet
         self.trained = self.reused = 0
 
     def known(self, hparams: Config) -> bool:
@@ -219,6 +223,10 @@ class RunEvaluator:
     def best_loss(self) -> float | None:
         finished = [run.loss for run in self.runs.values() if run.status == RunStatus.OK and run.seed == self.seed]
         return min(finished, default=None)
+
+    def ordered_runs(self) -> list[EvaluatedRun]:
+        """Every run in the order the search asked for it (not the order a pool finished it)."""
+        return [self.runs[config] for config in self.requested if config in self.runs]
 
     def spec(self, hparams: Config, seed: int) -> dict[str, Any]:
         """The run spec of a config on replicate `seed`: the sweep's seed, or noise seed `study.seed + i`,
@@ -230,16 +238,48 @@ class RunEvaluator:
             batch_seed=self.params.study.data.seed + (offset if varies in ("both", "data_order") else 0),
         )
 
+    def prefetch(self, configs: list[Config]) -> None:
+        """Start training configs the search will probably ask for next, on workers that would otherwise idle
+        (`search.speculate`; only on a pool shared by a phase). Their results are stored like any run."""
+        if not isinstance(self.executor, SharedPoolClient):
+            return
+        tasks = []
+        for hparams in configs:
+            if _config_id(hparams, self.seed) in self.runs:
+                continue
+            spec = self.spec(hparams, self.seed)
+            key = run_key(spec, self.trainer, self.trainer_code)
+            if key in self.speculative or invalid_reason(spec) or self.store.get_result(key) is not None:
+                continue
+            if self.claims.acquire(key):
+                self.speculative[key] = (dict(hparams), self.seed, spec)
+                tasks.append(Task(key, {**spec, "checkpoint_dir": str(self.store.checkpoint_dir(key))}))
+        self.progress.plan(len(tasks), 0, self.best_loss())
+        self.executor.submit(tasks, speculative=True)
+
+    def drain(self) -> None:
+        """Wait for the runs still training ahead of the search (they are stored, not lost)."""
+        if self.speculative:
+            self._record_outcomes({}, self.executor.wait_for(set(self.speculative)))
+
+    def unused_speculation(self) -> int:
+        return sum(config not in self.requested for config in self.runs)
+
     def evaluate(self, configs: list[Config], seeds: list[int] | None = None) -> list[EvaluatedRun]:
         """Every config on every seed (default: the sweep's seed), in that order; duplicates are run once."""
         pairs = [(dict(hparams), seed) for hparams in configs for seed in (seeds or [self.seed])]
+        self.requested.update((_config_id(hparams, seed), None) for hparams, seed in pairs)
         tasks: dict[str, tuple[Config, int, dict[str, Any]]] = {}
+        ahead: set[str] = set()  # already training speculatively: wait for those
         reused = 0
         for hparams, seed in pairs:
             if _config_id(hparams, seed) in self.runs:
                 continue
             spec = self.spec(hparams, seed)
             key = run_key(spec, self.trainer, self.trainer_code)
+            if key in self.speculative:
+                ahead.add(key)
+                continue
             reason = invalid_reason(spec)
             record = None if reason else self.store.get_result(key)  # a failed run is trained again
             if reason:
@@ -267,12 +307,21 @@ class RunEvaluator:
             self._train({key: tasks.pop(key) for key in claimed if key in tasks})
             if tasks:  # claimed by other live drivers: wait for their results (or for their claims to go stale)
                 time.sleep(CLAIM_POLL_S)
+        ahead &= set(self.speculative)  # some may have come back while this line trained
+        if ahead:
+            self._record_outcomes({}, self.executor.wait_for(ahead))
         return [self.runs[_config_id(hparams, seed)] for hparams, seed in pairs]
 
     def _train(self, tasks: dict[str, tuple[Config, int, dict[str, Any]]]) -> None:
         """Train claimed tasks; store each outcome as it comes, then release its claim."""
-        for outcome in self.executor.run([Task(key, spec) for key, (_, _, spec) in tasks.items()]):
-            hparams, seed, _ = tasks[outcome.key]
+        if tasks:
+            self._record_outcomes(tasks, self.executor.run([Task(key, spec) for key, (_, _, spec) in tasks.items()]))
+
+    def _record_outcomes(self, tasks: dict[str, tuple[Config, int, dict[str, Any]]],
+                         outcomes: Iterator[Outcome]) -> None:
+        """Store each outcome (of `tasks` or of a speculative run) as it comes, then release its claim."""
+        for outcome in outcomes:
+            hparams, seed, _ = tasks[outcome.key] if outcome.key in tasks else self.speculative.pop(outcome.key)
             record = outcome_record(outcome, self.trainer, self.trainer_code)
             self.store.put(outcome.key, record)
             self.claims.release(outcome.key)
@@ -349,7 +398,11 @@ def _descend_in_passes(space: SearchSpace, search: SearchSettings, evaluator: Ru
     trajectory = []
     for pass_number in range(1, search.passes + 1):
         changed = False
-        for h in space.free:
+        for i, h in enumerate(space.free):
+            # The next lines at today's baseline: what the search needs next unless this line moves it.
+            lines_ahead = min(search.speculate, len(space.free) - 1)
+            ahead = [space.free[(i + k) % len(space.free)] for k in range(1, lines_ahead + 1)]
+            evaluator.prefetch([{**baseline, g: v} for g in ahead for v in space.grid[g]])
             # The incumbent rides along with the first slice, so that it costs no batch of its own.
             incumbent, *line = evaluator.evaluate([baseline] + [{**baseline, h: v} for v in space.grid[h]])
             challenger = min(line, key=lambda run: run.rank)
@@ -371,7 +424,7 @@ def _descend_by_neighbourhood(space: SearchSpace, search: SearchSettings, evalua
     trajectory = []
     for pass_number in range(1, search.passes + 1):
         incumbent = evaluator.evaluate(_neighbourhood(space, baseline))[0]
-        base_seed = [run for run in evaluator.runs.values() if run.seed == evaluator.seed]
+        base_seed = [run for run in evaluator.ordered_runs() if run.seed == evaluator.seed]
         challenger = min(base_seed, key=lambda run: run.rank)
         if _beats(challenger, incumbent, search):
             baseline, incumbent = dict(challenger.hparams), challenger
@@ -458,7 +511,7 @@ def _near_best(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvaluat
     if best.status != RunStatus.OK:
         return []
     limit = best.loss + _margin(search, best.loss)
-    close = [run for run in evaluator.runs.values()
+    close = [run for run in evaluator.ordered_runs()
              if run.seed == evaluator.seed and run.status == RunStatus.OK and run.loss <= limit]
     return [{"hparams": run.hparams, "loss": run.loss} for run in sorted(close, key=lambda run: run.loss)]
 
@@ -468,7 +521,7 @@ def _seed_noise(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvalua
     if search.noise_seeds == 0 or best.status != RunStatus.OK:
         return None
     competitors = sorted(
-        (run for run in evaluator.runs.values()
+        (run for run in evaluator.ordered_runs()
          if run.seed == evaluator.seed and run.status == RunStatus.OK and run.hparams != best.hparams),
         key=lambda run: run.loss,
     )[: search.noise_candidates]
@@ -489,46 +542,53 @@ def _seed_noise(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvalua
 
 def _compute(evaluator: RunEvaluator, wall_s: float) -> dict[str, Any]:
     """The cost of every run this sweep's result rests on (token budgets), and what this invocation did."""
-    runs = [run for run in evaluator.runs.values() if run.status != RunStatus.SKIPPED]
+    runs = [run for run in evaluator.ordered_runs() if run.status != RunStatus.SKIPPED]
     tokens = sum(run.spec["scale"]["tokens"] for run in runs)
     flops = sum(run.spec["scale"]["tokens"] * run.spec["scale"]["flops_per_token"] for run in runs)
     return {"runs_planned": len(runs), "runs_trained": evaluator.trained, "runs_reused": evaluator.reused,
-            "tokens": tokens, "flops": flops, "wall_s": round(wall_s, 3)}
+            "runs_speculative_unused": evaluator.unused_speculation(), "tokens": tokens, "flops": flops,
+            "wall_s": round(wall_s, 3)}
 
 
 # --- the sweep ------------------------------------------------------------------------------------------------
 
 
-def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_path: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Coordinate descent at one scale; writes `out_path` (a `SweepResult`, atomically) and returns its JSON."""
+def _study_data(params: StudyParams) -> dict[str, Any] | None:
+    """The prepared data identity when the study trains with optsweep's own trainer (else None)."""
+    if params.study.trainer != DEFAULT_TRAINER:
+        return None
+    from .data import ensure_prepared  # only the default trainer reads prepared shards
+
+    return ensure_prepared(params)
+
+
+def _executor(params: StudyParams) -> Executor:
+    return Executor(params.study.trainer, worker_environments(params.study),
+                    threads=params.study.train.threads_per_worker, train_settings=params.study.train.model_dump())
+
+
+def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, data: dict[str, Any] | None,
+            executor: Executor | SharedPoolClient, progress: bool) -> SweepResult:
+    """Coordinate descent at one scale on a given executor; the result document, not yet written."""
     started = time.perf_counter()
     search = params.search
     space = search_space(params, scale_name, sensitivity_path)
     trainer = params.study.trainer
-    trainer_code = code_identity(trainer)  # a missing trainer module fails here, before data or workers
-    environments = worker_environments(params.study)
-    data = None
-    if trainer == DEFAULT_TRAINER:
-        from .data import ensure_prepared  # only the default trainer reads prepared shards
-
-        data = ensure_prepared(params)
-    label = f"sweep {scale_name}" + (" (law)" if space.phase == "law" else "")
-    bar = Progress(label, progress)
+    trainer_code = code_identity(trainer)
+    bar = Progress(f"sweep {scale_name}" + (" (law)" if space.phase == "law" else ""), progress,
+                   lines_only=isinstance(executor, SharedPoolClient))
     try:
-        with Executor(trainer, environments, threads=params.study.train.threads_per_worker,
-                      train_settings=params.study.train.model_dump()) as executor:
-            store = RunStore(params.study.store)
-            evaluator = RunEvaluator(params, scale_name, data, trainer_code, store, executor, bar)
-            with heartbeat(evaluator.claims):
-                descent, searched, extensions = descend_following_edges(params, space, evaluator)
-                slices = _slices(searched, descent.best, evaluator)
-                noise = _seed_noise(descent.best, search, evaluator)
+        evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
+        with heartbeat(evaluator.claims):
+            descent, searched, extensions = descend_following_edges(params, space, evaluator)
+            slices = _slices(searched, descent.best, evaluator)
+            noise = _seed_noise(descent.best, search, evaluator)
+            evaluator.drain()
     finally:
         bar.close()
     transfer = params.study.lr_transfer
     width = params.scale(scale_name).width
-    result = SweepResult.model_validate(to_strict({
+    return SweepResult.model_validate(to_strict({
         "scale": make_run_spec(params, scale_name, space.baseline, data)["scale"],
         "phase": space.phase,
         "free": space.free,
@@ -546,11 +606,11 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
         "tolerance": search.tolerance,
         "tolerance_kind": search.tolerance_kind,
         "trajectory": descent.trajectory,
-        "runs": [run.report() for run in evaluator.runs.values()],
+        "runs": [run.report() for run in evaluator.ordered_runs()],
         "slices": slices,
         "noise": noise,
         "failed": [{"key": run.key, "hparams": run.hparams, "seed": run.seed, "error": run.reason}
-                   for run in evaluator.runs.values() if run.status == RunStatus.FAILED],
+                   for run in evaluator.ordered_runs() if run.status == RunStatus.FAILED],
         "compute": _compute(evaluator, time.perf_counter() - started),
         "provenance": provenance(
             params.params_hash(),
@@ -562,9 +622,141 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
                          "factor": transfer.factor(width)},
         ),
     }))
+
+
+def _failures(results: list[SweepResult]) -> str | None:
+    failed = [(result.scale["name"], run) for result in results for run in result.failed]
+    if not failed:
+        return None
+    scales = ", ".join(sorted({name for name, _ in failed}))
+    return (f"{scales}: {len(failed)} run(s) failed (a fault, not a result), e.g. {failed[0][1].error}; finished "
+            f"runs are stored, run the sweep again to retry them (`optsweep store list --status failed`)")
+
+
+def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_path: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Coordinate descent at one scale; writes `out_path` (a `SweepResult`, atomically) and returns its JSON.
+
+    Raises `FailedRuns` after writing when runs failed (they are trained again by the next invocation)."""
+    code_identity(params.study.trainer)  # a missing trainer module fails here, before data or workers
+    data = _study_data(params)
+    with _executor(params) as executor:
+        result = _search(params, scale_name, sensitivity_path, data, executor, progress)
     write_document(Path(out_path), result)
-    if result.failed:
-        raise FailedRuns(f"{scale_name}: {len(result.failed)} run(s) failed (a fault, not a result), e.g. "
-                         f"{result.failed[0].error}; finished runs are stored, run the sweep again to "
-                         f"retry them (`optsweep store list --status failed` shows them)")
+    failures = _failures([result])
+    if failures:
+        raise FailedRuns(failures)
     return as_json(result)
+
+
+# --- a whole phase on one pool --------------------------------------------------------------------------------
+
+
+class SharedPoolClient:
+    """One search's view of a pool that the searches of a phase share: its runs go into the common inbox and
+    only its own outcomes come back, so every worker stays busy while each search waits for its line."""
+
+    def __init__(self, inbox: TaskInbox, routes: dict[str, queue.Queue], lock: threading.Lock):
+        self.inbox, self.routes, self.lock = inbox, routes, lock
+        self.outcomes: queue.Queue[Outcome | None] = queue.Queue()
+
+    def start(self) -> None:
+        """The phase started the pool (and ran the preflight) before any search began."""
+
+    def submit(self, tasks: list[Task], speculative: bool = False) -> None:
+        with self.lock:
+            self.routes.update({task.key: self.outcomes for task in tasks})
+        self.inbox.submit(tasks, speculative)
+
+    def wait_for(self, keys: set[str]) -> Iterator[Outcome]:
+        """This search's outcomes as they come (speculative ones too), until every key in `keys` is among them."""
+        pending = set(keys)
+        while pending:
+            outcome = self.outcomes.get()
+            if outcome is None:  # the pool stopped (Ctrl-C)
+                raise KeyboardInterrupt
+            pending.discard(outcome.key)
+            yield outcome
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        self.submit(tasks)
+        yield from self.wait_for({task.key for task in tasks})
+
+
+def _search_in_thread(errors: list[BaseException], results: dict[str, SweepResult], name: str,
+                      *arguments: Any) -> None:
+    try:
+        results[name] = _search(*arguments)
+    except BaseException as error:  # handed to the main thread, which raises it once the phase has stopped
+        errors.append(error)
+
+
+def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Path,
+              sensitivity_path: str | None = None, progress: bool = True) -> dict[str, SweepResult]:
+    """The searches of every scale of a phase at once, on one pool of workers.
+
+    Each scale's coordinate descent runs in its own thread and submits its runs to the shared pool, which
+    the main thread serves (so Ctrl-C, worker deaths and retries behave as for one sweep). A scale's result
+    file is rewritten only when its result changed (`SweepResult.same_search`): a DVC stage downstream of an
+    untouched scale then sees the same file and does not run again."""
+    names = list(params.scales if phase == "phase1" else params.law_scales)
+    code_identity(params.study.trainer)
+    data = _study_data(params)
+    results: dict[str, SweepResult] = {}
+    errors: list[BaseException] = []
+    with _executor(params) as executor:
+        executor.start()  # workers and the device preflight before any search begins
+        if executor.inline:  # one worker: nothing to share, the scales go one after another
+            for name in names:
+                _search_in_thread(errors, results, name, params, name, sensitivity_path, data, executor, progress)
+        else:
+            _serve_phase(executor, names, errors, results, params, sensitivity_path, data, progress)
+    for name, result in results.items():
+        _write_if_changed(out_dir / f"{name}.json", result)
+    if errors:
+        raise errors[0]
+    failures = _failures(list(results.values()))
+    if failures:
+        raise FailedRuns(failures)
+    return results
+
+
+def _serve_phase(executor: Executor, names: list[str], errors: list[BaseException],
+                 results: dict[str, SweepResult], *arguments: Any) -> None:
+    params, sensitivity_path, data, progress = arguments
+    inbox, routes, lock = TaskInbox(), {}, threading.Lock()
+    threads = [threading.Thread(target=_search_in_thread, name=f"search-{name}", daemon=True,
+                                args=(errors, results, name, params, name, sensitivity_path, data,
+                                      SharedPoolClient(inbox, routes, lock), progress))
+               for name in names]
+    for thread in threads:
+        thread.start()
+    def close_when_searched() -> None:
+        for thread in threads:
+            thread.join()
+        inbox.close()
+
+    threading.Thread(target=close_when_searched, name="phase-closer", daemon=True).start()
+    try:
+        for outcome in executor.serve(inbox):
+            with lock:
+                route = routes.pop(outcome.key)
+            route.put(outcome)
+    except KeyboardInterrupt:
+        with lock:
+            for route in routes.values():
+                route.put(None)
+        for thread in threads:
+            thread.join()
+        raise
+    for thread in threads:
+        thread.join()
+
+
+def _write_if_changed(path: Path, result: SweepResult) -> None:
+    try:
+        current = read_document(path, SweepResult) if path.is_file() else None
+    except ParamsError:
+        current = None
+    if current is None or not current.same_search(result):
+        write_document(path, result)

@@ -1,0 +1,70 @@
+"""Device occupancy of phase 1: one sweep per scale after another (before) against all scales on one pool (after).
+
+    .venv/bin/python bench/occupancy.py [--workers 8] [--sleep 1.0] [--params params/presets/paper.yaml]
+
+The study is the paper preset's phase 1 (its three scales, grids, baseline and search settings) with a
+synthetic trainer whose runs all take `--sleep` seconds (the bowl loss surface decides the search path),
+on `--workers` worker processes. Occupancy = the seconds of training done / (workers x wall seconds), the
+wall time counting worker start-up. "Before" runs `run_sweep` for each scale in turn, as DVC's per-scale
+stages did; "after" runs `run_phase`, the `sweeps` stage of dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic trainers; workers inherit it
+
+import yaml  # noqa: E402
+
+from optsweep.config import validate_params  # noqa: E402
+from optsweep.search import run_phase, run_sweep  # noqa: E402
+
+
+def synthetic_study(params_file: Path, store: Path, workers: int, stop_rule: str | None) -> dict:
+    raw = yaml.safe_load(params_file.read_text())
+    raw["study"].update(trainer="synthetic_trainers:sleeper", store=str(store), workers=workers,
+                        train={"device": "cpu"})
+    if stop_rule:
+        raw["search"]["stop_rule"] = stop_rule
+    return raw
+
+
+def occupancy(trained: int, sleep: float, workers: int, wall: float) -> float:
+    return trained * sleep / (workers * wall)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--sleep", type=float, default=1.0, help="seconds per run")
+    parser.add_argument("--params", type=Path, default=Path("params/presets/paper.yaml"))
+    parser.add_argument("--stop-rule", choices=["pass", "neighbourhood"], default=None,
+                        help="search.stop_rule (default: the params file's)")
+    args = parser.parse_args()
+    os.environ["SYNTH_SLEEP"] = str(args.sleep)
+    rule = args.stop_rule or "as in the params"
+    print(f"phase 1 of {args.params} ({args.workers} workers, {args.sleep:g} s per run, stop rule {rule})")
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("before: one scale after another", "after: all scales on one pool"):
+            folder = Path(tmp) / mode.split(":")[0]
+            params = validate_params(synthetic_study(args.params, folder / "runs", args.workers, args.stop_rule))
+            start = time.perf_counter()
+            if mode.startswith("before"):
+                trained = sum(run_sweep(params, name, folder / f"{name}.json", progress=False)["compute"]
+                              ["runs_trained"] for name in params.scales)
+            else:
+                results = run_phase(params, "phase1", folder, progress=False)
+                trained = sum(result.compute.runs_trained for result in results.values())
+            wall = time.perf_counter() - start
+            print(f"{mode:<34} {trained:4d} runs in {wall:7.1f} s: occupancy "
+                  f"{occupancy(trained, args.sleep, args.workers, wall):6.1%}")
+
+
+if __name__ == "__main__":
+    main()
