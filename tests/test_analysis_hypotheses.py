@@ -75,7 +75,7 @@ def test_eps_insensitive():
     # "epsilon underflow": the optimal eps shrinks fast with width, and the loss cares.
     underflow = verdicts(eps=lambda s: 1e-14 * (s.width / 256) ** -4, weight_decay=constant(0.1))
     eps = answer(underflow, "epsilon is insensitive")
-    assert eps["verdict"] == "contradicted" and eps["evidence"]["optimum_shifts"]
+    assert eps["verdict"] == "contradicted" and eps["evidence"]["sensitivity"] == "sensitive"
 
 
 def test_higher_betas_for_longer_training():

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .analysis.optimum import LOG1P_AXIS, LOG_AXIS
+from .analysis.axes import LOG1P_AXIS, LOG_AXIS
 
 sns.set_theme(style="whitegrid", context="notebook")
 
