@@ -39,7 +39,7 @@ sweeps = load_sweeps(Path("results/sweeps"), list(params.scales)) + load_sweeps(
     Path("results/law_sweeps"), list(params.law_scales)
 )
 sensitivity = read_json(Path("results/sensitivity.json"))
-laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity)
+laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity, settings=params.analysis)
 write_json(Path("results/scaling_law.json"), laws)
 display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity['sensitive']) or 'none'}**"))
 
