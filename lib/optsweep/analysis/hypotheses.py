@@ -44,7 +44,9 @@ def _swept(land: Landscape, hparam: str) -> bool:
     return bool(land.slices.get(hparam))
 
 
-def lr_inverse_width(land: Landscape, verdicts: dict, thresholds: dict[str, float], required: Required) -> dict[str, Any]:
+def lr_inverse_width(
+    land: Landscape, verdicts: dict, thresholds: dict[str, float], required: Required
+) -> dict[str, Any]:
     """lr x width constant: carry each scale's optimal lr to scales of another width under that rule.
     Pairs that differ only in model size are used when there are any, so data effects do not interfere."""
     text = "the learning rate scales inversely with width (lr x width constant)"
@@ -188,9 +190,12 @@ def higher_beta_for_longer_training(
     if unmoved and cares:
         why = "the optimum does not move with duration although the loss cares"
         return _answer(text, CONTRADICTED, why, pairs=rows)
-    why = "mixed directions across pairs" if up else (
-        "the optimum moves by a margin within the noise" if not unmoved else "the loss barely depends on it at the longer scales"
-    )
+    if up:
+        why = "mixed directions across pairs"
+    elif not unmoved:
+        why = "the optimum moves by a margin within the noise"
+    else:
+        why = "the loss barely depends on it at the longer scales"
     return _answer(text, INCONCLUSIVE, why, pairs=rows)
 
 
@@ -226,6 +231,7 @@ def warmup_constant(land: Landscape, thresholds: dict[str, float], required: Req
         return _answer(text, SUPPORTED, why, pairs=rows)
     if constant_fails:
         also = "; warmup growing with duration fits" if proportional_fits else " (growing with duration does too)"
-        return _answer(text, CONTRADICTED, "a constant warmup costs significantly above the threshold" + also, pairs=rows)
+        why = "a constant warmup costs significantly above the threshold" + also
+        return _answer(text, CONTRADICTED, why, pairs=rows)
     why = "a constant warmup costs above the threshold, within the noise"
     return _answer(text, INCONCLUSIVE, why, pairs=rows)

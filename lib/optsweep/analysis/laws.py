@@ -320,7 +320,8 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
         together = "one of N and D is the same at every scale" if corr is None else (
             f"N and D move together in these scales (|corr(log N, log D)| = {abs(corr):.3f})"
         )
-        notes.append(f"{together}, so their exponents cannot be separated: fell back to a compute-only law in C = 6 N D")
+        notes.append(f"{together}, so their exponents cannot be separated: fell back to a compute-only law in "
+                     "C = 6 N D")
     kinds, form_notes = _allowed_forms(used, collinear)
     notes += form_notes
 
@@ -359,7 +360,8 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
         "residuals": residuals,
         "loo_rmse": forms[kind]["loo_rmse"],
         "forms": {
-            k: {"form": _form(hparam, k, f["fit"].params), "loo_rmse": f["loo_rmse"], "coefficients": _coefficients(f["fit"])}
+            k: {"form": _form(hparam, k, f["fit"].params), "loo_rmse": f["loo_rmse"],
+                "coefficients": _coefficients(f["fit"])}
             for k, f in forms.items()
         },
         "collinear": collinear,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,5 +110,7 @@ def surface_scatter(configs: pd.DataFrame, swept: list[str]) -> dict[str, float 
     frame = frame.loc[:, (np.ptp(frame.to_numpy(), axis=0) > 0) | (frame.columns == "const")]
     if len(local) <= np.linalg.matrix_rank(frame.to_numpy()):
         return {"std": None, "dof": 0}
-    fit = sm.OLS(local["loss"].to_numpy(float), frame).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a rank-deficient window is fine: the residual dof use the rank
+        fit = sm.OLS(local["loss"].to_numpy(float), frame).fit()
     return {"std": float(math.sqrt(max(fit.scale, 0.0))), "dof": int(round(fit.df_resid))}

@@ -320,7 +320,8 @@ def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
     """A run table from our sweep results (results/sweeps/*.json, results/law_sweeps/*.json).
 
     Every trained run is a row; skipped runs (never trained) and failed runs (a fault, missing data) are
-    dropped and diverged runs have a NaN loss. A run listed twice (same key) is kept once. lr is the effective lr the run trained with.
+    dropped and diverged runs have a NaN loss. A run listed twice (same key) is kept once. lr is the
+    effective lr the run trained with.
     """
     rows: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
