@@ -162,20 +162,23 @@ def _design(points: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 class CensoredPowerLaw(GenericLikelihoodModel):
-    """y = X beta + e, e ~ N(0, (sigma x rel_i)^2); a censored point only says y >= (or <=) its value."""
+    """y = X beta + e, e ~ N(0, tau^2 + se_i^2): each optimum's own standard error se_i (known from the
+    measured noise) plus the law's misfit tau (estimated); a censored point only says y >= (or <=) its value.
+    Absolute errors, not relative weights: with few observed optima a free overall scale would be estimated
+    far too small, and the intervals with it."""
 
-    def __init__(self, endog, exog, relative_stderr: np.ndarray, censored: np.ndarray, **kwargs):
+    def __init__(self, endog, exog, stderr: np.ndarray, censored: np.ndarray, **kwargs):
         super().__init__(endog, exog, **kwargs)
-        self.relative_stderr, self.censored = relative_stderr, censored
-        self.exog_names.append("log_sigma")
+        self.stderr, self.censored = stderr, censored
+        self.exog_names.append("log_tau")
         self.k_extra = 1
         self.nparams = exog.shape[1] + 1
         self.df_model = exog.shape[1] - 1
         self.df_resid = len(endog) - self.nparams
 
     def loglikeobs(self, params: np.ndarray) -> np.ndarray:
-        beta, sigma = params[:-1], np.hypot(np.exp(params[-1]), SIGMA_FLOOR)
-        scale = sigma * self.relative_stderr
+        beta, tau = params[:-1], np.hypot(np.exp(params[-1]), SIGMA_FLOOR)
+        scale = np.hypot(tau, self.stderr)
         z = (self.endog - self.exog @ beta) / scale
         return np.where(
             self.censored == 0, norm.logpdf(z) - np.log(scale),
@@ -226,8 +229,9 @@ def _fit_form(hparam: str, points: pd.DataFrame, kind: str) -> LawFit:
         wls = sm.WLS(y[observed], design[observed], weights=1.0 / rel[observed] ** 2).fit()
     if not censored.any():
         return LawFit(kind, wls.params, wls.cov_params(), float(np.sqrt(wls.scale)), int(wls.df_resid), "WLS", wls)
-    model = CensoredPowerLaw(y, design, rel, censored)
-    start = np.append(wls.params.to_numpy(), np.log(max(np.sqrt(np.nan_to_num(wls.scale)), SIGMA_FLOOR)))
+    stderr = np.nan_to_num(points["stderr"].to_numpy(float), nan=0.0)
+    model = CensoredPowerLaw(y, design, stderr, censored)
+    start = np.append(wls.params.to_numpy(), np.log(max(float(np.std(wls.resid)), SIGMA_FLOOR)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from the optimizer
         result = model.fit(start_params=start, method="nm", maxiter=4000, disp=False)
@@ -238,8 +242,9 @@ def _fit_form(hparam: str, points: pd.DataFrame, kind: str) -> LawFit:
     information = -np.asarray(model.hessian(result.params))
     inverse = np.linalg.pinv(information) if np.isfinite(information).all() else np.full_like(information, np.nan)
     covariance = pd.DataFrame(inverse[:-1, :-1], index=names, columns=names)
-    sigma = float(np.hypot(np.exp(result.params[-1]), SIGMA_FLOOR))
-    return LawFit(kind, params, covariance, sigma, None, "censored MLE (Tobit)", result)
+    # a new optimum's spread: the misfit plus a typical optimum's own error
+    spread = float(np.hypot(np.hypot(np.exp(result.params[-1]), SIGMA_FLOOR), np.median(stderr[censored == 0])))
+    return LawFit(kind, params, covariance, spread, None, "censored MLE (Tobit)", result)
 
 
 def _loo_rmse(hparam: str, points: pd.DataFrame, kind: str) -> float | None:

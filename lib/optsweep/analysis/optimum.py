@@ -150,6 +150,82 @@ def find_optimum(slice_: Slice, noise: float = 0.0) -> Optimum:
     return Optimum(grid_value, refined, None, loss, f"parabola through {len(window)} runs", "refined", stderr)
 
 
+def find_optimum_on_surface(
+    configs: pd.DataFrame, slice_: Slice, swept: list[str], noise: float = 0.0
+) -> Optimum | None:
+    """On a full 2-D grid, the optimum of the slice's hyperparameter from the local quadratic surface over it
+    and a partner hyperparameter (up to 2 grid steps either side of the best in both), or None when no
+    partner has the complete 3 x 3 block of finite runs around the best that a surface needs.
+
+    The same rule as on a slice: the vertex must lie strictly between the best run's neighbours along both
+    axes, else the measured best stands. An edge optimum is left to the slice (None)."""
+    hparam, i = slice_.hparam, slice_.best_index
+    best_value = slice_.values[i]
+    if best_value in (slice_.grid[0], slice_.grid[-1]):
+        return None
+    center = configs[(configs[hparam] == best_value) & (configs["loss"] == slice_.losses[i])].iloc[0]
+    for partner in (h for h in swept if h != hparam):
+        block = _block(configs, center, hparam, partner, swept)
+        if block is not None:
+            return _surface_vertex(block, center, hparam, partner, slice_, noise)
+    return None
+
+
+def _block(
+    configs: pd.DataFrame, center: pd.Series, hparam: str, partner: str, swept: list[str]
+) -> pd.DataFrame | None:
+    """The runs within 2 grid steps of `center` along `hparam` and `partner` (every other hyperparameter at
+    the center's value), or None unless the 3 x 3 core around the center was run and finished."""
+    same = np.ones(len(configs), dtype=bool)
+    for h in swept:
+        if h not in (hparam, partner):
+            same &= (configs[h] == center[h]).to_numpy()
+    rows = configs[same].copy()
+    for h in (hparam, partner):
+        grid = np.sort(configs[h].unique())
+        rows[f"_{h}_step"] = np.searchsorted(grid, rows[h]) - np.searchsorted(grid, center[h])
+    near = rows[(rows[f"_{hparam}_step"].abs() <= 2) & (rows[f"_{partner}_step"].abs() <= 2)]
+    core = near[(near[f"_{hparam}_step"].abs() <= 1) & (near[f"_{partner}_step"].abs() <= 1)]
+    if len(core) < 9 or core["loss"].isna().any():
+        return None
+    return near[near["loss"].notna()]
+
+
+def _surface_vertex(
+    block: pd.DataFrame, center: pd.Series, hparam: str, partner: str, slice_: Slice, noise: float
+) -> Optimum:
+    u = to_axis(hparam, block[hparam]) - float(to_axis(hparam, center[hparam]))
+    v = to_axis(partner, block[partner]) - float(to_axis(partner, center[partner]))
+    design = np.stack([np.ones_like(u), u, v, u**2, v**2, u * v], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, block["loss"].to_numpy(float), rcond=None)
+
+    def vertex(c: np.ndarray) -> np.ndarray:
+        hessian = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])
+        return np.linalg.solve(hessian, -c[1:3]) if np.linalg.det(hessian) != 0 else np.array([np.inf, np.inf])
+
+    grid_value, loss = float(center[hparam]), float(center["loss"])
+    resolution = float(np.mean(np.abs(np.diff(to_axis(hparam, slice_.grid))))) / math.sqrt(12)
+    hessian = np.array([[2 * coefficients[3], coefficients[5]], [coefficients[5], 2 * coefficients[4]]])
+    found = vertex(coefficients)
+    # the nearest runs either side of the center along each axis (the 3 x 3 core guarantees both exist)
+    steps = {h: (float(x[x < 0].max()), float(x[x > 0].min()))
+             for h, x in ((hparam, u[np.abs(v) < 1e-12]), (partner, v[np.abs(u) < 1e-12]))}
+    inside = all(steps[h][0] < found[k] < steps[h][1] for k, h in enumerate((hparam, partner)))
+    if not np.all(np.linalg.eigvalsh(hessian) > 0) or not inside:
+        why = "the local surface over " + partner + " has no minimum strictly between the best run's neighbours"
+        return Optimum(grid_value, grid_value, None, loss, f"measured best: {why}", "measured", resolution)
+    # delta method, the gradient of the vertex's first coordinate by finite differences
+    covariance = noise**2 * np.linalg.pinv(design.T @ design)
+    gradient = np.array([
+        (vertex(coefficients + e)[0] - vertex(coefficients - e)[0]) / (2 * 1e-7) for e in np.eye(6) * 1e-7
+    ])
+    stderr = float(np.sqrt(max(gradient @ covariance @ gradient, 0.0)))
+    stderr = min(max(stderr, 1e-3 * resolution), (steps[hparam][1] - steps[hparam][0]) / 2)
+    refined = float(from_axis(hparam, float(to_axis(hparam, grid_value)) + found[0]))
+    return Optimum(grid_value, refined, None, loss, f"local surface over {hparam} x {partner} ({len(block)} runs)",
+                   "refined", stderr)
+
+
 @dataclass
 class Landscape:
     """Slices and optima of some hyperparameters at every scale of a run table."""
@@ -171,15 +247,14 @@ class Landscape:
         scales = scales_frame(table, configs)
         noise = measure_noise(table, configs, scales["best_loss"], swept)
         slices: dict[str, dict[str, Slice]] = {h: {} for h in hparams}
+        optima: dict[str, dict[str, Optimum]] = {h: {} for h in hparams}
         for scale, group in configs.groupby("scale", sort=False):
             for h in hparams:
                 found = find_slice(group, h, swept)
                 if found is not None:
                     slices[h][scale] = found
-        optima = {
-            h: {scale: find_optimum(s, noise.config_std(scale)) for scale, s in by_scale.items()}
-            for h, by_scale in slices.items()
-        }
+                    on_surface = find_optimum_on_surface(group, found, swept, noise.config_std(scale))
+                    optima[h][scale] = on_surface or find_optimum(found, noise.config_std(scale))
         return cls(scales, configs, slices, optima, noise)
 
     def pairs(self, hparam: str) -> list[tuple[str, str]]:
