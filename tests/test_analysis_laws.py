@@ -164,6 +164,9 @@ def test_lr_against_width():
     assert all(p["lr_x_width"] == pytest.approx(2.0) for p in lr_width["points"])
     assert lr_width["width_exponent"]["estimate"] == pytest.approx(-1.0, abs=1e-6)
     assert lr_width["width_exponent"]["inverse_width_in_ci"]
+    # the width rule the sensitivity chose, beside the fit
+    assert lr_width["sensitivity_rule"] == "inverse_width" and lr_width["agrees"]
+    assert "lies inside the fitted interval" in lr_width["note"]
 
 
 def test_predict_gives_a_complete_set_with_intervals(step_law):

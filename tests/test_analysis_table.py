@@ -120,6 +120,7 @@ def sweep_result(name: str, width: int, tokens: int, phase: str = "phase1") -> d
         run(f"{name}f", 0.08, 0.1, None, "skipped"),
         run(f"{name}b", 0.02, 0.1, 3.05),  # listed twice (e.g. shared by two passes): counted once
         run(f"{name}g", 0.02, 0.1, 3.06, seed=1),
+        run(f"{name}h", 0.01, 0.0, None, "failed"),  # a fault: missing data, dropped (never a divergence)
     ]
     return {
         "scale": {"name": name, "width": width, "depth": 2, "n_params": 12 * 2 * width**2, "tokens": tokens, "steps": tokens // 1024},
