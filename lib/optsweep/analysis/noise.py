@@ -47,12 +47,16 @@ class Noise:
         """Std of the difference between two configs' losses at `scale`."""
         return math.sqrt(2.0) * self.config_std(scale)
 
+    @property
+    def sources(self) -> list[str]:
+        """What measured the noise: "surface" (scatter about the local fits), "seeds", both or neither."""
+        return [name for name, present in (("surface", self._surface_dof() > 0), ("seeds", self.seeds)) if present]
+
     def as_dict(self) -> dict[str, Any]:
-        sources = [name for name, present in (("surface", self._surface_dof() > 0), ("seeds", self.seeds)) if present]
         return {
             "relative_std": self.relative,
             "dof": self.dof,
-            "sources": sources,
+            "sources": self.sources,
             "per_scale": {
                 scale: {"config_std": self.config_std(scale), "difference_std": self.difference_std(scale),
                         "surface_std": self.surface.get(scale, {}).get("std"),

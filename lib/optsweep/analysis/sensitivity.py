@@ -97,7 +97,7 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
         "noise": land.noise.as_dict(),
         "blown_up": {"rise": settings.divergence_rise, "per_scale": blown_up_counts(table)},
         "batch_size_unit": table.attrs.get("batch_size_unit", "sequences"),
-        "warnings": noise_warnings(land, settings, thresholds),
+        "warnings": noise_warnings(land, settings),
         "scales": {
             scale: {
                 "n_params": int(row["n_params"]), "tokens": int(row["tokens"]), "width": int(row["width"]),
@@ -114,10 +114,14 @@ def scale_thresholds(scales: pd.DataFrame, settings: AnalysisSettings, noise: No
     a difference between two configs there (unless `use_seed_noise` is off)."""
     thresholds = {}
     for scale, best_loss in scales["best_loss"].items():
-        value = settings.threshold * best_loss if settings.threshold_kind == "relative" else settings.threshold
         floor = noise.difference_std(scale) if settings.use_seed_noise else 0.0
-        thresholds[scale] = float(max(value, floor))
+        thresholds[scale] = float(max(configured_threshold(settings, best_loss), floor))
     return thresholds
+
+
+def configured_threshold(settings: AnalysisSettings, best_loss: float) -> float:
+    """The settings' threshold at a scale whose best loss is `best_loss` (before the noise floor)."""
+    return settings.threshold * best_loss if settings.threshold_kind == "relative" else settings.threshold
 
 
 def judged_against(land: Landscape, hparams: list[str], settings: AnalysisSettings) -> Significance:
@@ -128,12 +132,12 @@ def judged_against(land: Landscape, hparams: list[str], settings: AnalysisSettin
     return Significance(z, comparisons, settings.significance, noise)
 
 
-def noise_warnings(land: Landscape, settings: AnalysisSettings, thresholds: dict[str, float]) -> list[str]:
+def noise_warnings(land: Landscape, settings: AnalysisSettings) -> list[str]:
     """A warning when the measured noise is above the configured threshold (the verdicts are then judged
     against the noise, and a finer grid will not make a hyperparameter look sensitive)."""
     noisy = {}
     for scale, best_loss in land.scales["best_loss"].items():
-        configured = settings.threshold * best_loss if settings.threshold_kind == "relative" else settings.threshold
+        configured = configured_threshold(settings, best_loss)
         if land.noise.difference_std(scale) > configured:
             noisy[scale] = (land.noise.difference_std(scale), configured)
     if not noisy:
@@ -141,7 +145,7 @@ def noise_warnings(land: Landscape, settings: AnalysisSettings, thresholds: dict
     scale, (measured, configured) = max(noisy.items(), key=lambda item: item[1][0] / item[1][1])
     return [
         f"noise: the loss of one config scatters by {land.noise.relative:.2%} of the loss "
-        f"({', '.join(land.noise.as_dict()['sources'])}); the difference between two configs ({measured:.3g} at "
+        f"({', '.join(land.noise.sources)}); the difference between two configs ({measured:.3g} at "
         f"{scale}) exceeds the configured threshold ({configured:.3g}) at {len(noisy)} of {len(land.scales)} "
         f"scales: thresholds were raised to it"
         + ("" if settings.use_seed_noise else " (not applied: use_seed_noise is off)")
