@@ -29,10 +29,13 @@ from optsweep.config import load_params
 from optsweep.jsonio import read_json, write_json
 from optsweep.paths import enter_root
 from optsweep.report import (
+    analysis_warnings,
     compute_summary,
     hypotheses_frame,
     law_curves,
+    law_forms_frame,
     load_sweeps,
+    noise_frame,
     provenance_frame,
     recommended_frame,
     scales_frame,
@@ -49,6 +52,8 @@ law_phase = load_sweeps(paths.sweeps("law"), list(params.law_scales))
 sensitivity = read_json(paths.sensitivity)
 laws = read_json(paths.scaling_law)
 write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump())  # for `dvc metrics`
+if analysis_warnings(sensitivity, laws):
+    display(Markdown("## Warnings\n" + analysis_warnings(sensitivity, laws)))
 
 # %% [markdown]
 # ## Recommended hyperparameters
@@ -67,9 +72,13 @@ plots.loss_slices(slices_frame(phase1));
 
 # %% [markdown]
 # ## Sensitivity to scale, with the reason for each verdict
+# One verdict per hyperparameter: sensitive (the margin over the threshold beats z x the noise of a
+# difference, z corrected for the number of comparisons), insensitive (no margin), or inconclusive (a margin
+# within the noise). Below: the noise measured at each scale and the runs marked diverged because they blew up.
 
 # %%
-styled(sensitivity_frame(sensitivity))
+display(styled(sensitivity_frame(sensitivity)))
+styled(noise_frame(sensitivity))
 
 # %% [markdown]
 # ## Scaling laws for the sensitive hyperparameters
@@ -78,13 +87,19 @@ styled(sensitivity_frame(sensitivity))
 if not laws["laws"]:
     display(Markdown("No hyperparameter was sensitive to scale: no law to fit."))
 for hparam, law in laws["laws"].items():
-    display(Markdown(f"**{hparam}**: `{law['form']}`, R^2 = {law['r2']:.3f}, {law['n_points']} points. {law['note']}"))
+    r2 = "-" if law["r2"] is None else f"{law['r2']:.3f}"
+    display(Markdown(f"**{hparam}**: `{law['form']}`, R^2 = {r2}, {law['n_points']} points. {law['note']}"))
     display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
+    display(styled(law_forms_frame(law)))
     plots.law_points(pd.DataFrame(law["points"]), law_curves(laws, hparam), hparam)
     plt.show()
     display(styled(pd.DataFrame(law["points"])))
 for hparam, reason in laws["unfitted"].items():
     display(Markdown(f"**{hparam}** is sensitive but has no law: {reason}"))
+for hparam, reason in laws.get("skipped", {}).items():
+    display(Markdown(f"**{hparam}**: {reason}"))
+if laws.get("lr_width") and laws["lr_width"].get("width_exponent"):
+    display(Markdown(f"lr against width: {laws['lr_width']['note']}"))
 
 # %% [markdown]
 # ## The brief's hypotheses

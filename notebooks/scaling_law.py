@@ -31,7 +31,7 @@ from optsweep.analysis import fit_scaling_laws, runs_table_from_sweeps
 from optsweep.config import load_params
 from optsweep.jsonio import read_json, write_json
 from optsweep.paths import enter_root
-from optsweep.report import law_curves, load_sweeps, styled
+from optsweep.report import analysis_warnings, law_curves, law_forms_frame, load_sweeps, styled
 
 paths = enter_root()
 params = load_params(params_file or paths.params)
@@ -39,19 +39,23 @@ sweeps = load_sweeps(paths.sweeps("phase1"), list(params.scales)) + load_sweeps(
     paths.sweeps("law"), list(params.law_scales)
 )
 sensitivity = read_json(paths.sensitivity)
-laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity)
+laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity, settings=params.analysis)
 write_json(paths.scaling_law, laws)
 display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity['sensitive']) or 'none'}**"))
+if laws["warnings"]:
+    display(Markdown(analysis_warnings({}, laws)))
 
 # %% [markdown]
 # ## Fitted laws, coefficients with 95% intervals
 
 # %%
 for hparam, law in laws["laws"].items():
-    loo = "undefined (a point has leverage 1)" if law["loo_rmse"] is None else f"{law['loo_rmse']:.3f}"
+    loo = "undefined (too few points)" if law["loo_rmse"] is None else f"{law['loo_rmse']:.3f}"
+    r2 = "-" if law["r2"] is None else f"{law['r2']:.3f}"
     display(Markdown(f"### {hparam}: `{law['form']}`  \n{law['note']}  \n"
-                     f"R^2 = {law['r2']:.3f}, leave-one-out RMSE (log) = {loo}, {law['n_points']} points"))
+                     f"R^2 = {r2}, leave-one-out RMSE (log) = {loo}, {law['n_points']} points"))
     display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
+    display(styled(law_forms_frame(law)))
     print(law["summary"])
 
 # %% [markdown]
@@ -69,5 +73,9 @@ for hparam, law in laws["laws"].items():
 display(styled(pd.DataFrame(laws["lr_width"]["points"])) if laws.get("lr_width") else Markdown("lr was not swept."))
 for hparam, reason in laws["unfitted"].items():
     display(Markdown(f"**{hparam}** is sensitive but has no law: {reason}"))
+for hparam, reason in laws["skipped"].items():
+    display(Markdown(f"**{hparam}**: {reason}"))
+if laws.get("lr_width"):
+    display(Markdown(f"Width rule used by the sensitivity beside the width fit: {laws['lr_width']['note']}"))
 display(Markdown(f"Loss law: {laws['loss_law']['form']}" if laws.get("loss_law") and laws["loss_law"].get("form")
                  else f"Loss law not fitted: {(laws.get('loss_law') or {}).get('reason', 'not enough scales')}"))

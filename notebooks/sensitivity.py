@@ -15,7 +15,8 @@
 # # Which hyperparameters are sensitive to scale?
 # A hyperparameter is *sensitive* when both of the brief's standards hold: the loss cares about it (moving
 # away from the optimum costs more than the noise threshold) and its optimum shifts between scales (judged
-# by regret: what one scale's optimum costs at another). Scale pairs that differ only in data or only in
+# by regret: what one scale's optimum costs at another) by a margin significant against the measured noise;
+# *inconclusive* when that margin is within the noise, *insensitive* when there is none. Scale pairs that differ only in data or only in
 # model size tell what causes a shift. The original study's rule (one value near-best at every scale =
 # stable) is shown beside it.
 
@@ -24,13 +25,22 @@ params_file = ""  # default: the active params/study.yaml
 
 # %%
 import pandas as pd
+from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
 from optsweep.config import load_params
 from optsweep.jsonio import write_json
 from optsweep.paths import enter_root
-from optsweep.report import hypotheses_frame, load_sweeps, sensitivity_frame, slices_frame, styled
+from optsweep.report import (
+    analysis_warnings,
+    hypotheses_frame,
+    load_sweeps,
+    noise_frame,
+    sensitivity_frame,
+    slices_frame,
+    styled,
+)
 
 paths = enter_root()
 params = load_params(params_file or paths.params)
@@ -38,9 +48,19 @@ sweeps = load_sweeps(paths.sweeps("phase1"), params.scales_to_compare())
 table = runs_table_from_sweeps(sweeps)
 sensitivity = analyze_sensitivity(table, params.analysis)
 write_json(paths.sensitivity, sensitivity)
+if analysis_warnings(sensitivity):
+    display(Markdown(analysis_warnings(sensitivity)))
 
 # %%
 styled(sensitivity_frame(sensitivity))
+
+# %% [markdown]
+# ## Noise per scale, and runs marked diverged because they blew up
+# The noise is measured from the scatter of the runs about a local quadratic surface (and from seeds where
+# there are any); it floors the threshold, and a verdict needs a margin over z x the noise of a difference.
+
+# %%
+styled(noise_frame(sensitivity))
 
 # %% [markdown]
 # ## Loss against each hyperparameter at each scale (relative to that scale's best; x = diverged)

@@ -94,23 +94,27 @@ def run_table(
     *,
     design: str = "slices",
     noise: float = 0.0,
+    relative_noise: float = 0.0,
     seeds: int = 1,
     seed: int = 0,
     diverged: Callable[[Scale, dict[str, float]], bool] | None = None,
 ) -> pd.DataFrame:
     """One row per (config, seed). design "slices": the best grid config and its 1-D slices; "grid": every
-    combination. `diverged(scale, config)` marks runs whose loss becomes NaN."""
+    combination. `noise` is an absolute std, `relative_noise` a multiplicative one (a fraction of the loss).
+    `diverged(scale, config)` marks runs whose loss becomes NaN (status "diverged")."""
     rng = np.random.default_rng(seed)
     rows = []
     for scale in scales:
         for config in _configs(truth, scale, design):
             for s in range(seeds):
                 loss = truth.loss(scale, config) + (rng.normal(0.0, noise) if noise else 0.0)
+                loss *= 1.0 + (rng.normal(0.0, relative_noise) if relative_noise else 0.0)
+                status = "ok"
                 if diverged is not None and diverged(scale, config):
-                    loss = float("nan")
+                    loss, status = float("nan"), "diverged"
                 rows.append(
                     {"scale": scale.name, "n_params": scale.n_params, "tokens": scale.tokens,
-                     "width": scale.width, **config, "seed": s, "loss": loss}
+                     "width": scale.width, **config, "seed": s, "loss": loss, "status": status}
                 )
     return pd.DataFrame(rows)
 

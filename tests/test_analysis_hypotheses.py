@@ -75,7 +75,7 @@ def test_eps_insensitive():
     # "epsilon underflow": the optimal eps shrinks fast with width, and the loss cares.
     underflow = verdicts(eps=lambda s: 1e-14 * (s.width / 256) ** -4, weight_decay=constant(0.1))
     eps = answer(underflow, "epsilon is insensitive")
-    assert eps["verdict"] == "contradicted" and eps["evidence"]["optimum_shifts"]
+    assert eps["verdict"] == "contradicted" and eps["evidence"]["sensitivity"] == "sensitive"
 
 
 def test_higher_betas_for_longer_training():
@@ -110,3 +110,16 @@ def test_every_hypothesis_is_answered_and_unswept_ones_are_inconclusive():
     assert {a["verdict"] for a in answers.values()} <= {"supported", "contradicted", "inconclusive"}
     for text in ("the learning rate", "clip = 1", "epsilon", "a higher beta1", "a higher beta2", "warmup"):
         assert answer(answers, text)["verdict"] == "inconclusive"
+
+
+def test_a_hypothesis_whose_two_alternatives_fit_equally_well_is_inconclusive():
+    # The loss barely cares about warmup: constant and growing warmup both cost less than the threshold.
+    truth = Truth(
+        optimum={"warmup": constant(2000), "lr": lambda s: 2.0 / s.width},
+        curvature={"warmup": 0.001, "lr": 0.2},
+        grid={"warmup": GRIDS["warmup"], "lr": GRIDS["lr"]},
+    )
+    answers = analyze_sensitivity(run_table(truth, SCALES))["hypotheses"]
+    warmup = next(a for a in answers if a["hypothesis"].startswith("warmup"))
+    assert warmup["verdict"] == "inconclusive" and "equally well" in warmup["evidence"]["why"]
+    assert warmup["sensitivity_verdict"] == "insensitive"

@@ -94,13 +94,17 @@ def test_betas_are_fitted_on_one_minus_beta():
     laws = fit_scaling_laws(run_table(truth, scales), {"sensitive": ["beta2"], "recommended": {}}, loss_law=False)
     law = laws["laws"]["beta2"]
     assert law["transform"] == "log(1 - h)" and law["form"].startswith("1 - beta2* =")
+    # a D-only truth is recovered as a D-only law (the N and D form fits as well, with one more exponent)
+    assert law["kind"] == "D" and set(law["forms"]) == {"compute", "N", "D", "N_D"}
     assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(-0.1, abs=1e-6)
-    assert law["coefficients"]["N_exponent"]["estimate"] == pytest.approx(0.0, abs=1e-6)
+    assert law["forms"]["N_D"]["coefficients"]["N_exponent"]["estimate"] == pytest.approx(0.0, abs=1e-6)
+    assert law["forms"]["D"]["loo_rmse"] < 1e-6 < law["forms"]["N"]["loo_rmse"]
     predicted = predict(laws, n_params=1e7, tokens=1e10)
     assert predicted["hparams"]["beta2"] == pytest.approx(beta2(llama_scale("x", 320, 1e10)), abs=1e-6)
 
 
-def test_optima_at_the_grid_edge_are_left_out_of_the_law():
+def test_optima_at_the_grid_edge_enter_the_law_as_censored_observations():
+    # The grid stops below the largest optima: the scales whose best run is the top value carry the trend.
     scales = scale_grid([256, 512], [2e9, 8e9, 3.2e10])
     optima = [step_law_lr(s) for s in scales]
     grid = sqrt2_grid(min(optima) / 3, max(optima) * 3)
@@ -108,9 +112,11 @@ def test_optima_at_the_grid_edge_are_left_out_of_the_law():
     at_edge = {s.name for s in scales if truth.best_grid_config(s)["lr"] == max(truth.grid["lr"])}
     assert 1 <= len(at_edge) <= 2
     law = fit_scaling_laws(run_table(truth, scales), ONLY_LR, loss_law=False)["laws"]["lr"]
-    assert {p["scale"] for p in law["points"] if not p["used"]} == at_edge
-    assert all(p["at_edge"] == (p["scale"] in at_edge) for p in law["points"])
-    assert "grid edge" in law["note"] and law["n_points"] == 6 - len(at_edge)
+    assert {p["scale"] for p in law["points"] if p["edge"] == "above"} == at_edge
+    assert all(p["used"] for p in law["points"]) and law["n_censored"] == len(at_edge)
+    assert law["method"].startswith("censored") and "censored observations" in law["note"]
+    assert law["coefficients"]["N_exponent"]["estimate"] == pytest.approx(STEP_LAW["N"], abs=0.03)
+    assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(STEP_LAW["D"], abs=0.03)
 
 
 def test_loss_law_recovers_chinchilla_when_optima_lie_on_the_grid():
@@ -158,6 +164,9 @@ def test_lr_against_width():
     assert all(p["lr_x_width"] == pytest.approx(2.0) for p in lr_width["points"])
     assert lr_width["width_exponent"]["estimate"] == pytest.approx(-1.0, abs=1e-6)
     assert lr_width["width_exponent"]["inverse_width_in_ci"]
+    # the width rule the sensitivity chose, beside the fit
+    assert lr_width["sensitivity_rule"] == "inverse_width" and lr_width["agrees"]
+    assert "lies inside the fitted interval" in lr_width["note"]
 
 
 def test_predict_gives_a_complete_set_with_intervals(step_law):

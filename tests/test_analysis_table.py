@@ -39,7 +39,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (lambda t: t.assign(n_params=t["n_params"].astype(object).where(t.index != 3, "big")), "'n_params'"),
         (lambda t: t.assign(loss=t["loss"].astype(object).where(t.index != 5, "diverged?")), "'loss'"),
         (lambda t: t.assign(beta2=1.5), "'beta2'"),
-        (lambda t: t.assign(loss=np.where(t["scale"] == t["scale"].iloc[0], np.nan, t["loss"])), "'loss'"),
+        (lambda t: t.assign(status=np.where(t["scale"] == t["scale"].iloc[0], "diverged", t["status"])), "'loss'"),
         (lambda t: t.assign(n_params=t["n_params"] + t.index), "'n_params'"),
         (lambda t: t.drop(columns=["lr", "weight_decay"]), "hyperparameter column"),
     ],
@@ -80,12 +80,22 @@ def test_diverged_and_skipped_rows_and_extra_columns(tmp_path):
     table.loc[0, "status"] = "skipped"
     table.loc[1, ["status", "loss"]] = ["diverged", 7.5]
     table.loc[2, "loss"] = math.inf
-    table.loc[3, "loss"] = np.nan
+    table.loc[3, ["status", "loss"]] = ["missing", np.nan]
+    table.loc[4, ["status", "loss"]] = ["failed", 3.5]  # a fault is missing data, never a divergence
     path = tmp_path / "runs.csv"
     table.to_csv(path, index=False)
     loaded = load_runs_table(path)
-    assert len(loaded) == len(table) - 1
-    assert loaded["loss"].isna().sum() == 3
+    assert len(loaded) == len(table) - 3
+    assert loaded["loss"].isna().sum() == 2
+
+
+def test_an_empty_loss_without_a_status_names_its_rows(tmp_path):
+    table = small_table()
+    table.loc[[3, 7], "loss"] = np.nan
+    path = tmp_path / "runs.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(ParamsError, match=r"column 'loss': data rows 4, 8 empty without a status; .*'missing'"):
+        load_runs_table(path)
 
 
 def test_text_in_a_hparam_column_names_row_and_value():
@@ -110,6 +120,7 @@ def sweep_result(name: str, width: int, tokens: int, phase: str = "phase1") -> d
         run(f"{name}f", 0.08, 0.1, None, "skipped"),
         run(f"{name}b", 0.02, 0.1, 3.05),  # listed twice (e.g. shared by two passes): counted once
         run(f"{name}g", 0.02, 0.1, 3.06, seed=1),
+        run(f"{name}h", 0.01, 0.0, None, "failed"),  # a fault: missing data, dropped (never a divergence)
     ]
     return {
         "scale": {"name": name, "width": width, "depth": 2, "n_params": 12 * 2 * width**2, "tokens": tokens, "steps": tokens // 1024},
@@ -131,7 +142,7 @@ def test_runs_table_from_sweeps():
     assert set(sensitivity["scales"]) == {"n1", "n2"}  # phase-1 rows decide sensitivity
     assert sensitivity["fixed"] == {"min_lr_ratio": 0.0, "eps": 1e-15}
     # the seed pair (3.05, 3.06) of one config per phase-1 scale is the only noise measurement
-    assert sensitivity["noise"]["configs"] == 2
+    assert sensitivity["noise"]["seeds"]["configs"] == 2
     assert sensitivity["noise"]["std"] == pytest.approx(np.std([3.05, 3.06], ddof=1))
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ParamsError, load_params
+from .config import AnalysisSettings, ParamsError, load_analysis_settings, load_params
 from .paths import PARAMS_FILE, project
 from .search import FailedRuns
 
@@ -107,8 +107,12 @@ def cmd_store(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze_table
 
-    params = load_params(args.params) if args.params else None
-    written = analyze_table(args.runs_table, Path(args.out), params=params)
+    settings = load_analysis_settings(args.params) if args.params else AnalysisSettings()
+    overrides = {"threshold": args.threshold, "divergence_rise": args.divergence_rise}
+    if args.threshold_kind:
+        overrides["threshold_kind"] = args.threshold_kind
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    written = analyze_table(args.runs_table, Path(args.out), settings=settings)
     for path in written:
         print(path)
 
@@ -197,7 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = add("analyze", cmd_analyze, "sensitivity and scaling laws from a CSV/Parquet table of runs", False)
     analyze.add_argument("runs_table", help="CSV or Parquet: scale, n_params, tokens, width, hparams, loss")
     analyze.add_argument("--out", required=True, help="folder for sensitivity.json and scaling_law.json")
-    analyze.add_argument("--params", default=None, help="params file for the analysis settings (optional)")
+    analyze.add_argument(
+        "--params", default=None,
+        help="the analysis settings: a study params file, or a file holding only an 'analysis:' mapping",
+    )
+    analyze.add_argument("--threshold", type=_positive_float, default=None,
+                         help="loss that counts as mattering (overrides analysis.threshold)")
+    analyze.add_argument("--threshold-kind", choices=("relative", "absolute"), default=None,
+                         help="the threshold as a fraction of each scale's best loss, or in loss units")
+    analyze.add_argument("--divergence-rise", type=_positive_float, default=None,
+                         help="a finite loss this much (relative) above its scale's best counts as diverged "
+                              "(overrides analysis.divergence_rise)")
 
     predict = add("predict", cmd_predict, "recommended hyperparameters for N params and D tokens", False)
     predict.add_argument("--n-params", type=_positive_float, required=True, help="non-embedding parameters")

@@ -269,10 +269,26 @@ class AnalysisSettings(Strict):
 
     threshold: float = Field(0.0025, gt=0, description="loss a hyperparameter must cost to matter")
     threshold_kind: Literal["absolute", "relative"] = "relative"
-    use_seed_noise: bool = Field(True, description="raise the threshold to the measured seed noise")
+    use_seed_noise: bool = Field(
+        True, description="floor the threshold at the measured noise (from seeds and the surface scatter)"
+    )
     divergence_rise: float = Field(
         0.5, gt=0, description="a finite loss this much (relative) above its scale's best is counted as diverged"
     )
+    significance: float = Field(
+        0.05, gt=0, lt=1, description="family-wise error of the sensitive verdicts (Bonferroni over comparisons)"
+    )
+    laws_for: list[str] = Field(
+        default_factory=list, description="hyperparameters to fit a law for even when they are not sensitive"
+    )
+
+    @field_validator("laws_for")
+    @classmethod
+    def _known_hparams(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in ALL_HPARAMS:
+                raise ValueError(f"unknown hyperparameter {name!r}; allowed: {', '.join(ALL_HPARAMS)}")
+        return names
 
 
 class StudyParams(Strict):
@@ -499,3 +515,18 @@ def load_params(path: str | Path, assignments: list[str] | None = None) -> Study
     if hparams:
         raw["baseline"] = {**raw.get("baseline", {}), **hparams}
     return validate_params(raw, source=str(path))
+
+
+def load_analysis_settings(path: str | Path) -> AnalysisSettings:
+    """The analysis settings from a whole study params file or from a file holding only an `analysis:` mapping."""
+    raw = read_params_file(path)
+    if not isinstance(raw, dict) or "analysis" not in raw:
+        raise ParamsError(f"{path}: expected an 'analysis:' mapping (alone, or in a whole study params file)")
+    if set(raw) != {"analysis"}:
+        return load_params(path).analysis
+    try:
+        return AnalysisSettings(**(raw["analysis"] or {}))
+    except ValidationError as error:
+        raise ParamsError(f"{path}: analysis.{_first_error(error)}") from None
+    except TypeError:
+        raise ParamsError(f"{path}: analysis: expected a mapping of settings") from None

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .analysis.optimum import LOG1P_AXIS, LOG_AXIS
+from .analysis.axes import LOG1P_AXIS, LOG_AXIS
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -69,7 +69,10 @@ def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.F
         color = palette.get(tokens, "grey")
         ax.plot(line["n_params"], line["estimate"], color=color, lw=1.5)
         ax.fill_between(line["n_params"], line["lower"], line["upper"], color=color, alpha=0.15)
-    sns.scatterplot(data=points, x="n_params", y="value", hue="tokens", palette=palette, s=70, ax=ax, zorder=5)
+    # an optimum at a grid edge is a bound (the true one lies beyond it): its own marker
+    where = points["edge"].fillna("inside the grid") if "edge" in points.columns else None
+    sns.scatterplot(data=points, x="n_params", y="value", hue="tokens", palette=palette, style=where, s=70, ax=ax,
+                    zorder=5)
     ax.set_xscale("log")
     ax.set_yscale("log" if hparam in LOG_AXIS + LOG1P_AXIS else "linear")
     ax.set_xlabel("N (non-embedding parameters)")

@@ -116,7 +116,7 @@ def recommended_frame(sensitivity: dict[str, Any], laws: dict[str, Any]) -> pd.D
         rows.append(
             {
                 "hyperparameter": hparam,
-                "sensitive to scale": verdict["sensitive"],
+                "verdict": verdict.get("verdict", "sensitive" if verdict["sensitive"] else "insensitive"),
                 "recommended (this study)": ours,
                 "original study (brief)": BRIEF_REPORTED.get(hparam, "-"),
                 "reason": verdict.get("reason", ""),
@@ -143,14 +143,46 @@ def provenance_frame(params: StudyParams, sweeps: list[dict[str, Any]]) -> pd.Da
 
 
 def sensitivity_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
-    """One row per hyperparameter: both standards, the cause, the original study's rule, and why."""
+    """One row per hyperparameter: the verdict with its margin and the noise it was judged against, both
+    standards, the cause, the original study's rule (and why it differs), and why."""
     return pd.DataFrame(
         [
-            {"hyperparameter": h, "sensitive": v["sensitive"], "loss sensitive": v["loss_sensitive"],
-             "optimum shifts": v["optimum_shifts"], "shift cause": v["shift_cause"],
-             "original rule: stable": v["original_rule"]["stable"], "reason": v["reason"]}
+            {"hyperparameter": h, "verdict": v["verdict"], "margin": v["margin"],
+             "required margin (z x noise)": v["required_margin"], "noise of a difference": v["noise"],
+             "loss sensitive": v["loss_sensitive"], "optimum shifts": v["optimum_shifts"],
+             "shift cause": v["shift_cause"], "original rule: stable": v["original_rule"]["stable"],
+             "original rule differs because": v["original_rule"].get("why_differs") or "", "reason": v["reason"]}
             for h, v in sensitivity["hyperparameters"].items()
         ]
+    )
+
+
+def noise_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
+    """Per scale: the measured noise, the threshold it floors, and how many runs the divergence rule marked."""
+    noise, thresholds = sensitivity["noise"], sensitivity["threshold"]["per_scale"]
+    return pd.DataFrame(
+        [
+            {"scale": scale, "best loss": info["best_loss"], "runs": info["runs"],
+             "blown up (marked diverged)": sensitivity["blown_up"]["per_scale"].get(scale, 0),
+             "noise of one config": noise["per_scale"][scale]["config_std"],
+             "noise of a difference": noise["per_scale"][scale]["difference_std"],
+             "surface scatter": noise["per_scale"][scale]["surface_std"], "threshold": thresholds[scale]}
+            for scale, info in sensitivity["scales"].items()
+        ]
+    )
+
+
+def analysis_warnings(sensitivity: dict[str, Any], laws: dict[str, Any] | None = None) -> str:
+    """The analysis' warnings as a Markdown list ("" when there are none), for the top of a report."""
+    found = [*sensitivity.get("warnings", []), *((laws or {}).get("warnings", []))]
+    return "\n".join(f"- **warning**: {w}" for w in found)
+
+
+def law_forms_frame(law: dict[str, Any]) -> pd.DataFrame:
+    """Each law form that was fitted, with its leave-one-out error; the chosen one marked."""
+    return pd.DataFrame(
+        [{"form": k, "law": f["form"], "leave-one-out RMSE (log)": f["loo_rmse"], "chosen": k == law["kind"]}
+         for k, f in law.get("forms", {}).items()]
     )
 
 
@@ -160,7 +192,8 @@ def hypotheses_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
     for answer in sensitivity["hypotheses"]:
         evidence = dict(answer["evidence"])
         why = evidence.pop("why", "")
-        rows.append({"hypothesis": answer["hypothesis"], "verdict": answer["verdict"], "why": why,
+        rows.append({"hypothesis": answer["hypothesis"], "verdict": answer["verdict"],
+                     "sensitivity verdict": answer.get("sensitivity_verdict") or "-", "why": why,
                      "numbers": json.dumps(evidence, default=str) if evidence else ""})
     return pd.DataFrame(rows)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import StudyParams
+from ..config import AnalysisSettings, StudyParams
 from ..jsonio import write_json
 from ..provenance import provenance, stable_hash
 from .laws import fit_scaling_laws
@@ -12,14 +12,17 @@ from .sensitivity import analyze_sensitivity
 from .table import load_runs_table
 
 
-def analyze_table(path: str | Path, out_dir: Path, params: StudyParams | None = None) -> list[Path]:
-    """Validate a CSV/Parquet run table, run both analyses and write their JSON files; returns the paths."""
+def analyze_table(
+    path: str | Path, out_dir: Path, params: StudyParams | None = None, settings: AnalysisSettings | None = None
+) -> list[Path]:
+    """Validate a CSV/Parquet run table, run both analyses and write their JSON files; returns the paths.
+    The settings come from `settings`, else from `params.analysis`, else the defaults."""
     table = load_runs_table(path)
-    settings = params.analysis if params else None
+    settings = settings or (params.analysis if params else AnalysisSettings())
     sensitivity = analyze_sensitivity(table, settings)
-    laws = fit_scaling_laws(table, sensitivity)
+    laws = fit_scaling_laws(table, sensitivity, settings=settings)
     origin = provenance(
-        params.params_hash() if params else stable_hash(sensitivity["threshold"]),
+        params.params_hash() if params else stable_hash(settings.model_dump()),
         runs_table=str(path),
         table_hash=stable_hash(table.to_dict("list")),
     )

@@ -1,13 +1,17 @@
 """Scaling laws: a power law in (N, D) for each sensitive hyperparameter, lr against width, and the loss law.
 
-Hyperparameter laws: log h* = a + b log N + c log D by statsmodels OLS on one optimum per scale (several
-near-optimal runs of one scale are correlated, so they would overstate the evidence). For the betas the
-law is on 1 - beta. When N and D move together in the data (e.g. always D = 20 N) b and c cannot be told
-apart, and the fit falls back to log h* = a + b log C with C = 6 N D, saying so. Optima at a grid edge are
-bounds, not optima, and are left out while enough interior ones remain.
+Hyperparameter laws: log h* = a + b log N + c log D (on 1 - beta for the betas) on one optimum per scale
+(several near-optimal runs of one scale are correlated, so they would overstate the evidence), each
+optimum weighted by its standard error (statsmodels WLS), so a law's intervals reflect how well each optimum
+is known. An optimum at a grid edge is a censored observation (the true optimum lies at or beyond the edge)
+and enters a censored-likelihood fit (a Tobit model on statsmodels' `GenericLikelihoodModel`) instead of
+being dropped. Four forms are compared where the design allows (N and D, N only, D only, compute C = 6 N D
+only), each with its leave-one-out error, and the best by that error (the simplest within 10% of it) is the
+law; when N and D move together only the compute form can be fitted, saying so.
 
 Loss law: L(N, D) = E + A / N^alpha + B / D^beta on the best loss per scale, Huber loss on log L, scipy
-L-BFGS-B from a grid of starts (Hoffmann et al. 2022; Besiroglu et al. 2024).
+L-BFGS-B from a grid of starts (Hoffmann et al. 2022; Besiroglu et al. 2024); rejected, with the reason, when
+E is not between 0 and the lowest observed loss (with margin) or an exponent lies outside (0, 2).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,48 +27,89 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy.optimize import minimize, nnls
 from scipy.special import huber
+from scipy.stats import norm, t
+from statsmodels.base.model import GenericLikelihoodModel
 
-from ..config import ALL_HPARAMS, LrTransfer, ParamsError
-from .optimum import BETA_AXIS, Landscape
-from .table import validate_runs_table
+from ..config import ALL_HPARAMS, AnalysisSettings, LrTransfer, ParamsError
+from .axes import BETA_AXIS, from_axis, to_axis
+from .optimum import WIDTH_RULES, Landscape
+from .table import mark_blown_up, validate_runs_table
 
 # |corr(log N, log D)| above this (variance inflation above ~20) makes the N and D exponents unidentifiable.
 COLLINEAR_CORR = 0.975
 LOSS_LAW_MIN_SCALES = 6
 HUBER_DELTA = 1e-3
 INTEGER_HPARAMS = ("warmup", "batch_size")
+# The regressors of each law form, simplest forms first (they win ties on leave-one-out error).
+FORMS: dict[str, tuple[str, ...]] = {
+    "compute": ("C_exponent",), "N": ("N_exponent",), "D": ("D_exponent",), "N_D": ("N_exponent", "D_exponent"),
+}
+SIGMA_FLOOR = 1e-6  # residual std floor of a censored fit (on log h): noise-free optima would drive it to 0
+LOO_TOLERANCE = 0.10  # a simpler form within 10% of the best leave-one-out error is preferred
+POOR_R2 = 0.5
+LOSS_LAW_E_MARGIN = (0.01, 0.99)  # E must lie in (1%, 99%) of the lowest observed loss
 
 
 def fit_scaling_laws(
-    table: pd.DataFrame, sensitivity: dict[str, Any], *, loss_law: bool = True
+    table: pd.DataFrame, sensitivity: dict[str, Any], *, loss_law: bool = True,
+    settings: AnalysisSettings | None = None,
 ) -> dict[str, Any]:
-    """The scaling_law.json dict: a law per sensitive hyperparameter (from every row of the table, phase-1
-    and law-phase), the constants for the rest, lr against width, and the loss law (loss_law=False skips
-    it, the slow part, when only the hyperparameter laws are wanted).
+    """The scaling_law.json dict: a law per sensitive hyperparameter (and per `settings.laws_for`) from every
+    row of the table, phase-1 and law-phase, the constants for the rest, lr against width beside the width
+    rule the sensitivity used, and the loss law (loss_law=False skips it, the slow part).
 
-    Reads only "sensitive" and "recommended" from `sensitivity`."""
-    table = validate_runs_table(table)
+    Reads "sensitive", "recommended" and (when present) "hyperparameters" from `sensitivity`."""
+    settings = settings or AnalysisSettings()
+    table = mark_blown_up(validate_runs_table(table), settings.divergence_rise)
     sensitive = list(sensitivity["sensitive"])
-    land = Landscape.from_table(table, [h for h in dict.fromkeys([*sensitive, "lr"]) if h in table.columns])
+    asked = [h for h in settings.laws_for if h in table.columns and h not in sensitive]
+    wanted = [*sensitive, *asked]
+    land = Landscape.from_table(table, [h for h in dict.fromkeys([*wanted, "lr"]) if h in table.columns])
     laws, unfitted = {}, {}
-    for hparam in sensitive:
-        points = optimum_points(land, hparam) if hparam in land.slices else pd.DataFrame()
+    for hparam in wanted:
+        points = optimum_points(land, hparam) if land.slices.get(hparam) else pd.DataFrame()
         fitted = fit_hparam_law(hparam, points)
         if isinstance(fitted, str):
             unfitted[hparam] = fitted
         else:
-            laws[hparam] = fitted
-    return {
+            laws[hparam] = fitted | ({"asked": True} if hparam in asked else {})
+    verdicts = sensitivity.get("hyperparameters", {})
+    skipped = {
+        h: f"{v['verdict']}: no law fitted (list it in analysis.laws_for to fit one anyway)"
+        for h, v in verdicts.items() if v.get("verdict", "sensitive") != "sensitive" and h not in laws
+    }
+    lr_rule = verdicts.get("lr", {}).get("evidence", {}).get("width_rule")
+    constants = {h: c for h, c in sensitivity["recommended"].items() if h not in laws}
+    out = {
         "sensitive": sensitive,
         "laws": laws,
         "unfitted": unfitted,
-        "constants": dict(sensitivity["recommended"]),
-        "lr_width": lr_against_width(land) if land.slices.get("lr") else None,
+        "skipped": skipped,
+        "constants": constants,
+        "lr_width": lr_against_width(land, lr_rule) if land.slices.get("lr") else None,
         "loss_law": fit_loss_law(land.scales) if loss_law else {"form": None, "reason": "not requested"},
     }
+    out["warnings"] = law_warnings(out)
+    return out
+
+
+def law_warnings(laws: dict[str, Any]) -> list[str]:
+    """A warning for each law that fits poorly (low R^2, or an exponent whose interval spans 0)."""
+    found = []
+    for hparam, law in laws["laws"].items():
+        if law["r2"] is not None and law["r2"] < POOR_R2:
+            found.append(f"law: {hparam} fits poorly (R^2 {law['r2']:.2f} < {POOR_R2}): do not extrapolate it")
+        for name, c in law["coefficients"].items():
+            if name != "log_prefactor" and c["ci95"][0] <= 0 <= c["ci95"][1]:
+                found.append(f"law: {hparam}'s {name.replace('_', ' ')} interval [{c['ci95'][0]:.3g}, "
+                             f"{c['ci95'][1]:.3g}] spans 0: the data do not say which way it moves")
+    if laws["loss_law"].get("rejected_form"):
+        found.append(f"loss law rejected: {laws['loss_law']['reason']}")
+    return found
 
 
 def optimum_points(land: Landscape, hparam: str) -> pd.DataFrame:
+    """One optimum per scale with its standard error on the law's axis and its censoring (edge optima)."""
     rows = []
     for scale, optimum in land.optima[hparam].items():
         info = land.scales.loc[scale]
@@ -71,9 +117,20 @@ def optimum_points(land: Landscape, hparam: str) -> pd.DataFrame:
             {
                 "scale": scale, "n_params": float(info["n_params"]), "tokens": float(info["tokens"]),
                 "width": int(info["width"]), "value": optimum.refined, "at_edge": optimum.at_edge,
+                "edge": optimum.edge, "bound": optimum.bound, "estimate": optimum.estimate,
+                "stderr": _stderr_on_law_axis(hparam, optimum.refined, optimum.stderr),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _stderr_on_law_axis(hparam: str, value: float, stderr: float) -> float:
+    """A standard error on the hyperparameter's natural axis, carried to the law's axis (delta method)."""
+    x = float(to_axis(hparam, value))
+    h = 1e-6 * max(1.0, abs(x))
+    ends = _transform(hparam, from_axis(hparam, np.array([x - h, x + h])))
+    slope = abs(float(ends[1] - ends[0]) / (2 * h))
+    return stderr * slope if np.isfinite(slope) else math.nan
 
 
 def _transform(hparam: str, values: Any) -> np.ndarray:
@@ -88,18 +145,135 @@ def _untransform(hparam: str, y: Any) -> np.ndarray:
     return -np.expm1(y) if hparam in BETA_AXIS else np.exp(y)
 
 
+def _censoring(hparam: str, edge: str | float | None) -> int:
+    """+1: the law's y lies at or above the bound; -1: at or below; 0: observed (edge None or NaN)."""
+    if not isinstance(edge, str):
+        return 0
+    up = 1 if edge == "above" else -1
+    return -up if hparam in BETA_AXIS else up  # log(1 - beta) falls as beta rises
+
+
 def _design(points: pd.DataFrame, kind: str) -> pd.DataFrame:
     log_n, log_d = np.log(points["n_params"].to_numpy(float)), np.log(points["tokens"].to_numpy(float))
     columns = {"log_prefactor": np.ones(len(points))}
-    if kind == "N_D":
-        columns |= {"N_exponent": log_n, "D_exponent": log_d}
-    else:
-        columns["C_exponent"] = np.log(6.0) + log_n + log_d
+    regressors = {"N_exponent": log_n, "D_exponent": log_d, "C_exponent": np.log(6.0) + log_n + log_d}
+    columns |= {name: regressors[name] for name in FORMS[kind]}
     return pd.DataFrame(columns)
 
 
-def _ols(hparam: str, points: pd.DataFrame, kind: str):
-    return sm.OLS(_transform(hparam, points["value"]), _design(points, kind)).fit()
+class CensoredPowerLaw(GenericLikelihoodModel):
+    """y = X beta + e, e ~ N(0, tau^2 + se_i^2): each optimum's own standard error se_i (known from the
+    measured noise) plus the law's misfit tau (estimated); a censored point only says y >= (or <=) its value.
+    Absolute errors, not relative weights: with few observed optima a free overall scale would be estimated
+    far too small, and the intervals with it."""
+
+    def __init__(self, endog, exog, stderr: np.ndarray, censored: np.ndarray, **kwargs):
+        super().__init__(endog, exog, **kwargs)
+        self.stderr, self.censored = stderr, censored
+        self.exog_names.append("log_tau")
+        self.k_extra = 1
+        self.nparams = exog.shape[1] + 1
+        self.df_model = exog.shape[1] - 1
+        self.df_resid = len(endog) - self.nparams
+
+    def loglikeobs(self, params: np.ndarray) -> np.ndarray:
+        beta, tau = params[:-1], np.hypot(np.exp(params[-1]), SIGMA_FLOOR)
+        scale = np.hypot(tau, self.stderr)
+        z = (self.endog - self.exog @ beta) / scale
+        return np.where(
+            self.censored == 0, norm.logpdf(z) - np.log(scale),
+            np.where(self.censored > 0, norm.logsf(z), norm.logcdf(z)),
+        )
+
+
+@dataclass
+class LawFit:
+    """One fitted form: coefficients with covariance, residual std (for an optimum of average standard
+    error), degrees of freedom for intervals (None: normal, from a likelihood fit), and the statsmodels
+    result for its summary."""
+
+    kind: str
+    params: pd.Series
+    covariance: pd.DataFrame
+    residual_std: float
+    df_resid: int | None
+    method: str
+    result: Any
+
+    def quantile(self) -> float:
+        return float(t.ppf(0.975, self.df_resid)) if self.df_resid else float(norm.ppf(0.975))
+
+    def predict(self, design: pd.DataFrame) -> np.ndarray:
+        return design[self.params.index].to_numpy() @ self.params.to_numpy()
+
+
+def _relative_stderr(points: pd.DataFrame) -> np.ndarray:
+    """Each optimum's standard error over their geometric mean (WLS weights are 1 / this squared); a
+    missing or zero error gets the smallest positive one."""
+    se = points["stderr"].to_numpy(float)
+    positive = se[np.isfinite(se) & (se > 0)]
+    if not len(positive):
+        return np.ones(len(se))
+    se = np.where(np.isfinite(se) & (se > 0), se, positive.min())
+    return se / np.exp(np.log(se).mean())
+
+
+def _fit_form(hparam: str, points: pd.DataFrame, kind: str) -> LawFit:
+    censored = np.array([_censoring(hparam, e) for e in points["edge"]])
+    y = _transform(hparam, np.where(censored != 0, points["bound"], points["value"]))
+    design = _design(points, kind)
+    rel = _relative_stderr(points)
+    observed = censored == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an exact start (no residual left among the observed) is fine here
+        wls = sm.WLS(y[observed], design[observed], weights=1.0 / rel[observed] ** 2).fit()
+    if not censored.any():
+        return LawFit(kind, wls.params, wls.cov_params(), float(np.sqrt(wls.scale)), int(wls.df_resid), "WLS", wls)
+    stderr = np.nan_to_num(points["stderr"].to_numpy(float), nan=0.0)
+    model = CensoredPowerLaw(y, design, stderr, censored)
+    start = np.append(wls.params.to_numpy(), np.log(max(float(np.std(wls.resid)), SIGMA_FLOOR)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter from the optimizer
+        result = model.fit(start_params=start, method="nm", maxiter=4000, disp=False)
+        result = model.fit(start_params=result.params, method="bfgs", maxiter=1000, disp=False)
+    names = list(design.columns)
+    params = pd.Series(result.params[:-1], index=names)
+    # the inverse observed information (pinv: a direction the data leave flat gets no finite variance claim)
+    information = -np.asarray(model.hessian(result.params))
+    inverse = np.linalg.pinv(information) if np.isfinite(information).all() else np.full_like(information, np.nan)
+    covariance = pd.DataFrame(inverse[:-1, :-1], index=names, columns=names)
+    # a new optimum's spread: the misfit plus a typical optimum's own error
+    spread = float(np.hypot(np.hypot(np.exp(result.params[-1]), SIGMA_FLOOR), np.median(stderr[censored == 0])))
+    return LawFit(kind, params, covariance, spread, None, "censored MLE (Tobit)", result)
+
+
+def _loo_rmse(hparam: str, points: pd.DataFrame, kind: str) -> float | None:
+    """Leave-one-out error over the observed (not censored) optima: refit without each, predict it."""
+    errors = []
+    y = _transform(hparam, points["value"])
+    if points["edge"].isna().all():  # WLS: the closed form, residual / (1 - leverage) on the weighted design
+        if not _enough(points.iloc[1:], kind):
+            return None
+        weighted = _design(points, kind).to_numpy() / _relative_stderr(points)[:, None]
+        leverage = np.einsum("ij,ij->i", weighted @ np.linalg.pinv(weighted.T @ weighted), weighted)
+        if np.any(leverage > 1 - 1e-9):
+            return None
+        fit = _fit_form(hparam, points, kind)
+        return float(np.sqrt(np.mean(((y - fit.predict(_design(points, kind))) / (1 - leverage)) ** 2)))
+    for i in np.flatnonzero(points["edge"].isna().to_numpy()):
+        rest = points.drop(index=points.index[i])
+        if not _enough(rest, kind):
+            return None
+        fit = _fit_form(hparam, rest, kind)
+        errors.append(float(fit.predict(_design(points.iloc[[i]], kind))[0] - y[i]))
+    return float(np.sqrt(np.mean(np.square(errors)))) if errors else None
+
+
+def _enough(points: pd.DataFrame, kind: str) -> bool:
+    """Whether a form can be fitted with a residual left over: as many observed optima as coefficients, and
+    one more optimum (observed or censored) for the residual std."""
+    coefficients = len(FORMS[kind]) + 1
+    return int(points["edge"].isna().sum()) >= coefficients and len(points) >= coefficients + 1
 
 
 def _collinear(x: Any, y: Any) -> bool:
@@ -117,93 +291,140 @@ def _collinearity(points: pd.DataFrame) -> tuple[bool, float | None, float]:
     return _collinear(log_n, log_d), corr, condition
 
 
+def _allowed_forms(used: pd.DataFrame, collinear: bool) -> tuple[list[str], list[str]]:
+    """The forms this design can fit, and notes on the ones it cannot."""
+    if collinear:
+        return ["compute"], []
+    forms, notes = ["compute", "N", "D"], []
+    if _enough(used, "N_D"):
+        forms.append("N_D")
+    else:
+        notes.append(f"only {int(used['edge'].isna().sum())} optima inside the grid: too few for separate N and D "
+                     "exponents")
+    return forms, notes
+
+
 def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
     """The law for one hyperparameter from its optima per scale, or the reason it cannot be fitted."""
     if points.empty:
         return f"{hparam} was not swept at any scale of the table"
-    valid = points[np.isfinite(_transform(hparam, points["value"]))].copy()
+    used = points[np.isfinite(_transform(hparam, points["value"]))].reset_index(drop=True)
     notes = []
-    if len(valid) < len(points):
-        notes.append(f"{len(points) - len(valid)} optima <= 0 cannot enter a power law and were left out")
-    interior = valid[~valid["at_edge"]]
-    if len(interior) >= 3:
-        used = interior
-        if len(interior) < len(valid):
-            edge = ", ".join(valid.loc[valid["at_edge"], "scale"])
-            notes.append(f"optima at the grid edge ({edge}) are bounds, not optima, and were left out")
-    else:
-        used = valid
-        if valid["at_edge"].any():
-            notes.append("includes optima at the grid edge (bounds): widen the grid there")
-    if len(used) < 3:
-        return f"{hparam}: optima at only {len(used)} scales; a law needs 3 or more"
-
+    if len(used) < len(points):
+        notes.append(f"{len(points) - len(used)} optima <= 0 cannot enter a power law and were left out")
+    observed = int(used["edge"].isna().sum())
+    if not _enough(used, "compute") or len(used) < 3:
+        return f"{hparam}: optima at {len(used)} scales ({observed} inside the grid); a law needs 3 or more, 2 inside"
+    if used["edge"].notna().any():
+        edge = ", ".join(used.loc[used["edge"].notna(), "scale"])
+        notes.append(f"optima at the grid edge ({edge}) enter as censored observations (bounds)")
     if np.ptp(_design(used, "compute")["C_exponent"]) < 1e-9:
         return f"{hparam}: every scale has the same compute 6 N D; a law needs N or D to vary"
     collinear, corr, condition = _collinearity(used)
-    kind = "N_D"
     if collinear:
-        kind = "compute"
         together = "one of N and D is the same at every scale" if corr is None else (
             f"N and D move together in these scales (|corr(log N, log D)| = {abs(corr):.3f})"
         )
-        notes.append(f"{together}, so their exponents cannot be separated: fell back to a compute-only law in C = 6 N D")
-    elif len(used) < 4:
-        kind = "compute"
-        notes.append(f"only {len(used)} optima: too few for separate N and D exponents, fitted a compute-only law")
+        notes.append(f"{together}, so their exponents cannot be separated: fell back to a compute-only law in "
+                     "C = 6 N D")
+    kinds, form_notes = _allowed_forms(used, collinear)
+    notes += form_notes
 
-    result = _ols(hparam, used, kind)
-    ci = result.conf_int(alpha=0.05)
-    coefficients = {
-        name: {"estimate": float(result.params[name]), "stderr": float(result.bse[name]),
-               "ci95": [float(ci.loc[name, 0]), float(ci.loc[name, 1])]}
-        for name in result.params.index
-    }
-    leverage = result.get_influence().hat_matrix_diag
-    loo = np.asarray(result.resid) / (1.0 - leverage)
-    used_scales = set(used["scale"])
-    residuals = dict(zip(used["scale"], map(float, result.resid)))
+    forms = {}
+    for kind in kinds:
+        fit = _fit_form(hparam, used, kind)
+        forms[kind] = {"fit": fit, "loo_rmse": _loo_rmse(hparam, used, kind)}
+    kind = _best_form(forms)
+    fit = forms[kind]["fit"]
+    if len(kinds) > 1:
+        notes.append(f"form {kind} chosen by leave-one-out error among {', '.join(kinds)}")
+    y = _transform(hparam, used["value"])
+    predicted = fit.predict(_design(used, kind))
+    residuals = dict(zip(used["scale"], map(float, y - predicted)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-sample normality tests warn in the summary
-        summary = result.summary().as_text()
+        summary = fit.result.summary().as_text()
     return {
-        "form": _form(hparam, kind, coefficients),
+        "form": _form(hparam, kind, fit.params),
         "kind": kind,
         "transform": "log(1 - h)" if hparam in BETA_AXIS else "log(h)",
-        "coefficients": coefficients,
-        "r2": float(result.rsquared),
+        "method": fit.method,
+        "coefficients": _coefficients(fit),
+        "covariance": fit.covariance.to_numpy().tolist(),
+        "residual_std": fit.residual_std,
+        "df_resid": fit.df_resid,
+        "r2": _r2(y, predicted, used),
         "n_points": len(used),
+        "n_censored": int(used["edge"].notna().sum()),
         "points": [
-            {**{k: row[k] for k in ("scale", "n_params", "tokens", "width", "value", "at_edge")},
-             "used": row["scale"] in used_scales, "residual": residuals.get(row["scale"])}
+            {**{k: row[k] for k in ("scale", "n_params", "tokens", "width", "value", "at_edge", "edge", "bound",
+                                    "estimate", "stderr")},
+             "used": row["scale"] in residuals, "residual": residuals.get(row["scale"])}
             for row in points.to_dict("records")
         ],
         "residuals": residuals,
-        "loo_rmse": float(np.sqrt(np.mean(loo**2))) if np.all(leverage < 1 - 1e-9) else None,
+        "loo_rmse": forms[kind]["loo_rmse"],
+        "forms": {
+            k: {"form": _form(hparam, k, f["fit"].params), "loo_rmse": f["loo_rmse"],
+                "coefficients": _coefficients(f["fit"])}
+            for k, f in forms.items()
+        },
         "collinear": collinear,
         "corr_log_n_log_d": corr,
         "condition_number": condition,
-        "note": "; ".join(["OLS on one optimum per scale", *notes]) + ".",
+        "note": "; ".join([f"{fit.method} on one optimum per scale, weighted by its standard error", *notes]) + ".",
         "summary": summary,
     }
 
 
-def _form(hparam: str, kind: str, coefficients: dict[str, dict]) -> str:
+def _best_form(forms: dict[str, dict[str, Any]]) -> str:
+    """The simplest form whose leave-one-out error is within `LOO_TOLERANCE` of the best (forms without one
+    lose to forms with one; with none anywhere, the richest form that could be fitted)."""
+    scored = {k: f["loo_rmse"] for k, f in forms.items() if f["loo_rmse"] is not None}
+    if not scored:
+        return list(forms)[-1]
+    best = min(scored.values())
+    return next(k for k in forms if k in scored and scored[k] <= best * (1 + LOO_TOLERANCE) + 1e-9)
+
+
+def _coefficients(fit: LawFit) -> dict[str, dict[str, Any]]:
+    q = fit.quantile()
+    out = {}
+    for name, estimate in fit.params.items():
+        stderr = float(np.sqrt(max(fit.covariance.loc[name, name], 0.0)))
+        out[name] = {"estimate": float(estimate), "stderr": stderr,
+                     "ci95": [float(estimate - q * stderr), float(estimate + q * stderr)]}
+    return out
+
+
+def _r2(y: np.ndarray, predicted: np.ndarray, points: pd.DataFrame) -> float | None:
+    """R^2 over the observed (not censored) optima, weighted like the fit."""
+    observed = points["edge"].isna().to_numpy()
+    if observed.sum() < 2:
+        return None
+    w = 1.0 / _relative_stderr(points)[observed] ** 2
+    yo = y[observed]
+    mean = np.average(yo, weights=w)
+    total = float(np.sum(w * (yo - mean) ** 2))
+    return float(1 - np.sum(w * (yo - predicted[observed]) ** 2) / total) if total > 0 else None
+
+
+def _form(hparam: str, kind: str, params: pd.Series) -> str:
     lhs = f"1 - {hparam}*" if hparam in BETA_AXIS else f"{hparam}*"
-    prefactor = math.exp(coefficients["log_prefactor"]["estimate"])
-    if kind == "N_D":
-        b, c = coefficients["N_exponent"]["estimate"], coefficients["D_exponent"]["estimate"]
-        return f"{lhs} = {prefactor:.4g} * N^{b:.4g} * D^{c:.4g}"
-    return f"{lhs} = {prefactor:.4g} * C^{coefficients['C_exponent']['estimate']:.4g}  (C = 6 N D)"
+    prefactor = float(np.exp(params["log_prefactor"]))
+    terms = {"N_exponent": "N", "D_exponent": "D", "C_exponent": "C"}
+    powers = " * ".join(f"{terms[name]}^{params[name]:.4g}" for name in FORMS[kind])
+    return f"{lhs} = {prefactor:.4g} * {powers}" + ("  (C = 6 N D)" if kind == "compute" else "")
 
 
-def lr_against_width(land: Landscape) -> dict[str, Any]:
+def lr_against_width(land: Landscape, rule: str | None = None) -> dict[str, Any]:
     """Optimal lr x width and lr x sqrt(width) per scale, and the fitted width exponent of lr* (with log D
-    as a second regressor when data varies independently of width): -1 = inverse width, -0.5 = sqrt."""
+    as a second regressor when data varies independently of width): -1 = inverse width, -0.5 = sqrt. The
+    width rule the sensitivity chose (`rule`) is reported beside it, with whether the fit agrees."""
     points = optimum_points(land, "lr").rename(columns={"value": "lr"})
     points["lr_x_width"] = points["lr"] * points["width"]
     points["lr_x_sqrt_width"] = points["lr"] * np.sqrt(points["width"])
-    out: dict[str, Any] = {"points": points.to_dict("records"), "width_exponent": None}
+    out: dict[str, Any] = {"points": points.to_dict("records"), "width_exponent": None, "sensitivity_rule": rule}
     used = points[~points["at_edge"]] if (~points["at_edge"]).sum() >= 3 else points
     if used["width"].nunique() < 2 or len(used) < 3:
         out["note"] = "needs 3 or more scales and 2 or more widths to fit the width exponent"
@@ -224,6 +445,17 @@ def lr_against_width(land: Landscape) -> dict[str, Any]:
         "ci95": [float(low), float(high)],
         "inverse_width_in_ci": bool(low <= -1.0 <= high), "inverse_sqrt_width_in_ci": bool(low <= -0.5 <= high),
     }
+    if rule is not None:
+        exponent = -WIDTH_RULES[rule]
+        agrees = bool(low <= exponent <= high)
+        out["sensitivity_rule_exponent"] = exponent
+        out["agrees"] = agrees
+        out["note"] += (
+            f"; the sensitivity's rule ({rule.replace('_', ' ')}, exponent {exponent:g}) "
+            + ("lies inside the fitted interval" if agrees else
+               f"lies outside the fitted interval [{low:.3g}, {high:.3g}]: the rule is the best of three fixed "
+               "choices by regret, the fit the exponent the optima follow")
+        )
     return out
 
 
@@ -287,13 +519,14 @@ def fit_loss_law(scales: pd.DataFrame) -> dict[str, Any]:
     big_a, big_b = math.exp(a + alpha * mean_n), math.exp(b + beta * mean_d)
     predicted = np.exp(e) + big_a / n**alpha + big_b / d**beta
     form = f"L = {math.exp(e):.4g} + {big_a:.4g} / N^{alpha:.4g} + {big_b:.4g} / D^{beta:.4g}"
-    # A term that contributes nothing at these scales, or a negative exponent, means the scales cannot
-    # identify the law: the best fit is kept for inspection but not offered as a baseline.
+    # A term that contributes nothing at these scales, an irreducible loss at 0 or above the data, or an
+    # exponent outside (0, 2) means the scales cannot identify the law: the best fit is kept for inspection
+    # but not offered as a baseline.
     share_n, share_d = big_a / n**alpha / predicted, big_b / d**beta / predicted
-    if alpha <= 0 or beta <= 0 or share_n.max() < 1e-3 or share_d.max() < 1e-3:
-        why = (f"degenerate fit ({form}): these scales cannot separate the model and data terms; "
-               "spread N and D further")
-        return {"form": None, "reason": why, "rejected_form": form, "n_points": len(scales)}
+    why = _loss_law_problem(math.exp(e), float(loss.min()), alpha, beta, share_n.max(), share_d.max())
+    if why:
+        return {"form": None, "reason": f"degenerate fit ({form}): {why}", "rejected_form": form,
+                "n_points": len(scales)}
     return {
         "form": form,
         "E": math.exp(e), "A": big_a, "alpha": float(alpha), "B": big_b, "beta": float(beta),
@@ -305,6 +538,20 @@ def fit_loss_law(scales: pd.DataFrame) -> dict[str, Any]:
             for s, ni, di, li, pi in zip(scales.index, n, d, loss, predicted)
         ],
     }
+
+
+def _loss_law_problem(
+    e: float, lowest: float, alpha: float, beta: float, share_n: float, share_d: float
+) -> str | None:
+    low, high = LOSS_LAW_E_MARGIN
+    if not low * lowest < e < high * lowest:
+        return (f"irreducible loss E = {e:.3g} is not between {low:g} and {high:g} x the lowest observed loss "
+                f"({lowest:.4g})")
+    if not (0 < alpha < 2 and 0 < beta < 2):
+        return f"exponents alpha = {alpha:.3g}, beta = {beta:.3g} are not both in (0, 2)"
+    if share_n < 1e-3 or share_d < 1e-3:
+        return "these scales cannot separate the model and data terms; spread N and D further"
+    return None
 
 
 # --- prediction ---------------------------------------------------------------------------------------------
@@ -325,7 +572,7 @@ def predict(law: dict[str, Any], n_params: float, tokens: float, width: int | No
         values[hparam], intervals[hparam], extrapolated = _predict_from_law(hparam, fit, n_params, tokens)
         sources[hparam] = fit["form"]
         if extrapolated:
-            what = "N or D" if fit["kind"] == "N_D" else "compute"
+            what = {"N_D": "N or D", "N": "N", "D": "D"}.get(fit["kind"], "compute")
             notes.append(f"{hparam}: {what} outside the fitted scales, extrapolated")
     for hparam, constant in law["constants"].items():
         rule = constant.get("rule", "none")
@@ -355,16 +602,20 @@ def predict(law: dict[str, Any], n_params: float, tokens: float, width: int | No
 def _predict_from_law(
     hparam: str, fit: dict[str, Any], n_params: float, tokens: float
 ) -> tuple[float | int, list[float], bool]:
-    """Estimate, 95% prediction interval and whether (N, D) lies outside the fitted points, from the OLS
-    refitted on the law's stored points (the same numbers statsmodels gave when the law was fitted)."""
+    """Estimate, 95% prediction interval (for an optimum of average standard error) and whether (N, D) lies
+    outside the fitted points, from the law's stored coefficients and their covariance."""
+    names = list(fit["coefficients"])
+    beta = np.array([fit["coefficients"][name]["estimate"] for name in names])
+    target = _design(pd.DataFrame({"n_params": [n_params], "tokens": [tokens]}), fit["kind"])[names].to_numpy()[0]
+    mean = float(target @ beta)
+    spread = math.sqrt(float(target @ np.asarray(fit["covariance"]) @ target) + fit["residual_std"] ** 2)
+    q = float(t.ppf(0.975, fit["df_resid"])) if fit["df_resid"] else float(norm.ppf(0.975))
+    interval = sorted(_untransform(hparam, [mean - q * spread, mean + q * spread]).tolist())
     used = pd.DataFrame([p for p in fit["points"] if p["used"]])
-    result = _ols(hparam, used, fit["kind"])
-    target = _design(pd.DataFrame({"n_params": [n_params], "tokens": [tokens]}), fit["kind"])
-    row = result.get_prediction(target).summary_frame(alpha=0.05).iloc[0]
-    interval = sorted(_untransform(hparam, [row["obs_ci_lower"], row["obs_ci_upper"]]).tolist())
-    regressors, point = _design(used, fit["kind"]).iloc[:, 1:], target.iloc[0, 1:]
-    extrapolated = bool(((point < regressors.min()) | (point > regressors.max())).any())
-    return _as_hparam(hparam, float(_untransform(hparam, row["mean"]))), interval, extrapolated
+    regressors = _design(used, fit["kind"])[names[1:]]
+    point = pd.Series(target[1:], index=names[1:])
+    extrapolated = bool(((point < regressors.min() - 1e-9) | (point > regressors.max() + 1e-9)).any())
+    return _as_hparam(hparam, float(_untransform(hparam, mean))), interval, extrapolated
 
 
 def _as_hparam(hparam: str, value: float) -> float | int:

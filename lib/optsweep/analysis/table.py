@@ -1,11 +1,17 @@
 """Run tables: one row per trained run, the input of every analysis.
 
 A run table has the columns `scale` (a name), `n_params` (non-embedding N), `tokens` (D), `width`, one
-column per hyperparameter that is present (names from `optsweep.config.ALL_HPARAMS`) and `loss` (empty or
-non-finite = diverged). Optional: `seed` (several seeds of one config measure the noise), `status`
-("skipped" rows are dropped, "diverged"/"failed" rows count as diverged), `phase` ("phase1" rows decide
-sensitivity when present), `steps` (training duration; `tokens` stands in for it when absent). Any other
+column per hyperparameter that is present (names from `optsweep.config.ALL_HPARAMS`) and `loss` (non-finite
+= diverged). Optional: `seed` (several seeds of one config measure the noise), `status` ("diverged" rows
+count as diverged; "failed", "missing" and "skipped" rows are missing data and dropped: a fault is not a
+result), `phase` ("phase1" rows decide sensitivity when present), `steps` (training duration; `tokens`
+stands in for it when absent), `seq_len` (per row: batch sizes are then compared in tokens per step).
+`tokens` and `steps` may vary between the rows of a scale (a budget rounded to whole steps of each batch
+size): the scale's D and duration are their medians. An empty loss must say why in `status`. Any other
 column is ignored, so a table exported from another codebase works as it is.
+
+Runs that blew up but finished at a finite loss are marked by `mark_blown_up` with the same rule the
+trainer uses (`optsweep.divergence.blown_up`), so they never enter an optimum fit.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ import numpy as np
 import pandas as pd
 
 from ..config import ALL_HPARAMS, ParamsError
+from ..divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
 SCALE_COLUMNS = ("n_params", "tokens", "width", "steps")
-OPTIONAL = ("seed", "status", "phase", "steps")
-FAILED_STATUSES = ("diverged", "failed")
+ONE_PER_SCALE = ("n_params", "width")  # tokens and steps may vary per row (budgets rounded per batch size)
+OPTIONAL = ("seed", "status", "phase", "steps", "seq_len")
+DIVERGED_STATUSES = ("diverged", "blown_up")
+MISSING_STATUSES = ("failed", "missing", "skipped")  # never trained, or a fault: missing data, not a result
+BLOWN_UP = "blown_up"
 # Where each hyperparameter's values make sense (the natural axes of the analysis need them).
 DOMAINS: dict[str, tuple[str, Callable[[pd.Series], pd.Series]]] = {
     "lr": ("> 0", lambda v: v > 0),
@@ -73,8 +83,8 @@ def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.D
     for column in ("status", "phase", "seed"):  # labels
         if column in table.columns:
             table[column] = table[column].astype("string").fillna("")
-    if "status" in table.columns:  # skipped runs were never trained
-        table = table[table["status"] != "skipped"].reset_index(drop=True)
+    if "status" in table.columns:
+        table = table[~table["status"].isin(MISSING_STATUSES)].reset_index(drop=True)
 
     names = table["scale"].astype("string").str.strip()
     _fail_if(names.isna() | (names == ""), table["scale"], source, "scale", "empty scale name")
@@ -89,9 +99,12 @@ def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.D
         allowed, inside = DOMAINS[h]
         _fail_if(~inside(table[h]), table[h], source, h, f"allowed: {allowed}")
 
+    _check_empty_losses(table, source)
     if "status" in table.columns:
-        table.loc[table["status"].isin(FAILED_STATUSES), "loss"] = np.nan
+        table.loc[table["status"].isin(DIVERGED_STATUSES), "loss"] = np.nan
     table.loc[~np.isfinite(table["loss"]), "loss"] = np.nan
+    if "seq_len" in table.columns:
+        table = _batch_size_in_tokens(table, source)
 
     _check_one_value_per_scale(table, source)
     _check_scales(table, source)
@@ -108,6 +121,49 @@ def _fail_if(bad: pd.Series, values: pd.Series, source: str, column: str, messag
         raise ParamsError(f"{source}: column {column!r}: data row {row + 1} has {value!r}: {message}")
 
 
+def _check_empty_losses(table: pd.DataFrame, source: str) -> None:
+    """An empty loss is a diverged run or missing data, and only the table knows which: its status must say."""
+    status = table["status"] if "status" in table.columns else pd.Series("", index=table.index)
+    unexplained = table["loss"].isna() & ~status.isin(DIVERGED_STATUSES)
+    if unexplained.any():
+        rows = [str(i + 1) for i in np.flatnonzero(unexplained.to_numpy())]
+        listed = ", ".join(rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+        raise ParamsError(
+            f"{source}: column 'loss': data row{'s' if len(rows) > 1 else ''} {listed} empty without a status; "
+            "set column 'status' to 'diverged' (a result) or 'missing' (skipped)"
+        )
+
+
+def _batch_size_in_tokens(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """With a per-row sequence length, batch sizes are compared in tokens per step (seq_len is then dropped,
+    so validating the table again leaves it as it is)."""
+    positive = np.isfinite(table["seq_len"]) & (table["seq_len"] > 0)
+    _fail_if(~positive, table["seq_len"], source, "seq_len", "needs a positive number")
+    table = table.copy()
+    if "batch_size" in table.columns:
+        table["batch_size"] = table["batch_size"] * table["seq_len"]
+        table.attrs["batch_size_unit"] = "tokens"
+    return table.drop(columns="seq_len")
+
+
+def mark_blown_up(table: pd.DataFrame, rise: float = DEFAULT_RISE) -> pd.DataFrame:
+    """The table with every finished run more than `rise` above its scale's best finished loss marked
+    diverged (loss NaN, status "blown_up"): the trainer's divergence rule, applied to any table."""
+    table = table.copy()
+    if "status" not in table.columns:
+        table["status"] = pd.Series("ok", index=table.index, dtype="string")
+    for _, rows in table.groupby("scale", sort=False):
+        marked = rows.index[blown_up(rows["loss"].to_numpy(float), float(rows["loss"].min()), rise)]
+        table.loc[marked, ["loss", "status"]] = [np.nan, BLOWN_UP]
+    return table
+
+
+def blown_up_counts(table: pd.DataFrame) -> dict[str, int]:
+    """How many rows of each scale the divergence rule marked (every scale listed, zeros included)."""
+    marked = table["status"] == BLOWN_UP if "status" in table.columns else pd.Series(False, index=table.index)
+    return {str(scale): int(n) for scale, n in marked.groupby(table["scale"], sort=False).sum().items()}
+
+
 def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
     """The column as floats; text that is not a number is an error naming the row."""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
@@ -120,7 +176,7 @@ def _numeric(column: pd.Series, name: str, source: str) -> pd.Series:
 
 
 def _check_one_value_per_scale(table: pd.DataFrame, source: str) -> None:
-    for column in [c for c in SCALE_COLUMNS if c in table.columns]:
+    for column in [c for c in ONE_PER_SCALE if c in table.columns]:
         counts = table.groupby("scale")[column].nunique()
         if (counts > 1).any():
             scale = counts[counts > 1].index[0]
@@ -208,14 +264,16 @@ def _comparable_runs(table: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def scales_frame(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
-    """One row per scale (index = name): n_params, tokens, width, duration, best_loss, runs.
-    `configs` is `config_losses(table)`."""
-    first = table.groupby("scale", sort=False).first()
-    scales = first[["n_params", "tokens", "width"]].copy()
-    scales["duration"] = first["steps"] if "steps" in first.columns else first["tokens"]
-    scales["duration"] = scales["duration"].where(np.isfinite(scales["duration"]), first["tokens"])
+    """One row per scale (index = name): n_params, tokens, width, duration, best_loss, runs, blown_up.
+    `configs` is `config_losses(table)`; tokens and duration are the medians over the scale's rows."""
+    grouped = table.groupby("scale", sort=False)
+    scales = grouped[["n_params", "width"]].first()
+    scales["tokens"] = grouped["tokens"].median()
+    scales["duration"] = grouped["steps"].median() if "steps" in table.columns else scales["tokens"]
+    scales["duration"] = scales["duration"].where(np.isfinite(scales["duration"]), scales["tokens"])
     scales["best_loss"] = configs.groupby("scale", sort=False)["loss"].min()
-    scales["runs"] = table.groupby("scale", sort=False).size()
+    scales["runs"] = grouped.size()
+    scales["blown_up"] = pd.Series(blown_up_counts(table))
     return scales
 
 
@@ -261,15 +319,16 @@ def _paired_std(finite: pd.DataFrame) -> float | None:
 def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
     """A run table from our sweep results (results/sweeps/*.json, results/law_sweeps/*.json).
 
-    Every trained run is a row; skipped runs (never trained) are dropped and diverged or failed runs have
-    a NaN loss. A run listed twice (same key) is kept once. lr is the effective lr the run trained with.
+    Every trained run is a row; skipped runs (never trained) and failed runs (a fault, missing data) are
+    dropped and diverged runs have a NaN loss. A run listed twice (same key) is kept once. lr is the
+    effective lr the run trained with.
     """
     rows: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for sweep in sweeps:
         scale = sweep["scale"]
         for run in sweep["runs"]:
-            if run["status"] == "skipped":
+            if run["status"] in MISSING_STATUSES:
                 continue
             key = (scale["name"], run.get("key") or repr(sorted(run["hparams"].items())) + str(run.get("seed")))
             if key in seen:
