@@ -28,7 +28,7 @@ from scipy.optimize import curve_fit
 from ..config import ParamsError
 from ..jsonio import write_json
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
-from .table import FAILED_STATUSES
+from .table import DIVERGED_STATUSES, MISSING_STATUSES
 
 REFERENCE = "adamw"
 REQUIRED = ("optimizer", "scale", "n_params", "tokens", "loss")
@@ -178,7 +178,7 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
             value = table[column].iloc[row]
             raise ParamsError(f"{source}: column {column!r}: data row {row + 1} has {value!r}: needs a positive number")
     if "status" in runs.columns:
-        runs = runs[~runs["status"].isin([*FAILED_STATUSES, "skipped"])]
+        runs = runs[~runs["status"].isin([*DIVERGED_STATUSES, *MISSING_STATUSES])]
     runs = runs[np.isfinite(runs["loss"])]
     runs = runs.assign(optimizer=runs["optimizer"].astype(str), scale=runs["scale"].astype(str))
     best = runs.loc[runs.groupby(["optimizer", "scale"], sort=True)["loss"].idxmin()]
