@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import transformers
 
 from .config import ParamsError
@@ -85,10 +84,10 @@ class Run:
         return batch.pin_memory().to(self.runtime.device, non_blocking=True)
 
     def loss(self, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Next-token cross-entropy of packed windows: no attention mask, fixed shapes."""
+        """Next-token cross-entropy of packed windows: causal attention without a mask, fixed shapes, and the
+        loss taken from the hidden states in chunks, never from full logits (model.py, loss.py)."""
         with self.runtime.autocast():
-            logits = self.model(input_ids=tokens[:, :-1]).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction)
+            return self.model(tokens[:, :-1], targets=tokens[:, 1:], reduction=reduction)
 
     def step(self) -> torch.Tensor:
         """One update on the next batch (accumulated over micro-batches); returns the loss, on the device."""
