@@ -19,7 +19,7 @@ def test_bench_rows(prepared_params):
     assert report["torch"] == torch.__version__ and report["date"] and report["device"]
     for row in report["rows"]:
         low, high = row["tokens_per_s_range"]
-        assert 0 < low <= row["tokens_per_s"] <= high and row["ms_per_step"] > 0
+        assert 0 < low <= row["tokens_per_s"] <= high and row["ms_per_step"] > 0 and row["page_faults_per_step"] >= 0
     assert report["rows"][1]["precision"] == "fp32" and report["rows"][1]["compile"] is False
     assert report["speedup"] > 0
 

@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import queue
 import re
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -93,11 +94,19 @@ def hf_eager_step(
 
 @dataclass
 class Timing:
-    """Seconds per round of `steps` timed steps, and the peak GPU memory of the loop (GB; None on the CPU)."""
+    """Seconds per round of `steps` timed steps, the process's minor page faults during them (first touches of
+    memory fresh from the OS: on the CPU they cost as much as the small matmuls of the tiny scales, see
+    issue 12), and the loop's peak GPU memory (GB; None on the CPU)."""
 
     steps: int
     rounds: list[float]
+    page_faults: int = 0
     peak_memory_gb: float | None = None
+
+    def add_round(self, step: Step) -> None:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.rounds.append(run_rounds(step, self.steps))
+        self.page_faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
 def run_rounds(step: Step, steps: int) -> float:
@@ -126,8 +135,10 @@ def time_loops(
                 step()
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            seconds = [run_rounds(step, steps) for _ in range(rounds)]
-            timings[name] = Timing(steps, seconds, torch.cuda.max_memory_allocated() / 1e9)
+            timings[name] = timing = Timing(steps, [])
+            for _ in range(rounds):
+                timing.add_round(step)
+            timing.peak_memory_gb = torch.cuda.max_memory_allocated() / 1e9
             del step  # frees the loop's memory before the next one is measured
             torch.cuda.empty_cache()
         return timings
@@ -138,7 +149,7 @@ def time_loops(
     timings = {name: Timing(steps, []) for name in loops}
     for _ in range(rounds):
         for name, step in loops.items():
-            timings[name].rounds.append(run_rounds(step, steps))
+            timings[name].add_round(step)
     return timings
 
 
@@ -149,6 +160,7 @@ def bench_row(name: str, timing: Timing, scale: dict[str, Any], runtime: Runtime
     row = {"trainer": name, **settings, "tokens_per_s": round(tokens / median)}
     row["tokens_per_s_range"] = [round(tokens / slowest), round(tokens / fastest)]
     row["ms_per_step"] = round(1e3 * median / timing.steps, 2)
+    row["page_faults_per_step"] = round(timing.page_faults / (timing.steps * len(timing.rounds)))
     if runtime.device.type == "cuda":
         peak = peak_flops(runtime.name)
         row["mfu"] = round(scale["flops_per_token"] * tokens / median / peak, 4) if peak else None
