@@ -40,6 +40,19 @@ def test_equals_the_reference_in_fp32(reduction, chunk_tokens, monkeypatch):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+def test_bf16_evaluation_sums_in_fp32():
+    """Without gradients the per-token losses are summed in fp32: a bf16 total (spacing 256 near 33,000)
+    would be off by up to 0.4%."""
+    generator = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(8, 512, 64, generator=generator), torch.randn(2048, 64, generator=generator) / 8
+    targets = torch.randint(0, 2048, (8, 512), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        ours = linear_cross_entropy(hidden, weight, targets, reduction="sum")
+        reference = F.cross_entropy(F.linear(hidden, weight).float().flatten(0, 1), targets.flatten(), reduction="sum")
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, reference, rtol=6e-5, atol=0)
+
+
 def test_bf16_autocast_is_close_to_bf16_logits_and_returns_fp32():
     hidden, weight, targets = inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
