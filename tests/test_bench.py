@@ -46,6 +46,12 @@ def test_suite_cli_rejects_an_unknown_part_in_one_line(prepared_params_file, tmp
     assert error.startswith("optsweep: error: --parts") and "\n" not in error and not list(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_gpu_suite_is_refused_without_cuda(prepared_params_file, tmp_path, capsys):
+    assert main(["bench", "--params", str(prepared_params_file), "--suite", "gpu", "--out", str(tmp_path)]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_peak_flops_by_device_name():
     assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12  # SXM
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12

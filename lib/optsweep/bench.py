@@ -235,6 +235,7 @@ class Suite:
     profile_steps: int
     curve_scale: str
     curve_steps: int
+    needs_cuda: bool = False  # hours on a CPU: refused there
 
 
 def brief_scale(width: int, depth: int, heads: int, seq_len: int, batch_size: int) -> Scale:
@@ -249,7 +250,7 @@ SUITES = {
             "30M": brief_scale(width=384, depth=12, heads=6, seq_len=1024, batch_size=64),  # 28M non-embedding
         },
         vocab_size=32_000, steps=10, concurrency_scale="30M", concurrency=(1, 2, 4),
-        profile_scale="0.1B", profile_steps=3, curve_scale="30M", curve_steps=200,
+        profile_scale="0.1B", profile_steps=3, curve_scale="30M", curve_steps=200, needs_cuda=True,
     ),
     "quick": Suite(
         scales={
@@ -480,6 +481,8 @@ def run_suite(params: StudyParams, suite_name: str, out: Path, parts: tuple[str,
     if unknown or not parts:
         raise ParamsError(f"--parts: unknown or empty {','.join(unknown)!r}; choose from {','.join(PARTS)}")
     suite = SUITES[suite_name]
+    if suite.needs_cuda and not torch.cuda.is_available():
+        raise ParamsError(f"--suite {suite_name}: needs a CUDA device and torch sees none; on a CPU use --suite quick")
     data = ensure_prepared(params)
     if data["vocab_size"] > suite.vocab_size:
         raise ParamsError(f"--suite {suite_name}: the study's vocabulary ({data['vocab_size']}) exceeds the "
