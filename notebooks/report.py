@@ -115,7 +115,8 @@ display(styled(scales_frame(phase1 + law_phase)))
 display(styled(pd.DataFrame(compute_summary(phase1 + law_phase).items(), columns=["", "total"])))
 links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
 links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
-display(Markdown("Sweep reports: " + " · ".join(links) + " · [sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"))
+analysis_links = "[sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"
+display(Markdown("Sweep reports: " + " · ".join(links) + " · " + analysis_links))
 
 # %% [markdown]
 # ## Provenance

@@ -67,7 +67,8 @@ class Truth:
     def best_grid_config(self, scale: Scale) -> dict[str, float]:
         """The grid config with the lowest loss (the surface is separable: per hyperparameter)."""
         return {
-            h: min(self.grid_at(h, scale), key=lambda v: (natural_axis(h, v) - natural_axis(h, self.optimum[h](scale))) ** 2)
+            h: min(self.grid_at(h, scale),
+                   key=lambda v: (natural_axis(h, v) - natural_axis(h, self.optimum[h](scale))) ** 2)
             for h in self.grid
         }
 

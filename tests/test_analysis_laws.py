@@ -174,7 +174,8 @@ def test_predict_gives_a_complete_set_with_intervals(step_law):
     n, d = 1e8, 1e10
     predicted = predict(laws, n_params=n, tokens=d)
     assert set(predicted["hparams"]) == {"lr", "weight_decay"}
-    assert predicted["hparams"]["lr"] == pytest.approx(STEP_LAW["prefactor"] * n ** STEP_LAW["N"] * d ** STEP_LAW["D"], rel=1e-6)
+    expected = STEP_LAW["prefactor"] * n ** STEP_LAW["N"] * d ** STEP_LAW["D"]
+    assert predicted["hparams"]["lr"] == pytest.approx(expected, rel=1e-6)
     low, high = predicted["intervals"]["lr"]
     assert low <= predicted["hparams"]["lr"] <= high
     assert predicted["hparams"]["weight_decay"] == 0.1 and predicted["sources"]["weight_decay"] == "constant"
@@ -191,7 +192,8 @@ def test_noisy_prediction_intervals_widen_away_from_the_data():
 
 
 def test_width_rule_constants_need_a_width():
-    law = {"laws": {}, "constants": {"lr": {"value": 8e-3, "rule": "inverse_width", "reference_width": 256, "swept": True}}}
+    law = {"laws": {},
+           "constants": {"lr": {"value": 8e-3, "rule": "inverse_width", "reference_width": 256, "swept": True}}}
     assert predict(law, 1e8, 1e10, width=512)["hparams"]["lr"] == pytest.approx(4e-3)
     with pytest.raises(ParamsError, match="--width"):
         predict(law, 1e8, 1e10)
@@ -225,7 +227,8 @@ def test_analyze_table_returns_the_paths_it_wrote_with_settings_from_params(tmp_
     truth = Truth(optimum={"lr": lambda s: 2.0 / s.width}, curvature={"lr": 0.2}, grid={"lr": sqrt2_grid(1e-3, 3e-2)})
     path = tmp_path / "runs.parquet"
     run_table(truth, scale_grid([256, 512], [2e9])).to_parquet(path)
-    params = load_params(REPO / "params/presets/tiny.yaml", ["analysis.threshold=0.05", "analysis.threshold_kind=absolute"])
+    params = load_params(REPO / "params/presets/tiny.yaml",
+                         ["analysis.threshold=0.05", "analysis.threshold_kind=absolute"])
     paths = analyze_table(path, tmp_path / "out", params=params)
     assert [p.name for p in paths] == ["sensitivity.json", "scaling_law.json"] and all(p.is_file() for p in paths)
     sensitivity, laws = (json.loads(p.read_text()) for p in paths)
@@ -237,7 +240,8 @@ def test_analyze_table_returns_the_paths_it_wrote_with_settings_from_params(tmp_
 
 def test_predict_cli_errors_exit_2(tmp_path, capsys):
     law = tmp_path / "law.json"
-    law.write_text(json.dumps({"laws": {}, "constants": {"lr": {"value": 8e-3, "rule": "inverse_width", "reference_width": 256}}}))
+    constants = {"lr": {"value": 8e-3, "rule": "inverse_width", "reference_width": 256}}
+    law.write_text(json.dumps({"laws": {}, "constants": constants}))
     assert main(["predict", "--n-params", "1e8", "--tokens", "1e10", "--law", str(law)]) == 2
     assert "pass --width" in capsys.readouterr().err
     law.write_text("{not json")

@@ -71,7 +71,8 @@ def test_a_single_valued_hparam_beside_a_swept_one_is_reported_fixed_not_judged(
     sensitivity = analyze_sensitivity(load_runs_table(path))
     assert sensitivity["fixed"] == {"eps": 1e-15}
     assert "eps" not in sensitivity["hyperparameters"]
-    assert sensitivity["recommended"]["eps"] == {"value": 1e-15, "rule": "none", "reference_width": None, "swept": False}
+    assert sensitivity["recommended"]["eps"] == {"value": 1e-15, "rule": "none", "reference_width": None,
+                                                 "swept": False}
 
 
 def test_diverged_and_skipped_rows_and_extra_columns(tmp_path):
@@ -123,7 +124,8 @@ def sweep_result(name: str, width: int, tokens: int, phase: str = "phase1") -> d
         run(f"{name}h", 0.01, 0.0, None, "failed"),  # a fault: missing data, dropped (never a divergence)
     ]
     return {
-        "scale": {"name": name, "width": width, "depth": 2, "n_params": 12 * 2 * width**2, "tokens": tokens, "steps": tokens // 1024},
+        "scale": {"name": name, "width": width, "depth": 2, "n_params": 12 * 2 * width**2, "tokens": tokens,
+                  "steps": tokens // 1024},
         "phase": phase, "free": ["lr", "weight_decay"], "fixed": {"min_lr_ratio": 0.0, "eps": 1e-15},
         "best": runs[1]["hparams"], "best_loss": 3.05, "near_best": [], "passes": 2, "converged": True,
         "runs": runs, "slices": {}, "noise": None, "provenance": {},

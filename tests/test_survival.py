@@ -40,18 +40,18 @@ def run_cli(*arguments: str, env: dict | None = None, timeout: float = 300) -> s
 def test_a_crashed_run_resumes_from_its_checkpoint_to_the_bitwise_same_loss(run_spec, tmp_path, monkeypatch):
     uninterrupted = train_module.train(run_spec("a"))
     spec = {**run_spec("a", train={"checkpoint_every_s": 1e-9}), "checkpoint_dir": str(tmp_path / "ckpt")}
-    real_step = train_module.Run.step
+    real_step = train_module.TrainingRun.step
 
     def crash_at_step_40(run):
         if run.steps_done == 40:
             raise RuntimeError("node lost (simulated)")
         return real_step(run)
 
-    monkeypatch.setattr(train_module.Run, "step", crash_at_step_40)
+    monkeypatch.setattr(train_module.TrainingRun, "step", crash_at_step_40)
     with pytest.raises(RuntimeError, match="node lost"):
         train_module.train(spec)
     assert json.loads((tmp_path / "ckpt" / "progress.json").read_text())["step"] == 32  # the last sync point
-    monkeypatch.setattr(train_module.Run, "step", real_step)
+    monkeypatch.setattr(train_module.TrainingRun, "step", real_step)
     resumed = train_module.train(spec)
     assert resumed["resumed_from"] == [32]
     assert resumed["loss"] == uninterrupted["loss"]  # bitwise
@@ -60,14 +60,14 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_bitwise_same_loss(run_
 
 
 def test_simulated_cuda_out_of_memory_halves_the_micro_batch_and_finishes(run_spec, monkeypatch):
-    real_step = train_module.Run.step
+    real_step = train_module.TrainingRun.step
 
     def out_of_memory_above_two(run):
         if run.micro_batch > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_step(run)
 
-    monkeypatch.setattr(train_module.Run, "step", out_of_memory_above_two)
+    monkeypatch.setattr(train_module.TrainingRun, "step", out_of_memory_above_two)
     result = train_module.train(run_spec("a"))
     assert result["status"] == "ok" and math.isfinite(result["loss"])
     assert (result["micro_batch_size"], result["oom_halvings"]) == (2, 2)  # 8 -> 4 -> 2

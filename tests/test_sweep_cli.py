@@ -38,7 +38,8 @@ COMPARED = ("scale", "free", "grid", "baseline", "best", "best_loss", "near_best
         ({"search": {"passes": 0}}, [], "search.passes: Input should be greater than or equal to 1"),
         ({}, ["--set", "momentum=0.9"], "--set momentum: unknown hyperparameter"),
         ({}, ["--scale", "zz"], "unknown scale 'zz'; allowed: a, b"),
-        ({"study_trainer": "synthetic_trainers:nope"}, [], "study.trainer: module 'synthetic_trainers' has no callable"),
+        ({"study_trainer": "synthetic_trainers:nope"}, [],
+         "study.trainer: module 'synthetic_trainers' has no callable"),
         ({}, ["--sensitivity", "missing.json"], "missing.json: sensitivity file not found"),
     ],
 )

@@ -1,41 +1,75 @@
 """`optsweep bench`: training throughput of our trainer next to a plain Hugging Face loop, in one process.
 
-Both rows train the same model (same config and init) on the same batches. "optsweep" is the trainer's own
-`Run.step` with the study's settings (bf16 autocast, fused AdamW and optional torch.compile on CUDA).
-"hf_eager_fp32" is the loop a Hugging Face user writes first: fp32, no autocast, no compile, the model's
-own loss, unfused AdamW. On CUDA each row also reports MFU against the device's bf16 dense peak.
+Both loops train the same model (same config and init) on the same batches. "optsweep" is the trainer's own
+`TrainingRun.step` (bf16 autocast, fused AdamW and torch.compile on CUDA; causal SDPA without a mask and the chunked
+loss everywhere). "hf_eager_fp32" is the loop a Hugging Face user writes first: stock `LlamaForCausalLM`
+with transformers' `sdpa`, fp32, no compile, the model's own `labels=` loss, unfused AdamW.
+
+Two modes:
+- `run_bench` (no `--suite`): one scale of the study, both loops in alternating rounds (the CPU box is
+  shared: alternating rounds keep slow spells from landing on one loop only).
+- `run_suite` (`--suite gpu`, or `quick` for a tiny CPU-sized version of the same): the 0.1B and ~30M
+  scales of the brief side by side, MFU and peak memory, the aggregate tokens/s of 1, 2 and 4 concurrent
+  runs, a short profile (top kernels, which attention kernel ran) and a bf16-compiled vs fp32-eager loss
+  curve. Writes JSON and a markdown table under `--out`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import multiprocessing
+import queue
+import re
+import resource
+import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 
-from .config import ParamsError, StudyParams
 from .batches import TrainBatches, load_shards
+from .config import ParamsError, Scale, StudyParams, round_sig
 from .data import ensure_prepared
-from .model import build_model, count_params
-from .train import Run, Runtime, configure_determinism, resolve_runtime
+from .model import build_hf_model, count_params
+from .train import Runtime, TrainingRun, configure_determinism, resolve_runtime
 from .trainer import make_run_spec
 
 WARMUP_STEPS = 3  # untimed steps first: CUDA context, kernel autotuning, torch.compile
-# bf16 dense tensor-core peak (FLOP/s) by device-name fragment.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+ROUNDS = 3  # timed rounds per loop; rows report the median round and the range
+# bf16 dense tensor-core peak (FLOP/s) by device-name fragment, most specific first (first match wins).
+# Datasheet figures without sparsity: H100 SXM 989.4 T, H100 PCIe 756 T, H100 NVL 835 T; H200 SXM as H100 SXM.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
 SCALE_FIELDS = ("name", "width", "depth", "heads", "seq_len", "batch_size", "vocab_size", "n_params", "flops_per_token")
+
+Step = Callable[[], torch.Tensor]  # one optimizer step; returns the loss on the device
 
 
 def peak_flops(device_name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in device_name), None)
+    """The bf16 dense peak of a device by its CUDA name; None for the CPU and unknown devices."""
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
 
 
-def hf_eager_step(spec: dict[str, Any], batches: TrainBatches, runtime: Runtime) -> Callable[[], torch.Tensor]:
-    """The plain loop's step: fp32 model, `labels=` loss, default (unfused) AdamW, clipping."""
+def hf_eager_step(
+    spec: dict[str, Any], batches: TrainBatches, runtime: Runtime, micro_batch: int | None = None
+) -> Step:
+    """The plain loop's step: fp32 stock model, `labels=` loss, default (unfused) AdamW, clipping.
+
+    `micro_batch` splits each batch into passes whose gradients add up (for batches that do not fit at once).
+    """
     hparams = spec["hparams"]
-    model = build_model(spec["scale"], seed=spec["seed"]).to(runtime.device).train()
+    model = build_hf_model(spec["scale"], seed=spec["seed"]).to(runtime.device).train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=hparams["lr"], betas=(hparams["beta1"], hparams["beta2"]),
         eps=hparams["eps"], weight_decay=hparams["weight_decay"],
@@ -44,55 +78,119 @@ def hf_eager_step(spec: dict[str, Any], batches: TrainBatches, runtime: Runtime)
 
     def one_step() -> torch.Tensor:
         nonlocal step
-        inputs = batches.batch(step)[:, :-1].to(runtime.device)
+        batch = batches.batch(step)[:, :-1].to(runtime.device)
         step += 1
-        loss = model(input_ids=inputs, labels=inputs).loss
-        loss.backward()
+        total = torch.zeros((), device=runtime.device)
+        for inputs in batch.split(micro_batch or len(batch)):
+            loss = model(input_ids=inputs, labels=inputs).loss * (len(inputs) / len(batch))
+            loss.backward()
+            total += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), hparams["clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return total
 
     return one_step
 
 
-def time_steps(step: Callable[[], torch.Tensor], steps: int, runtime: Runtime) -> tuple[float, float | None]:
-    """(seconds for `steps` timed steps after the warmup ones, peak GPU memory in GB or None)."""
-    cuda = runtime.device.type == "cuda"
-    for _ in range(WARMUP_STEPS):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+@dataclass
+class Timing:
+    """Seconds per round of `steps` timed steps, the process's minor page faults during them (first touches of
+    memory fresh from the OS: on the CPU they cost as much as the small matmuls of the tiny scales, see
+    issue 12), and the loop's peak GPU memory (GB; None on the CPU)."""
+
+    steps: int
+    rounds: list[float]
+    page_faults: int = 0
+    peak_memory_gb: float | None = None
+
+    def add_round(self, step: Step) -> None:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.rounds.append(run_rounds(step, self.steps))
+        self.page_faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def run_rounds(step: Step, steps: int) -> float:
+    """Seconds for `steps` steps, waiting for the device at the end."""
     started = time.perf_counter()
     for _ in range(steps):
         loss = step()
-    loss.item()  # waits for the last step
-    seconds = time.perf_counter() - started
-    return seconds, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    loss.item()
+    return time.perf_counter() - started
 
 
-def bench_row(
-    name: str, timing: tuple[float, float | None], steps: int, spec: dict[str, Any], runtime: Runtime, **settings: Any
-) -> dict[str, Any]:
-    """One row: the loop's settings, tokens/s and ms/step; on CUDA also MFU and peak memory."""
-    (seconds, memory), scale = timing, spec["scale"]
-    tokens_per_s = steps * scale["batch_size"] * scale["seq_len"] / seconds
-    row = {"trainer": name, **settings, "tokens_per_s": round(tokens_per_s)}
-    row["ms_per_step"] = round(1e3 * seconds / steps, 2)
-    peak = peak_flops(runtime.name)
+def time_loops(
+    factories: dict[str, Callable[[], Step]], steps: int, rounds: int, runtime: Runtime
+) -> dict[str, Timing]:
+    """Time each loop over `rounds` rounds of `steps` steps after `WARMUP_STEPS` untimed ones.
+
+    On CUDA the loops run one after the other, each alone on the device, so each row's peak memory is its
+    own. On the CPU they take turns round by round in one process: the box is shared, and alternating
+    keeps a slow spell from landing on one loop only.
+    """
+    timings: dict[str, Timing] = {}
     if runtime.device.type == "cuda":
-        row["mfu"] = round(scale["flops_per_token"] * tokens_per_s / peak, 4) if peak else None
-        row["peak_memory_gb"] = round(memory, 2)
+        for name, factory in factories.items():
+            step = factory()
+            for _ in range(WARMUP_STEPS):
+                step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            timings[name] = timing = Timing(steps, [])
+            for _ in range(rounds):
+                timing.add_round(step)
+            timing.peak_memory_gb = torch.cuda.max_memory_allocated() / 1e9
+            del step  # frees the loop's memory before the next one is measured
+            torch.cuda.empty_cache()
+        return timings
+    loops = {name: factory() for name, factory in factories.items()}
+    for step in loops.values():
+        for _ in range(WARMUP_STEPS):
+            step()
+    timings = {name: Timing(steps, []) for name in loops}
+    for _ in range(rounds):
+        for name, step in loops.items():
+            timings[name].add_round(step)
+    return timings
+
+
+def bench_row(name: str, timing: Timing, scale: dict[str, Any], runtime: Runtime, **settings: Any) -> dict[str, Any]:
+    """One row: the loop's settings, tokens/s (median round, and range) and ms/step; MFU and memory on CUDA."""
+    tokens = timing.steps * scale["batch_size"] * scale["seq_len"]
+    median, fastest, slowest = statistics.median(timing.rounds), min(timing.rounds), max(timing.rounds)
+    row = {"trainer": name, **settings, "tokens_per_s": round(tokens / median)}
+    row["tokens_per_s_range"] = [round(tokens / slowest), round(tokens / fastest)]
+    row["ms_per_step"] = round(1e3 * median / timing.steps, 2)
+    row["page_faults_per_step"] = round(timing.page_faults / (timing.steps * len(timing.rounds)))
+    if runtime.device.type == "cuda":
+        peak = peak_flops(runtime.name)
+        row["mfu"] = round(scale["flops_per_token"] * tokens / median / peak, 4) if peak else None
+        row["peak_memory_gb"] = round(timing.peak_memory_gb, 2)
     return row
 
 
-def run_bench(params: StudyParams, scale_name: str | None, steps: int) -> dict[str, Any]:
-    """Time `steps` optimizer steps of each loop at one scale (default: the first phase-1 scale)."""
+def provenance(runtime: Runtime) -> dict[str, Any]:
+    return {
+        "device": runtime.name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def scale_summary(spec: dict[str, Any], total_params: int) -> dict[str, Any]:
+    return {**{key: spec["scale"][key] for key in SCALE_FIELDS}, "total_params": total_params}
+
+
+def run_bench(params: StudyParams, scale_name: str | None, steps: int, rounds: int = ROUNDS) -> dict[str, Any]:
+    """Time `rounds` x `steps` optimizer steps of each loop at one scale (default: the first phase-1 scale)."""
     scale_name = scale_name or next(iter(params.scales))
     params.scale(scale_name)
     if steps < 1:
         raise ParamsError(f"--steps: must be at least 1, got {steps}")
+    if rounds < 1:
+        raise ParamsError(f"--rounds: must be at least 1, got {rounds}")
     data = ensure_prepared(params)
     baseline, _ = params.scale_space(scale_name)
     spec = make_run_spec(params, scale_name, baseline, data)
@@ -101,25 +199,354 @@ def run_bench(params: StudyParams, scale_name: str | None, steps: int) -> dict[s
     shards = load_shards(data)
     batches = TrainBatches(shards.train, spec["scale"]["batch_size"], spec["scale"]["seq_len"], data["seed"])
 
-    ours = Run(spec, shards, runtime)
-    _, total_params = count_params(ours.model)
-    ours_timing = time_steps(ours.step, steps, runtime)
-    del ours  # frees its GPU memory before the second loop is measured
-    plain_timing = time_steps(hf_eager_step(spec, batches, runtime), steps, runtime)
+    timings = time_loops({
+        "optsweep": lambda: TrainingRun(spec, shards, runtime).step,
+        "hf_eager_fp32": lambda: hf_eager_step(spec, batches, runtime),
+    }, steps, rounds, runtime)
     rows = [
-        bench_row("optsweep", ours_timing, steps, spec, runtime, precision=runtime.precision,
+        bench_row("optsweep", timings["optsweep"], spec["scale"], runtime, precision=runtime.precision,
                   compile=spec["train"]["compile"], fused_adamw=runtime.device.type == "cuda"),
-        bench_row("hf_eager_fp32", plain_timing, steps, spec, runtime,
+        bench_row("hf_eager_fp32", timings["hf_eager_fp32"], spec["scale"], runtime,
                   precision="fp32", compile=False, fused_adamw=False),
     ]
+    _, total_params = count_params(build_hf_model(spec["scale"], seed=spec["seed"]))
     return {
-        "device": runtime.name,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "threads": torch.get_num_threads(),
-        "scale": {**{key: spec["scale"][key] for key in SCALE_FIELDS}, "total_params": total_params},
+        **provenance(runtime),
+        "scale": scale_summary(spec, total_params),
         "timed_steps": steps,
+        "rounds": rounds,
         "rows": rows,
         "speedup": round(rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"], 2),
     }
+
+
+# --- the suite: the brief's scales on one device ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What `run_suite` measures. `gpu` is the issue's list; `quick` runs the same code at toy sizes."""
+
+    scales: dict[str, Scale]  # throughput rows, ours next to the plain loop
+    vocab_size: int
+    steps: int  # timed steps per round
+    concurrency_scale: str
+    concurrency: tuple[int, ...]  # concurrent runs on the one device
+    profile_scale: str
+    profile_steps: int
+    curve_scale: str
+    curve_steps: int
+    needs_cuda: bool = False  # hours on a CPU: refused there
+
+
+def brief_scale(width: int, depth: int, heads: int, seq_len: int, batch_size: int) -> Scale:
+    return Scale(width=width, depth=depth, heads=heads, seq_len=seq_len, batch_size=batch_size,
+                 tokens=batch_size * seq_len * 10_000)
+
+
+SUITES = {
+    "gpu": Suite(
+        scales={
+            "0.1B": brief_scale(width=512, depth=32, heads=8, seq_len=1024, batch_size=64),  # 134M non-embedding
+            "30M": brief_scale(width=384, depth=12, heads=6, seq_len=1024, batch_size=64),  # 28M non-embedding
+        },
+        vocab_size=32_000, steps=10, concurrency_scale="30M", concurrency=(1, 2, 4),
+        profile_scale="0.1B", profile_steps=3, curve_scale="30M", curve_steps=200, needs_cuda=True,
+    ),
+    "quick": Suite(
+        scales={
+            "tiny-a": brief_scale(width=32, depth=2, heads=2, seq_len=32, batch_size=4),
+            "tiny-b": brief_scale(width=48, depth=1, heads=2, seq_len=32, batch_size=4),
+        },
+        vocab_size=2048, steps=2, concurrency_scale="tiny-a", concurrency=(1, 2),
+        profile_scale="tiny-a", profile_steps=1, curve_scale="tiny-a", curve_steps=4,
+    ),
+}
+
+
+def suite_spec(params: StudyParams, data: dict[str, Any], suite: Suite, name: str) -> dict[str, Any]:
+    """A run spec for one of the suite's scales: the study's baseline, lr moved by its transfer rule."""
+    scale = suite.scales[name]
+    lr = round_sig(params.baseline.lr * params.study.lr_transfer.factor(scale.width))
+    hparams = {**params.baseline.values(), "lr": lr}
+    spec = make_run_spec(params, next(iter(params.scales)), hparams, data)
+    spec["scale"] = {"name": name, **scale.derived(suite.vocab_size)}
+    return spec
+
+
+def with_settings(spec: dict[str, Any], **train: Any) -> dict[str, Any]:
+    return {**spec, "train": {**spec["train"], **train}}
+
+
+def first_step_that_fits(make_step: Callable[[int], Step], micro_batch: int) -> Step | None:
+    """A loop at `micro_batch` sequences per pass that has done one step, or None if that ran out of memory."""
+    try:
+        step = make_step(micro_batch)
+        step().item()
+        return step
+    except torch.cuda.OutOfMemoryError:
+        step = None  # drops the model and its optimizer before the cache is emptied
+        torch.cuda.empty_cache()
+        return None
+
+
+def fitted(make_step: Callable[[int], Step], batch_size: int, runtime: Runtime, chosen: dict[str, int],
+           name: str) -> Step:
+    """The loop at the largest micro-batch that fits on CUDA (the batch, halved until a step fits; the whole
+    batch on the CPU), recorded in `chosen[name]`."""
+    micro_batch = batch_size
+    step = make_step(micro_batch) if runtime.device.type != "cuda" else None
+    while step is None:
+        step = first_step_that_fits(make_step, micro_batch)
+        if step is None and micro_batch == 1:
+            raise RuntimeError(f"{name}: one sequence per pass does not fit in GPU memory")
+        micro_batch = micro_batch if step else micro_batch // 2
+    chosen[name] = micro_batch
+    return step
+
+
+def throughput_rows(params: StudyParams, data: dict[str, Any], suite: Suite, name: str,
+                    runtime: Runtime) -> list[dict[str, Any]]:
+    """Ours (bf16 + compile on CUDA) next to the plain fp32 eager loop at one scale, micro-batches fitted."""
+    cuda = runtime.device.type == "cuda"
+    spec = with_settings(suite_spec(params, data, suite, name), compile=cuda)
+    ours_runtime = Runtime(runtime.device, "bf16" if cuda else "fp32")
+    shards = load_shards(data)
+    batches = TrainBatches(shards.train, spec["scale"]["batch_size"], spec["scale"]["seq_len"], data["seed"])
+
+    def ours(micro: int) -> Step:
+        return TrainingRun(with_settings(spec, micro_batch_size=micro), shards, ours_runtime).step
+
+    def plain(micro: int) -> Step:
+        return hf_eager_step(spec, batches, runtime, micro)
+
+    batch_size, micro = spec["scale"]["batch_size"], {}
+    timings = time_loops({"optsweep": lambda: fitted(ours, batch_size, runtime, micro, "optsweep"),
+                          "hf_eager_fp32": lambda: fitted(plain, batch_size, runtime, micro, "hf_eager_fp32")},
+                         suite.steps, ROUNDS, runtime)
+    _, total_params = count_params(build_hf_model(spec["scale"], seed=spec["seed"]))
+    scale = scale_summary(spec, total_params)
+    return [
+        {"scale": scale, **bench_row("optsweep", timings["optsweep"], spec["scale"], runtime,
+                                     precision=ours_runtime.precision, compile=cuda, fused_adamw=cuda,
+                                     micro_batch=micro["optsweep"])},
+        {"scale": scale, **bench_row("hf_eager_fp32", timings["hf_eager_fp32"], spec["scale"], runtime,
+                                     precision="fp32", compile=False, fused_adamw=False,
+                                     micro_batch=micro["hf_eager_fp32"])},
+    ]
+
+
+def concurrent_worker(spec: dict[str, Any], precision: str, steps: int, barrier: Any, results: Any) -> None:
+    """One of N runs sharing the device: warm up, wait for the others, time `steps` steps."""
+    runtime = Runtime(resolve_runtime(spec["train"]).device, precision)
+    configure_determinism(runtime, spec["train"]["threads_per_worker"])
+    run = TrainingRun(spec, load_shards(spec["data"]), runtime)
+    for _ in range(WARMUP_STEPS):
+        run.step()
+    barrier.wait()
+    results.put(run_rounds(run.step, steps))
+
+
+def collect(results: Any, workers: list[Any]) -> list[float]:
+    """One result per worker; a worker that dies stops the others and raises instead of waiting forever."""
+    seconds: list[float] = []
+    while len(seconds) < len(workers):
+        try:
+            seconds.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(worker.exitcode not in (None, 0) for worker in workers):
+                for worker in workers:
+                    worker.terminate()
+                raise RuntimeError("a concurrent bench run died; see its traceback above") from None
+    for worker in workers:
+        worker.join()
+    return seconds
+
+
+def concurrency_rows(params: StudyParams, data: dict[str, Any], suite: Suite, runtime: Runtime,
+                     micro_batch: int) -> list[dict[str, Any]]:
+    """Aggregate tokens/s of N runs of our trainer at once on the one device (separate processes).
+
+    `micro_batch` is what one run alone may use; N runs take 1/N of it each."""
+    cuda = runtime.device.type == "cuda"
+    spec = with_settings(suite_spec(params, data, suite, suite.concurrency_scale), compile=cuda,
+                         device=runtime.device.type)
+    tokens = suite.steps * spec["scale"]["batch_size"] * spec["scale"]["seq_len"]
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    rows = []
+    for runs in suite.concurrency:
+        spec = with_settings(spec, micro_batch_size=max(1, micro_batch // runs))  # the memory is shared
+        barrier, results = context.Barrier(runs), context.Queue()
+        workers = [context.Process(target=concurrent_worker, daemon=True,
+                                   args=(spec, "bf16" if cuda else "fp32", suite.steps, barrier, results))
+                   for _ in range(runs)]
+        for worker in workers:
+            worker.start()
+        seconds = collect(results, workers)
+        per_run = [tokens / s for s in seconds]
+        rows.append({"scale": suite.concurrency_scale, "runs": runs, "micro_batch": spec["train"]["micro_batch_size"],
+                     "tokens_per_s_per_run": [round(t) for t in per_run],
+                     "aggregate_tokens_per_s": round(sum(per_run))})
+    return rows
+
+
+ATTENTION_KERNELS = (  # (what ran, name fragment) in lower-cased op and kernel names; the model has no convs
+    ("flash", "flash"),
+    ("cudnn", "cudnn"),
+    ("memory-efficient", "efficient_attention"),
+    ("math (unfused)", "_scaled_dot_product_attention_math"),
+)
+
+
+def attention_kernels(names: list[str]) -> list[str]:
+    """Which SDPA backends appear among the profiled kernel and op names."""
+    lowered = [name.lower() for name in names]
+    return sorted({kind for kind, fragment in ATTENTION_KERNELS if any(fragment in name for name in lowered)})
+
+
+def profile_rows(params: StudyParams, data: dict[str, Any], suite: Suite, runtime: Runtime, micro_batch: int,
+                 top: int = 15) -> dict[str, Any]:
+    """A few steps of our trainer under torch.profiler: top kernels by device time, attention backend."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = runtime.device.type == "cuda"
+    spec = with_settings(suite_spec(params, data, suite, suite.profile_scale), compile=cuda,
+                         micro_batch_size=micro_batch)
+    run = TrainingRun(spec, load_shards(data), Runtime(runtime.device, "bf16" if cuda else "fp32"))
+    for _ in range(WARMUP_STEPS):
+        run.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        run_rounds(run.step, suite.profile_steps)
+    events = all_events = profiler.key_averages()
+    if cuda:
+        events = [e for e in events if e.self_device_time_total > 0]  # kernels, not host-side ops
+    time_of = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(time_of(e) for e in events) or 1
+    ranked = sorted(events, key=time_of, reverse=True)
+    return {
+        "scale": suite.profile_scale,
+        "steps": suite.profile_steps,
+        "measure": "self CUDA time" if cuda else "self CPU time",
+        "top": [{"name": e.key[:120], "ms": round(time_of(e) / 1e3, 2), "share": round(time_of(e) / total, 4),
+                 "calls": e.count} for e in ranked[:top]],
+        "attention": attention_kernels([e.key for e in all_events]),  # aten ops name the SDPA backend
+    }
+
+
+def curve_rows(params: StudyParams, data: dict[str, Any], suite: Suite, runtime: Runtime,
+               micro_batch: int) -> dict[str, Any]:
+    """Train loss per step of our trainer, bf16 (+ compile on CUDA) and fp32 eager, same init and batches."""
+    cuda = runtime.device.type == "cuda"
+    spec = suite_spec(params, data, suite, suite.curve_scale)
+    spec["scale"] = {**spec["scale"], "steps": suite.curve_steps}  # the lr schedule ends at the last step
+    curves = {}
+    for name, precision, compile_ in (("bf16_compiled" if cuda else "bf16_eager", "bf16", cuda),
+                                      ("fp32_eager", "fp32", False)):
+        run = TrainingRun(with_settings(spec, compile=compile_, micro_batch_size=micro_batch), load_shards(data),
+                  Runtime(runtime.device, precision))
+        curves[name] = torch.stack([run.step() for _ in range(suite.curve_steps)]).tolist()
+        del run
+    tail = max(1, suite.curve_steps // 20)  # the end of a curve: the mean of its last 5% of steps
+    ends = {name: statistics.fmean(losses[-tail:]) for name, losses in curves.items()}
+    low, reference = ends[next(iter(ends))], ends["fp32_eager"]
+    return {"scale": suite.curve_scale, "steps": suite.curve_steps, "end_mean_of_last": tail,
+            "end": {name: round(value, 4) for name, value in ends.items()},
+            "relative_difference": round(abs(low - reference) / reference, 4), "curves": curves}
+
+
+PARTS = ("throughput", "concurrency", "profile", "curves")
+
+
+def plain_micro_batch(params: StudyParams, data: dict[str, Any], suite: Suite, name: str, runtime: Runtime) -> int:
+    """The plain fp32 loop's micro-batch at a scale: the most memory-hungry loop, so a safe size for all."""
+    spec = suite_spec(params, data, suite, name)
+    batches = TrainBatches(load_shards(data).train, spec["scale"]["batch_size"], spec["scale"]["seq_len"], data["seed"])
+    chosen: dict[str, int] = {}
+    fitted(lambda micro: hf_eager_step(spec, batches, runtime, micro), spec["scale"]["batch_size"], runtime, chosen,
+           "hf_eager_fp32")
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return chosen["hf_eager_fp32"]
+
+
+def run_suite(params: StudyParams, suite_name: str, out: Path, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """The `parts` of `SUITES[suite_name]` on this process's device; writes `<suite>-<device>.json` and `.md`.
+
+    Micro-batches: each throughput row fits its own; the other parts take the plain loop's (fitted here if
+    the throughput part did not run), and concurrent runs split it between them.
+    """
+    if suite_name not in SUITES:
+        raise ParamsError(f"--suite: unknown suite {suite_name!r}; choose from {', '.join(SUITES)}")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ParamsError(f"--parts: unknown or empty {','.join(unknown)!r}; choose from {','.join(PARTS)}")
+    suite = SUITES[suite_name]
+    if suite.needs_cuda and not torch.cuda.is_available():
+        raise ParamsError(f"--suite {suite_name}: needs a CUDA device and torch sees none; on a CPU use --suite quick")
+    data = ensure_prepared(params)
+    if data["vocab_size"] > suite.vocab_size:
+        raise ParamsError(f"--suite {suite_name}: the study's vocabulary ({data['vocab_size']}) exceeds the "
+                          f"suite's model vocabulary ({suite.vocab_size})")
+    runtime = resolve_runtime(params.study.train.model_dump())
+    configure_determinism(runtime, params.study.train.threads_per_worker)
+    report: dict[str, Any] = {**provenance(runtime), "suite": suite_name}
+    micro: dict[str, int] = {}
+    if "throughput" in parts:
+        report["throughput"] = [row for name in suite.scales
+                                for row in throughput_rows(params, data, suite, name, runtime)]
+        micro = {row["scale"]["name"]: row["micro_batch"] for row in report["throughput"]
+                 if row["trainer"] == "hf_eager_fp32"}
+
+    def micro_batch(name: str) -> int:
+        if name not in micro:
+            micro[name] = plain_micro_batch(params, data, suite, name, runtime)
+        return micro[name]
+
+    if "concurrency" in parts:
+        report["concurrency"] = concurrency_rows(params, data, suite, runtime, micro_batch(suite.concurrency_scale))
+    if "profile" in parts:
+        report["profile"] = profile_rows(params, data, suite, runtime, micro_batch(suite.profile_scale))
+    if "curves" in parts:
+        report["loss_curves"] = curve_rows(params, data, suite, runtime, micro_batch(suite.curve_scale))
+    out.mkdir(parents=True, exist_ok=True)
+    device = re.sub(r"[^a-z0-9]+", "-", runtime.name.lower()).strip("-")
+    stem = out / "-".join([suite_name, device, *([] if parts == PARTS else parts)])
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The suite's report as markdown: one table or paragraph per part that ran."""
+    lines = [f"# optsweep bench, suite {report['suite']}", "",
+             f"{report['device']}, torch {report['torch']}, transformers {report['transformers']}, {report['date']}"]
+    if "throughput" in report:
+        lines += ["", "| scale | trainer | precision | compile | micro-batch | tokens/s (range) | MFU | peak GB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in report["throughput"]:
+            low, high = row["tokens_per_s_range"]
+            mfu = "" if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
+            lines.append(f"| {row['scale']['name']} | {row['trainer']} | {row['precision']} | {row['compile']} | "
+                         f"{row['micro_batch']} | {row['tokens_per_s']:,} ({low:,}-{high:,}) | {mfu} | "
+                         f"{row.get('peak_memory_gb', '')} |")
+    if "concurrency" in report:
+        lines += ["", "| scale | concurrent runs | micro-batch | aggregate tokens/s | per run |",
+                  "|---|---|---|---|---|"]
+        for row in report["concurrency"]:
+            per_run = ", ".join(f"{t:,}" for t in row["tokens_per_s_per_run"])
+            lines.append(f"| {row['scale']} | {row['runs']} | {row['micro_batch']} | "
+                         f"{row['aggregate_tokens_per_s']:,} | {per_run} |")
+    if "profile" in report:
+        profile = report["profile"]
+        lines += ["", f"Profile of {profile['steps']} steps at {profile['scale']} ({profile['measure']}); attention "
+                  f"ran: {', '.join(profile['attention']) or 'no SDPA kernel found'}.", "",
+                  "| kernel | ms | share | calls |", "|---|---|---|---|"]
+        lines += [f"| `{e['name']}` | {e['ms']} | {100 * e['share']:.1f}% | {e['calls']} |" for e in profile["top"]]
+    if "loss_curves" in report:
+        curves = report["loss_curves"]
+        ends = ", ".join(f"{name} {value}" for name, value in curves["end"].items())
+        lines += ["", f"Loss curves at {curves['scale']} over {curves['steps']} steps (end = mean of the last "
+                  f"{curves['end_mean_of_last']}): {ends}; relative difference "
+                  f"{100 * curves['relative_difference']:.2f}%."]
+    return "\n".join(lines) + "\n"

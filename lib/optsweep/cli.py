@@ -46,10 +46,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import run_bench
+    from .bench import markdown, run_bench, run_suite
 
     params = load_params(args.params, args.set)
-    _print_json(run_bench(params, args.scale, steps=args.steps))
+    if args.suite is None:
+        _print_json(run_bench(params, args.scale, steps=args.steps, rounds=args.rounds))
+        return
+    print(markdown(run_suite(params, args.suite, Path(args.out), parts=tuple(args.parts.split(",")))))
 
 
 def _best_text(scale: str, best_loss: float | None, best: dict[str, Any], out: Path) -> str:
@@ -184,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = add("bench", cmd_bench, "tokens/s (and MFU on GPU): our trainer next to a plain HF eager loop")
     bench.add_argument("--scale", default=None, help="a scale name from params (default: the first)")
-    bench.add_argument("--steps", type=int, default=20, help="timed optimizer steps per row")
+    bench.add_argument("--steps", type=int, default=20, help="timed optimizer steps per round")
+    bench.add_argument("--rounds", type=int, default=3, help="timed rounds per loop (rows give median and range)")
+    bench.add_argument(
+        "--suite", default=None, choices=["gpu", "quick"],
+        help="instead of one study scale: the issue-12 suite (gpu: 0.1B and 30M, concurrency, profile, loss "
+             "curves; quick: the same at toy sizes), written as JSON + markdown under --out",
+    )
+    bench.add_argument("--out", default="reports/bench", help="folder for the suite's JSON and markdown")
+    bench.add_argument("--parts", default="throughput,concurrency,profile,curves",
+                       help="the suite's parts to run, comma-separated (to split it across device calls)")
 
     sweep = add("sweep", cmd_sweep, "coordinate descent over the grid at one scale, or at every scale of a phase")
     sweep.add_argument("--scale", default=None, help="a scale name from params")

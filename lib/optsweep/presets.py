@@ -63,4 +63,5 @@ def print_plan(params: StudyParams) -> None:
                 f"{phase:<7} {name:<12} {scale.n_params:>10.3g} {scale.tokens:>10.3g} {scale.steps():>7} {micro:>6} "
                 f"{f'{first}/{most}':>13} {tokens:>14.3g} {hours:>12.1f}"
             )
-    print(f"\nat most {total_runs} runs, about {total_hours:,.0f} GPU-hours (law scales: fewer once the sensitive set is known)")
+    print(f"\nat most {total_runs} runs, about {total_hours:,.0f} GPU-hours "
+          "(law scales: fewer once the sensitive set is known)")

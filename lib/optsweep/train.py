@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import transformers
 
 from .batches import Shards, TrainBatches, load_shards, val_batches
@@ -77,14 +76,14 @@ def resolve_runtime(settings: dict[str, Any]) -> Runtime:
     return Runtime(torch.device(kind), precision)
 
 
-class Run:
+class TrainingRun:
     """One run's model, optimizer, schedule and batch stream. `step()` does one optimizer update."""
 
-    def __init__(self, spec: dict[str, Any], shards: Shards, runtime: Runtime, micro_batch: int) -> None:
+    def __init__(self, spec: dict[str, Any], shards: Shards, runtime: Runtime, micro_batch: int | None = None) -> None:
         scale, hparams, settings = spec["scale"], spec["hparams"], spec["train"]
         self.runtime = runtime
         self.clip = hparams["clip"]
-        self.micro_batch = micro_batch
+        self.micro_batch = micro_batch or settings.get("micro_batch_size") or scale["batch_size"]
         self.model = build_model(scale, seed=spec["seed"]).to(runtime.device)
         self.optimizer, self.scheduler = build_optimizer(
             self.model, hparams, scale["steps"], settings["decay_exclude"], fused=runtime.device.type == "cuda"
@@ -120,10 +119,10 @@ class Run:
         return batch.pin_memory().to(self.runtime.device, non_blocking=True)
 
     def loss(self, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Next-token cross-entropy of packed windows: no attention mask, fixed shapes."""
+        """Next-token cross-entropy of packed windows: causal attention without a mask, fixed shapes, and the
+        loss taken from the hidden states in chunks, never from full logits (model.py, loss.py)."""
         with self.runtime.autocast():
-            logits = self.model(input_ids=tokens[:, :-1]).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction)
+            return self.model(tokens[:, :-1], targets=tokens[:, 1:], reduction=reduction)
 
     def step(self) -> torch.Tensor:
         """One update on the next batch (accumulated over micro-batches); returns the loss, on the device."""
@@ -200,7 +199,7 @@ class Checkpointer:
     def due(self) -> bool:
         return self.folder is not None and time.monotonic() - self.last >= self.every_s
 
-    def save(self, run: Run, progress: Progress) -> None:
+    def save(self, run: TrainingRun, progress: Progress) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
         torch.save({"run": run.state(), "progress": progress.__dict__}, tmp)
@@ -254,7 +253,7 @@ def _train(spec: dict[str, Any], micro_batch: int, halvings: int) -> dict[str, A
     saved = checkpointer.load()
     if saved is not None:
         micro_batch = min(micro_batch, saved[1].micro_batch)  # a run that needed a smaller one still does
-    run = Run(spec, shards, runtime, micro_batch)
+    run = TrainingRun(spec, shards, runtime, micro_batch)
     progress = Progress(micro_batch, oom_halvings=halvings)
     if saved is not None:
         run.load_state(saved[0])
@@ -292,7 +291,7 @@ def _train(spec: dict[str, Any], micro_batch: int, halvings: int) -> dict[str, A
     return _result(spec, run, progress, divergence, runtime, (n_params, total_params), time.perf_counter() - started)
 
 
-def _result(spec: dict[str, Any], run: Run, progress: Progress, divergence: Divergence | None, runtime: Runtime,
+def _result(spec: dict[str, Any], run: TrainingRun, progress: Progress, divergence: Divergence | None, runtime: Runtime,
             counts: tuple[int, int], wall_s: float) -> dict[str, Any]:
     scale = spec["scale"]
     final = progress.eval_curve[-1][1] if divergence is None else math.nan
