@@ -17,8 +17,8 @@
 # away from the optimum costs more than the noise threshold) and its optimum shifts between scales (judged
 # by regret: what one scale's optimum costs at another) by a margin significant against the measured noise;
 # *inconclusive* when that margin is within the noise, *insensitive* when there is none. Scale pairs that
-# differ only in data or only in model size tell what causes a shift. The original study's rule (one value near-best at every scale =
-# stable) is shown beside it.
+# differ only in data or only in model size tell what causes a shift. The original study's rule (one value
+# near-best at every scale = stable) is shown beside it.
 
 # %% tags=["parameters"]
 params_file = ""  # default: the active params/study.yaml
