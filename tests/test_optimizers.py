@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from optsweep.analysis.optimum import to_axis
+from optsweep.batches import TrainBatches, load_shards, val_batches
 from optsweep.config import ParamsError
-from optsweep.data import TrainBatches, load_shards, val_batches
 from optsweep.model import build_model
 from optsweep.optim import build_optimizer, clip_gradients
 from optsweep.optimizers import (
