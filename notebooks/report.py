@@ -26,7 +26,8 @@ from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.config import load_params
-from optsweep.jsonio import read_json, write_json
+from optsweep.documents import ScalingLaws, SensitivityResult, as_json, read_document
+from optsweep.jsonio import write_json
 from optsweep.paths import enter_root
 from optsweep.report import (
     analysis_warnings,
@@ -49,8 +50,8 @@ paths = enter_root()
 params = load_params(params_file or paths.params)
 phase1 = load_sweeps(paths.sweeps("phase1"), list(params.scales))
 law_phase = load_sweeps(paths.sweeps("law"), list(params.law_scales))
-sensitivity = read_json(paths.sensitivity)
-laws = read_json(paths.scaling_law)
+sensitivity = as_json(read_document(paths.sensitivity, SensitivityResult))
+laws = as_json(read_document(paths.scaling_law, ScalingLaws))
 write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump())  # for `dvc metrics`
 if analysis_warnings(sensitivity, laws):
     display(Markdown("## Warnings\n" + analysis_warnings(sensitivity, laws)))

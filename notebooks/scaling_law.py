@@ -29,7 +29,15 @@ from IPython.display import Markdown, display
 from optsweep import plots
 from optsweep.analysis import fit_scaling_laws, runs_table_from_sweeps
 from optsweep.config import load_params
-from optsweep.jsonio import read_json, write_json
+from optsweep.documents import (
+    ScalingLaws,
+    SensitivityResult,
+    as_json,
+    read_document,
+    stamped,
+    sweeps_origin,
+    write_document,
+)
 from optsweep.paths import enter_root
 from optsweep.report import analysis_warnings, law_curves, law_forms_frame, load_sweeps, styled
 
@@ -38,9 +46,9 @@ params = load_params(params_file or paths.params)
 sweeps = load_sweeps(paths.sweeps("phase1"), list(params.scales)) + load_sweeps(
     paths.sweeps("law"), list(params.law_scales)
 )
-sensitivity = read_json(paths.sensitivity)
+sensitivity = as_json(read_document(paths.sensitivity, SensitivityResult))
 laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity, settings=params.analysis)
-write_json(paths.scaling_law, laws)
+write_document(paths.scaling_law, stamped(ScalingLaws, laws, params.params_hash(), **sweeps_origin(sweeps)))
 display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity['sensitive']) or 'none'}**"))
 if laws["warnings"]:
     display(Markdown(analysis_warnings({}, laws)))

@@ -30,7 +30,7 @@ from IPython.display import Markdown, display
 from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
 from optsweep.config import load_params
-from optsweep.jsonio import write_json
+from optsweep.documents import SensitivityResult, stamped, sweeps_origin, write_document
 from optsweep.paths import enter_root
 from optsweep.report import (
     analysis_warnings,
@@ -47,7 +47,8 @@ params = load_params(params_file or paths.params)
 sweeps = load_sweeps(paths.sweeps("phase1"), params.scales_to_compare())
 table = runs_table_from_sweeps(sweeps)
 sensitivity = analyze_sensitivity(table, params.analysis)
-write_json(paths.sensitivity, sensitivity)
+origin = sweeps_origin(sweeps)  # what the sweeps were trained with: data, trainer and its code
+write_document(paths.sensitivity, stamped(SensitivityResult, sensitivity, params.params_hash(), **origin))
 if analysis_warnings(sensitivity):
     display(Markdown(analysis_warnings(sensitivity)))
 

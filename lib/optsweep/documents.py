@@ -13,7 +13,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import ParamsError
-from .jsonio import read_json, write_json
+from .jsonio import read_json, to_strict, write_json
+from .provenance import provenance
 from .store import RunStatus
 
 Number = float | int
@@ -137,6 +138,61 @@ class SweepResult(Document):
         return stable(self) == stable(other)
 
 
+Verdict = Literal["sensitive", "insensitive", "inconclusive"]
+
+
+class HparamVerdict(Document):
+    """One hyperparameter's sensitivity verdict, with the margin and the noise it was judged against."""
+
+    verdict: Verdict
+    sensitive: bool
+    loss_sensitive: bool
+    optimum_shifts: bool
+    shift_cause: str | None
+    margin: float | None
+    required_margin: float | None
+    reason: str
+
+
+class RecommendedConstant(Document):
+    """A constant for a hyperparameter (moved to a width by its rule)."""
+
+    value: Number | None
+    rule: str
+    reference_width: int | None
+
+
+class HypothesisAnswer(Document):
+    hypothesis: str
+    verdict: Literal["supported", "contradicted", "inconclusive"]
+    evidence: dict[str, Any]
+
+
+class SensitivityResult(Document):
+    """`results/sensitivity.json`: one verdict per hyperparameter, constants, hypotheses, noise, warnings."""
+
+    hyperparameters: dict[str, HparamVerdict]
+    sensitive: list[str]
+    inconclusive: list[str]
+    recommended: dict[str, RecommendedConstant]
+    unjudged: list[str]
+    hypotheses: list[HypothesisAnswer]
+    warnings: list[str]
+    provenance: Provenance
+
+
+class ScalingLaws(Document):
+    """`results/scaling_law.json`: a law per sensitive hyperparameter, constants for the rest, the loss law."""
+
+    laws: dict[str, dict[str, Any]]
+    unfitted: dict[str, Any]
+    skipped: dict[str, Any]
+    constants: dict[str, RecommendedConstant]
+    loss_law: dict[str, Any]
+    warnings: list[str]
+    provenance: Provenance
+
+
 DocumentType = TypeVar("DocumentType", bound=Document)
 
 
@@ -169,3 +225,16 @@ def as_json(document: Document) -> dict[str, Any]:
 def write_document(path: Path | str, document: Document) -> Path:
     """Write a document as strict JSON, atomically."""
     return write_json(Path(path), as_json(document))
+
+
+def stamped(kind: type[DocumentType], content: dict[str, Any], params_hash: str | None,
+            **origin: Any) -> DocumentType:
+    """An analysis result as a validated document carrying the provenance of whatever wrote it."""
+    return kind.model_validate(to_strict({**content, "provenance": provenance(params_hash, **origin)}))
+
+
+def sweeps_origin(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the sweeps an analysis rests on were trained with (they agree: see report.require_one_identity)."""
+    first = sweeps[0]["provenance"] if sweeps else {}
+    return {"sweeps": [sweep["scale"]["name"] for sweep in sweeps],
+            **{part: first.get(part) for part in ("data_hash", "trainer", "trainer_code")}}

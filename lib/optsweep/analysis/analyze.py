@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import AnalysisSettings, StudyParams
-from ..jsonio import write_json
-from ..provenance import provenance, stable_hash
+from ..documents import ScalingLaws, SensitivityResult, stamped, write_document
+from ..provenance import stable_hash
 from .laws import fit_scaling_laws
 from .sensitivity import analyze_sensitivity
 from .table import load_runs_table
@@ -21,13 +21,10 @@ def analyze_table(
     settings = settings or (params.analysis if params else AnalysisSettings())
     sensitivity = analyze_sensitivity(table, settings)
     laws = fit_scaling_laws(table, sensitivity, settings=settings)
-    origin = provenance(
-        params.params_hash() if params else stable_hash(settings.model_dump()),
-        runs_table=str(path),
-        table_hash=stable_hash(table.to_dict("list")),
-    )
+    params_hash = params.params_hash() if params else stable_hash(settings.model_dump())
+    origin = {"runs_table": str(path), "table_hash": stable_hash(table.to_dict("list"))}
     out_dir = Path(out_dir)
     return [
-        write_json(out_dir / "sensitivity.json", sensitivity | {"provenance": origin}),
-        write_json(out_dir / "scaling_law.json", laws | {"provenance": origin}),
+        write_document(out_dir / "sensitivity.json", stamped(SensitivityResult, sensitivity, params_hash, **origin)),
+        write_document(out_dir / "scaling_law.json", stamped(ScalingLaws, laws, params_hash, **origin)),
     ]
