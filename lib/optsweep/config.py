@@ -128,6 +128,23 @@ class TrainSettings(Strict):
     )
 
 
+class RaySettings(Strict):
+    """Where the Ray backend (`study.executor: ray`) finds its cluster; see optsweep.ray_executor."""
+
+    address: str = Field(
+        "local", description="'local' (a private cluster here), 'auto' (the cluster of this node) or a head's host:port"
+    )
+    dashboard: bool = Field(True, description="start the Ray dashboard with a 'local' cluster")
+    progress_every_s: float = Field(30.0, gt=0, description="seconds between progress lines of the runs in flight")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value not in ("local", "auto") and not re.fullmatch(r"[\w.-]+:\d+", value):
+            raise ValueError(f"must be 'local', 'auto' or host:port of a Ray head, got {value!r}")
+        return value
+
+
 class StudySettings(Strict):
     name: str
     seed: int = Field(0, ge=0)
@@ -139,6 +156,9 @@ class StudySettings(Strict):
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     lr_transfer: LrTransfer = Field(default_factory=LrTransfer)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    executor: Literal["local", "ray"] = Field("local", description="a process pool on this machine, or Ray actors")
+    ray: RaySettings = Field(default_factory=RaySettings)
+    tracker: Literal["none", "wandb"] = Field("none", description="also log every run to Weights & Biases")
 
     @field_validator("trainer")
     @classmethod

@@ -25,8 +25,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from .backends import make_executor
 from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
-from .executor import Executor, Outcome, Task, worker_environments
+from .executor import Executor, Outcome, Task
 from .provenance import provenance
 from .jsonio import to_strict, write_json
 from .store import RunRecord, RunStore, run_key
@@ -386,7 +387,7 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
     space = search_space(params, scale_name, sensitivity_path)
     trainer = params.study.trainer
     trainer_code = code_identity(trainer)  # a missing trainer module fails here, before data or workers
-    environments = worker_environments(params.study)
+    executor = make_executor(params.study)
     data = None
     if trainer == DEFAULT_TRAINER:
         from .data import ensure_prepared  # only the default trainer reads prepared shards
@@ -395,7 +396,7 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
     label = f"sweep {scale_name}" + (" (law)" if space.phase == "law" else "")
     bar = Progress(label, progress)
     try:
-        with Executor(trainer, environments, threads=params.study.train.threads_per_worker) as executor:
+        with executor:
             evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
             descend = _descend_by_neighbourhood if search.stop_rule == "neighbourhood" else _descend_in_passes
             descent = descend(space, search, evaluator)
