@@ -140,9 +140,10 @@ class TrainerActor:
             return "params", str(error)
         except PreflightError as error:
             return "preflight", f"{error} (on node {ray.util.get_node_ip_address()})"
-        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU") or []
+        context = ray.get_runtime_context()
+        gpus = context.get_accelerator_ids().get("GPU") or []
         where = f"GPU {','.join(gpus)}" if gpus else device
-        return "ready", f"{ray.util.get_node_ip_address()} {where} (pid {os.getpid()})"
+        return "ready", f"{ray.util.get_node_ip_address()} node {context.get_node_id()[:6]} {where} (pid {os.getpid()})"
 
     def train(self, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, float]:
         self.latest = None
