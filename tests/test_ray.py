@@ -141,6 +141,9 @@ def cluster():
     """Two Ray nodes (head + worker) of 1 CPU each on 127.0.0.1, with the synthetic trainers' instrumentation
     files in one folder (Ray workers see the environment of `ray start`, not the driver's)."""
     folder = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths live under it
+    # No token authentication on a loopback test cluster (its drivers, in this process or not, agree).
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_AUTH_MODE", "disabled")
     env = synth.cli_env(SYNTH_CALLS=str(folder / "calls.txt"), SYNTH_MARKS=str(folder / "marks"),
                         SYNTH_PAUSE=str(folder / "pause"), SYNTH_SLEEP="0.2", RAY_USAGE_STATS_ENABLED="0")
     address = f"127.0.0.1:{free_port()}"
@@ -155,6 +158,7 @@ def cluster():
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
+        patch.undo()
         assert ray_processes("raylet") == []
 
 
