@@ -54,11 +54,13 @@ class DataSettings(Strict):
     hub_dataset: str | None = Field(None, description="Hugging Face dataset name (source: hub)")
     hub_config: str | None = None
     hub_split: str = "train"
+    hub_revision: str | None = Field(None, description="the dataset's commit or tag on the hub (pin it: main moves)")
     text_column: str = "text"
     train_tokens: int = Field(2_000_000, gt=0, description="tokens written to the training shard")
     val_tokens: int = Field(50_000, gt=0, description="held-out tokens, never trained on")
     seed: int = Field(0, ge=0, description="fixes the held-out split and the batch order")
     dir: str = "data/prepared"
+    num_proc: int | None = Field(None, ge=1, description="tokenizing processes (default: every core)")
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSettings:
@@ -77,6 +79,7 @@ class TokenizerSettings(Strict):
     train_chars: int = Field(20_000_000, gt=0, description="characters of corpus the BPE is trained on")
     # The official meta-llama repository is gated; this is an openly downloadable copy of the same tokenizer.
     name: str = "NousResearch/Llama-2-7b-hf"
+    revision: str | None = Field(None, description="the pretrained tokenizer's commit or tag on the hub (pin it)")
 
 
 class LrTransfer(Strict):
