@@ -116,17 +116,19 @@ def test_the_local_backend_never_imports_ray(tmp_path):
 # --- a private in-process cluster ------------------------------------------------------------------------
 
 
-def test_a_local_ray_cluster_finds_the_local_backends_best_training_each_config_once(tmp_path, monkeypatch):
+def test_a_local_ray_cluster_finds_the_local_backends_best_training_each_config_once(tmp_path):
     reference = reference_sweep(tmp_path / "reference", "bowl")
     calls = tmp_path / "calls.txt"
-    # Ray workers inherit the environment of the process that starts the cluster (here: this one).
-    monkeypatch.setenv("PYTHONPATH", synth.cli_env()["PYTHONPATH"])
-    monkeypatch.setenv("SYNTH_CALLS", str(calls))
-    params = load_params(synth.write_study(
-        tmp_path / "ray", "bowl", study_workers=2, study_executor="ray",
-        study_ray={"address": "local", "dashboard": False}))
-    result = run_sweep(params, "a", tmp_path / "ray" / "a.json", progress=False)
+    params = synth.write_study(tmp_path / "ray", "bowl", study_workers=2, study_executor="ray",
+                               study_ray={"address": "local", "dashboard": False})
+    out = tmp_path / "ray" / "a.json"
+    # The driver starts the cluster, whose workers inherit its environment (PYTHONPATH, SYNTH_CALLS).
+    sweep = subprocess.run(sweep_command(params, out), env=synth.cli_env(SYNTH_CALLS=str(calls)),
+                           capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stderr
+    result = json.loads(out.read_text())
     assert comparable(result) == comparable(reference)
+    assert "ray: 2 workers" in sweep.stderr
     counts = collections.Counter(synth.read_calls(calls))
     assert set(counts.values()) == {1} and len(counts) == result["compute"]["runs_planned"]
     assert stored(tmp_path / "ray" / "runs") == len(counts)

@@ -237,17 +237,24 @@ class RayExecutor(Executor):
         return RemoteTrainerActor.options(num_cpus=self._shape.num_cpus, num_gpus=self._shape.num_gpus).remote(
             self.trainer_name, self.study.train.model_dump(mode="json"))
 
-    @staticmethod
-    def _await_started(slots: list[_Slot]) -> None:
-        """Wait for the actors to import the trainer and pass the preflight; any failure stops the sweep."""
-        try:
-            answers = ray.get([slot.actor.start.remote() for slot in slots], timeout=READY_TIMEOUT_S)
-        except GetTimeoutError:
-            raise ParamsError(f"study.ray.address: the cluster did not place {len(slots)} worker(s) within "
-                              f"{READY_TIMEOUT_S:.0f} s; other jobs hold its resources") from None
-        except RayActorError as error:
-            raise RuntimeError(f"a Ray worker died before it was ready ({str(error).splitlines()[0]})") from None
-        for slot, (status, detail) in zip(slots, answers):
+    def _await_started(self, slots: list[_Slot]) -> None:
+        """Wait for the actors to import the trainer and pass the preflight; a failure there stops the sweep.
+        An actor that dies while starting (its worker process or node lost) is replaced, once."""
+        starts = [slot.actor.start.remote() for slot in slots]  # they start concurrently
+        for slot, start in zip(slots, starts):
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    status, detail = ray.get(start, timeout=READY_TIMEOUT_S)
+                    break
+                except GetTimeoutError:
+                    raise ParamsError(f"study.ray.address: the cluster did not place {len(slots)} worker(s) "
+                                      f"within {READY_TIMEOUT_S:.0f} s; other jobs hold its resources") from None
+                except RayActorError as error:
+                    if attempt == ATTEMPTS:
+                        raise RuntimeError(f"Ray workers died before they were ready ({str(error).splitlines()[0]})"
+                                           ) from None
+                    slot.actor = self._new_actor()
+                    start = slot.actor.start.remote()
             if status == "params":
                 raise ParamsError(f"{detail} (in a Ray worker)")
             if status == "preflight":
