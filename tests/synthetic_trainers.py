@@ -151,6 +151,19 @@ def whoami(spec: dict[str, Any]) -> dict[str, Any]:
     })
 
 
+def reporter(spec: dict[str, Any]) -> dict[str, Any]:
+    """The bowl after reporting 2 of 4 steps done (optsweep.live), then sleeping SYNTH_SLEEP seconds; its
+    result carries curves like the default trainer's."""
+    from optsweep.live import report_progress
+
+    loss = bowl_loss(spec["hparams"])
+    for step in (1, 2):
+        time.sleep(0.01)
+        report_progress(step, 4, loss + 1.0 / step, tokens_per_s=1500.0)
+    curves = {"train_curve": [[0, loss + 1.0], [3, loss + 0.25]], "eval_curve": [[4, loss]]}
+    return _finish(spec, {"loss": loss, **curves})
+
+
 def flaky(spec: dict[str, Any]) -> dict[str, Any]:
     """Raises on the first attempt at each config, succeeds on the retry."""
     if _mark_first_attempt(spec):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import optsweep.data
+import synthetic_trainers as synth
 from conftest import small_study
 from optsweep.batches import TrainBatches, load_shards, val_batches
 from optsweep.config import ParamsError, StudyParams, validate_params
@@ -118,7 +121,7 @@ def test_val_batches_cover_the_requested_tokens_in_order(prepared_data):
 def test_a_killed_preparation_is_never_reused(doc_corpus, tmp_path, monkeypatch):
     params = files_params(doc_corpus, tmp_path / "data")
 
-    def killed_while_writing(texts, tokenizer, folder, data, dtype):
+    def killed_while_writing(texts, encode, folder, data, dtype, processes):
         (folder / "train.bin").write_bytes(b"\0" * 64)
         raise KeyboardInterrupt
 
@@ -129,12 +132,12 @@ def test_a_killed_preparation_is_never_reused(doc_corpus, tmp_path, monkeypatch)
     monkeypatch.undo()
     data = ensure_prepared(params)
     assert len(load_shards(data).train) == data["train_tokens"] > 32
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".data.tmp")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".data.build")] == []
 
 
 def test_changed_settings_replace_the_shards(doc_corpus, tmp_path):
     first = ensure_prepared(files_params(doc_corpus, tmp_path / "data"))
-    second = ensure_prepared(files_params(doc_corpus, tmp_path / "data", val_tokens=800))
+    second = ensure_prepared(files_params(doc_corpus, tmp_path / "data", val_tokens=800), replace=True)
     assert second["val_tokens"] == 800 and second["hash"] != first["hash"]
     assert len(load_shards(second).val) == 800
     with pytest.raises(ValueError, match="optsweep prepare"):
@@ -160,18 +163,19 @@ def test_hub_source_streams_the_named_dataset(doc_corpus, tmp_path, monkeypatch)
     texts = [p.read_text() for p in sorted(doc_corpus.glob("*.txt"))]
     calls = []
 
-    def local_hub(name, config=None, split=None, streaming=False):
-        calls.append((name, config, split, streaming))
+    def local_hub(name, config=None, split=None, streaming=False, revision=None):
+        calls.append((name, config, split, streaming, revision))
         return datasets.Dataset.from_dict({"content": texts}).to_iterable_dataset()
 
     monkeypatch.setattr(datasets, "load_dataset", local_hub)
     raw = small_study(tmp_path / "data")
     raw["study"]["data"] = {"source": "hub", "hub_dataset": "someone/corpus", "hub_config": "small",
-                            "text_column": "content", "dir": str(tmp_path / "data"),
+                            "text_column": "content", "dir": str(tmp_path / "data"), "hub_revision": "v1.2",
                             "train_tokens": 2000, "val_tokens": 500}
     raw["study"]["tokenizer"] = {"kind": "train", "vocab_size": 300, "train_chars": 100_000}
     data = ensure_prepared(validate_params(raw))
-    assert calls and all(call == ("someone/corpus", "small", "train", True) for call in calls)
+    assert calls and all(call == ("someone/corpus", "small", "train", True, "v1.2") for call in calls)
+    assert data["revisions"] == {"hub_dataset": "v1.2"}
     assert data["train_tokens"] == 2000 and data["val_tokens"] == 500  # stopped at the token budget
     assert doc_ids(load_shards(data).tokenizer.decode(load_shards(data).train[:100].tolist()))
 
@@ -187,3 +191,80 @@ def test_pretrained_tokenizer_by_name(prepared_data, doc_corpus, tmp_path):
     raw["study"]["tokenizer"] = {"kind": "pretrained", "name": str(Path(prepared_data["dir"]) / "tokenizer")}
     data = ensure_prepared(validate_params(raw))
     assert data["tokenizer"] == raw["study"]["tokenizer"]["name"] and data["vocab_size"] == 512
+
+
+def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(optsweep.data, "ENCODE_BATCH", 4)  # 60 documents: 15 batches
+    monkeypatch.setattr(optsweep.data, "CHECKPOINT_BATCHES", 1)
+    encode = optsweep.data.DocumentEncoder.__call__
+    batches = []
+
+    def counted(self, texts, stop_at=None):
+        batches.append(len(texts))
+        if len(batches) == 6 and stop_at == "stop":
+            raise KeyboardInterrupt  # Ctrl-C while tokenizing the 6th batch: 5 were written and saved
+        return encode(self, texts)
+
+    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", lambda self, texts: counted(self, texts, "stop"))
+    params = files_params(doc_corpus, tmp_path / "data", num_proc=1)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_prepared(params)
+    assert not (tmp_path / "data").exists()
+    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", counted)
+    batches.clear()
+    resumed = ensure_prepared(params)
+    assert len(batches) == 15 - 5  # only what was not written yet
+    fresh = ensure_prepared(files_params(doc_corpus, tmp_path / "fresh", num_proc=1))
+    assert resumed["hash"] == fresh["hash"] and resumed["train_tokens"] == fresh["train_tokens"]
+
+
+def test_several_processes_write_the_same_shards_as_one(doc_corpus, tmp_path):
+    one = ensure_prepared(files_params(doc_corpus, tmp_path / "one", num_proc=1))
+    two = ensure_prepared(files_params(doc_corpus, tmp_path / "two", num_proc=2))
+    assert one["hash"] == two["hash"] and one["train_tokens"] == two["train_tokens"]
+
+
+def test_other_settings_never_replace_prepared_data_unless_the_study_prepares(doc_corpus, tmp_path, capsys):
+    study = ensure_prepared(files_params(doc_corpus, tmp_path / "data"))
+    override = ensure_prepared(files_params(doc_corpus, tmp_path / "data", val_tokens=800))
+    assert override["val_tokens"] == 800 and Path(override["dir"]).parent == tmp_path
+    assert re.fullmatch(r"data-[0-9a-f]{8}", Path(override["dir"]).name)
+    assert f"{tmp_path / 'data'} holds data prepared with other settings; it is kept" in capsys.readouterr().err
+    assert optsweep.data.read_meta(tmp_path / "data")["identity"] == study  # untouched
+    assert len(load_shards(study).val) == 1500 and len(load_shards(override).val) == 800
+    assert ensure_prepared(files_params(doc_corpus, tmp_path / "data", val_tokens=800)) == override  # reused
+
+
+def test_the_train_command_with_data_overrides_keeps_the_study_data(prepared_params_file, prepared_data):
+    before = optsweep.data.read_meta(Path(prepared_data["dir"]))
+    trained = subprocess.run(
+        [str(Path(sys.executable).parent / "optsweep"), "train", "--params", str(prepared_params_file),
+         "--scale", "a", "--set", "study.data.val_tokens=2048", "--set", "study.train.device=cpu"],
+        env=synth.cli_env(), capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert "holds data prepared with other settings; it is kept" in trained.stderr
+    assert optsweep.data.read_meta(Path(prepared_data["dir"])) == before
+
+
+def test_pinned_revisions_reach_the_loaders_and_the_data_hash(doc_corpus, tmp_path, monkeypatch):
+    import transformers
+
+    ensure_prepared(files_params(doc_corpus, tmp_path / "base"))
+    (tmp_path / "base" / "tokenizer").rename(tmp_path / "bpe")  # stands in for a pretrained tokenizer on the hub
+    load, revisions = transformers.AutoTokenizer.from_pretrained, []
+
+    def from_hub(name, revision=None, **options):
+        revisions.append(revision)
+        return load(name, **options)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_hub)
+    identities = {}
+    for revision in (None, "abc123"):
+        raw = small_study(tmp_path / f"data-{revision}")
+        raw["study"]["data"] = {"source": "files", "paths": [str(doc_corpus / "*.txt")], "train_tokens": 3000,
+                                "val_tokens": 500, "dir": str(tmp_path / f"data-{revision}")}
+        raw["study"]["tokenizer"] = {"kind": "pretrained", "name": str(tmp_path / "bpe"), "revision": revision}
+        identities[revision] = ensure_prepared(validate_params(raw))
+    assert "abc123" in revisions
+    assert "revisions" not in identities[None] and identities["abc123"]["revisions"] == {"tokenizer": "abc123"}
+    assert identities[None]["hash"] != identities["abc123"]["hash"]  # same tokens, another pin

@@ -28,7 +28,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .data import ensure_prepared
 
     params = load_params(args.params, args.set)
-    _print_json(ensure_prepared(params))
+    _print_json(ensure_prepared(params, replace=True))  # the study's data follows its params
 
 
 def cmd_train(args: argparse.Namespace) -> None:

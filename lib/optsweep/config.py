@@ -55,11 +55,13 @@ class DataSettings(Strict):
     hub_dataset: str | None = Field(None, description="Hugging Face dataset name (source: hub)")
     hub_config: str | None = None
     hub_split: str = "train"
+    hub_revision: str | None = Field(None, description="the dataset's commit or tag on the hub (pin it: main moves)")
     text_column: str = "text"
     train_tokens: int = Field(2_000_000, gt=0, description="tokens written to the training shard")
     val_tokens: int = Field(50_000, gt=0, description="held-out tokens, never trained on")
     seed: int = Field(0, ge=0, description="fixes the held-out split and the batch order")
     dir: str = "data/prepared"
+    num_proc: int | None = Field(None, ge=1, description="tokenizing processes (default: every core)")
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSettings:
@@ -78,6 +80,7 @@ class TokenizerSettings(Strict):
     train_chars: int = Field(20_000_000, gt=0, description="characters of corpus the BPE is trained on")
     # The official meta-llama repository is gated; this is an openly downloadable copy of the same tokenizer.
     name: str = "NousResearch/Llama-2-7b-hf"
+    revision: str | None = Field(None, description="the pretrained tokenizer's commit or tag on the hub (pin it)")
 
 
 class LrTransfer(Strict):
@@ -132,6 +135,23 @@ class TrainSettings(Strict):
     )
 
 
+class RaySettings(Strict):
+    """Where the Ray backend (`study.executor: ray`) finds its cluster; see optsweep.ray_executor."""
+
+    address: str = Field(
+        "local", description="'local' (a private cluster here), 'auto' (the cluster of this node) or a head's host:port"
+    )
+    dashboard: bool = Field(True, description="start the Ray dashboard with a 'local' cluster")
+    progress_every_s: float = Field(30.0, gt=0, description="seconds between progress lines of the runs in flight")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value not in ("local", "auto") and not re.fullmatch(r"[\w.-]+:\d+", value):
+            raise ValueError(f"must be 'local', 'auto' or host:port of a Ray head, got {value!r}")
+        return value
+
+
 class StudySettings(Strict):
     name: str
     seed: int = Field(0, ge=0)
@@ -145,6 +165,9 @@ class StudySettings(Strict):
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     lr_transfer: LrTransfer = Field(default_factory=LrTransfer)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    executor: Literal["local", "ray"] = Field("local", description="a process pool on this machine, or Ray actors")
+    ray: RaySettings = Field(default_factory=RaySettings)
+    tracker: Literal["none", "wandb"] = Field("none", description="also log every run to Weights & Biases")
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -15,15 +15,20 @@ only from the documents after it, so no held-out text is ever seen by the tokeni
 
 from __future__ import annotations
 
+import collections
 import fcntl
+import functools
 import glob
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import sysconfig
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -41,7 +46,8 @@ if TYPE_CHECKING:
 # Bump when the shard format or the preparation recipe changes, so old folders are rebuilt.
 FORMAT_VERSION = 2
 END_OF_TEXT = "<|endoftext|>"
-ENCODE_BATCH = 256  # documents per tokenizer call (the Rust tokenizer parallelises within a call)
+ENCODE_BATCH = 256  # documents per tokenizer call
+CHECKPOINT_BATCHES = 64  # batches between checkpoints of an interruptible preparation
 HUB_SHUFFLE_BUFFER = 10_000
 # The held-out prefix is measured in characters because it must be fixed before a tokenizer exists. BPE
 # tokenizers compress text to 2-5 characters per token, so 8 fills the validation shard with room to spare
@@ -84,7 +90,7 @@ def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
 
     if data.source == "hub":
         rows = datasets.load_dataset(
-            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True
+            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True, revision=data.hub_revision
         ).shuffle(seed=data.seed, buffer_size=HUB_SHUFFLE_BUFFER)
         column = data.text_column
     else:
@@ -146,7 +152,7 @@ def make_tokenizer(
     if settings.kind == "pretrained":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(settings.name)
+        tokenizer = AutoTokenizer.from_pretrained(settings.name, revision=settings.revision)
         if tokenizer.eos_token_id is None:
             raise ParamsError(f"study.tokenizer.name: {settings.name!r} has no end-of-text token to separate documents")
         return tokenizer
@@ -161,43 +167,133 @@ def tokenizer_label(settings: TokenizerSettings) -> str:
 
 
 class ShardWriter:
-    """Appends token ids to a flat binary file up to a budget, hashing what it writes."""
+    """Appends token ids to a flat binary file up to a budget; reopened after an interruption, it truncates the
+    file to the last checkpoint and appends from there."""
 
-    def __init__(self, path: Path, budget: int, dtype: np.dtype) -> None:
-        self.file = path.open("wb")
-        self.budget, self.dtype, self.written = budget, dtype, 0
-        self.digest = hashlib.sha256()
+    def __init__(self, path: Path, budget: int, dtype: np.dtype, written: int = 0) -> None:
+        self.path, self.budget, self.dtype, self.written = path, budget, dtype, written
+        self.file = path.open("r+b" if written else "wb")
+        self.file.truncate(written * dtype.itemsize)
+        self.file.seek(written * dtype.itemsize)
 
     @property
     def full(self) -> bool:
         return self.written >= self.budget
 
-    def write(self, ids: list[int]) -> None:
-        chunk = np.asarray(ids[: self.budget - self.written], dtype=self.dtype)
+    def write(self, ids: np.ndarray) -> None:
+        chunk = ids[: self.budget - self.written].astype(self.dtype)
         self.file.write(chunk.tobytes())
-        self.digest.update(chunk.tobytes())
         self.written += len(chunk)
+
+    def sync(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()
 
 
+def file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 24), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+@functools.lru_cache(maxsize=2)
+def _rust_tokenizer(tokenizer_file: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(tokenizer_file)
+
+
+@dataclass(frozen=True)
+class DocumentEncoder:
+    """Documents -> token ids, each followed by the end-of-text token, with one batched call of the Rust
+    tokenizer (what a transformers fast tokenizer calls). Loaded once per process from `tokenizer.json`, so a
+    pool's processes each hold their own, without importing transformers."""
+
+    tokenizer_file: str
+    eos_id: int
+
+    def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        encodings = _rust_tokenizer(self.tokenizer_file).encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(encoding.ids + [self.eos_id], dtype=np.uint32) for encoding in encodings]
+
+
+def _one_thread_per_process() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism; no nested thread pools
+
+
+def encoded_batches(
+    batches: Iterator[list[tuple[bool, str]]], encode: DocumentEncoder, processes: int
+) -> Iterator[tuple[list[bool], list[np.ndarray]]]:
+    """Each batch's held-out flags and token ids, in corpus order. With several processes, each works on
+    up to two batches ahead of the writer (never the whole corpus: reading stops once the shards are full).
+    One process tokenizes in the Rust tokenizer's own thread pool."""
+    if processes <= 1:
+        for batch in batches:
+            yield [held_out for held_out, _ in batch], encode([text for _, text in batch])
+        return
+    context = multiprocessing.get_context("spawn")  # never fork a process whose tokenizer threads are running
+    with context.Pool(processes, _one_thread_per_process) as pool:
+        pending: collections.deque[tuple[list[bool], Any]] = collections.deque()
+        for batch in batches:
+            texts = [text for _, text in batch]
+            pending.append(([held_out for held_out, _ in batch], pool.apply_async(encode, (texts,))))
+            if len(pending) > 2 * processes:
+                flags, encoded = pending.popleft()
+                yield flags, encoded.get()
+        while pending:
+            flags, encoded = pending.popleft()
+            yield flags, encoded.get()
+
+
+@dataclass
+class ShardProgress:
+    """How far `write_shards` got: saved at each checkpoint, so an interrupted preparation resumes there."""
+
+    documents: int = 0  # documents of the corpus stream consumed
+    val_tokens: int = 0
+    train_tokens: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> ShardProgress:
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(asdict(self)))
+        partial.rename(path)
+
+
 def write_shards(
-    texts: Iterator[str], tokenizer: PreTrainedTokenizerBase, folder: Path, data: DataSettings, dtype: np.dtype
+    texts: Iterator[str], encode: DocumentEncoder, folder: Path, data: DataSettings, dtype: np.dtype, processes: int
 ) -> dict[str, Any]:
     """Tokenize documents in order: the held-out prefix into val.bin (cut at its budget, the surplus
-    dropped), every later document into train.bin. Stops reading the corpus once train.bin is full."""
-    val = ShardWriter(folder / "val.bin", data.val_tokens, dtype)
-    train = ShardWriter(folder / "train.bin", data.train_tokens, dtype)
-    corpus = hashlib.sha256()
-    documents = held_out_flags(texts, data.val_tokens)
-    for batch in iter(lambda: list(itertools.islice(documents, ENCODE_BATCH)), []):
-        encoded = tokenizer([text for _, text in batch], add_special_tokens=False)["input_ids"]
-        for (held_out, text), ids in zip(batch, encoded):
-            corpus.update(text.encode("utf-8", "replace") + b"\0")
-            (val if held_out else train).write(ids + [tokenizer.eos_token_id])
-        if train.full:
-            break
+    dropped), every later document into train.bin. Stops reading the corpus once train.bin is full.
+
+    Batches of `ENCODE_BATCH` documents are tokenized by `processes` processes. Every `CHECKPOINT_BATCHES`
+    batches the shards are synced and the progress saved; a rerun skips the documents already written.
+    """
+    progress_path = folder / "shards.json"
+    progress = ShardProgress.load(progress_path)
+    val = ShardWriter(folder / "val.bin", data.val_tokens, dtype, progress.val_tokens)
+    train = ShardWriter(folder / "train.bin", data.train_tokens, dtype, progress.train_tokens)
+    documents = itertools.islice(held_out_flags(texts, data.val_tokens), progress.documents, None)
+    batches = iter(lambda: list(itertools.islice(documents, ENCODE_BATCH)), [])
+    with closing(encoded_batches(batches, encode, processes)) as encoded:
+        for done, (flags, ids) in enumerate(encoded, start=1):
+            for held_out, document in zip(flags, ids):
+                (val if held_out else train).write(document)
+            progress.documents += len(ids)
+            if train.full or done % CHECKPOINT_BATCHES == 0:
+                val.sync(), train.sync()
+                progress.val_tokens, progress.train_tokens = val.written, train.written
+                progress.save(progress_path)
+            if train.full:
+                break
     val.close()
     train.close()
     if not val.full:
@@ -207,11 +303,11 @@ def write_shards(
         )
     if train.written == 0:
         raise ParamsError("study.data: no text left for the train shard; add text or lower val_tokens")
+    progress_path.unlink(missing_ok=True)
     return {
         "train_tokens": train.written,
         "val_tokens": val.written,
-        "shards_hash": hashlib.sha256(val.digest.digest() + train.digest.digest()).hexdigest()[:16],
-        "streamed_hash": corpus.hexdigest()[:16],
+        "shards_hash": hashlib.sha256(file_digest(val.path) + file_digest(train.path)).hexdigest()[:16],
     }
 
 
@@ -223,26 +319,49 @@ def folder_hash(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build(
-    params: StudyParams, files: list[Path], folder: Path, recipe_key: str, corpus_hash: str | None
-) -> dict[str, Any]:
-    """Prepare everything into `folder` (a fresh temporary one); meta.json is written last."""
+def saved_tokenizer(
+    data: DataSettings, settings: TokenizerSettings, files: list[Path], folder: Path
+) -> PreTrainedTokenizerBase:
+    """Make the tokenizer and save it to `folder` (kept from an interrupted build); returns it as saved."""
+    if not folder.exists():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        make_tokenizer(data, settings, files).save_pretrained(partial)
+        partial.rename(folder)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def pinned_revisions(data: DataSettings, settings: TokenizerSettings) -> dict[str, str]:
+    """The hub revisions the params pin (only those set, so unpinned data keeps its identity)."""
+    revisions = {"hub_dataset": data.hub_revision if data.source == "hub" else None,
+                 "tokenizer": settings.revision if settings.kind == "pretrained" else None}
+    return {name: revision for name, revision in revisions.items() if revision}
+
+
+def build(params: StudyParams, files: list[Path], folder: Path, target: Path, recipe_key: str,
+          corpus_hash: str) -> dict[str, Any]:
+    """Prepare everything into `folder`, resuming what an interrupted build of the same recipe left there;
+    meta.json is written last."""
     data, settings = params.study.data, params.study.tokenizer
-    tokenizer = make_tokenizer(data, settings, files)
-    tokenizer.save_pretrained(folder / "tokenizer")
+    tokenizer = saved_tokenizer(data, settings, files, folder / "tokenizer")
     vocab_size = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-    written = write_shards(corpus_texts(data, files), tokenizer, folder, data, dtype)
+    encode = DocumentEncoder(str(folder / "tokenizer" / "tokenizer.json"), tokenizer.eos_token_id)
+    written = write_shards(corpus_texts(data, files), encode, folder, data, dtype, data.num_proc or os.cpu_count() or 1)
+    revisions = pinned_revisions(data, settings)
     identity = {
-        "dir": str(Path(data.dir)),
-        "hash": stable_hash([written["shards_hash"], folder_hash(folder / "tokenizer")]),
-        "corpus_hash": corpus_hash or written["streamed_hash"],
+        "dir": str(target),
+        "hash": stable_hash([written["shards_hash"], folder_hash(folder / "tokenizer"), *revisions.values()]),
+        "corpus_hash": corpus_hash,
         "vocab_size": vocab_size,
         "tokenizer": tokenizer_label(settings),
         "seed": data.seed,
         "train_tokens": written["train_tokens"],
         "val_tokens": written["val_tokens"],
         "dtype": dtype.name,
+        **({"revisions": revisions} if revisions else {}),
     }
     (folder / "meta.json").write_text(json.dumps({"recipe": recipe_key, "identity": identity}, indent=2))
     return identity
@@ -263,36 +382,54 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def ensure_prepared(params: StudyParams) -> dict[str, Any]:
+def corpus_identity(data: DataSettings, files: list[Path]) -> str:
+    """Content hash of a file corpus; for the hub, what names its rows (the pinned revision above all)."""
+    if files:
+        return files_hash(files)
+    return stable_hash({key: getattr(data, key) for key in ("hub_dataset", "hub_config", "hub_split",
+                                                            "hub_revision", "text_column")})
+
+
+def ensure_prepared(params: StudyParams, replace: bool = False) -> dict[str, Any]:
     """Prepare the token shards named by `params` (or reuse them when nothing changed); return the identity.
 
-    The folder is built under a temporary name and renamed into place, so a killed preparation never
-    leaves a half-written shard that a later call would reuse.
+    `study.data.dir` holding data of other settings is replaced only with `replace` (the `prepare` command:
+    the params changed). Any other caller (a sweep, `train` or `bench` with `--set study.data...`) prepares
+    its settings in a sibling folder, `<dir>-<recipe>`, and leaves the study's data alone.
+
+    The folder is built under a temporary name (one per recipe) and renamed into place, so a killed
+    preparation never leaves a half-written shard that a later call would reuse; the next call resumes it.
     """
     data, settings = params.study.data, params.study.tokenizer
     files = source_files(data)
-    corpus_hash = files_hash(files) if files else None
+    corpus_hash = corpus_identity(data, files)
     recipe_key = stable_hash({
         "format": FORMAT_VERSION,
-        "data": data.model_dump(mode="json", exclude={"dir"}),
+        "data": data.model_dump(mode="json", exclude={"dir", "num_proc"}),
         "tokenizer": settings.model_dump(mode="json"),
         "corpus_hash": corpus_hash,
     })
     target = Path(data.dir)
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and read_meta(target) is None):
         raise ParamsError(f"study.data.dir: {target} exists and is not a prepared data folder; name a new folder")
+    meta = read_meta(target)
+    if meta and meta["recipe"] != recipe_key and not replace:
+        target = target.with_name(f"{target.name}-{recipe_key[:8]}")
+        print(f"study.data.dir: {data.dir} holds data prepared with other settings; it is kept, and these "
+              f"settings use {target}", file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     with locked(target.parent / f".{target.name}.lock"):
         meta = read_meta(target)
         if meta and meta["recipe"] == recipe_key:
             return meta["identity"]
-        for stale in target.parent.glob(f".{target.name}.tmp-*"):
-            shutil.rmtree(stale)
-        building = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        building.mkdir()
-        identity = build(params, files, building, recipe_key, corpus_hash)
+        building = target.parent / f".{target.name}.build-{recipe_key}"
+        for stale in target.parent.glob(f".{target.name}.build-*"):
+            if stale != building:  # a build of other settings, never to be finished
+                shutil.rmtree(stale)
+        building.mkdir(exist_ok=True)
+        identity = build(params, files, building, target, recipe_key, corpus_hash)
         if target.exists():
-            retired = target.parent / f".{target.name}.tmp-old-{os.getpid()}"
+            retired = target.parent / f".{target.name}.old-{os.getpid()}"
             target.rename(retired)
             building.rename(target)
             shutil.rmtree(retired)

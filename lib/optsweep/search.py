@@ -28,9 +28,10 @@ from typing import Any, Iterator, Literal
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from .backends import make_executor
 from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
 from .documents import SweepResult, as_json, read_document, write_document
-from .executor import Executor, Outcome, Task, TaskInbox, worker_environments
+from .executor import Executor, Outcome, Task, TaskInbox
 from .jsonio import to_strict
 from .provenance import provenance
 from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
@@ -562,11 +563,6 @@ def _study_data(params: StudyParams) -> dict[str, Any] | None:
     return ensure_prepared(params)
 
 
-def _executor(params: StudyParams) -> Executor:
-    return Executor(params.study.trainer, worker_environments(params.study),
-                    threads=params.study.train.threads_per_worker, train_settings=params.study.train.model_dump())
-
-
 def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, data: dict[str, Any] | None,
             executor: Executor | SharedPoolClient, progress: bool) -> SweepResult:
     """Coordinate descent at one scale on a given executor; the result document, not yet written."""
@@ -640,7 +636,7 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
     Raises `FailedRuns` after writing when runs failed (they are trained again by the next invocation)."""
     code_identity(params.study.trainer)  # a missing trainer module fails here, before data or workers
     data = _study_data(params)
-    with _executor(params) as executor:
+    with make_executor(params.study) as executor:
         result = _search(params, scale_name, sensitivity_path, data, executor, progress)
     write_document(Path(out_path), result)
     failures = _failures([result])
@@ -704,7 +700,7 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
     data = _study_data(params)
     results: dict[str, SweepResult] = {}
     errors: list[BaseException] = []
-    with _executor(params) as executor:
+    with make_executor(params.study) as executor:
         executor.start()  # workers and the device preflight before any search begins
         if executor.inline:  # one worker: nothing to share, the scales go one after another
             for name in names:

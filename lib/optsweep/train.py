@@ -35,6 +35,7 @@ from .batches import Shards, TrainBatches, load_shards, val_batches
 from .config import ParamsError
 from .divergence import Divergence, DivergenceMonitor
 from .jsonio import to_strict, write_json
+from .live import report_progress
 from .model import build_model, count_params
 from .optim import build_optimizer, clip_gradients
 from .trainer import DEFAULT_TRAINER, code_identity
@@ -276,6 +277,9 @@ def _train(spec: dict[str, Any], micro_batch: int, halvings: int) -> dict[str, A
             losses = torch.stack(pending).tolist()
             pending.clear()
             progress.train_losses.extend(losses)
+            seconds = progress.train_seconds + time.perf_counter() - segment_started
+            tokens = (step + 1) * scale["batch_size"] * scale["seq_len"]
+            report_progress(step + 1, steps, losses[-1], tokens / seconds if seconds > 0 else 0.0)
             divergence = monitor.observe(losses)
             if divergence is not None:
                 break

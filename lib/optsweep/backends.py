@@ -1,0 +1,26 @@
+"""The executor a study asks for: the local process pool or Ray actors (`study.executor`), optionally tracked.
+
+Ray is imported only when `study.executor` is `ray`, and wandb only when `study.tracker` is `wandb`.
+"""
+
+from __future__ import annotations
+
+from .config import StudySettings
+from .executor import Executor, worker_environments
+from .tracker import TrackedExecutor
+
+
+def make_executor(study: StudySettings) -> Executor | TrackedExecutor:
+    """A context manager with `run(tasks) -> Iterator[Outcome]`. Checks what it can before any import."""
+    if study.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor: Executor = RayExecutor(study)
+    else:
+        executor = Executor(study.trainer, worker_environments(study), threads=study.train.threads_per_worker,
+                            train_settings=study.train.model_dump())
+    if study.tracker == "wandb":
+        from .tracker import WandbTracker
+
+        return TrackedExecutor(executor, WandbTracker(study.name))
+    return executor

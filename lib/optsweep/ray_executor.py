@@ -1,0 +1,347 @@
+"""The Ray backend of the executor (`study.executor: ray`): runs trained by long-lived actors across a cluster.
+
+Same contract as the local pool (optsweep.executor.Executor): `run(tasks)` yields each outcome once final,
+a crashed run is retried once, an actor that dies (killed, out of memory, its node lost) is replaced and its
+run retried, and Ctrl-C hands over the runs that had finished before stopping. Only the driver writes the
+run store: actors return outcomes, the search stores them.
+
+Where the cluster comes from (`study.ray.address`):
+- `local`: a private cluster started in this process for this sweep, with `study.workers` x
+  `study.train.threads_per_worker` CPUs (and every GPU of the machine); it stops with the sweep.
+- `auto`: the cluster this machine already belongs to (`ray start` was run here).
+- `host:port`: the head of a running cluster (the GCS port that `ray start --head --port` opened).
+
+How many actors, of what shape (the cluster's size decides, not `study.workers`):
+- GPUs in the cluster (and `study.train.device` not `cpu`): `workers_per_gpu` actors per GPU, each with
+  1/workers_per_gpu of a GPU (Ray sets CUDA_VISIBLE_DEVICES) and `threads_per_worker` CPUs.
+- CPU only: as many actors of `threads_per_worker` CPUs as the nodes hold.
+Each actor imports the trainer once and runs the device preflight (optsweep.preflight) before its first run;
+a failure stops the sweep with one line before any run is dispatched. Every node must see the same code and
+environment (the same venv and PYTHONPATH when `ray start` runs) and the prepared data at the same path.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import socket
+import sys
+import time
+from typing import Any, Iterator
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from .config import ParamsError, StudySettings, TrainSettings
+from .executor import (
+    ATTEMPTS,
+    INBOX_POLL_S,
+    Executor,
+    Outcome,
+    Task,
+    TaskInbox,
+    _attempt,
+    _limit_torch_threads,
+    visible_gpus,
+)
+from .live import RunProgress, progress_line, reporting_to
+from .preflight import PreflightError, check_device
+from .trainer import Trainer, load_trainer
+
+LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
+READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources other jobs hold
+CONNECT_TIMEOUT_S = 10.0  # ray.init retries an unreachable head for minutes; a socket says so at once
+
+
+# --- the cluster: connecting, and the actors it holds ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorShape:
+    count: int
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_actors(train: TrainSettings, workers_per_gpu: int, nodes: list[dict[str, float]]) -> ActorShape:
+    """The actors for a cluster whose alive nodes hold `nodes` resources (Ray's "CPU" and "GPU" counts)."""
+    threads = train.threads_per_worker
+    gpus = sum(int(node.get("GPU", 0)) for node in nodes)
+    if train.device == "cuda" and not gpus:
+        raise ParamsError(f"study.train.device: 'cuda' but the Ray cluster's {len(nodes)} node(s) have no GPU")
+    if gpus and train.device != "cpu":
+        for node in nodes:
+            actors = int(node.get("GPU", 0)) * workers_per_gpu
+            if actors * threads > node.get("CPU", 0):
+                raise ParamsError(
+                    f"study.workers_per_gpu: {workers_per_gpu} workers per GPU x {threads} threads_per_worker need "
+                    f"{actors * threads} CPUs on a node with {int(node['GPU'])} GPU(s) and {node.get('CPU', 0):g} "
+                    "CPUs; lower study.workers_per_gpu or study.train.threads_per_worker"
+                )
+        return ActorShape(gpus * workers_per_gpu, threads, 1 / workers_per_gpu)
+    count = sum(int(node.get("CPU", 0) // threads) for node in nodes)
+    if count == 0:
+        largest = max((node.get("CPU", 0) for node in nodes), default=0)
+        raise ParamsError(f"study.train.threads_per_worker: {threads} CPUs per worker fit on no node of the "
+                          f"Ray cluster (the largest has {largest:g} CPUs)")
+    return ActorShape(count, threads, 0)
+
+
+def _check_reachable(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ParamsError(f"study.ray.address: no Ray head answers at {address} ({error.strerror or error}); "
+                          "start one with `ray start --head` or use 'local'") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    owned: bool  # this process joined or started the cluster, so it must shut the connection down
+    dashboard_url: str | None
+
+
+def connect(study: StudySettings) -> Connection:
+    """Join (or start) the cluster `study.ray.address` names."""
+    if ray.is_initialized():  # a notebook or script that set up Ray itself
+        return Connection(False, None)
+    address = study.ray.address
+    if address == "local":
+        cpu_only = study.train.device == "cpu" or not visible_gpus()
+        context = ray.init(num_cpus=study.workers * study.train.threads_per_worker if cpu_only else None,
+                           object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=study.ray.dashboard)
+        return Connection(True, context.dashboard_url)
+    if address != "auto":
+        _check_reachable(address)
+    try:
+        context = ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ParamsError(f"study.ray.address: cannot join the Ray cluster at {address!r} ({first})") from None
+    return Connection(True, context.dashboard_url)
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+# --- one actor: a long-lived worker on one device -----------------------------------------------------------
+
+
+class TrainerActor:
+    """Imports the trainer once, proves its device, then trains one run at a time and reports its progress."""
+
+    def __init__(self, trainer_name: str, train_settings: dict[str, Any]):
+        self.trainer_name, self.train_settings = trainer_name, train_settings
+        threads = str(train_settings["threads_per_worker"])
+        os.environ.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})  # before torch is imported
+        self.trainer: Trainer | None = None
+        self.latest: RunProgress | None = None
+
+    def start(self) -> tuple[str, str]:
+        """("ready", where this actor runs), or ("params" | "preflight", the one-line error)."""
+        try:
+            self.trainer = load_trainer(self.trainer_name)
+            _limit_torch_threads(self.train_settings["threads_per_worker"])
+            device = check_device(self.train_settings)
+        except ParamsError as error:
+            return "params", str(error)
+        except PreflightError as error:
+            return "preflight", f"{error} (on node {ray.util.get_node_ip_address()})"
+        context = ray.get_runtime_context()
+        gpus = context.get_accelerator_ids().get("GPU") or []
+        where = f"GPU {','.join(gpus)}" if gpus else device
+        return "ready", f"{ray.util.get_node_ip_address()} node {context.get_node_id()[:6]} {where} (pid {os.getpid()})"
+
+    def train(self, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, float]:
+        self.latest = None
+        with reporting_to(self._note):
+            return _attempt(self.trainer, spec)
+
+    def _note(self, progress: RunProgress) -> None:
+        self.latest = progress
+
+    def progress(self) -> RunProgress | None:
+        return self.latest
+
+
+# Two concurrent calls: `progress` answers while `train` runs. No restarts: a dead actor's run is retried
+# by the driver, on a fresh actor, under the same attempt count as the local pool.
+RemoteTrainerActor = ray.remote(max_concurrency=2, max_restarts=0)(TrainerActor)
+
+
+@dataclasses.dataclass
+class _Slot:
+    actor: Any  # a Ray actor handle
+    place: str = ""
+    task: Task | None = None
+    attempt: int = 0
+    started: float = 0.0
+
+
+# --- the pool ---------------------------------------------------------------------------------------------
+
+
+class RayExecutor(Executor):
+    """Trains tasks on Ray actors. Ctrl-C handling is the local pool's (inherited); the rest is Ray's."""
+
+    def __init__(self, study: StudySettings):
+        super().__init__(study.trainer, environments=[], threads=study.train.threads_per_worker)
+        self.inline = False  # actors, never the driver itself
+        self.study = study
+        self._slots: list[_Slot] = []
+        self._shape: ActorShape | None = None
+        self._owns_connection = False
+        self._last_progress = 0.0
+
+    def start(self) -> None:
+        """Connect and start the actors (each runs the device preflight), once."""
+        if not self._slots:
+            self._start_pool()
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        """Train every task; yields each outcome once final. Connects and starts the actors with the first task."""
+        if tasks:
+            yield from self._run(tasks, None)
+
+    def serve(self, inbox: TaskInbox) -> Iterator[Outcome]:
+        """Train whatever other threads submit to `inbox` until it is finished (the searches of a phase)."""
+        yield from self._run([], inbox)
+
+    def _run(self, tasks: list[Task], inbox: TaskInbox | None) -> Iterator[Outcome]:
+        self.start()
+        queue: collections.deque[tuple[Task, int]] = collections.deque((task, 1) for task in tasks)
+        spare: collections.deque[tuple[Task, int]] = collections.deque()  # speculative: only on idle actors
+        running: dict[Any, _Slot] = {}  # object ref of a train() call -> its actor
+        while True:
+            if inbox is not None:
+                waited_for, speculative = inbox.take()
+                queue.extend((task, 1) for task in waited_for)
+                spare.extend((task, 1) for task in speculative)
+            if not queue and not spare and not running and (inbox is None or inbox.finished()):
+                return
+            for slot in self._slots:
+                if slot.task is None and (queue or spare):
+                    task, attempt = (queue or spare).popleft()
+                    slot.task, slot.attempt, slot.started = task, attempt, time.perf_counter()
+                    running[slot.actor.train.remote(task.spec)] = slot
+            timeout = self._until_progress() if inbox is None else min(self._until_progress(), INBOX_POLL_S)
+            try:
+                with self._interruptible_section():
+                    if running:
+                        done, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
+                    else:
+                        done = []
+                        inbox.wait(timeout)
+            except KeyboardInterrupt:
+                yield from self._finished_before_interrupt(running)
+                raise
+            if running and self._until_progress() == 0:
+                self._print_progress(running.values())
+            for ref in done:
+                outcome = self._collect(ref, running.pop(ref), queue)
+                if outcome is not None:
+                    yield outcome
+
+    def close(self, graceful: bool = True) -> None:
+        for slot in self._slots:
+            ray.kill(slot.actor, no_restart=True)
+        self._slots = []
+        if self._owns_connection:
+            ray.shutdown()
+            self._owns_connection = False
+
+    # starting and replacing actors
+
+    def _start_pool(self) -> None:
+        connection = connect(self.study)
+        self._owns_connection = connection.owned
+        self._shape = plan_actors(self.study.train, self.study.workers_per_gpu, alive_nodes())
+        self._slots = [_Slot(self._new_actor()) for _ in range(self._shape.count)]  # they start concurrently
+        self._await_started(self._slots)
+        self._last_progress = time.perf_counter()
+        devices = collections.Counter(slot.place.rsplit(" (pid", 1)[0] for slot in self._slots)
+        print(f"ray: {len(self._slots)} workers ({', '.join(f'{n} on {d}' for d, n in devices.items())}); "
+              f"Ray dashboard: {connection.dashboard_url or 'none'}", file=sys.stderr, flush=True)
+
+    def _new_actor(self) -> Any:
+        return RemoteTrainerActor.options(num_cpus=self._shape.num_cpus, num_gpus=self._shape.num_gpus).remote(
+            self.trainer_name, self.study.train.model_dump(mode="json"))
+
+    def _await_started(self, slots: list[_Slot]) -> None:
+        """Wait for the actors to import the trainer and pass the preflight; a failure there stops the sweep.
+        An actor that dies while starting (its worker process or node lost) is replaced, once."""
+        starts = [slot.actor.start.remote() for slot in slots]  # they start concurrently
+        for slot, start in zip(slots, starts):
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    status, detail = ray.get(start, timeout=READY_TIMEOUT_S)
+                    break
+                except GetTimeoutError:
+                    raise ParamsError(f"study.ray.address: the cluster did not place {len(slots)} worker(s) "
+                                      f"within {READY_TIMEOUT_S:.0f} s; other jobs hold its resources") from None
+                except RayActorError as error:
+                    if attempt == ATTEMPTS:
+                        raise RuntimeError(f"Ray workers died before they were ready ({str(error).splitlines()[0]})"
+                                           ) from None
+                    slot.actor = self._new_actor()
+                    start = slot.actor.start.remote()
+            if status == "params":
+                raise ParamsError(f"{detail} (in a Ray worker)")
+            if status == "preflight":
+                raise PreflightError(detail)
+            slot.place = detail
+
+    def _replace(self, slot: _Slot) -> None:
+        ray.kill(slot.actor, no_restart=True)  # alive but unreachable: it must not train on unseen
+        slot.actor = self._new_actor()
+        self._await_started([slot])
+
+    # collecting outcomes
+
+    def _collect(self, ref: Any, slot: _Slot, queue: collections.deque[tuple[Task, int]]) -> Outcome | None:
+        """The outcome if its task is final; a failed attempt with tries left goes back in the queue."""
+        task, attempt, place = slot.task, slot.attempt, slot.place
+        slot.task = None
+        try:
+            result, error, wall = ray.get(ref)
+        except RayActorError as died:
+            wall = time.perf_counter() - slot.started
+            result, error = None, f"Ray worker on {place} died while training this run ({str(died).splitlines()[0]})"
+            self._replace(slot)
+        if error is not None and attempt < ATTEMPTS:
+            queue.appendleft((task, attempt + 1))
+            return None
+        return Outcome(task.key, task.spec, result, error, attempt, wall)
+
+    @staticmethod
+    def _finished_before_interrupt(running: dict[Any, _Slot]) -> Iterator[Outcome]:
+        """Runs that finished as Ctrl-C came in: hand them over (to be stored) before the actors stop."""
+        if not running:
+            return
+        done, _ = ray.wait(list(running), num_returns=len(running), timeout=0.2)
+        for ref in done:
+            slot = running[ref]
+            try:
+                result, error, wall = ray.get(ref)
+            except RayActorError:
+                continue
+            if error is None:
+                yield Outcome(slot.task.key, slot.task.spec, result, None, slot.attempt, wall)
+
+    # progress lines
+
+    def _until_progress(self) -> float:
+        return max(0.0, self._last_progress + self.study.ray.progress_every_s - time.perf_counter())
+
+    def _print_progress(self, busy: Any) -> None:
+        self._last_progress = time.perf_counter()
+        busy = list(busy)
+        try:
+            reports = ray.get([slot.actor.progress.remote() for slot in busy], timeout=CONNECT_TIMEOUT_S)
+        except (GetTimeoutError, RayActorError):
+            return  # a dying actor shows up as a failed run, not here
+        for slot, report in zip(busy, reports):
+            print(progress_line(slot.task.key, slot.place, report), file=sys.stderr, flush=True)
