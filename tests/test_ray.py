@@ -196,6 +196,21 @@ def test_two_nodes_find_the_local_backends_best_training_each_config_once(cluste
                      r"1\.5k tok/s ETA \dm\d\ds", sweep.stderr), sweep.stderr
 
 
+def test_a_phase_on_two_nodes_serves_every_scale_from_one_pool(cluster, tmp_path):
+    """`optsweep sweep --phase`: both scales' searches share the cluster's actors; each config trained once."""
+    address, instruments = cluster
+    before = len(synth.read_calls(instruments / "calls.txt"))
+    params = ray_study(tmp_path, address, "bowl", search={"passes": 3, "tolerance": 3e-3, "speculate": 1})
+    sweep = subprocess.run([synth.OPTSWEEP, "sweep", "--params", str(params), "--phase", "phase1", "--out",
+                            str(tmp_path / "sweeps")], env=synth.cli_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert sweep.returncode == 0, sweep.stderr
+    results = {name: json.loads((tmp_path / "sweeps" / f"{name}.json").read_text()) for name in ("a", "b")}
+    trained = sum(result["compute"]["runs_trained"] for result in results.values())
+    assert len(synth.read_calls(instruments / "calls.txt")) - before == trained == stored(tmp_path / "runs")
+    assert sweep.stderr.count("ray: 2 workers") == 1  # one pool for the whole phase
+
+
 def test_a_killed_actor_is_replaced_and_its_run_retried(cluster, tmp_path):
     address, instruments = cluster
     from optsweep.executor import Task
