@@ -39,10 +39,10 @@ from optsweep.report import (
     noise_frame,
     provenance_frame,
     recommended_frame,
-    scales_frame,
     sensitivity_frame,
     slices_frame,
     styled,
+    sweep_summary_frame,
 )
 from optsweep.results import study_metrics
 
@@ -112,7 +112,7 @@ styled(hypotheses_frame(sensitivity))
 # ## Scales, runs and compute
 
 # %%
-display(styled(scales_frame(phase1 + law_phase)))
+display(styled(sweep_summary_frame(phase1 + law_phase)))
 display(styled(pd.DataFrame(compute_summary(phase1 + law_phase).items(), columns=["", "total"])))
 links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
 links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]

@@ -73,7 +73,7 @@ def fresh_params_file(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def run_spec(prepared_params: StudyParams, prepared_data: dict[str, Any]) -> Callable[..., dict[str, Any]]:
     """spec(scale="a", seed=None, train={...}, **hparams): a run spec on the session's prepared data."""
-    from optsweep.trainer import make_run_spec
+    from optsweep.trainer_plugin import make_run_spec
 
     def make(
         scale: str = "a", seed: int | None = None, train: dict[str, Any] | None = None, **hparams: Any

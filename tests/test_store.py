@@ -15,7 +15,7 @@ import synthetic_trainers as synth
 from optsweep.config import load_params
 from optsweep.search import run_sweep
 from optsweep.store import RunRecord, RunStore, run_key
-from optsweep.trainer import make_run_spec
+from optsweep.trainer_plugin import make_run_spec
 
 DATA = {"dir": "/data/prepared", "hash": "abc123", "vocab_size": 512, "tokenizer": "bpe"}
 

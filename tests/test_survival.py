@@ -23,7 +23,7 @@ from conftest import small_study, write_params
 from optsweep import train as train_module
 from optsweep.config import ParamsError, load_params
 from optsweep.store import RunStatus, RunStore
-from optsweep.trainer import code_identity
+from optsweep.trainer_plugin import code_identity
 
 OPTSWEEP = synth.OPTSWEEP
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_a_device_that_cannot_compute_stops_the_sweep_before_any_run(tmp_path):
 
 
 def _identity_in(lib: Path, trainer: str = "optsweep.train:train") -> str:
-    code = f"from optsweep.trainer import code_identity; print(code_identity({trainer!r}))"
+    code = f"from optsweep.trainer_plugin import code_identity; print(code_identity({trainer!r}))"
     env = {**os.environ, "PYTHONPATH": str(lib)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()

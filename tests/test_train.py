@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from optsweep.train import TRAINER_VERSION, train
-from optsweep.trainer import code_identity, is_diverged
+from optsweep.trainer_plugin import code_identity, is_diverged
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -37,7 +37,7 @@ from .config import ParamsError, Scale, StudyParams, round_sig
 from .data import ensure_prepared
 from .model import build_hf_model, count_params
 from .train import Runtime, TrainingRun, configure_determinism, resolve_runtime
-from .trainer import make_run_spec
+from .trainer_plugin import make_run_spec
 
 WARMUP_STEPS = 3  # untimed steps first: CUDA context, kernel autotuning, torch.compile
 ROUNDS = 3  # timed rounds per loop; rows report the median round and the range

@@ -33,7 +33,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .data import ensure_prepared
-    from .trainer import DEFAULT_TRAINER, invalid_reason, load_trainer, make_run_spec
+    from .trainer_plugin import DEFAULT_TRAINER, invalid_reason, load_trainer, make_run_spec
 
     params = load_params(args.params, args.set)
     baseline, _ = params.scale_space(args.scale)

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 
 from .config import ParamsError, StudySettings
 from .preflight import PreflightError, check_device
-from .trainer import Trainer, load_trainer
+from .trainer_plugin import Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
 PARENT_POLL_S = 1.0  # how often a worker checks that the main process is still alive

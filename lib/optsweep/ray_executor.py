@@ -47,7 +47,7 @@ from .executor import (
 )
 from .live import RunProgress, progress_line, reporting_to
 from .preflight import PreflightError, check_device
-from .trainer import Trainer, load_trainer
+from .trainer_plugin import Trainer, load_trainer
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
 READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources other jobs hold

@@ -64,7 +64,7 @@ def slices_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def scales_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
+def sweep_summary_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per swept scale: size, budget, best loss, runs, convergence."""
     return pd.DataFrame(
         [

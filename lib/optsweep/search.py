@@ -35,7 +35,7 @@ from .executor import Executor, Outcome, Task, TaskInbox
 from .jsonio import to_strict
 from .provenance import provenance
 from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
-from .trainer import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
+from .trainer_plugin import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
 Config = dict[str, float | int]
 CLAIM_POLL_S = 1.0  # how often a driver looks for runs that another driver has claimed

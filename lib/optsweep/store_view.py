@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from .config import ParamsError, StudyParams
 from .store import LAYOUT_SETTINGS, RunRecord, RunStatus, RunStore, run_key
-from .trainer import DEFAULT_TRAINER, code_identity, make_run_spec
+from .trainer_plugin import DEFAULT_TRAINER, code_identity, make_run_spec
 
 IN_PROGRESS = "in_progress"
 

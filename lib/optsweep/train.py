@@ -1,4 +1,4 @@
-"""The default trainer: one run spec (see trainer.py) -> one result.
+"""The default trainer: one run spec (see trainer_plugin.py) -> one result.
 
 A run trains the scale's Llama-2 on exactly `scale.steps` batches of `batch_size x seq_len` tokens from
 the prepared shards, evaluates the held-out loss at `train.eval_points` evenly spaced steps (the last at
@@ -38,7 +38,7 @@ from .jsonio import to_strict, write_json
 from .live import report_progress
 from .model import build_model, count_params
 from .optim import build_optimizer, clip_gradients
-from .trainer import DEFAULT_TRAINER, code_identity
+from .trainer_plugin import DEFAULT_TRAINER, code_identity
 
 # Bump when a change alters results in a way the code itself does not show (a data-order convention, say):
 # it is part of the code identity, so every stored run is trained again.
