@@ -490,7 +490,9 @@ def descend_following_edges(params: StudyParams, space: SearchSpace,
         grid = {h: sorted([*values, *(a["value"] for a in added if a["hparam"] == h)])
                 for h, values in space.grid.items()}
         space = dataclasses.replace(space, grid=grid, baseline=dict(descent.best.hparams))
-        more = descend(space, search, evaluator)
+        # The passes left (at least one): growing a grid continues the search, it does not restart it.
+        remaining = search.model_copy(update={"passes": max(1, search.passes - descent.passes)})
+        more = descend(space, remaining, evaluator)
         descent = Descent(more.best, descent.passes + more.passes, more.converged,
                           descent.trajectory + more.trajectory)
     return descent, space, extensions
