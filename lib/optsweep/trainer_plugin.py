@@ -39,7 +39,7 @@ Trainer = Callable[[dict[str, Any]], dict[str, Any]]
 
 # The library modules whose code decides the default trainer's result. How the data was prepared (data.py)
 # is covered by the data hash in the spec instead.
-_DEFAULT_TRAINER_MODULES = ("model", "loss", "batches", "optim", "divergence", "train")  # live: progress only
+_DEFAULT_TRAINER_MODULES = ("model", "loss", "batches", "optim", "divergence", "train")
 
 
 def load_trainer(name: str) -> Trainer:
