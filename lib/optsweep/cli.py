@@ -98,7 +98,9 @@ def cmd_store(args: argparse.Namespace) -> None:
         if not args.scale:
             raise ParamsError("optsweep store why: needs --scale NAME (the run of the baseline, moved by --set)")
         baseline, _ = params.scale_space(args.scale)
-        print(store_view.explain_missing(params, args.scale, baseline, store_view.require_default_data(params), store))
+        from .search import study_data
+
+        print(store_view.explain_missing(params, args.scale, baseline, study_data(params), store))
     else:
         records, stale = store_view.retry_failed(params, store)
         for record in records:

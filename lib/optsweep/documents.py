@@ -18,6 +18,8 @@ from .provenance import provenance
 from .store import RunStatus
 
 Number = float | int
+# What a sweep was trained with: sweeps that feed one analysis must agree on these.
+TRAINING_IDENTITY = ("data_hash", "trainer", "trainer_code")
 Config = dict[str, Number]
 
 
@@ -237,4 +239,4 @@ def sweeps_origin(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
     """What the sweeps an analysis rests on were trained with (they agree: see report.require_one_identity)."""
     first = sweeps[0]["provenance"] if sweeps else {}
     return {"sweeps": [sweep["scale"]["name"] for sweep in sweeps],
-            **{part: first.get(part) for part in ("data_hash", "trainer", "trainer_code")}}
+            **{part: first.get(part) for part in TRAINING_IDENTITY}}

@@ -12,6 +12,7 @@ from pandas.io.formats.style import Styler
 
 from .analysis import predict
 from .config import ALL_HPARAMS, ParamsError, StudyParams
+from .documents import TRAINING_IDENTITY
 from .jsonio import read_json
 
 RESULTS = Path("results")
@@ -41,7 +42,7 @@ def load_sweeps(folder: Path, names: list[str]) -> list[dict[str, Any]]:
 
 def require_one_identity(sweeps: list[dict[str, Any]]) -> None:
     """Sweeps that feed one analysis must have trained on the same data with the same training code."""
-    for part in ("data_hash", "trainer", "trainer_code"):
+    for part in TRAINING_IDENTITY:
         seen: dict[Any, list[str]] = {}
         for sweep in sweeps:
             seen.setdefault(sweep["provenance"].get(part), []).append(sweep["scale"]["name"])

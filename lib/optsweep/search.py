@@ -556,7 +556,7 @@ def _compute(evaluator: RunEvaluator, wall_s: float) -> dict[str, Any]:
 # --- the sweep ------------------------------------------------------------------------------------------------
 
 
-def _study_data(params: StudyParams) -> dict[str, Any] | None:
+def study_data(params: StudyParams) -> dict[str, Any] | None:
     """The prepared data identity when the study trains with optsweep's own trainer (else None)."""
     if params.study.trainer != DEFAULT_TRAINER:
         return None
@@ -637,7 +637,7 @@ def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_
 
     Raises `FailedRuns` after writing when runs failed (they are trained again by the next invocation)."""
     code_identity(params.study.trainer)  # a missing trainer module fails here, before data or workers
-    data = _study_data(params)
+    data = study_data(params)
     with make_executor(params.study) as executor:
         result = _search(params, scale_name, sensitivity_path, data, executor, progress)
     write_document(Path(out_path), result)
@@ -699,7 +699,7 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
     untouched scale then sees the same file and does not run again."""
     names = list(params.scales if phase == "phase1" else params.law_scales)
     code_identity(params.study.trainer)
-    data = _study_data(params)
+    data = study_data(params)
     results: dict[str, SweepResult] = {}
     errors: list[BaseException] = []
     with make_executor(params.study) as executor:

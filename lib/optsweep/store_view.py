@@ -6,9 +6,9 @@ import dataclasses
 import json
 from typing import Any, Iterator
 
-from .config import ParamsError, StudyParams
+from .config import StudyParams
 from .store import LAYOUT_SETTINGS, RunRecord, RunStatus, RunStore, run_key
-from .trainer_plugin import DEFAULT_TRAINER, code_identity, make_run_spec
+from .trainer_plugin import code_identity, make_run_spec
 
 IN_PROGRESS = "in_progress"
 
@@ -102,29 +102,17 @@ def failed_runs_to_retry(params: StudyParams, store: RunStore) -> tuple[list[Run
 
 def retry_failed(params: StudyParams, store: RunStore) -> tuple[list[RunRecord], list[RunRecord]]:
     """Train the retryable failed runs again now (resuming from their checkpoints); returns (new records, stale)."""
-    from .executor import Executor, Task, worker_environments
+    from .backends import make_executor
+    from .executor import Task
     from .search import outcome_record
 
     ready, stale = failed_runs_to_retry(params, store)
     tasks = [Task(r.key, {**r.spec, "checkpoint_dir": str(store.checkpoint_dir(r.key))}) for r in ready]
     trainer, code = params.study.trainer, code_identity(params.study.trainer)
     records = []
-    with Executor(trainer, worker_environments(params.study), threads=params.study.train.threads_per_worker,
-                  train_settings=params.study.train.model_dump()) as executor:
+    with make_executor(params.study) as executor:  # the study's backend: the local pool or Ray
         for outcome in executor.run(tasks):
             record = outcome_record(outcome, trainer, code)
             store.put(outcome.key, record)
             records.append(record)
     return records, stale
-
-
-def require_default_data(params: StudyParams) -> dict[str, Any] | None:
-    """The prepared data identity when the study trains with optsweep's own trainer, else None."""
-    if params.study.trainer != DEFAULT_TRAINER:
-        return None
-    from .data import ensure_prepared
-
-    try:
-        return ensure_prepared(params)
-    except ValueError as error:
-        raise ParamsError(f"study.data: {error}") from None
