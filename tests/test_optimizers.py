@@ -10,14 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optsweep.analysis.optimum import to_axis
+from optsweep.axes import axis_of, to_axis
 from optsweep.batches import TrainBatches, load_shards, val_batches
 from optsweep.config import ParamsError
 from optsweep.model import build_model
-from optsweep.optim import build_optimizer, clip_gradients
+from optsweep.optim import JointOptimizer, build_optimizer, clip_gradients
 from optsweep.optimizers import (
     BUILT_IN,
-    JointOptimizer,
     build,
     check_hparams,
     load_optimizer,
@@ -191,3 +190,9 @@ def test_identity_names_hparams_libraries_and_code():
     assert optimizer_identity("soap", {"lr": 2e-2}) != identity
     user = optimizer_identity("user_optimizer:sgd", {})
     assert user["name"] == "user_optimizer:sgd" and user["libraries"] == {} and user["code"] != identity["code"]
+
+
+def test_every_declared_axis_is_known_to_the_analysis():
+    for plugin in BUILT_IN.values():
+        for name, hparam in plugin.hparams.items():
+            assert axis_of(name) == hparam.axis, (plugin.name, name)

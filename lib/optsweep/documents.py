@@ -99,10 +99,25 @@ class Compute(Document):
     wall_s: float
 
 
+class TransferredOptimum(Document):
+    """The reference optimizer's (AdamW's) best at the same scale, carried to this optimizer where the names
+    match (the rest at this sweep's best) and trained: does an optimum transfer between optimizers?"""
+
+    source: str  # the optimizer whose optimum was carried
+    carried: list[str]  # the hyperparameter names taken from it
+    hparams: Config
+    loss: float | None
+    status: RunStatus
+    tuned_loss: float | None  # this sweep's best loss, for comparison
+
+
 class SweepResult(Document):
-    """`results/sweeps/<scale>.json` and `results/law_sweeps/<scale>.json`: one coordinate descent."""
+    """`results/sweeps/<scale>.json` and `results/law_sweeps/<scale>.json`: one coordinate descent
+    (another optimizer's under `results/optimizers/<name>/`)."""
 
     scale: dict[str, Any]
+    optimizer: str = "adamw"  # the plug-in name (optsweep.optimizers)
+    axes: dict[str, str] = Field(default_factory=dict)  # each hyperparameter's natural axis, as declared
     phase: Literal["phase1", "law"]
     free: list[str]
     fixed: Config
@@ -124,6 +139,7 @@ class SweepResult(Document):
     noise: SeedNoise | None
     failed: list[FailedRun]
     compute: Compute
+    transfer: TransferredOptimum | None = None
     provenance: Provenance
 
     def same_search(self, other: SweepResult) -> bool:

@@ -9,12 +9,12 @@ Other optimizers (optsweep.optimizers) reuse the groups, the schedule and the cl
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-DECAY_KINDS = ("norm", "embedding", "bias")
+from .optimizers import DECAY_KINDS
 
 
 def param_kind(module: torch.nn.Module, name: str) -> str:
@@ -105,3 +105,39 @@ def clip_gradients(model: torch.nn.Module, clip: float) -> torch.Tensor | None:
     if clip <= 0:
         return None
     return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+
+
+class JointOptimizer(torch.optim.Optimizer):
+    """Optimizers over disjoint parameters that step as one (Muon's matrices and AdamW's rest).
+
+    Its `param_groups` are the very group dicts of the parts, so one schedule moves every part's lr, and its
+    state dict holds every part's, so one checkpoint restores them all.
+    """
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+        super().__init__([p for part in parts for group in part.param_groups for p in group["params"]], {})
+        self._link_groups()
+
+    def _link_groups(self) -> None:
+        self.param_groups = [group for part in self.parts for group in part.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for part, state in zip(self.parts, state_dict["parts"], strict=True):
+            part.load_state_dict(state)
+        self._link_groups()  # loading replaces the parts' group dicts

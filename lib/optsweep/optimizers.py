@@ -24,23 +24,20 @@ import numbers
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
-import pytorch_optimizer
-import torch
-from torch.optim.lr_scheduler import LambdaLR
 
+from .axes import FROM_AXIS, TO_AXIS, Axis
 from .config import OPTIONAL_HPARAMS, ParamsError
-from .optim import DECAY_KINDS, adamw, lr_schedule, param_groups, param_kind
 
-Axis = Literal["log", "log1m", "log1p", "linear"]
-TO_AXIS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "log": np.log, "log1m": lambda v: np.log1p(-v), "log1p": np.log1p, "linear": lambda v: v,
-}
-FROM_AXIS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "log": np.exp, "log1m": lambda x: -np.expm1(x), "log1p": np.expm1, "linear": lambda x: x,
-}
+# torch (and the optimizer libraries) are imported by the build functions only: params validation, which
+# reads the declarations here, stays light.
+if TYPE_CHECKING:
+    import torch
+    from torch.optim.lr_scheduler import LambdaLR
+
+DECAY_KINDS = ("norm", "embedding", "bias")  # parameter kinds without weight decay (optim.param_kind)
 
 
 @dataclass(frozen=True)
@@ -115,11 +112,11 @@ class BuildContext:
     """What a build function may need besides the model and hyperparameters."""
 
     steps: int  # optimizer steps in the run
-    decay_exclude: tuple[str, ...] = DECAY_KINDS  # parameter kinds without weight decay (optim.param_kind)
+    decay_exclude: tuple[str, ...] = DECAY_KINDS
     fused: bool = False  # the device has fused kernels (CUDA)
 
 
-BuildFunction = Callable[[torch.nn.Module, dict[str, Any], BuildContext], torch.optim.Optimizer]
+BuildFunction = Callable[["torch.nn.Module", dict[str, Any], BuildContext], "torch.optim.Optimizer"]
 
 
 @dataclass(frozen=True)
@@ -156,42 +153,6 @@ def declare_optimizer(
     return wrap
 
 
-class JointOptimizer(torch.optim.Optimizer):
-    """Optimizers over disjoint parameters that step as one (Muon's matrices and AdamW's rest).
-
-    Its `param_groups` are the very group dicts of the parts, so one schedule moves every part's lr, and its
-    state dict holds every part's, so one checkpoint restores them all.
-    """
-
-    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
-        self.parts = parts
-        super().__init__([p for part in parts for group in part.param_groups for p in group["params"]], {})
-        self._link_groups()
-
-    def _link_groups(self) -> None:
-        self.param_groups = [group for part in self.parts for group in part.param_groups]
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:
-        if closure is not None:
-            with torch.enable_grad():
-                closure()
-        for part in self.parts:
-            part.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for part in self.parts:
-            part.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"parts": [part.state_dict() for part in self.parts]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for part, state in zip(self.parts, state_dict["parts"], strict=True):
-            part.load_state_dict(state)
-        self._link_groups()  # loading replaces the parts' group dicts
-
-
 # --- built-in optimizers ----------------------------------------------------------------------------------
 
 
@@ -217,6 +178,8 @@ EPS = Hparam("eps", 1e-8, POSITIVE, "log")
 )
 def build_adamw(model: torch.nn.Module, hparams: dict[str, Any], context: BuildContext) -> torch.optim.Optimizer:
     """The study's AdamW (optsweep.optim.adamw), bit for bit."""
+    from .optim import adamw
+
     return adamw(model, hparams, context.decay_exclude, context.fused)
 
 
@@ -226,6 +189,8 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     Left out, as is standard practice: the input embedding (a lookup table, not a linear map), the output
     head (found by the transformers API `get_output_embeddings`), norms and biases.
     """
+    from .optim import param_kind
+
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head else None
     return [
@@ -251,6 +216,10 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 )
 def build_muon(model: torch.nn.Module, hparams: dict[str, Any], context: BuildContext) -> torch.optim.Optimizer:
     """torch.optim.Muon on the hidden matrices, AdamW (same weight decay, eps 1e-8) on everything else."""
+    import torch
+
+    from .optim import JointOptimizer, param_groups
+
     matrices = hidden_matrices(model)
     muon = torch.optim.Muon(
         matrices, lr=hparams["lr"], weight_decay=hparams["weight_decay"], momentum=hparams["momentum"]
@@ -269,6 +238,10 @@ def build_muon(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
 )
 def build_lion(model: torch.nn.Module, hparams: dict[str, Any], context: BuildContext) -> torch.optim.Optimizer:
     """pytorch-optimizer's Lion (sign of an interpolated momentum) with decoupled weight decay."""
+    import pytorch_optimizer
+
+    from .optim import param_groups
+
     return pytorch_optimizer.Lion(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),
         lr=hparams["lr"],
@@ -296,6 +269,10 @@ def build_lion(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
 )
 def build_soap(model: torch.nn.Module, hparams: dict[str, Any], context: BuildContext) -> torch.optim.Optimizer:
     """pytorch-optimizer's SOAP: Adam in the eigenbasis of a Shampoo preconditioner, on every parameter."""
+    import pytorch_optimizer
+
+    from .optim import param_groups
+
     return pytorch_optimizer.SOAP(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),
         lr=hparams["lr"],
@@ -371,6 +348,8 @@ def build(
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """The optimizer over `model` and the shared schedule; call `schedule.step()` after every
     `optimizer.step()`, and `optim.clip_gradients(model, hparams["clip"])` before it."""
+    from .optim import lr_schedule
+
     plugin = load_optimizer(name)
     resolved = resolve_hparams(name, hparams)
     optimizer = plugin.make(model, resolved, BuildContext(steps, tuple(decay_exclude), fused))

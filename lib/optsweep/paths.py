@@ -45,9 +45,15 @@ def find_root(start: Path | None = None) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class ProjectPaths:
-    """Every path of one study, under its root (the layout dvc.yaml's stages write)."""
+    """Every path of one study, under its root (the layout dvc.yaml's stages write).
+
+    The study's own optimizer (AdamW) writes under results/ and reports/; another optimizer of the
+    comparison (params `optimizers.<name>`) the same files under results/optimizers/<name>/ and
+    reports/optimizers/<name>/: `paths.of_optimizer(name)`. The metrics, the speedup and the report are
+    the whole study's."""
 
     root: Path
+    optimizer: str | None = None  # None: the study's own optimizer
 
     @property
     def params(self) -> Path:
@@ -67,9 +73,14 @@ class ProjectPaths:
         """Executed copies of the stage notebooks (they change on every run: no stage depends on them)."""
         return self.root / "build" / "notebooks"
 
+    def of_optimizer(self, name: str | None) -> ProjectPaths:
+        """The paths of another optimizer's study (None: the study's own)."""
+        return dataclasses.replace(self, optimizer=name)
+
     @property
     def results(self) -> Path:
-        return self.root / "results"
+        results = self.root / "results"
+        return results if self.optimizer is None else results / "optimizers" / self.optimizer
 
     @property
     def sensitivity(self) -> Path:
@@ -82,15 +93,21 @@ class ProjectPaths:
     @property
     def metrics(self) -> Path:
         """The study's headline numbers for `dvc metrics show` / `dvc metrics diff`."""
-        return self.results / "metrics.json"
+        return self.root / "results" / "metrics.json"
+
+    @property
+    def speedup(self) -> Path:
+        """Every other optimizer's speedup over the tuned AdamW (optsweep.analysis.speedup)."""
+        return self.root / "results" / "speedup.json"
 
     @property
     def reports(self) -> Path:
-        return self.root / "reports"
+        reports = self.root / "reports"
+        return reports if self.optimizer is None else reports / "optimizers" / self.optimizer
 
     @property
     def report(self) -> Path:
-        return self.reports / "index.html"
+        return self.root / "reports" / "index.html"
 
     def sweeps(self, phase: Phase = "phase1") -> Path:
         """The folder of one phase's sweep results: results/sweeps/ or results/law_sweeps/."""

@@ -8,13 +8,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .analysis.axes import LOG1P_AXIS, LOG_AXIS
+from .axes import axis_of
 
 sns.set_theme(style="whitegrid", context="notebook")
 
 
 def _style_axis(ax: plt.Axes, hparam: str) -> None:
-    if hparam in LOG_AXIS + LOG1P_AXIS:  # spread over orders of magnitude
+    if axis_of(hparam) in ("log", "log1p"):  # spread over orders of magnitude
         ax.set_xscale("log")
     ax.set_title(hparam)
     ax.set_xlabel("")
@@ -74,7 +74,7 @@ def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.F
     sns.scatterplot(data=points, x="n_params", y="value", hue="tokens", palette=palette, style=where, s=70, ax=ax,
                     zorder=5)
     ax.set_xscale("log")
-    ax.set_yscale("log" if hparam in LOG_AXIS + LOG1P_AXIS else "linear")
+    ax.set_yscale("log" if axis_of(hparam) in ("log", "log1p") else "linear")
     ax.set_xlabel("N (non-embedding parameters)")
     ax.set_ylabel(f"optimal {hparam}")
     ax.legend(title="D (tokens)", fontsize=8)

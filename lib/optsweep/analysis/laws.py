@@ -30,8 +30,8 @@ from scipy.special import huber
 from scipy.stats import norm, t
 from statsmodels.base.model import GenericLikelihoodModel
 
+from ..axes import axis_of, from_axis, to_axis
 from ..config import ALL_HPARAMS, AnalysisSettings, LrTransfer, ParamsError
-from .axes import BETA_AXIS, from_axis, to_axis
 from .optimum import WIDTH_RULES, Landscape
 from .table import mark_blown_up, validate_runs_table
 
@@ -137,12 +137,12 @@ def _transform(hparam: str, values: Any) -> np.ndarray:
     """The fitted quantity: log h, or log(1 - beta) for the betas."""
     values = np.asarray(values, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log1p(-values) if hparam in BETA_AXIS else np.log(values)
+        return np.log1p(-values) if axis_of(hparam) == "log1m" else np.log(values)
 
 
 def _untransform(hparam: str, y: Any) -> np.ndarray:
     y = np.asarray(y, dtype=float)
-    return -np.expm1(y) if hparam in BETA_AXIS else np.exp(y)
+    return -np.expm1(y) if axis_of(hparam) == "log1m" else np.exp(y)
 
 
 def _censoring(hparam: str, edge: str | float | None) -> int:
@@ -150,7 +150,7 @@ def _censoring(hparam: str, edge: str | float | None) -> int:
     if not isinstance(edge, str):
         return 0
     up = 1 if edge == "above" else -1
-    return -up if hparam in BETA_AXIS else up  # log(1 - beta) falls as beta rises
+    return -up if axis_of(hparam) == "log1m" else up  # log(1 - beta) falls as beta rises
 
 
 def _design(points: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -347,7 +347,7 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
     return {
         "form": _form(hparam, kind, fit.params),
         "kind": kind,
-        "transform": "log(1 - h)" if hparam in BETA_AXIS else "log(h)",
+        "transform": "log(1 - h)" if axis_of(hparam) == "log1m" else "log(h)",
         "method": fit.method,
         "coefficients": _coefficients(fit),
         "covariance": fit.covariance.to_numpy().tolist(),
@@ -410,7 +410,7 @@ def _r2(y: np.ndarray, predicted: np.ndarray, points: pd.DataFrame) -> float | N
 
 
 def _form(hparam: str, kind: str, params: pd.Series) -> str:
-    lhs = f"1 - {hparam}*" if hparam in BETA_AXIS else f"{hparam}*"
+    lhs = f"1 - {hparam}*" if axis_of(hparam) == "log1m" else f"{hparam}*"
     prefactor = float(np.exp(params["log_prefactor"]))
     terms = {"N_exponent": "N", "D_exponent": "D", "C_exponent": "C"}
     powers = " * ".join(f"{terms[name]}^{params[name]:.4g}" for name in FORMS[kind])

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from .axes import to_axis
+from ..axes import to_axis
 from .table import seed_noise
 
 WINDOW = 2  # grid steps each side of the best config: local enough that the surface is close to a quadratic

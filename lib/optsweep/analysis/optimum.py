@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .axes import from_axis, to_axis
+from ..axes import from_axis, to_axis
 from .noise import Noise, measure_noise
 from .table import config_losses, scales_frame, swept_hparams
 
