@@ -44,7 +44,8 @@ def test_result_fields(baseline_result, run_spec, prepared_data):
     assert (result["device"], result["precision"], result["diverged_at_step"]) == ("cpu", "fp32", None)
     assert result["provenance"] == {
         "data_hash": prepared_data["hash"], "tokenizer": "bpe-512", "code": code_identity("optsweep.train:train"),
-        "trainer_version": TRAINER_VERSION, "seed": 0, "batch_seed": 0, "torch": torch.__version__,
+        "trainer_version": TRAINER_VERSION, "optimizer": spec["optimizer"], "seed": 0, "batch_seed": 0,
+        "torch": torch.__version__,
         "transformers": result["provenance"]["transformers"],
     }
     assert (result["micro_batch_size"], result["oom_halvings"], result["resumed_from"]) == (8, 0, [])

@@ -267,8 +267,8 @@ SUITES = {
 def suite_spec(params: StudyParams, data: dict[str, Any], suite: Suite, name: str) -> dict[str, Any]:
     """A run spec for one of the suite's scales: the study's baseline, lr moved by its transfer rule."""
     scale = suite.scales[name]
-    lr = round_sig(params.baseline.lr * params.study.lr_transfer.factor(scale.width))
-    hparams = {**params.baseline.values(), "lr": lr}
+    baseline = params.hparams_with({}, key="baseline")
+    hparams = {**baseline, "lr": round_sig(baseline["lr"] * params.study.lr_transfer.factor(scale.width))}
     spec = make_run_spec(params, next(iter(params.scales)), hparams, data)
     spec["scale"] = {"name": name, **scale.derived(suite.vocab_size)}
     return spec

@@ -736,6 +736,7 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
                                   executor, progress)
         else:
             _serve_phase(executor, names, errors, results, params, sensitivity_path, transfer_from, data, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)  # a phase with no scales still has its (empty) folder
     for name, result in results.items():
         _write_if_changed(out_dir / f"{name}.json", result)
     if errors:
