@@ -23,7 +23,18 @@ def _optsweep(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_shipped_presets_validate(preset: Path):
     params = load_params(preset)
-    assert len(params.scales) >= 2 and params.law_scales
+    assert len(params.scales) >= 2 and (params.law_scales or params.optimizers)
+    for name in params.optimizers:
+        assert params.for_optimizer(name).scales == params.scales
+
+
+def test_optimizers_preset_can_fit_adamws_loss_against_data_at_two_model_sizes():
+    params = load_params(REPO / "params/presets/optimizers.yaml")
+    assert params.study.optimizer == "adamw" and set(params.optimizers) == {"muon", "lion"}
+    data_scales: dict[int, set[int]] = {}
+    for scale in params.scales.values():
+        data_scales.setdefault(scale.n_params, set()).add(scale.tokens)
+    assert len(data_scales) == 2 and all(len(tokens) >= 3 for tokens in data_scales.values())
 
 
 def test_tiny_phase1_scales_are_shaped_like_the_brief():

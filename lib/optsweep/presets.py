@@ -40,28 +40,32 @@ def planned_runs(params: StudyParams, scale_name: str, free: list[str]) -> tuple
 
 
 def print_plan(params: StudyParams) -> None:
-    """Runs, tokens and estimated GPU-hours per scale; law scales assume every grid hparam stays free."""
-    free = params.search_order()
-    print(f"study {params.study.name!r}: {len(params.scales)} phase-1 scales, {len(params.law_scales)} law scales")
+    """Runs, tokens and estimated GPU-hours per optimizer and scale; law scales assume every grid hparam
+    stays free."""
+    studies = {params.study.optimizer: params, **{name: params.for_optimizer(name) for name in params.optimizers}}
+    print(f"study {params.study.name!r}: {len(params.scales)} phase-1 scales, {len(params.law_scales)} law scales, "
+          f"optimizers: {', '.join(studies)}")
     print(f"GPU-hours assume {ASSUMED_MFU:.0%} MFU of a {PEAK_FLOPS / 1e12:.0f} TFLOP/s GPU\n")
-    header = (f"{'phase':<7} {'scale':<12} {'N':>10} {'D':>10} {'steps':>7} {'micro':>6} {'runs 1st/max':>13} "
-              f"{'tokens (max)':>14} {'GPU-h (max)':>12}")
+    header = (f"{'optimizer':<10} {'phase':<7} {'scale':<12} {'N':>10} {'D':>10} {'steps':>7} {'micro':>6} "
+              f"{'runs 1st/max':>13} {'tokens (max)':>14} {'GPU-h (max)':>12}")
     print(header)
     print("-" * len(header))
     total_hours = 0.0
     total_runs = 0
     vocab = params.study.tokenizer.vocab_size if params.study.tokenizer.kind == "train" else 32000
-    for phase, scales in (("phase1", params.scales), ("law", params.law_scales)):
-        for name, scale in scales.items():
-            first, most = planned_runs(params, name, free)
-            tokens = most * scale.steps() * scale.batch_size * scale.seq_len
-            hours = tokens * scale.flops_per_token(vocab) / (PEAK_FLOPS * ASSUMED_MFU) / 3600
-            total_hours += hours
-            total_runs += most
-            micro = scale.micro_batch_size or params.study.train.micro_batch_size or scale.batch_size
-            print(
-                f"{phase:<7} {name:<12} {scale.n_params:>10.3g} {scale.tokens:>10.3g} {scale.steps():>7} {micro:>6} "
-                f"{f'{first}/{most}':>13} {tokens:>14.3g} {hours:>12.1f}"
-            )
+    for label, study in studies.items():
+        free = study.search_order()
+        for phase, scales in (("phase1", study.scales), ("law", study.law_scales)):
+            for name, scale in scales.items():
+                first, most = planned_runs(study, name, free)
+                tokens = most * scale.steps() * scale.batch_size * scale.seq_len
+                hours = tokens * scale.flops_per_token(vocab) / (PEAK_FLOPS * ASSUMED_MFU) / 3600
+                total_hours += hours
+                total_runs += most
+                micro = scale.micro_batch_size or study.study.train.micro_batch_size or scale.batch_size
+                print(
+                    f"{label:<10} {phase:<7} {name:<12} {scale.n_params:>10.3g} {scale.tokens:>10.3g} "
+                    f"{scale.steps():>7} {micro:>6} {f'{first}/{most}':>13} {tokens:>14.3g} {hours:>12.1f}"
+                )
     print(f"\nat most {total_runs} runs, about {total_hours:,.0f} GPU-hours "
           "(law scales: fewer once the sensitive set is known)")
