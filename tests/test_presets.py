@@ -88,4 +88,4 @@ def test_preset_command_switches_the_active_params(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "params/study.yaml").read_text() == (REPO / "params/presets/micro.yaml").read_text()
     missing = _optsweep("preset", "nope", cwd=tmp_path)
-    assert missing.returncode == 2 and "available: micro, paper, tiny" in missing.stderr
+    assert missing.returncode == 2 and "available: micro, optimizers, paper, tiny" in missing.stderr
