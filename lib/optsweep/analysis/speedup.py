@@ -20,13 +20,14 @@ goes through every point and the floor is all the evidence of noise there is.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.stats import norm
 
 from ..axes import declare_axes
@@ -167,9 +168,11 @@ def fit_power_law(
         p0 = (np.log(a) - b * np.log(scale), b, c)
     else:
         p0 = _grid_start(x, losses)
-    (log_a, b, c), _ = curve_fit(
-        _power_law, x, losses, p0=p0, bounds=([-np.inf, 1e-4, 0.0], [np.inf, 4.0, np.inf]), max_nfev=2000
-    )
+    with warnings.catch_warnings():  # the covariance goes unused (the bootstrap gives the intervals)
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (log_a, b, c), _ = curve_fit(
+            _power_law, x, losses, p0=p0, bounds=([-np.inf, 1e-4, 0.0], [np.inf, 4.0, np.inf]), max_nfev=2000
+        )
     return float(np.exp(log_a) * scale**b), float(b), float(c)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..axes import axis_of, declare_axes, known_hparams
-from ..config import ALL_HPARAMS, ParamsError
+from ..config import ALL_HPARAMS, SCALE_NAME, ParamsError
 from ..divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
@@ -68,6 +68,11 @@ def domain_of(hparam: str) -> tuple[str, Callable[[pd.Series], pd.Series]]:
 
 def load_runs_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet run table and validate it (one-line `ParamsError` naming file and column)."""
+    return validate_runs_table(read_runs_table(path), source=str(path))
+
+
+def read_runs_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet run table as it is in the file, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: runs table not found")
@@ -79,7 +84,23 @@ def load_runs_table(path: str | Path) -> pd.DataFrame:
         frame = readers[suffix](path)
     except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
         raise ParamsError(f"{path}: not a readable {suffix[1:]} table ({str(error).splitlines()[0]})") from None
-    return validate_runs_table(frame, source=str(path))
+    return frame
+
+
+def split_by_optimizer(frame: pd.DataFrame, source: str = "runs table") -> dict[str, pd.DataFrame]:
+    """A table with an `optimizer` column as one validated run table per optimizer (sorted by name).
+
+    Names become folder names, so they are letters, digits, `_`, `.` and `-`. A hyperparameter column that
+    is empty in every row of an optimizer belongs to another optimizer and is dropped from its table.
+    """
+    names = frame["optimizer"].astype("string").str.strip()
+    _fail_if(~names.str.fullmatch(SCALE_NAME.pattern).fillna(False).astype(bool), frame["optimizer"], source,
+             "optimizer", "an optimizer name is letters, digits, _ . - (it names a folder)")
+    tables = {}
+    for name, rows in frame.groupby(names, sort=True):
+        others = [h for h in hparam_names() if h in rows.columns and rows[h].isna().all()]
+        tables[str(name)] = validate_runs_table(rows.drop(columns=others), source=f"{source} (optimizer {name})")
+    return tables
 
 
 def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
