@@ -9,7 +9,8 @@ import torch
 
 from optsweep.config import Scale
 from optsweep.model import build_model
-from optsweep.optim import build_optimizer, clip_gradients, param_groups
+from optsweep.optim import clip_gradients, param_groups
+from optsweep.optimizers import build
 
 HPARAMS = {"lr": 0.01, "min_lr_ratio": 0.1, "warmup": 5, "beta1": 0.9, "beta2": 0.95,
            "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0}
@@ -21,7 +22,7 @@ def tiny_model() -> torch.nn.Module:
 
 def lrs_over_run(hparams: dict, steps: int) -> list[float]:
     """The lr each optimizer step of a run uses."""
-    optimizer, schedule = build_optimizer(tiny_model(), hparams, steps)
+    optimizer, schedule = build("adamw", tiny_model(), hparams, steps)
     lrs = []
     for _ in range(steps):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -75,7 +76,7 @@ def test_decay_skips_biases_and_is_configurable():
 
 
 def test_optimizer_carries_the_hyperparameters():
-    optimizer, _ = build_optimizer(tiny_model(), HPARAMS, steps=10)
+    optimizer, _ = build("adamw", tiny_model(), HPARAMS, steps=10)
     for group in optimizer.param_groups:
         assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8 and group["initial_lr"] == 0.01
 

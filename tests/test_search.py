@@ -264,7 +264,7 @@ def test_law_phase_keeps_the_baseline_of_hyperparameters_the_analysis_could_not_
         ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": 0.1, "rule": "cubic"}}},
          "recommended.weight_decay: "),
         ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": 0.1}, "beta1": {"value": 1.5}}},
-         "recommended: beta1: Input should be less than 1"),
+         "recommended: optimizer .adamw., beta1: 1.5 is outside \\[0, 1\\)"),
     ],
 )
 def test_a_bad_sensitivity_file_fails_before_any_run(tmp_path, document, message):

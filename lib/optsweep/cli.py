@@ -35,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .data import ensure_prepared
     from .trainer_plugin import DEFAULT_TRAINER, invalid_reason, load_trainer, make_run_spec
 
-    params = load_params(args.params, args.set)
+    params = load_params(args.params, args.set, args.optimizer)
     baseline, _ = params.scale_space(args.scale)
     trainer = load_trainer(params.study.trainer)
     reason = invalid_reason(make_run_spec(params, args.scale, baseline, data=None))
@@ -65,17 +65,22 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     if (args.scale is None) == (args.phase is None):
         raise ParamsError("optsweep sweep: give either --scale NAME (one search) or --phase phase1|law (all scales)")
-    params = load_params(args.params, args.set)
+    params = load_params(args.params, args.set, args.optimizer)
     if args.phase == "law" and not args.sensitivity:
         raise ParamsError("optsweep sweep --phase law: needs --sensitivity results/sensitivity.json")
+    if args.transfer_from and not Path(args.transfer_from).is_dir():
+        raise ParamsError(f"--transfer-from {args.transfer_from}: not a folder of sweep results")
+    transfer_from = Path(args.transfer_from) if args.transfer_from else None
+    paths = project().of_optimizer(args.optimizer)
     if args.phase:
-        out_dir = Path(args.out) if args.out else project().sweeps(args.phase)
-        for name, result in run_phase(params, args.phase, out_dir, sensitivity_path=args.sensitivity).items():
+        out_dir = Path(args.out) if args.out else paths.sweeps(args.phase)
+        results = run_phase(params, args.phase, out_dir, sensitivity_path=args.sensitivity, transfer_from=transfer_from)
+        for name, result in results.items():
             print(_best_text(name, result.best_loss, result.best, out_dir / f"{name}.json"))
         return
     params.scale(args.scale)
-    out = Path(args.out) if args.out else project().sweep(args.scale, "law" if args.sensitivity else "phase1")
-    result = run_sweep(params, args.scale, out, sensitivity_path=args.sensitivity)
+    out = Path(args.out) if args.out else paths.sweep(args.scale, "law" if args.sensitivity else "phase1")
+    result = run_sweep(params, args.scale, out, sensitivity_path=args.sensitivity, transfer_from=transfer_from)
     print(_best_text(args.scale, result["best_loss"], result["best"], out))
 
 
@@ -160,6 +165,12 @@ def cmd_notebook(args: argparse.Namespace) -> None:
     print(run_notebook(notebook, Path(args.html), parameters))
 
 
+def add_optimizer_argument(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--optimizer", default=None, metavar="NAME",
+                     help="an optimizer named under `optimizers:` in params (default: the study's own, "
+                          "study.optimizer); its results go under results/optimizers/NAME/")
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -186,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = add("train", cmd_train, "train one run at a scale and print its result JSON")
     train.add_argument("--scale", required=True, help="a scale name from params")
+    add_optimizer_argument(train)
 
     bench = add("bench", cmd_bench, "tokens/s (and MFU on GPU): our trainer next to a plain HF eager loop")
     bench.add_argument("--scale", default=None, help="a scale name from params (default: the first)")
@@ -210,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--sensitivity", default=None,
         help="sensitivity.json: free only the sensitive hyperparameters, fix the rest at their constants",
+    )
+    add_optimizer_argument(sweep)
+    sweep.add_argument(
+        "--transfer-from", default=None, metavar="DIR",
+        help="another optimizer's sweep results (results/sweeps): carry each scale's best over where the "
+             "names match and train it, to test whether optima transfer between optimizers",
     )
 
     analyze = add("analyze", cmd_analyze, "sensitivity and scaling laws from a CSV/Parquet table of runs", False)

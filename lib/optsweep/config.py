@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .provenance import stable_hash
 
+# AdamW's hyperparameters, in the order coordinate descent visits them by default. Another optimizer
+# (optsweep.optimizers) declares its own names; those it shares with AdamW keep this order, the rest follow.
 HPARAMS: tuple[str, ...] = ("lr", "min_lr_ratio", "warmup", "beta1", "beta2", "weight_decay", "eps", "clip")
-OPTIONAL_HPARAMS: tuple[str, ...] = ("batch_size",)
+OPTIONAL_HPARAMS: tuple[str, ...] = ("batch_size",)  # a run setting every optimizer accepts
 ALL_HPARAMS: tuple[str, ...] = HPARAMS + OPTIONAL_HPARAMS
 
 SCALE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -156,6 +158,9 @@ class StudySettings(Strict):
     name: str
     seed: int = Field(0, ge=0)
     trainer: str = "optsweep.train:train"
+    optimizer: str = Field(
+        "adamw", description="the optimizer that `baseline` and `grid` tune: built in, or 'module:function'"
+    )
     workers: int | Literal["auto"] = Field(
         "auto", description="worker processes: a count, or 'auto' (GPUs x workers_per_gpu, else one per CPU core)"
     )
@@ -248,21 +253,18 @@ class Scale(Strict):
         }
 
 
-class Hparams(Strict):
-    """One AdamW configuration. `warmup` is in optimizer steps; `clip` 0 turns clipping off."""
+Hparams = dict[str, float | int]  # one configuration: a value per hyperparameter of the optimizer
 
-    lr: float = Field(gt=0)
-    min_lr_ratio: float = Field(ge=0, le=1)
-    warmup: int = Field(ge=0)
-    beta1: float = Field(ge=0, lt=1)
-    beta2: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
-    eps: float = Field(gt=0)
-    clip: float = Field(ge=0)
-    batch_size: int | None = Field(None, gt=0)
 
-    def values(self) -> dict[str, float | int]:
-        return self.model_dump(exclude_none=True)
+class OptimizerStudy(Strict):
+    """Another optimizer, tuned by the same coordinate descent at the same scales as the study's own and
+    compared with it (the speedup over the tuned AdamW). `StudyParams.for_optimizer` makes its study."""
+
+    optimizer: str | None = Field(None, description="built-in name or 'module:function' (default: the key)")
+    baseline: dict[str, float | int] = Field(description="start values (the rest: the optimizer's defaults)")
+    grid: dict[str, list[float]]
+    order: list[str] | None = Field(None, description="coordinate order (default: as for the study's optimizer)")
+    free: list[str] | None = Field(None, description="hyperparameters the search may move (default: all)")
 
 
 class SearchSettings(Strict):
@@ -318,10 +320,13 @@ class StudyParams(Strict):
     study: StudySettings
     scales: dict[str, Scale]
     law_scales: dict[str, Scale] = Field(default_factory=dict)
-    baseline: Hparams
+    baseline: dict[str, float | int]
     grid: dict[str, list[float]]
     search: SearchSettings = Field(default_factory=SearchSettings)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    optimizers: dict[str, OptimizerStudy] = Field(
+        default_factory=dict, description="other optimizers tuned the same way and compared with the study's"
+    )
 
     @field_validator("scales")
     @classmethod
@@ -330,20 +335,18 @@ class StudyParams(Strict):
             raise ValueError("needs at least 1 phase-1 scale")
         return scales
 
-    @field_validator("scales", "law_scales")
+    @field_validator("scales", "law_scales", "optimizers")
     @classmethod
-    def _names(cls, scales: dict[str, Scale]) -> dict[str, Scale]:
-        for name in scales:
+    def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for name in entries:  # they name files, folders and DVC stages
             if not SCALE_NAME.fullmatch(name):
-                raise ValueError(f"scale name {name!r} must be letters, digits, '_', '-' or '.'")
-        return scales
+                raise ValueError(f"name {name!r} must be letters, digits, '_', '-' or '.'")
+        return entries
 
     @field_validator("grid")
     @classmethod
     def _grid_values(cls, grid: dict[str, list[float]]) -> dict[str, list[float]]:
         for name, values in grid.items():
-            if name not in ALL_HPARAMS:
-                raise ValueError(f"unknown hyperparameter {name!r}; allowed: {', '.join(ALL_HPARAMS)}")
             if not values:
                 raise ValueError(f"{name}: empty grid; give at least one value")
             if len(set(values)) != len(values):
@@ -355,6 +358,7 @@ class StudyParams(Strict):
         shared = set(self.scales) & set(self.law_scales)
         if shared:
             raise ValueError(f"scale {sorted(shared)[0]!r} is in both 'scales' and 'law_scales'")
+        self.hparams_with({}, key="baseline")
         for name, values in self.grid.items():
             for value in values:
                 self.hparams_with({name: value}, key=f"grid.{name}")
@@ -363,17 +367,18 @@ class StudyParams(Strict):
                 if name not in self.grid:
                     raise ValueError(f"search.{key}: {name!r} has no grid; grid has: {', '.join(self.grid)}")
         if not self.grid:
-            raise ValueError(f"grid: empty; give a list of values for at least one of {', '.join(ALL_HPARAMS)}")
+            raise ValueError(f"grid: empty; give a list of values for at least one of {', '.join(self.hparam_names())}")
         if not self.search_order():
             names = ", ".join(self.grid)
             raise ValueError(f"search: 'order' and 'free' leave nothing to search; name some of: {names}")
+        warmup = self.hparams_with({})["warmup"]
         for name, scale in self.all_scales().items():
             self._check_micro_batch(name, scale)
-            steps = scale.steps(self.baseline.batch_size)
-            if self.baseline.warmup >= steps:
-                raise ValueError(
-                    f"baseline.warmup ({self.baseline.warmup}) must be shorter than the {steps} steps of scale {name!r}"
-                )
+            steps = scale.steps(self.baseline.get("batch_size"))
+            if warmup >= steps:
+                raise ValueError(f"baseline.warmup ({warmup}) must be shorter than the {steps} steps of scale {name!r}")
+        for name in self.optimizers:
+            self.for_optimizer(name)
         return self
 
     def _check_micro_batch(self, name: str, scale: Scale) -> None:
@@ -383,8 +388,8 @@ class StudyParams(Strict):
             return
         key = f"scales.{name}.micro_batch_size" if scale.micro_batch_size else "study.train.micro_batch_size"
         batches = {scale.batch_size, *(int(b) for b in self.grid.get("batch_size", []))}
-        if self.baseline.batch_size:
-            batches.add(self.baseline.batch_size)
+        if self.baseline.get("batch_size"):
+            batches.add(int(self.baseline["batch_size"]))
         for batch in sorted(batches):
             if batch % micro:
                 raise ValueError(f"{key}: {micro} does not divide the batch size {batch} of scale {name!r}")
@@ -423,15 +428,33 @@ class StudyParams(Strict):
             raise ParamsError(f"unknown scale {name!r}; allowed: {', '.join(scales)}")
         return scales[name]
 
+    def hparam_names(self) -> list[str]:
+        """Every hyperparameter of the study's optimizer, then `batch_size`."""
+        from .optimizers import load_optimizer
+
+        return [*load_optimizer(self.study.optimizer, "study.optimizer").hparams, *OPTIONAL_HPARAMS]
+
     def hparams_with(self, overrides: dict[str, Any], key: str = "hparams") -> Hparams:
-        """The baseline with some hyperparameters replaced, validated (raises ValueError naming `key`)."""
-        unknown = sorted(set(overrides) - set(ALL_HPARAMS))
-        if unknown:
-            raise ValueError(f"{key}: unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(ALL_HPARAMS)}")
-        try:
-            return Hparams(**{**self.baseline.model_dump(), **overrides})
-        except ValidationError as error:
-            raise ValueError(f"{key}: {_first_error(error)}") from None
+        """The baseline with some hyperparameters replaced, the rest at the optimizer's defaults, validated
+        against its declarations (raises ParamsError naming `key`, the optimizer and the hyperparameter)."""
+        from .optimizers import resolve_hparams
+
+        return resolve_hparams(self.study.optimizer, {**self.baseline, **overrides}, where=key)
+
+    def for_optimizer(self, name: str | None) -> StudyParams:
+        """The study of another optimizer named in `optimizers` (None or "": this study): the same scales,
+        data, seeds, search settings and run store, with that optimizer's baseline, grid and order."""
+        if not name:
+            return self
+        if name not in self.optimizers:
+            named = ", ".join(self.optimizers) or "none"
+            raise ParamsError(f"optimizers: no optimizer {name!r}; params name: {named}")
+        other = self.optimizers[name]
+        raw = self.model_dump(mode="json", exclude={"optimizers"})
+        raw["study"]["optimizer"] = other.optimizer or name
+        raw["baseline"], raw["grid"] = other.baseline, other.grid
+        raw["search"].update(order=other.order, free=other.free)
+        return validate_params(raw, source=f"optimizers.{name}")
 
     def scale_space(self, name: str) -> tuple[dict[str, float | int], dict[str, list[float | int]]]:
         """The baseline and grid at one scale, with lr moved from the reference width by the transfer rule.
@@ -439,20 +462,29 @@ class StudyParams(Strict):
         Everything downstream (run specs, the run store, results, analysis) sees these effective values.
         """
         factor = self.study.lr_transfer.factor(self.scale(name).width)
-        baseline = self.baseline.values()
+        baseline = self.hparams_with({}, key="baseline")
         grid = {h: list(values) for h, values in self.grid.items()}
         baseline["lr"] = round_sig(baseline["lr"] * factor)
         if "lr" in grid:
             grid["lr"] = [round_sig(v * factor) for v in grid["lr"]]
-        for h in ("warmup", "batch_size"):
-            if h in grid:
+        integers = self.integer_hparams()
+        for h in grid:
+            if h in integers:
                 grid[h] = [int(v) for v in grid[h]]
         return baseline, grid
 
+    def integer_hparams(self) -> list[str]:
+        """The hyperparameters that take whole numbers (warmup, batch_size, ...)."""
+        from .optimizers import load_optimizer
+
+        declared = load_optimizer(self.study.optimizer).hparams
+        return [h for h, hparam in declared.items() if hparam.integer] + list(OPTIONAL_HPARAMS)
+
     def coordinate_order(self) -> list[str]:
         """The one order in which coordinate descent visits hyperparameters: `search.order`, else every grid
-        entry in the canonical order of `ALL_HPARAMS`."""
-        return self.search.order or [h for h in ALL_HPARAMS if h in self.grid]
+        entry in the canonical order of `ALL_HPARAMS` (AdamW's names), then the others in the grid's order."""
+        return self.search.order or [*(h for h in ALL_HPARAMS if h in self.grid),
+                                     *(h for h in self.grid if h not in ALL_HPARAMS)]
 
     def search_order(self) -> list[str]:
         """The phase-1 coordinates: the coordinate order, restricted to `search.free` when given."""
@@ -515,11 +547,7 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> tuple[dict[s
         if not sep or not key:
             raise ParamsError(f"--set {assignment!r}: expected key=value")
         value = yaml.safe_load(text)
-        if "." not in key:
-            if key not in ALL_HPARAMS:
-                raise ParamsError(
-                    f"--set {key}: unknown hyperparameter; allowed: {', '.join(ALL_HPARAMS)} or a dotted params path"
-                )
+        if "." not in key:  # checked against the optimizer's declared names when the params are validated
             hparams[key] = value
             continue
         *parents, leaf = key.split(".")
@@ -532,12 +560,16 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> tuple[dict[s
     return raw, hparams
 
 
-def load_params(path: str | Path, assignments: list[str] | None = None) -> StudyParams:
-    """Read, override and validate a params file."""
+def load_params(path: str | Path, assignments: list[str] | None = None, optimizer: str | None = None) -> StudyParams:
+    """Read, override and validate a params file; with `optimizer`, the study of that optimizer in
+    `optimizers` (bare hyperparameter overrides then apply to its baseline)."""
     raw, hparams = apply_overrides(read_params_file(path), assignments or [])
     if hparams:
-        raw["baseline"] = {**raw.get("baseline", {}), **hparams}
-    return validate_params(raw, source=str(path))
+        entry = raw.get("optimizers", {}).get(optimizer) if optimizer else raw
+        if not isinstance(entry, dict):
+            raise ParamsError(f"{path}: optimizers: no optimizer {optimizer!r} to override {', '.join(hparams)} of")
+        entry["baseline"] = {**entry.get("baseline", {}), **hparams}
+    return validate_params(raw, source=str(path)).for_optimizer(optimizer)
 
 
 def load_analysis_settings(path: str | Path) -> AnalysisSettings:

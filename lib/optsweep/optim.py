@@ -3,7 +3,8 @@ the lr schedule, gradient clipping.
 
 AdamW's eight hyperparameters (`lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip`) map onto
 torch's AdamW, a `LambdaLR` schedule and `clip_grad_norm_`; nothing else about the optimizer is tuned.
-Other optimizers (optsweep.optimizers) reuse the groups, the schedule and the clipping.
+Every optimizer (optsweep.optimizers, whose `build` puts optimizer and schedule together) reuses the
+groups, the schedule and the clipping.
 """
 
 from __future__ import annotations
@@ -83,18 +84,6 @@ def adamw(
         eps=hparams["eps"],
         fused=fused,
     )
-
-
-def build_optimizer(
-    model: torch.nn.Module,
-    hparams: dict[str, Any],
-    steps: int,
-    decay_exclude: Iterable[str] = DECAY_KINDS,
-    fused: bool = False,
-) -> tuple[torch.optim.AdamW, LambdaLR]:
-    """AdamW and its schedule; call `scheduler.step()` after every `optimizer.step()`."""
-    optimizer = adamw(model, hparams, decay_exclude, fused)
-    return optimizer, lr_schedule(optimizer, steps, hparams["warmup"], hparams["min_lr_ratio"])
 
 
 def clip_gradients(model: torch.nn.Module, clip: float) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """Optimizers as plug-ins: a name, typed hyperparameter declarations and a function that builds it.
 
     optimizer, schedule = build("muon", model, {"lr": 0.02, "adam_lr": 3e-3}, steps=1000)
-    identity = optimizer_identity("muon", {"lr": 0.02, "adam_lr": 3e-3})   # for the run key
+    identity = optimizer_identity("muon")   # for the run key, next to the hyperparameters
 
 Every optimizer shares the schedule (linear warmup from 0, cosine to `min_lr_ratio * lr` at the last step,
 see optsweep.optim) and gradient clipping, so `min_lr_ratio`, `warmup` and `clip` are hyperparameters of
@@ -16,6 +16,7 @@ the rest), `lion` and `soap` (both from pytorch-optimizer). Anyone's own optimiz
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -105,6 +106,9 @@ SHARED_HPARAMS: tuple[Hparam, ...] = (
     Hparam("warmup", 0, NON_NEGATIVE, "log1p", integer=True, help="optimizer steps of linear warmup from 0"),
     Hparam("clip", 1.0, NON_NEGATIVE, "linear", help="max global gradient norm (0 = off)"),
 )
+
+
+BATCH_SIZE = Hparam("batch_size", 1, AT_LEAST_ONE, "log", integer=True, help="sequences per optimizer step")
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,9 @@ def check_hparams(name: str, values: dict[str, Any], where: str = "") -> None:
     plugin = load_optimizer(name, where)
     for key, value in values.items():
         if key in OPTIONAL_HPARAMS:
+            problem = BATCH_SIZE.problem(value) if value is not None else None
+            if problem:
+                raise _error(where, f"{key}: {problem}")
             continue
         if key not in plugin.hparams:
             allowed = ", ".join(plugin.hparams)
@@ -331,11 +338,13 @@ def check_hparams(name: str, values: dict[str, Any], where: str = "") -> None:
 
 
 def resolve_hparams(name: str, values: dict[str, Any], where: str = "") -> dict[str, float | int]:
-    """The optimizer's full hyperparameters: `values` checked, the rest at their defaults, integers as int."""
+    """The optimizer's full hyperparameters: `values` checked, the rest at their defaults, integers as int;
+    then `batch_size` when given."""
     check_hparams(name, values, where)
     declared = load_optimizer(name, where).hparams
     resolved = {key: values.get(key, hparam.default) for key, hparam in declared.items()}
-    return {key: int(v) if declared[key].integer else float(v) for key, v in resolved.items()}
+    typed = {key: int(v) if declared[key].integer else float(v) for key, v in resolved.items()}
+    return {**typed, **{key: int(values[key]) for key in OPTIONAL_HPARAMS if values.get(key) is not None}}
 
 
 def build(
@@ -356,14 +365,14 @@ def build(
     return optimizer, lr_schedule(optimizer, steps, resolved["warmup"], resolved["min_lr_ratio"])
 
 
-def optimizer_identity(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
-    """What decides an optimizer's results, for the run key: its name, full hyperparameters (defaults
-    filled in), the versions of the libraries it comes from and a hash of the source file that builds it."""
+@functools.lru_cache(maxsize=None)
+def optimizer_identity(name: str) -> dict[str, Any]:
+    """What decides an optimizer's results besides its hyperparameters, for the run key (which holds those
+    too): its name, the versions of the libraries it comes from and a hash of the source file that builds it."""
     plugin = load_optimizer(name)
     source = Path(inspect.getsourcefile(plugin.make) or "")
     return {
         "name": plugin.name,
-        "hparams": resolve_hparams(name, hparams),
         "libraries": {library: _version(library) for library in plugin.libraries},
         "code": hashlib.sha256(source.read_bytes()).hexdigest()[:16] if source.is_file() else None,
     }

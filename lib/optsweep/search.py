@@ -28,18 +28,19 @@ from typing import Any, Iterator, Literal
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from .axes import axis_of
 from .backends import make_executor
-from .config import ALL_HPARAMS, LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
+from .config import LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
 from .documents import SweepResult, as_json, read_document, write_document
 from .executor import Executor, Outcome, Task, TaskInbox
 from .jsonio import to_strict
+from .optimizers import load_optimizer
 from .provenance import provenance
 from .store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
 from .trainer_plugin import DEFAULT_TRAINER, code_identity, invalid_reason, is_diverged, make_run_spec
 
 Config = dict[str, float | int]
 CLAIM_POLL_S = 1.0  # how often a driver looks for runs that another driver has claimed
-INTEGER_HPARAMS = ("warmup", "batch_size")
 
 
 class FailedRuns(RuntimeError):
@@ -64,9 +65,10 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
         free = params.search_order()
         fixed = {h: v for h, v in baseline.items() if h not in free}
         return SearchSpace("phase1", free, {h: grid[h] for h in free}, fixed, baseline)
-    sensitive, unjudged, recommended = _read_sensitivity(Path(sensitivity_path))
+    sensitive, unjudged, recommended = _read_sensitivity(Path(sensitivity_path), params.hparam_names())
     free = [h for h in params.coordinate_order() if h in sensitive]
     width = params.scale(scale_name).width
+    integers = params.integer_hparams()
     fixed = {h: v for h, v in baseline.items() if h not in free}
     # Sensitive without a grid, or unjudged by the analysis (never swept): no constant exists, keep the baseline.
     for h in sorted(set(baseline) - set(free) - set(sensitive) - set(unjudged)):
@@ -74,16 +76,13 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
             raise ParamsError(f"{sensitivity_path}: recommended: missing hyperparameter {h!r}")
     for h, entry in recommended.items():
         if h not in free:
-            fixed[h] = _recommended_value(sensitivity_path, h, entry, width)
+            fixed[h] = _recommended_value(sensitivity_path, h, entry, width, h in integers)
     start = {**fixed, **{h: baseline[h] for h in free}}
-    try:
-        params.hparams_with(start, key=f"{sensitivity_path}: recommended")
-    except ValueError as error:
-        raise ParamsError(str(error)) from None
+    params.hparams_with(start, key=f"{sensitivity_path}: recommended")
     return SearchSpace("law", free, {h: grid[h] for h in free}, fixed, start)
 
 
-def _read_sensitivity(path: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+def _read_sensitivity(path: Path, hparams: list[str]) -> tuple[list[str], list[str], dict[str, Any]]:
     """The `sensitive` and (optional) `unjudged` lists and the `recommended` mapping of a sensitivity.json."""
     if not path.is_file():
         raise ParamsError(f"{path}: sensitivity file not found (run the sensitivity stage or `optsweep analyze`)")
@@ -100,14 +99,13 @@ def _read_sensitivity(path: Path) -> tuple[list[str], list[str], dict[str, Any]]
     recommended = document.get("recommended")
     if not isinstance(recommended, dict):
         raise ParamsError(f"{path}: key 'recommended' must map hyperparameters to {{value, rule, reference_width}}")
-    unknown = sorted(set(recommended) - set(ALL_HPARAMS))
+    unknown = sorted(set(recommended) - set(hparams))
     if unknown:
-        allowed = ", ".join(ALL_HPARAMS)
-        raise ParamsError(f"{path}: recommended: unknown hyperparameter {unknown[0]!r}; allowed: {allowed}")
+        raise ParamsError(f"{path}: recommended: unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(hparams)}")
     return sensitive, unjudged, recommended
 
 
-def _recommended_value(path: str, h: str, entry: Any, width: int) -> float | int:
+def _recommended_value(path: str, h: str, entry: Any, width: int, integer: bool) -> float | int:
     """A recommended constant at this width: value x the transfer factor of its rule."""
     value = entry.get("value") if isinstance(entry, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -118,7 +116,7 @@ def _recommended_value(path: str, h: str, entry: Any, width: int) -> float | int
         first = error.errors()[0]
         raise ParamsError(f"{path}: recommended.{h}: {first['msg'].removeprefix('Value error, ')}") from None
     moved = round_sig(value * transfer.factor(width))
-    return int(round(moved)) if h in INTEGER_HPARAMS else moved
+    return int(round(moved)) if integer else moved
 
 
 # --- evaluating configs: store first, executor for the rest -----------------------------------------------
@@ -437,15 +435,16 @@ def _descend_by_neighbourhood(space: SearchSpace, search: SearchSettings, evalua
 
 # --- grids that follow an optimum past their edge -----------------------------------------------------------
 
-LOG_AXIS = ("lr", "eps", "batch_size", "warmup", "weight_decay", "clip")  # geometric grids
-ONE_MINUS_LOG_AXIS = ("beta1", "beta2")  # geometric in 1 - beta
+GEOMETRIC_LINEAR_AXIS = ("weight_decay", "clip")  # analysed on a linear axis, but their grids are geometric
 
 
 def next_value_past_edge(h: str, edge: float, neighbour: float) -> float:
-    """One more grid step beyond `edge`, away from `neighbour`, on the hyperparameter's natural axis."""
-    if h in ONE_MINUS_LOG_AXIS and edge < 1 and neighbour < 1:
+    """One more grid step beyond `edge`, away from `neighbour`: geometric in 1 - x on a log1m axis (betas,
+    momenta), geometric for positive values on a log or log1p axis (and weight decay, clipping), else linear."""
+    axis = axis_of(h)
+    if axis == "log1m" and edge < 1 and neighbour < 1:
         return round_sig(1 - (1 - edge) ** 2 / (1 - neighbour))
-    if h in LOG_AXIS and edge > 0 and neighbour > 0:
+    if (axis in ("log", "log1p") or h in GEOMETRIC_LINEAR_AXIS) and edge > 0 and neighbour > 0:
         return round_sig(edge * edge / neighbour)
     return round_sig(2 * edge - neighbour)
 
@@ -464,10 +463,10 @@ def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun
             continue
         edge, neighbour = (values[0], values[1]) if end == "low" else (values[-1], values[-2])
         value = next_value_past_edge(h, edge, neighbour)
-        value = int(round(value)) if h in INTEGER_HPARAMS else value
+        value = int(round(value)) if h in params.integer_hparams() else value
         try:
             params.hparams_with({h: value}, key=f"search.extend_edges: {h}")
-        except ValueError:
+        except ParamsError:
             continue  # past the domain (weight decay below 0, say): the edge is a real bound
         if value in values:
             continue
@@ -543,6 +542,26 @@ def _seed_noise(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvalua
     return {"seeds": seeds, "configs": rows, "std": math.sqrt(squares / degrees) if degrees else None}
 
 
+def _transferred_optimum(params: StudyParams, scale_name: str, best: EvaluatedRun, evaluator: RunEvaluator,
+                         source_dir: Path | None) -> dict[str, Any] | None:
+    """Another optimizer's best at this scale (`source_dir/<scale>.json`, AdamW's), carried to this one where
+    the hyperparameter names match and the rest kept at this sweep's best, then trained like any run: does
+    an optimum transfer between optimizers? None without a source result or a finished best."""
+    path = source_dir / f"{scale_name}.json" if source_dir else None
+    if path is None or not path.is_file() or best.status != RunStatus.OK:
+        return None
+    source = read_document(path, SweepResult)
+    carried = [h for h in best.hparams if h in source.best and source.best[h] != best.hparams[h]]
+    hparams = {**best.hparams, **{h: source.best[h] for h in carried}}
+    try:
+        params.hparams_with(hparams, key=f"{path}: best")
+    except ParamsError:
+        return None  # a value outside this optimizer's domain cannot be carried over
+    run = evaluator.evaluate([hparams])[0]
+    return {"source": source.optimizer, "carried": [h for h in best.hparams if h in source.best], "hparams": hparams,
+            "loss": run.loss, "status": run.status, "tuned_loss": best.loss}
+
+
 def _compute(evaluator: RunEvaluator, wall_s: float) -> dict[str, Any]:
     """The cost of every run this sweep's result rests on (token budgets), and what this invocation did."""
     runs = [run for run in evaluator.ordered_runs() if run.status != RunStatus.SKIPPED]
@@ -565,9 +584,10 @@ def study_data(params: StudyParams) -> dict[str, Any] | None:
     return ensure_prepared(params)
 
 
-def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, data: dict[str, Any] | None,
-            executor: Executor | SharedPoolClient, progress: bool) -> SweepResult:
-    """Coordinate descent at one scale on a given executor; the result document, not yet written."""
+def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, transfer_from: Path | None,
+            data: dict[str, Any] | None, executor: Executor | SharedPoolClient, progress: bool) -> SweepResult:
+    """Coordinate descent at one scale on a given executor; the result document, not yet written.
+    `transfer_from`: a folder of another optimizer's sweep results whose best is carried over and trained."""
     started = time.perf_counter()
     search = params.search
     space = search_space(params, scale_name, sensitivity_path)
@@ -581,13 +601,17 @@ def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, 
             descent, searched, extensions = descend_following_edges(params, space, evaluator)
             slices = _slices(searched, descent.best, evaluator)
             noise = _seed_noise(descent.best, search, evaluator)
+            transferred = _transferred_optimum(params, scale_name, descent.best, evaluator, transfer_from)
             evaluator.drain()
     finally:
         bar.close()
     transfer = params.study.lr_transfer
     width = params.scale(scale_name).width
+    declared = load_optimizer(params.study.optimizer).hparams
     return SweepResult.model_validate(to_strict({
         "scale": make_run_spec(params, scale_name, space.baseline, data)["scale"],
+        "optimizer": params.study.optimizer,
+        "axes": {h: declared[h].axis if h in declared else axis_of(h) for h in space.baseline},
         "phase": space.phase,
         "free": space.free,
         "fixed": space.fixed,
@@ -610,6 +634,7 @@ def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, 
         "failed": [{"key": run.key, "hparams": run.hparams, "seed": run.seed, "error": run.reason}
                    for run in evaluator.ordered_runs() if run.status == RunStatus.FAILED],
         "compute": _compute(evaluator, time.perf_counter() - started),
+        "transfer": transferred,
         "provenance": provenance(
             params.params_hash(),
             data_hash=data.get("hash") if data else None,
@@ -632,14 +657,14 @@ def _failures(results: list[SweepResult]) -> str | None:
 
 
 def run_sweep(params: StudyParams, scale_name: str, out_path: Path, sensitivity_path: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, transfer_from: Path | None = None) -> dict[str, Any]:
     """Coordinate descent at one scale; writes `out_path` (a `SweepResult`, atomically) and returns its JSON.
 
     Raises `FailedRuns` after writing when runs failed (they are trained again by the next invocation)."""
     code_identity(params.study.trainer)  # a missing trainer module fails here, before data or workers
     data = study_data(params)
     with make_executor(params.study) as executor:
-        result = _search(params, scale_name, sensitivity_path, data, executor, progress)
+        result = _search(params, scale_name, sensitivity_path, transfer_from, data, executor, progress)
     write_document(Path(out_path), result)
     failures = _failures([result])
     if failures:
@@ -690,7 +715,8 @@ def _search_in_thread(errors: list[BaseException], results: dict[str, SweepResul
 
 
 def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Path,
-              sensitivity_path: str | None = None, progress: bool = True) -> dict[str, SweepResult]:
+              sensitivity_path: str | None = None, progress: bool = True,
+              transfer_from: Path | None = None) -> dict[str, SweepResult]:
     """The searches of every scale of a phase at once, on one pool of workers.
 
     Each scale's coordinate descent runs in its own thread and submits its runs to the shared pool, which
@@ -706,9 +732,10 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
         executor.start()  # workers and the device preflight before any search begins
         if executor.inline:  # one worker: nothing to share, the scales go one after another
             for name in names:
-                _search_in_thread(errors, results, name, params, name, sensitivity_path, data, executor, progress)
+                _search_in_thread(errors, results, name, params, name, sensitivity_path, transfer_from, data,
+                                  executor, progress)
         else:
-            _serve_phase(executor, names, errors, results, params, sensitivity_path, data, progress)
+            _serve_phase(executor, names, errors, results, params, sensitivity_path, transfer_from, data, progress)
     for name, result in results.items():
         _write_if_changed(out_dir / f"{name}.json", result)
     if errors:
@@ -721,10 +748,10 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
 
 def _serve_phase(executor: Executor, names: list[str], errors: list[BaseException],
                  results: dict[str, SweepResult], *arguments: Any) -> None:
-    params, sensitivity_path, data, progress = arguments
+    params, sensitivity_path, transfer_from, data, progress = arguments
     inbox, routes, lock = TaskInbox(), {}, threading.Lock()
     threads = [threading.Thread(target=_search_in_thread, name=f"search-{name}", daemon=True,
-                                args=(errors, results, name, params, name, sensitivity_path, data,
+                                args=(errors, results, name, params, name, sensitivity_path, transfer_from, data,
                                       SharedPoolClient(inbox, routes, lock), progress))
                for name in names]
     for thread in threads:

@@ -37,7 +37,8 @@ from .divergence import Divergence, DivergenceMonitor
 from .jsonio import to_strict, write_json
 from .live import report_progress
 from .model import build_model, count_params
-from .optim import build_optimizer, clip_gradients
+from .optim import clip_gradients
+from .optimizers import build as build_optimizer
 from .trainer_plugin import DEFAULT_TRAINER, code_identity
 
 # Bump when a change alters results in a way the code itself does not show (a data-order convention, say):
@@ -87,7 +88,8 @@ class TrainingRun:
         self.micro_batch = micro_batch or settings.get("micro_batch_size") or scale["batch_size"]
         self.model = build_model(scale, seed=spec["seed"]).to(runtime.device)
         self.optimizer, self.scheduler = build_optimizer(
-            self.model, hparams, scale["steps"], settings["decay_exclude"], fused=runtime.device.type == "cuda"
+            spec["optimizer"]["name"], self.model, hparams, scale["steps"], settings["decay_exclude"],
+            fused=runtime.device.type == "cuda",
         )
         if settings["compile"]:
             self.model.compile(dynamic=False)  # fixed shapes: one graph per batch shape
@@ -329,6 +331,7 @@ def _result(spec: dict[str, Any], run: TrainingRun, progress: Progress, divergen
             "tokenizer": spec["data"]["tokenizer"],
             "code": _code(),
             "trainer_version": TRAINER_VERSION,
+            "optimizer": spec["optimizer"],
             "seed": spec["seed"],
             "batch_seed": spec["batch_seed"],
             "torch": torch.__version__,

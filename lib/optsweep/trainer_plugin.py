@@ -4,7 +4,10 @@ A trainer is any callable `f(spec: dict) -> dict` named as "module:function". Th
 
     {"scale":          {name, width, depth, heads, ffn_width, seq_len, batch_size, vocab_size,
                         n_params, steps, tokens, flops_per_token},
-     "hparams":        {lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip[, batch_size]},
+     "optimizer":      {name, libraries, code}: which optimizer plug-in (optsweep.optimizers), the versions of
+                       the libraries it comes from and a hash of its source,
+     "hparams":        every hyperparameter the optimizer declares (AdamW: lr, min_lr_ratio, warmup, beta1,
+                       beta2, weight_decay, eps, clip), defaults filled in[, batch_size],
      "seed":           int, the initialisation seed,
      "batch_seed":     int, the seed of the batch order (the data seed; noise re-runs may vary it),
      "data":           identity of the prepared token shards (dir, hash, vocab_size, tokenizer) or None,
@@ -33,13 +36,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ParamsError, StudyParams
+from .optimizers import optimizer_identity
 
 DEFAULT_TRAINER = "optsweep.train:train"
 Trainer = Callable[[dict[str, Any]], dict[str, Any]]
 
 # The library modules whose code decides the default trainer's result. How the data was prepared (data.py)
 # is covered by the data hash in the spec instead.
-_DEFAULT_TRAINER_MODULES = ("model", "loss", "batches", "optim", "divergence", "train")
+_DEFAULT_TRAINER_MODULES = ("model", "loss", "batches", "optim", "optimizers", "divergence", "train")
 
 
 def load_trainer(name: str) -> Trainer:
@@ -117,6 +121,7 @@ def make_run_spec(
     train["micro_batch_size"] = scale.micro_batch_size or train["micro_batch_size"]
     return {
         "scale": {"name": scale_name, **scale.derived(vocab_size, hparams.get("batch_size"))},
+        "optimizer": optimizer_identity(params.study.optimizer),
         "hparams": dict(hparams),
         "seed": params.study.seed if seed is None else seed,
         "batch_seed": params.study.data.seed if batch_seed is None else batch_seed,
