@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,10 @@ import pytest
 from optsweep.analysis import compute_speedup
 from optsweep.analysis.speedup import SpeedupResult, speedup_from_sweeps
 from optsweep.config import ParamsError
-from optsweep.documents import SweepResult
+from optsweep.documents import SweepResult, write_document
+from synthetic_trainers import OPTSWEEP, cli_env, write_study
+
+REPO = Path(__file__).resolve().parents[1]
 
 REPLICATES = 200  # enough for the intervals here, fast on a shared 2-core box
 MULTIPLES = (1, 2, 4, 8)  # data scales per model size, in units of 20 N (Chinchilla)
@@ -157,10 +162,11 @@ def test_bad_tables_fail_in_one_line(table, message):
 
 def sweep_result(
     optimizer: str, n_params: float, multiple: float, best_loss: float | None, phase: str = "phase1",
-    transfer: dict | None = None, data_hash: str = "data-1",
+    transfer: dict | None = None, data_hash: str = "data-1", name: str | None = None,
 ) -> SweepResult:
-    """A sweep result at the scale n<N>-x<multiple> (20 N x multiple tokens) whose best loss is `best_loss`."""
-    name, tokens = f"n{n_params:g}-x{multiple}", 20 * n_params * multiple
+    """A sweep result at the scale `name` (default n<N>-x<multiple>) of 20 N x multiple tokens whose best loss
+    is `best_loss`."""
+    name, tokens = name or f"n{n_params:g}-x{multiple}", 20 * n_params * multiple
     return SweepResult.model_validate({
         "scale": {"name": name, "n_params": n_params, "tokens": tokens, "width": 64, "depth": 2, "steps": 100},
         "optimizer": optimizer, "axes": {"lr": "log"}, "phase": phase, "free": ["lr"], "fixed": {},
@@ -249,3 +255,57 @@ def test_without_other_optimizers_the_result_is_empty_and_says_so(tmp_path):
     stamped = result.stamped("hash-1", sweeps=["n1e+06-x1"])
     assert SpeedupResult.read(stamped.write(tmp_path / "speedup.json")) == stamped
     assert stamped.provenance.params_hash == "hash-1"
+
+
+# --- the speedup notebook, as the pipeline runs it ------------------------------------------------------
+
+STUDY_SCALES = {"phase1": ["a", "b"], "law": ["c", "d"]}  # one model size, 1x 2x 4x 8x its data
+
+
+def notebook_study(root: Path, optimizers: dict) -> Path:
+    """A project whose params name `optimizers`, with AdamW's sweep results and Muon's at 1.3x (AdamW's
+    optimum carried over to Muon costs nothing at every scale)."""
+    scale = {"width": 32, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192}
+    write_study(root / "params", "bowl", scales={n: scale for n in STUDY_SCALES["phase1"]},
+                law_scales={n: scale for n in STUDY_SCALES["law"]}, optimizers=optimizers)
+    (root / "params/params.yaml").rename(root / "params/study.yaml")
+    names = [(phase, name) for phase, names in STUDY_SCALES.items() for name in names]
+    for (phase, name), multiple in zip(names, MULTIPLES):
+        adamw_loss, muon_loss = true_loss(20e6 * multiple, 1e6), true_loss(1.3 * 20e6 * multiple, 1e6)
+        results = {"results/sweeps" if phase == "phase1" else "results/law_sweeps":
+                   sweep_result("adamw", 1e6, multiple, adamw_loss, phase, name=name),
+                   f"results/optimizers/muon/{'sweeps' if phase == 'phase1' else 'law_sweeps'}":
+                   sweep_result("muon", 1e6, multiple, muon_loss, phase, carried(muon_loss, 0.0), name=name)}
+        for folder, result in results.items():
+            write_document(root / folder / f"{name}.json", result)
+    return root
+
+
+def run_speedup_notebook(root: Path) -> SpeedupResult:
+    done = subprocess.run(
+        [OPTSWEEP, "notebook", f"{REPO}/notebooks/speedup.py", "--html", "reports/speedup.html",
+         "-p", f"replicates={REPLICATES}"],
+        cwd=root, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "speedup" in (root / "reports/speedup.html").read_text()
+    return SpeedupResult.read(root / "results/speedup.json")
+
+
+@pytest.mark.slow
+def test_speedup_notebook_compares_the_optimizers_in_params(tmp_path):
+    muon = {"baseline": {"lr": 0.02}, "grid": {"lr": [0.01, 0.02, 0.04]}}
+    result = run_speedup_notebook(notebook_study(tmp_path, {"muon": muon}))
+    assert [s.scale for s in result.speedups] == ["a", "b", "c", "d"]
+    assert [s.speedup for s in result.speedups] == pytest.approx([1.3] * 4, rel=1e-4)
+    assert {(v.optimizer, v.verdict) for v in result.hypotheses if "transfer" in v.hypothesis} == {
+        ("muon", "contradicted")}
+    assert result.provenance.sweeps == {"adamw": ["a", "b", "c", "d"], "muon": ["a", "b", "c", "d"]}
+    assert result.provenance.data_hash == "data-1"
+
+
+@pytest.mark.slow
+def test_speedup_notebook_without_other_optimizers_writes_an_empty_result(tmp_path):
+    result = run_speedup_notebook(notebook_study(tmp_path, {}))
+    assert (result.curves, result.speedups, result.hypotheses) == ([], [], [])
+    assert result.skipped == ["no other optimizer than adamw has a finished sweep: nothing to compare"]
