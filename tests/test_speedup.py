@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
 from optsweep.analysis.speedup import SpeedupResult, speedup_from_sweeps
@@ -238,7 +239,7 @@ def test_optimal_hyperparameters_transfer_or_not(gaps, expected):
     assert curve.noise == result.noise_floor and judged.noise == curve.noise  # exact curve: the floor
     assert "carried: lr, warmup" in judged.why
     assert [gap.gap for gap in result.transfers] == pytest.approx(gaps)
-    z_spread = 1.959964 * math.sqrt(2) * curve.noise
+    z_spread = norm.ppf(0.975) * math.sqrt(2) * curve.noise  # the two-sided z of the 95% level
     if expected == "supported" and None not in gaps:
         assert judged.estimate == pytest.approx(0.05) and judged.margin == pytest.approx(0.05 - z_spread, rel=1e-5)
         assert judged.interval == pytest.approx((0.05 - z_spread, 0.05 + z_spread), rel=1e-5)
