@@ -503,15 +503,12 @@ def hparams_do_not_transfer(optimizer: str, gaps: list[TransferGap], level: floa
     z = float(norm.isf((1 - level) / 2))
     carried = ", ".join(dict.fromkeys(name for gap in gaps for name in gap.carried))
 
-    def verdict(name: str, why: str, margin: float | None, deciding: TransferGap | None) -> Verdict:
-        if deciding is None or deciding.gap is None:
-            return Verdict(hypothesis=text, optimizer=optimizer, verdict=name, why=f"{why} (carried: {carried})",
-                           margin=margin, estimate=None, interval=(None, None),
-                           noise=None if deciding is None else deciding.noise)
+    def verdict(name: str, why: str, margin: float | None, deciding: TransferGap) -> Verdict:
+        """The verdict with the deciding scale's gap as the estimate, +- z * sqrt(2) * noise around it."""
         spread = z * math.sqrt(2) * deciding.noise
+        interval = (None, None) if deciding.gap is None else (deciding.gap - spread, deciding.gap + spread)
         return Verdict(hypothesis=text, optimizer=optimizer, verdict=name, why=f"{why} (carried: {carried})",
-                       margin=margin, estimate=deciding.gap, noise=deciding.noise,
-                       interval=(deciding.gap - spread, deciding.gap + spread))
+                       margin=margin, estimate=deciding.gap, interval=interval, noise=deciding.noise)
 
     diverged = [gap for gap in gaps if gap.gap is None]
     if diverged:
