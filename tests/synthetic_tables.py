@@ -30,11 +30,11 @@ class Scale:
 
 def natural_axis(hparam: str, value: float) -> float:
     """Written independently of the library on purpose: the truth defines what "natural" means here."""
-    if hparam in ("lr", "eps", "batch_size"):
+    if hparam in ("lr", "eps", "batch_size", "adam_lr"):
         return math.log(value)
     if hparam == "warmup":
         return math.log1p(value)
-    if hparam in ("beta1", "beta2"):
+    if hparam in ("beta1", "beta2", "momentum"):
         return math.log(1 - value)
     return value
 

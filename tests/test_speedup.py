@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
-from optsweep.analysis.speedup import SpeedupResult
+from optsweep.analysis.speedup import SpeedupResult, speedup_from_sweeps
 from optsweep.config import ParamsError
+from optsweep.documents import SweepResult, write_document
+from synthetic_trainers import OPTSWEEP, cli_env, write_study
+
+REPO = Path(__file__).resolve().parents[1]
 
 REPLICATES = 200  # enough for the intervals here, fast on a shared 2-core box
 MULTIPLES = (1, 2, 4, 8)  # data scales per model size, in units of 20 N (Chinchilla)
@@ -149,3 +156,157 @@ def test_bad_tables_fail_in_one_line(table, message):
     with pytest.raises(ParamsError) as error:
         compute_speedup(table, replicates=10)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+# --- from sweep results ---------------------------------------------------------------------------------
+
+
+def sweep_result(
+    optimizer: str, n_params: float, multiple: float, best_loss: float | None, phase: str = "phase1",
+    transfer: dict | None = None, data_hash: str = "data-1", name: str | None = None,
+) -> SweepResult:
+    """A sweep result at the scale `name` (default n<N>-x<multiple>) of 20 N x multiple tokens whose best loss
+    is `best_loss`."""
+    name, tokens = name or f"n{n_params:g}-x{multiple}", 20 * n_params * multiple
+    return SweepResult.model_validate({
+        "scale": {"name": name, "n_params": n_params, "tokens": tokens, "width": 64, "depth": 2, "steps": 100},
+        "optimizer": optimizer, "axes": {"lr": "log"}, "phase": phase, "free": ["lr"], "fixed": {},
+        "grid": {"lr": [1e-3, 1e-2]}, "grid_extensions": [], "order": ["lr"], "baseline": {"lr": 1e-3},
+        "best": {"lr": 1e-2}, "best_loss": best_loss, "near_best": [], "passes": 1, "converged": True,
+        "stop_rule": "pass", "tolerance": 3e-3, "tolerance_kind": "absolute", "trajectory": [], "runs": [],
+        "slices": {}, "noise": None, "failed": [],
+        "compute": {"runs_planned": 2, "runs_trained": 2, "runs_reused": 0, "tokens": 2 * tokens, "flops": 1.0,
+                    "wall_s": 1.0},
+        "transfer": transfer,
+        "provenance": {"code_version": "test", "params_hash": None, "created": "2026-01-01T00:00:00+00:00",
+                       "data_hash": data_hash, "trainer": "default", "trainer_code": "code-1"},
+    })
+
+
+def carried(tuned_loss: float, gap: float | None, status: str = "ok") -> dict:
+    """AdamW's optimum carried to the sweep's optimizer, costing `gap` over its tuned loss (None: diverged)."""
+    return {"source": "adamw", "carried": ["lr", "warmup"], "hparams": {"lr": 1e-2, "warmup": 10},
+            "loss": None if gap is None else tuned_loss + gap, "status": status, "tuned_loss": tuned_loss}
+
+
+def study_sweeps(speedup: float, gaps: list[float | None] | None = None, **muon: str) -> dict[str, list[SweepResult]]:
+    """AdamW's sweeps at four data scales (two phase-1, two law-phase) and Muon's at `speedup`, with
+    AdamW's optimum carried to Muon at a cost of `gaps[i]` at scale i."""
+    adamw = [sweep_result("adamw", 1e6, m, true_loss(20e6 * m, 1e6), "phase1" if m < 4 else "law")
+             for m in MULTIPLES]
+    others = []
+    for i, m in enumerate(MULTIPLES):
+        tuned = true_loss(speedup * 20e6 * m, 1e6)
+        transfer = carried(tuned, gaps[i], "diverged" if gaps[i] is None else "ok") if gaps else None
+        others.append(sweep_result("muon", 1e6, m, tuned, transfer=transfer, **muon))
+    return {"adamw": adamw, "muon": others}
+
+
+def test_speedup_from_sweeps_of_both_phases_recovers_the_table_result():
+    sweeps = study_sweeps(1.3)
+    sweeps["muon"].append(sweep_result("muon", 1e6, 16, None))  # no finished run: left out, said so
+    result = speedup_from_sweeps(sweeps, replicates=REPLICATES)
+    assert [s.speedup for s in result.speedups] == pytest.approx([1.3] * 4, rel=1e-4)
+    assert [s.extrapolated for s in result.speedups] == [False, False, False, True]
+    (curve,) = result.curves
+    assert curve.tokens == [20e6 * m for m in MULTIPLES]  # AdamW's law-phase scales count too
+    assert result.skipped == ["optimizer muon scale n1e+06-x16 (phase1): no finished run"]
+    assert verdict(result, "muon", "no speedup above 1.4x") == "supported"
+    assert result.transfers == [] and not [v for v in result.hypotheses if "transfer" in v.hypothesis]
+
+
+def test_sweeps_trained_on_other_data_are_refused_in_one_line():
+    sweeps = study_sweeps(1.3, data_hash="data-2")
+    with pytest.raises(ParamsError) as error:
+        speedup_from_sweeps(sweeps, replicates=10)
+    message = str(error.value)
+    assert "disagree on data_hash" in message and "muon n1e+06-x1" in message and "adamw n1e+06-x1" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("gaps", "expected"), [
+    ([0.0, 0.001, -0.002, 0.0005], "contradicted"),  # within one run's noise (the floor, 3e-3) everywhere
+    ([0.0, 0.001, 0.05, 0.0], "supported"),  # far above z x sqrt(2) x noise at one scale
+    ([0.0, None, 0.0, 0.0], "supported"),  # the carried optimum diverged
+    ([0.0, 0.005, 0.0, 0.0], "inconclusive"),  # above the noise, within z x sqrt(2) x noise
+    ([0.0, -0.02, 0.0, 0.0], "inconclusive"),  # beat the tuned loss: Muon's search missed a better config
+])
+def test_optimal_hyperparameters_transfer_or_not(gaps, expected):
+    result = speedup_from_sweeps(study_sweeps(1.3, gaps), replicates=REPLICATES)
+    (judged,) = [v for v in result.hypotheses if "do not transfer" in v.hypothesis]
+    assert (judged.optimizer, judged.verdict) == ("muon", expected)
+    (curve,) = result.curves
+    assert curve.noise == result.noise_floor and judged.noise == curve.noise  # exact curve: the floor
+    assert "carried: lr, warmup" in judged.why
+    assert [gap.gap for gap in result.transfers] == pytest.approx(gaps)
+    z_spread = norm.ppf(0.975) * math.sqrt(2) * curve.noise  # the two-sided z of the 95% level
+    if expected == "supported" and None not in gaps:
+        assert judged.estimate == pytest.approx(0.05) and judged.margin == pytest.approx(0.05 - z_spread, rel=1e-5)
+        assert judged.interval == pytest.approx((0.05 - z_spread, 0.05 + z_spread), rel=1e-5)
+    if expected == "contradicted":
+        assert judged.estimate == pytest.approx(-0.002) and judged.margin == pytest.approx(curve.noise - 0.002)
+    if expected == "inconclusive":
+        assert judged.margin is None
+
+
+def test_without_other_optimizers_the_result_is_empty_and_says_so(tmp_path):
+    result = speedup_from_sweeps({"adamw": study_sweeps(1.3)["adamw"]}, replicates=REPLICATES)
+    assert (result.curves, result.speedups, result.hypotheses) == ([], [], [])
+    assert result.skipped == ["no other optimizer than adamw has a finished sweep: nothing to compare"]
+    stamped = result.stamped("hash-1", sweeps=["n1e+06-x1"])
+    assert SpeedupResult.read(stamped.write(tmp_path / "speedup.json")) == stamped
+    assert stamped.provenance.params_hash == "hash-1"
+
+
+# --- the speedup notebook, as the pipeline runs it ------------------------------------------------------
+
+STUDY_SCALES = {"phase1": ["a", "b"], "law": ["c", "d"]}  # one model size, 1x 2x 4x 8x its data
+
+
+def notebook_study(root: Path, optimizers: dict) -> Path:
+    """A project whose params name `optimizers`, with AdamW's sweep results and Muon's at 1.3x (AdamW's
+    optimum carried over to Muon costs nothing at every scale)."""
+    scale = {"width": 32, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192}
+    write_study(root / "params", "bowl", scales={n: scale for n in STUDY_SCALES["phase1"]},
+                law_scales={n: scale for n in STUDY_SCALES["law"]}, optimizers=optimizers)
+    (root / "params/params.yaml").rename(root / "params/study.yaml")
+    names = [(phase, name) for phase, names in STUDY_SCALES.items() for name in names]
+    for (phase, name), multiple in zip(names, MULTIPLES):
+        adamw_loss, muon_loss = true_loss(20e6 * multiple, 1e6), true_loss(1.3 * 20e6 * multiple, 1e6)
+        results = {"results/sweeps" if phase == "phase1" else "results/law_sweeps":
+                   sweep_result("adamw", 1e6, multiple, adamw_loss, phase, name=name),
+                   f"results/optimizers/muon/{'sweeps' if phase == 'phase1' else 'law_sweeps'}":
+                   sweep_result("muon", 1e6, multiple, muon_loss, phase, carried(muon_loss, 0.0), name=name)}
+        for folder, result in results.items():
+            write_document(root / folder / f"{name}.json", result)
+    return root
+
+
+def run_speedup_notebook(root: Path) -> SpeedupResult:
+    done = subprocess.run(
+        [OPTSWEEP, "notebook", f"{REPO}/notebooks/speedup.py", "--html", "reports/speedup.html",
+         "-p", f"replicates={REPLICATES}"],
+        cwd=root, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "speedup" in (root / "reports/speedup.html").read_text()
+    return SpeedupResult.read(root / "results/speedup.json")
+
+
+@pytest.mark.slow
+def test_speedup_notebook_compares_the_optimizers_in_params(tmp_path):
+    muon = {"baseline": {"lr": 0.02}, "grid": {"lr": [0.01, 0.02, 0.04]}}
+    result = run_speedup_notebook(notebook_study(tmp_path, {"muon": muon}))
+    assert [s.scale for s in result.speedups] == ["a", "b", "c", "d"]
+    assert [s.speedup for s in result.speedups] == pytest.approx([1.3] * 4, rel=1e-4)
+    assert {(v.optimizer, v.verdict) for v in result.hypotheses if "transfer" in v.hypothesis} == {
+        ("muon", "contradicted")}
+    assert result.provenance.sweeps == {"adamw": ["a", "b", "c", "d"], "muon": ["a", "b", "c", "d"]}
+    assert result.provenance.data_hash == "data-1"
+
+
+@pytest.mark.slow
+def test_speedup_notebook_without_other_optimizers_writes_an_empty_result(tmp_path):
+    result = run_speedup_notebook(notebook_study(tmp_path, {}))
+    assert (result.curves, result.speedups, result.hypotheses) == ([], [], [])
+    assert result.skipped == ["no other optimizer than adamw has a finished sweep: nothing to compare"]

@@ -122,7 +122,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if args.threshold_kind:
         overrides["threshold_kind"] = args.threshold_kind
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    written = analyze_table(args.runs_table, Path(args.out), settings=settings)
+    written = analyze_table(args.runs_table, Path(args.out), settings=settings, reference=args.reference)
     for path in written:
         print(path)
 
@@ -231,8 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     analyze = add("analyze", cmd_analyze, "sensitivity and scaling laws from a CSV/Parquet table of runs", False)
-    analyze.add_argument("runs_table", help="CSV or Parquet: scale, n_params, tokens, width, hparams, loss")
-    analyze.add_argument("--out", required=True, help="folder for sensitivity.json and scaling_law.json")
+    analyze.add_argument("runs_table", help="CSV or Parquet: scale, n_params, tokens, width, hparams, loss "
+                                            "(and optionally optimizer)")
+    analyze.add_argument("--out", required=True,
+                         help="folder for sensitivity.json and scaling_law.json; with an optimizer column, also "
+                              "speedup.json and the other optimizers' analyses in optimizers/<name>/")
+    analyze.add_argument("--reference", default="adamw",
+                         help="with an optimizer column: the optimizer the others' speedup is measured against")
     analyze.add_argument(
         "--params", default=None,
         help="the analysis settings: a study params file, or a file holding only an 'analysis:' mapping",

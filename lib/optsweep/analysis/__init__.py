@@ -4,20 +4,23 @@
     sensitivity = analyze_sensitivity(table)        # -> results/sensitivity.json
     laws = fit_scaling_laws(table, sensitivity)     # -> results/scaling_law.json
     predict(laws, n_params=1e8, tokens=2e9, width=512)
+    speedup = speedup_from_sweeps({"adamw": sweeps, "muon": muon_sweeps})   # -> results/speedup.json
 """
 
 from .analyze import analyze_table
 from .laws import fit_scaling_laws, predict
 from .sensitivity import analyze_sensitivity
-from .speedup import compute_speedup as compute_speedup
+from .speedup import compute_speedup, speedup_from_sweeps
 from .table import load_runs_table, runs_table_from_sweeps, validate_runs_table
 
 __all__ = [
     "analyze_sensitivity",
     "analyze_table",
+    "compute_speedup",
     "fit_scaling_laws",
     "load_runs_table",
     "predict",
     "runs_table_from_sweeps",
+    "speedup_from_sweeps",
     "validate_runs_table",
 ]

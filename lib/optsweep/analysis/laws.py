@@ -31,15 +31,17 @@ from scipy.stats import norm, t
 from statsmodels.base.model import GenericLikelihoodModel
 
 from ..axes import axis_of, from_axis, to_axis
-from ..config import ALL_HPARAMS, AnalysisSettings, LrTransfer, ParamsError
+from ..config import AnalysisSettings, LrTransfer, ParamsError
+from ..optimizers import BUILT_IN
 from .optimum import WIDTH_RULES, Landscape
-from .table import mark_blown_up, validate_runs_table
+from .table import hparam_names, mark_blown_up, validate_runs_table
 
 # |corr(log N, log D)| above this (variance inflation above ~20) makes the N and D exponents unidentifiable.
 COLLINEAR_CORR = 0.975
 LOSS_LAW_MIN_SCALES = 6
 HUBER_DELTA = 1e-3
-INTEGER_HPARAMS = ("warmup", "batch_size")
+# Predicted as whole numbers: batch size and every built-in optimizer's integer hyperparameters (warmup, ...).
+INTEGER_HPARAMS = ("batch_size", *sorted({h.name for p in BUILT_IN.values() for h in p.hparams.values() if h.integer}))
 # The regressors of each law form, simplest forms first (they win ties on leave-one-out error).
 FORMS: dict[str, tuple[str, ...]] = {
     "compute": ("C_exponent",), "N": ("N_exponent",), "D": ("D_exponent",), "N_D": ("N_exponent", "D_exponent"),
@@ -589,7 +591,7 @@ def predict(law: dict[str, Any], n_params: float, tokens: float, width: int | No
     for hparam, why in law.get("unfitted", {}).items():
         values[hparam] = None
         sources[hparam] = f"no law: {why}"
-    order = {h: i for i, h in enumerate(ALL_HPARAMS)}
+    order = {h: i for i, h in enumerate(hparam_names())}
     return {
         "n_params": n_params, "tokens": tokens, "width": width,
         "hparams": dict(sorted(values.items(), key=lambda item: order.get(item[0], len(order)))),

@@ -1,14 +1,15 @@
 """Run tables: one row per trained run, the input of every analysis.
 
 A run table has the columns `scale` (a name), `n_params` (non-embedding N), `tokens` (D), `width`, one
-column per hyperparameter that is present (names from `optsweep.config.ALL_HPARAMS`) and `loss` (non-finite
-= diverged). Optional: `seed` (several seeds of one config measure the noise), `status` ("diverged" rows
-count as diverged; "failed", "missing" and "skipped" rows are missing data and dropped: a fault is not a
-result), `phase` ("phase1" rows decide sensitivity when present), `steps` (training duration; `tokens`
-stands in for it when absent), `seq_len` (per row: batch sizes are then compared in tokens per step).
-`tokens` and `steps` may vary between the rows of a scale (a budget rounded to whole steps of each batch
-size): the scale's D and duration are their medians. An empty loss must say why in `status`. Any other
-column is ignored, so a table exported from another codebase works as it is.
+column per hyperparameter that is present (any name in `hparam_names()`: every built-in optimizer's and any
+declared by a sweep result, see `optsweep.axes`) and `loss` (non-finite = diverged). Optional: `seed`
+(several seeds of one config measure the noise), `status` ("diverged" rows count as diverged; "failed",
+"missing" and "skipped" rows are missing data and dropped: a fault is not a result), `phase` ("phase1"
+rows decide sensitivity when present), `steps` (training duration; `tokens` stands in for it when absent),
+`seq_len` (per row: batch sizes are then compared in tokens per step). `tokens` and `steps` may vary
+between the rows of a scale (a budget rounded to whole steps of each batch size): the scale's D and
+duration are their medians. An empty loss must say why in `status`. Any other column is ignored, so a
+table exported from another codebase works as it is.
 
 Runs that blew up but finished at a finite loss are marked by `mark_blown_up` with the same rule the
 trainer uses (`optsweep.divergence.blown_up`), so they never enter an optimum fit.
@@ -23,7 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..config import ALL_HPARAMS, ParamsError
+from ..axes import axis_of, declare_axes, known_hparams
+from ..config import ALL_HPARAMS, SCALE_NAME, ParamsError
 from ..divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
@@ -45,10 +47,32 @@ DOMAINS: dict[str, tuple[str, Callable[[pd.Series], pd.Series]]] = {
     "weight_decay": (">= 0", lambda v: v >= 0),
     "clip": (">= 0", lambda v: v >= 0),
 }
+# Any other hyperparameter: where its natural axis is defined (a linear one takes any finite value).
+AXIS_DOMAINS: dict[str, tuple[str, Callable[[pd.Series], pd.Series]]] = {
+    "log": ("> 0", lambda v: v > 0),
+    "log1p": (">= 0", lambda v: v >= 0),
+    "log1m": ("in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    "linear": ("a finite number", np.isfinite),
+}
+
+
+def hparam_names() -> list[str]:
+    """Every hyperparameter a runs table may have a column for, in the order the analysis reports them:
+    AdamW's (and batch_size) in the study's order, then the other built-in optimizers' and the declared ones."""
+    return list(dict.fromkeys([*ALL_HPARAMS, *known_hparams()]))
+
+
+def domain_of(hparam: str) -> tuple[str, Callable[[pd.Series], pd.Series]]:
+    return DOMAINS.get(hparam) or AXIS_DOMAINS[axis_of(hparam)]
 
 
 def load_runs_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet run table and validate it (one-line `ParamsError` naming file and column)."""
+    return validate_runs_table(read_runs_table(path), source=str(path))
+
+
+def read_runs_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet run table as it is in the file, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: runs table not found")
@@ -60,7 +84,23 @@ def load_runs_table(path: str | Path) -> pd.DataFrame:
         frame = readers[suffix](path)
     except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors are ValueErrors
         raise ParamsError(f"{path}: not a readable {suffix[1:]} table ({str(error).splitlines()[0]})") from None
-    return validate_runs_table(frame, source=str(path))
+    return frame
+
+
+def split_by_optimizer(frame: pd.DataFrame, source: str = "runs table") -> dict[str, pd.DataFrame]:
+    """A table with an `optimizer` column as one validated run table per optimizer (sorted by name).
+
+    Names become folder names, so they are letters, digits, `_`, `.` and `-`. A hyperparameter column that
+    is empty in every row of an optimizer belongs to another optimizer and is dropped from its table.
+    """
+    names = frame["optimizer"].astype("string").str.strip()
+    _fail_if(~names.str.fullmatch(SCALE_NAME.pattern).fillna(False).astype(bool), frame["optimizer"], source,
+             "optimizer", "an optimizer name is letters, digits, _ . - (it names a folder)")
+    tables = {}
+    for name, rows in frame.groupby(names, sort=True):
+        others = [h for h in hparam_names() if h in rows.columns and rows[h].isna().all()]
+        tables[str(name)] = validate_runs_table(rows.drop(columns=others), source=f"{source} (optimizer {name})")
+    return tables
 
 
 def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.DataFrame:
@@ -73,11 +113,11 @@ def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.D
         if column not in frame.columns:
             raise ParamsError(
                 f"{source}: missing column {column!r}; a runs table needs {', '.join(REQUIRED)} "
-                f"and a column per hyperparameter ({', '.join(ALL_HPARAMS)})"
+                f"and a column per hyperparameter ({', '.join(hparam_names())})"
             )
-    hparams = [h for h in ALL_HPARAMS if h in frame.columns]
+    hparams = [h for h in hparam_names() if h in frame.columns]
     if not hparams:
-        raise ParamsError(f"{source}: no hyperparameter column; expected one or more of {', '.join(ALL_HPARAMS)}")
+        raise ParamsError(f"{source}: no hyperparameter column; expected one or more of {', '.join(hparam_names())}")
     keep = ["scale", *SCALE_COLUMNS, *hparams, "loss", *OPTIONAL]
     table = frame[[c for c in dict.fromkeys(keep) if c in frame.columns]].reset_index(drop=True)
     for column in ("status", "phase", "seed"):  # labels
@@ -96,7 +136,7 @@ def validate_runs_table(frame: pd.DataFrame, source: str = "runs table") -> pd.D
         _fail_if(~positive, table[column], source, column, "needs a positive number")
     for h in hparams:
         _fail_if(~np.isfinite(table[h]), table[h], source, h, "every run needs a finite value")
-        allowed, inside = DOMAINS[h]
+        allowed, inside = domain_of(h)
         _fail_if(~inside(table[h]), table[h], source, h, f"allowed: {allowed}")
 
     _check_empty_losses(table, source)
@@ -212,7 +252,7 @@ def _check_something_swept(table: pd.DataFrame, hparams: list[str], source: str)
 
 
 def hparam_columns(table: pd.DataFrame) -> list[str]:
-    return [h for h in ALL_HPARAMS if h in table.columns]
+    return [h for h in hparam_names() if h in table.columns]
 
 
 def fixed_hparams(table: pd.DataFrame) -> dict[str, float]:
@@ -321,10 +361,14 @@ def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
 
     Every trained run is a row; skipped runs (never trained) and failed runs (a fault, missing data) are
     dropped and diverged runs have a NaN loss. A run listed twice (same key) is kept once. lr is the
-    effective lr the run trained with.
+    effective lr the run trained with. The axes each sweep's optimizer declared are adopted (`declare_axes`),
+    so a user optimizer's hyperparameters are analysed on their own axes.
     """
     rows: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
+    for sweep in sweeps:
+        declare_axes(sweep.get("axes") or {})
+    names = set(hparam_names())
     for sweep in sweeps:
         scale = sweep["scale"]
         for run in sweep["runs"]:
@@ -342,7 +386,7 @@ def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
                     "tokens": scale["tokens"],
                     "width": scale["width"],
                     "steps": scale.get("steps"),
-                    **{h: v for h, v in run["hparams"].items() if h in ALL_HPARAMS},
+                    **{h: v for h, v in run["hparams"].items() if h in names},
                     "loss": np.nan if loss is None else loss,
                     "seed": run.get("seed"),
                     "status": run["status"],
