@@ -137,8 +137,11 @@ def noisy(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def sleeper(spec: dict[str, Any]) -> dict[str, Any]:
-    """The bowl after SYNTH_SLEEP seconds (default 0.5): equal-length runs for the parallel-speed figure."""
-    return _finish(spec, {"loss": bowl_loss(spec["hparams"])}, default_sleep=0.5)
+    """The bowl after SYNTH_SLEEP seconds (default 0.5): equal-length runs for the parallel-speed figure.
+    The result says when the run started and ended (epoch seconds), for the occupancy benchmark."""
+    started = time.time()
+    result = _finish(spec, {"loss": bowl_loss(spec["hparams"])}, default_sleep=0.5)
+    return {**result, "started": started, "ended": time.time()}
 
 
 def whoami(spec: dict[str, Any]) -> dict[str, Any]:

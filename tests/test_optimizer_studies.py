@@ -13,7 +13,7 @@ import pytest
 
 from conftest import small_study, write_params
 from optsweep.cli import main
-from optsweep.config import load_params
+from optsweep.config import ParamsError, load_params
 from optsweep.store import RunStore, run_key
 from optsweep.trainer_plugin import make_run_spec
 from synthetic_trainers import OPTSWEEP, cli_env
@@ -105,3 +105,12 @@ def test_a_users_optimizer_runs_through_a_sweep_and_gets_adamws_optimum_carried_
     assert transfer["hparams"] == {**sgd["best"], **{h: adamw["best"][h] for h in transfer["carried"]}}
     carried_run = next(run for run in sgd["runs"] if run["hparams"] == transfer["hparams"])
     assert carried_run["loss"] == transfer["loss"] and transfer["status"] in ("ok", "diverged")
+
+
+def test_laws_may_be_asked_for_any_compared_optimizers_hyperparameter(tmp_path):
+    raw = study_with(tmp_path, lion=LION, muon={"baseline": {}, "grid": {"lr": [0.02]}})
+    raw["analysis"] = {"laws_for": ["momentum"]}
+    assert load_params(write_params(tmp_path / "p.yaml", raw)).analysis.laws_for == ["momentum"]
+    raw["analysis"] = {"laws_for": ["moment"]}
+    with pytest.raises(ParamsError, match=r"analysis\.laws_for: unknown hyperparameter 'moment'; allowed: adam_lr, "):
+        load_params(write_params(tmp_path / "p.yaml", raw))

@@ -43,7 +43,8 @@ def declare_axes(axes: dict[str, str]) -> None:
 
 
 def axis_of(hparam: str) -> Axis:
-    return _declared.get(hparam) or KNOWN_AXES.get(hparam, "linear")
+    """A built-in name's axis (one meaning per name across optimizers), else a declared one, else linear."""
+    return KNOWN_AXES.get(hparam) or _declared.get(hparam, "linear")
 
 
 def known_hparams() -> list[str]:

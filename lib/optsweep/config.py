@@ -307,14 +307,6 @@ class AnalysisSettings(Strict):
         default_factory=list, description="hyperparameters to fit a law for even when they are not sensitive"
     )
 
-    @field_validator("laws_for")
-    @classmethod
-    def _known_hparams(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if name not in ALL_HPARAMS:
-                raise ValueError(f"unknown hyperparameter {name!r}; allowed: {', '.join(ALL_HPARAMS)}")
-        return names
-
 
 class StudyParams(Strict):
     study: StudySettings
@@ -377,8 +369,13 @@ class StudyParams(Strict):
             steps = scale.steps(self.baseline.get("batch_size"))
             if warmup >= steps:
                 raise ValueError(f"baseline.warmup ({warmup}) must be shorter than the {steps} steps of scale {name!r}")
+        names = set(self.hparam_names())
         for name in self.optimizers:
-            self.for_optimizer(name)
+            names.update(self.for_optimizer(name).hparam_names())
+        for name in self.analysis.laws_for:
+            if name not in names:
+                allowed = ", ".join(sorted(names))
+                raise ValueError(f"analysis.laws_for: unknown hyperparameter {name!r}; allowed: {allowed}")
         return self
 
     def _check_micro_batch(self, name: str, scale: Scale) -> None:
@@ -430,9 +427,7 @@ class StudyParams(Strict):
 
     def hparam_names(self) -> list[str]:
         """Every hyperparameter of the study's optimizer, then `batch_size`."""
-        from .optimizers import load_optimizer
-
-        return [*load_optimizer(self.study.optimizer, "study.optimizer").hparams, *OPTIONAL_HPARAMS]
+        return hparam_names_of(self.study.optimizer)
 
     def hparams_with(self, overrides: dict[str, Any], key: str = "hparams") -> Hparams:
         """The baseline with some hyperparameters replaced, the rest at the optimizer's defaults, validated
@@ -454,6 +449,8 @@ class StudyParams(Strict):
         raw["study"]["optimizer"] = other.optimizer or name
         raw["baseline"], raw["grid"] = other.baseline, other.grid
         raw["search"].update(order=other.order, free=other.free)
+        names = hparam_names_of(raw["study"]["optimizer"])  # laws asked for names this optimizer has
+        raw["analysis"]["laws_for"] = [h for h in self.analysis.laws_for if h in names]
         return validate_params(raw, source=f"optimizers.{name}")
 
     def scale_space(self, name: str) -> tuple[dict[str, float | int], dict[str, list[float | int]]]:
@@ -490,6 +487,13 @@ class StudyParams(Strict):
         """The phase-1 coordinates: the coordinate order, restricted to `search.free` when given."""
         free = self.search.free
         return [h for h in self.coordinate_order() if free is None or h in free]
+
+
+def hparam_names_of(optimizer: str) -> list[str]:
+    """Every hyperparameter an optimizer plug-in declares, then `batch_size`."""
+    from .optimizers import load_optimizer  # it imports this module
+
+    return [*load_optimizer(optimizer, "study.optimizer").hparams, *OPTIONAL_HPARAMS]
 
 
 def round_sig(value: float, digits: int = 6) -> float:
