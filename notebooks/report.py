@@ -149,11 +149,12 @@ if comparison:
     plots.reference_curves(reference_curve_lines(speedup), tuned_points(speedup), speedup.reference)
     plt.show()
     points = speedup_points(speedup)
-    if points.empty:
-        display(Markdown(f"No optimizer has a D_eff on {speedup.reference}'s curves: no speedup to draw."))
-    else:
+    if not points.empty:
         plots.speedups(points, speedup.reference)
         plt.show()
+    unbounded = [f"{point.optimizer} at {point.scale}" for point in speedup.speedups if point.speedup is None]
+    if unbounded:
+        display(Markdown(f"Not drawn (below {speedup.reference}'s asymptote, no D_eff): {', '.join(unbounded)}."))
 
 # %%
 if comparison:
@@ -168,7 +169,7 @@ if comparison:
                      "scale carried to the other optimizer where the names match (the rest at its own best), "
                      "trained; its loss next to the tuned one."))
     display(styled(transfers) if not transfers.empty else Markdown("No sweep carried an optimum across."))
-    display(Markdown("Each optimizer's own pages: " + "  \n".join(
+    display(Markdown("Each optimizer's own pages:  \n" + "  \n".join(
         optimizer_pages(comparison, name, paths.reports) for name in comparison.others)))
 
 # %% [markdown]
@@ -176,7 +177,8 @@ if comparison:
 
 # %%
 display(styled(sweep_summary_frame(phase1 + law_phase)))
-display(styled(pd.DataFrame(compute_summary(phase1 + law_phase).items(), columns=["", "total"])))
+every_sweep = comparison.every_sweep() if comparison else phase1 + law_phase  # every optimizer's compute
+display(styled(pd.DataFrame(compute_summary(every_sweep).items(), columns=["", "total"])))
 links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
 links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
 analysis_links = "[sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"

@@ -24,6 +24,7 @@ import yaml
 from optsweep.analysis.speedup import SpeedupResult, compute_speedup
 from optsweep.config import load_params
 from optsweep.documents import SweepResult, write_document
+from optsweep.report import Comparison, tuned_hparams_frame
 from optsweep.search import run_sweep
 from synthetic_trainers import cli_env, write_study
 
@@ -159,9 +160,16 @@ def compared(study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         for own in sorted((root / "results" / folder).glob("*.json")):
             _relabelled_sweep(own, root / "results/optimizers" / OTHER / folder / own.name)
     _notebook("sensitivity", root, f"optimizers/{OTHER}/sensitivity", f"optimizer={OTHER}")
+    _notebook("sweep", root, f"optimizers/{OTHER}/sweeps/n1d1", f"optimizer={OTHER}", "scale=n1d1")
     compute_speedup(_speedup_table(), replicates=200).write(root / "results/speedup.json")
     _notebook("report", root, "index")
     return root
+
+
+def test_sweep_notebook_shows_the_other_optimizers_result(compared: Path):
+    theirs = json.loads((compared / f"results/optimizers/{OTHER}/sweeps/n1d1.json").read_text())
+    page = (compared / f"reports/optimizers/{OTHER}/sweeps/n1d1.html").read_text()
+    assert f"results/optimizers/{OTHER}/sweeps/n1d1.json" in page and f"{theirs['best_loss']:.4f}" in page
 
 
 def test_sensitivity_notebook_writes_the_other_optimizers_files(study: Path, compared: Path):
@@ -186,5 +194,20 @@ def test_report_compares_the_other_optimizer_with_the_tuned_adamw(compared: Path
             assert f"{tuned:.4g}" in page  # the tuned-loss table
     assert f"{TRANSFER_COST:.4g}" in page  # the cost of carrying AdamW's optimum
     assert f'href="optimizers/{OTHER}/sensitivity.html"' in page
-    assert 'href="optimizers/muon/scaling_law.html"' not in page  # never ran: no link to it
+    assert f'href="optimizers/{OTHER}/sweeps/n1d1.html"' in page
+    assert f'href="optimizers/{OTHER}/scaling_law.html"' not in page  # never ran: no link to it
     assert len(re.findall(r"<img[^>]+data:image/png;base64", page)) >= 4  # + the curves and the speedups
+
+
+def test_tuned_hyperparameters_side_by_side_leave_a_name_the_optimizer_lacks_empty():
+    def sweep(best: dict[str, float]) -> dict[str, Any]:
+        return {"phase": "phase1", "scale": {"name": "a"}, "best": best}
+
+    comparison = Comparison(
+        speedup=compute_speedup(_speedup_table(), replicates=20),
+        sweeps={"adamw": [sweep({"lr": 1e-3, "beta2": 0.95})], OTHER: [sweep({"lr": 0.02, "momentum": 0.9})]},
+        paths={},
+    )
+    table = tuned_hparams_frame(comparison).set_index("hyperparameter")
+    assert table.loc["lr", ["adamw", OTHER]].tolist() == [1e-3, 0.02]
+    assert pd.isna(table.loc["beta2", OTHER]) and pd.isna(table.loc["momentum", "adamw"])

@@ -134,8 +134,8 @@ def speedups(points: pd.DataFrame, reference: str = "adamw") -> plt.Figure:
 def reference_curves(curves: pd.DataFrame, tuned: pd.DataFrame, reference: str = "adamw") -> plt.Figure:
     """Per model size: the reference's tuned losses against data with its fitted L(D) = a D^-b + c, and each
     other optimizer's tuned loss at the data it trained on (its speedup is how far right of it the curve
-    reaches the same loss). `curves`: n_params, tokens, loss (the fitted line); `tuned`: optimizer,
-    n_params, tokens, loss."""
+    reaches the same loss; below its asymptote c it never does). `curves`: n_params, tokens, loss (the fitted
+    line), c; `tuned`: optimizer, n_params, tokens, loss."""
     sizes = sorted(curves["n_params"].unique())
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.8), squeeze=False)
     optimizers = list(dict.fromkeys(tuned["optimizer"]))
@@ -144,6 +144,7 @@ def reference_curves(curves: pd.DataFrame, tuned: pd.DataFrame, reference: str =
     for ax, n_params in zip(axes.flat, sizes):
         line = curves[curves["n_params"] == n_params]
         ax.plot(line["tokens"], line["loss"], color="black", lw=1.2, label=f"{reference}: fitted L(D)")
+        ax.axhline(line["c"].iloc[0], color="grey", lw=1, ls=":", label="its asymptote c")
         points = tuned[tuned["n_params"] == n_params]
         sns.scatterplot(data=points, x="tokens", y="loss", hue="optimizer", palette=palette, s=60, ax=ax, zorder=5)
         ax.set_xscale("log")

@@ -255,6 +255,9 @@ class Comparison:
     def others(self) -> list[str]:
         return [name for name in self.sweeps if name != self.speedup.reference]
 
+    def every_sweep(self) -> list[dict[str, Any]]:
+        return [sweep for sweeps in self.sweeps.values() for sweep in sweeps]
+
 
 def load_comparison(paths: ProjectPaths, params: StudyParams, own_sweeps: list[dict[str, Any]]) -> Comparison | None:
     """The comparison when the params name other optimizers and results/speedup.json exists, else None."""
@@ -342,12 +345,13 @@ def speedup_points(result: SpeedupResult) -> pd.DataFrame:
 
 def reference_curve_lines(result: SpeedupResult, samples: int = 40) -> pd.DataFrame:
     """The reference's fitted L(D) per model size along D, from half its smallest to twice its largest data
-    scale (and as far as any speedup's D_eff), for `plots.reference_curves`."""
+    scale (and as far as any speedup's D_eff), and its asymptote c, for `plots.reference_curves`."""
     rows = []
     for curve in result.curves:
         reached = [s.effective_tokens for s in result.speedups if s.n_params == curve.n_params and s.effective_tokens]
         tokens = np.geomspace(min(curve.tokens) / 2, max([max(curve.tokens) * 2, *reached]), samples)
-        rows += [{"n_params": curve.n_params, "tokens": d, "loss": curve.a * d**-curve.b + curve.c} for d in tokens]
+        rows += [{"n_params": curve.n_params, "tokens": d, "loss": curve.a * d**-curve.b + curve.c, "c": curve.c}
+                 for d in tokens]
     return pd.DataFrame(rows)
 
 
