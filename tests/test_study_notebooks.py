@@ -21,9 +21,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from optsweep import results
 from optsweep.analysis.speedup import SpeedupResult, compute_speedup
 from optsweep.config import load_params
 from optsweep.documents import SweepResult, write_document
+from optsweep.paths import project
 from optsweep.report import Comparison, tuned_hparams_frame
 from optsweep.search import run_sweep
 from synthetic_trainers import cli_env, write_study
@@ -197,6 +199,15 @@ def test_report_compares_the_other_optimizer_with_the_tuned_adamw(compared: Path
     assert f'href="optimizers/{OTHER}/sweeps/n1d1.html"' in page
     assert f'href="optimizers/{OTHER}/scaling_law.html"' not in page  # never ran: no link to it
     assert len(re.findall(r"<img[^>]+data:image/png;base64", page)) >= 4  # + the curves and the speedups
+
+
+def test_results_frames_of_every_optimizer_tell_them_apart(compared: Path):
+    paths = project(compared)
+    evaluated = results.every_optimizer(results.sweeps, paths)
+    own, theirs = results.sweeps(paths), results.sweeps(paths.of_optimizer(OTHER))
+    assert len(evaluated) == len(own) + len(theirs) and set(theirs["optimizer"]) == {OTHER}
+    by_optimizer = evaluated[evaluated["best"]].groupby(["optimizer", "phase", "scale"])["loss"].first().unstack(0)
+    assert (by_optimizer["adamw"] - by_optimizer[OTHER]).round(9).eq(ADVANTAGE).all()
 
 
 def test_tuned_hyperparameters_side_by_side_leave_a_name_the_optimizer_lacks_empty():
