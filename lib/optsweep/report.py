@@ -301,7 +301,11 @@ def tuned_hparams_frame(comparison: Comparison) -> pd.DataFrame:
             for hparam, value in sweep["best"].items():
                 key = (sweep["phase"], sweep["scale"]["name"], hparam)
                 rows.setdefault(key, {"phase": key[0], "scale": key[1], "hyperparameter": hparam})[optimizer] = value
-    frame = pd.DataFrame(list(rows.values()), columns=["phase", "scale", "hyperparameter", *comparison.sweeps])
+    scales = list(dict.fromkeys(key[:2] for key in rows))
+    hparams = list(dict.fromkeys(key[2] for key in rows))  # each in one place at every scale
+    ordered = sorted(rows, key=lambda key: (scales.index(key[:2]), hparams.index(key[2])))
+    frame = pd.DataFrame([rows[key] for key in ordered], columns=["phase", "scale", "hyperparameter",
+                                                                   *comparison.sweeps])
     return frame.astype({name: float for name in comparison.sweeps})
 
 
