@@ -35,14 +35,25 @@ from optsweep.report import (
     hypotheses_frame,
     law_curves,
     law_forms_frame,
+    load_comparison,
     load_sweeps,
     noise_frame,
+    optimizer_pages,
     provenance_frame,
     recommended_frame,
+    reference_curve_lines,
+    reference_curves_frame,
     sensitivity_frame,
     slices_frame,
+    speedup_frame,
+    speedup_points,
+    speedup_verdicts_frame,
     styled,
     sweep_summary_frame,
+    transfer_frame,
+    tuned_hparams_frame,
+    tuned_loss_frame,
+    tuned_points,
 )
 from optsweep.results import study_metrics
 
@@ -108,12 +119,66 @@ if laws.get("lr_width") and laws["lr_width"].get("width_exponent"):
 # %%
 styled(hypotheses_frame(sensitivity))
 
+# %%
+comparison = load_comparison(paths, params, phase1 + law_phase)  # None unless params name other optimizers
+if params.optimizers and not comparison:
+    display(Markdown(f"Other optimizers in the params ({', '.join(params.optimizers)}), but no "
+                     f"`{paths.speedup.relative_to(paths.root)}` yet: run the speedup stage to compare them."))
+if comparison:
+    speedup = comparison.speedup
+    display(Markdown(
+        "## Other optimizers against the tuned AdamW\n"
+        "Every optimizer was tuned by the same coordinate descent on the same data, scales and seeds. "
+        f"Speedup = D_eff / D: D_eff is the data {speedup.reference} needs to reach the optimizer's tuned loss "
+        f"on its fitted L(D) = a D^-b + c at that model size, D the data the optimizer trained on. Intervals: "
+        f"{speedup.level:.0%}, {speedup.bootstrap} ({speedup.replicates} replicates, loss noise floor "
+        f"{speedup.noise_floor:g}); D_eff outside {speedup.reference}'s fitted data range is flagged extrapolated."
+    ))
+    display(Markdown("### Tuned loss per optimizer and scale\nEach sweep's best held-out loss; - = not swept there."))
+    display(styled(tuned_loss_frame(comparison)))
+
+# %%
+if comparison:
+    display(Markdown("### Speedup over the tuned AdamW"))
+    display(styled(speedup_frame(speedup)))
+    if speedup.skipped:
+        display(Markdown("Left out: " + "; ".join(speedup.skipped)))
+    display(Markdown(f"{speedup.reference}'s fitted loss against data at each model size, with the coefficients' "
+                     "intervals; the points are every optimizer's tuned loss at the data it trained on."))
+    display(styled(reference_curves_frame(speedup)))
+    plots.reference_curves(reference_curve_lines(speedup), tuned_points(speedup), speedup.reference)
+    plt.show()
+    points = speedup_points(speedup)
+    if not points.empty:
+        plots.speedups(points, speedup.reference)
+        plt.show()
+    unbounded = [f"{point.optimizer} at {point.scale}" for point in speedup.speedups if point.speedup is None]
+    if unbounded:
+        display(Markdown(f"Not drawn (below {speedup.reference}'s asymptote, no D_eff): {', '.join(unbounded)}."))
+
+# %%
+if comparison:
+    display(Markdown("### Tuned hyperparameters side by side\nEach optimizer's best configuration at each scale; "
+                     "empty: the optimizer has no such hyperparameter."))
+    display(styled(tuned_hparams_frame(comparison)))
+    display(Markdown("### The talk's claims, as hypotheses\nSupported or contradicted only when the deciding "
+                     "interval clears the claim's boundary (the margin); otherwise inconclusive."))
+    display(styled(speedup_verdicts_frame(speedup)))
+    transfers = transfer_frame(comparison)
+    display(Markdown(f"### Does {speedup.reference}'s optimum transfer?\n{speedup.reference}'s best at each "
+                     "scale carried to the other optimizer where the names match (the rest at its own best), "
+                     "trained; its loss next to the tuned one."))
+    display(styled(transfers) if not transfers.empty else Markdown("No sweep carried an optimum across."))
+    display(Markdown("Each optimizer's own pages:  \n" + "  \n".join(
+        optimizer_pages(comparison, name, paths.reports) for name in comparison.others)))
+
 # %% [markdown]
 # ## Scales, runs and compute
 
 # %%
 display(styled(sweep_summary_frame(phase1 + law_phase)))
-display(styled(pd.DataFrame(compute_summary(phase1 + law_phase).items(), columns=["", "total"])))
+every_sweep = comparison.every_sweep() if comparison else phase1 + law_phase  # every optimizer's compute
+display(styled(pd.DataFrame(compute_summary(every_sweep).items(), columns=["", "total"])))
 links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
 links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
 analysis_links = "[sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"

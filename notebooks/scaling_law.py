@@ -21,6 +21,7 @@
 
 # %% tags=["parameters"]
 params_file = ""  # default: the active params/study.yaml
+optimizer = ""  # another optimizer of params `optimizers` (its results/optimizers/<name>/); "": the study's own
 
 # %%
 import pandas as pd
@@ -28,7 +29,6 @@ from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.analysis import fit_scaling_laws, runs_table_from_sweeps
-from optsweep.config import load_params
 from optsweep.documents import (
     ScalingLaws,
     SensitivityResult,
@@ -38,14 +38,12 @@ from optsweep.documents import (
     sweeps_origin,
     write_document,
 )
-from optsweep.paths import enter_root
-from optsweep.report import analysis_warnings, law_curves, law_forms_frame, load_sweeps, styled
+from optsweep.report import analysis_warnings, law_curves, law_forms_frame, optimizer_study, study_sweeps, styled
 
-paths = enter_root()
-params = load_params(params_file or paths.params)
-sweeps = load_sweeps(paths.sweeps("phase1"), list(params.scales)) + load_sweeps(
-    paths.sweeps("law"), list(params.law_scales)
-)
+paths, params = optimizer_study(optimizer, params_file)
+if optimizer:
+    display(Markdown(f"Optimizer **{optimizer}** (results in `{paths.results.relative_to(paths.root)}`)"))
+sweeps = study_sweeps(paths, params)
 sensitivity = as_json(read_document(paths.sensitivity, SensitivityResult))
 laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity, settings=params.analysis)
 write_document(paths.scaling_law, stamped(ScalingLaws, laws, params.params_hash(), **sweeps_origin(sweeps)))

@@ -22,6 +22,7 @@
 
 # %% tags=["parameters"]
 params_file = ""  # default: the active params/study.yaml
+optimizer = ""  # another optimizer of params `optimizers` (its results/optimizers/<name>/); "": the study's own
 
 # %%
 import pandas as pd
@@ -29,21 +30,21 @@ from IPython.display import Markdown, display
 
 from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
-from optsweep.config import load_params
 from optsweep.documents import SensitivityResult, stamped, sweeps_origin, write_document
-from optsweep.paths import enter_root
 from optsweep.report import (
     analysis_warnings,
     hypotheses_frame,
     load_sweeps,
     noise_frame,
+    optimizer_study,
     sensitivity_frame,
     slices_frame,
     styled,
 )
 
-paths = enter_root()
-params = load_params(params_file or paths.params)
+paths, params = optimizer_study(optimizer, params_file)
+if optimizer:
+    display(Markdown(f"Optimizer **{optimizer}** (results in `{paths.results.relative_to(paths.root)}`)"))
 sweeps = load_sweeps(paths.sweeps("phase1"), params.scales_to_compare())
 table = runs_table_from_sweeps(sweeps)
 sensitivity = analyze_sensitivity(table, params.analysis)

@@ -23,20 +23,18 @@
 scale = ""  # a scale of this phase in the params (default: the phase's first scale)
 phase = "phase1"  # "phase1": every hyperparameter free; "law": only the sensitive ones (reads results/sensitivity.json)
 params_file = ""  # default: the active params/study.yaml
+optimizer = ""  # another optimizer of params `optimizers` (its results/optimizers/<name>/); "": the study's own
 
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
 
 from optsweep import plots
-from optsweep.config import load_params
 from optsweep.documents import SweepResult, as_json, read_document
-from optsweep.paths import enter_root
-from optsweep.report import slices_frame
+from optsweep.report import optimizer_study, slices_frame
 from optsweep.search import run_sweep
 
-paths = enter_root()  # the params' run store and data folder are relative to the project root
-params = load_params(params_file or paths.params)
+paths, params = optimizer_study(optimizer, params_file)  # enters the root: the params' run store, data folder
 scale = scale or params.first_scale(phase)
 result_path = paths.sweep(scale, phase)
 if result_path.is_file():  # written by the phase's search (`dvc repro`, `optsweep sweep --phase`)

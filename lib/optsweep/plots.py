@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -96,5 +97,60 @@ def eval_curves(sweep: dict[str, Any]) -> plt.Figure:
     ax.set_ylabel("held-out loss")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def speedups(points: pd.DataFrame, reference: str = "adamw") -> plt.Figure:
+    """Speedup over the reference against model size (left) and data (right), one hue per optimizer, its
+    interval as an error bar (dashed to the top: unbounded above), hollow where D_eff was extrapolated, and
+    the 1x line. Points of one scale are spread a little along x so their bars do not hide each other."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    optimizers = list(dict.fromkeys(points["optimizer"]))
+    palette = dict(zip(optimizers, sns.color_palette(n_colors=len(optimizers))))
+    top = 1.1 * float(np.nanmax([*points["high"], *points["speedup"], 1.0]))  # where unbounded bars end
+    for ax, x, label in ((axes[0], "n_params", "N (non-embedding parameters)"), (axes[1], "tokens", "D (tokens)")):
+        for i, (optimizer, rows) in enumerate(points.groupby("optimizer", sort=False)):
+            spread = rows[x] * 1.04 ** (i - (len(optimizers) - 1) / 2)
+            color = palette[optimizer]
+            bounded = rows["high"].notna()
+            ax.vlines(spread[bounded], rows["low"][bounded], rows["high"][bounded], color=color, lw=1.5)
+            ax.vlines(spread[~bounded], rows["low"][~bounded], top, color=color, lw=1.5, linestyles="dashed")
+            for extrapolated, face in ((False, color), (True, "white")):
+                chosen = rows["extrapolated"] == extrapolated
+                ax.scatter(spread[chosen], rows["speedup"][chosen], s=55, color=face, edgecolors=color, zorder=5)
+        ax.axhline(1.0, color="black", lw=1, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel(f"speedup over tuned {reference} (D_eff / D)")
+    handles = [plt.Line2D([], [], color=c, marker="o", label=o) for o, c in palette.items()]
+    handles.append(plt.Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="",
+                              label="D_eff extrapolated"))
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.06), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def reference_curves(curves: pd.DataFrame, tuned: pd.DataFrame, reference: str = "adamw") -> plt.Figure:
+    """Per model size: the reference's tuned losses against data with its fitted L(D) = a D^-b + c, and each
+    other optimizer's tuned loss at the data it trained on (its speedup is how far right of it the curve
+    reaches the same loss; below its asymptote c it never does). `curves`: n_params, tokens, loss (the fitted
+    line), c; `tuned`: optimizer, n_params, tokens, loss."""
+    sizes = sorted(curves["n_params"].unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.8), squeeze=False)
+    optimizers = list(dict.fromkeys(tuned["optimizer"]))
+    palette = dict(zip(optimizers, sns.color_palette(n_colors=len(optimizers))))
+    palette[reference] = "black"
+    for ax, n_params in zip(axes.flat, sizes):
+        line = curves[curves["n_params"] == n_params]
+        ax.plot(line["tokens"], line["loss"], color="black", lw=1.2, label=f"{reference}: fitted L(D)")
+        ax.axhline(line["c"].iloc[0], color="grey", lw=1, ls=":", label="its asymptote c")
+        points = tuned[tuned["n_params"] == n_params]
+        sns.scatterplot(data=points, x="tokens", y="loss", hue="optimizer", palette=palette, s=60, ax=ax, zorder=5)
+        ax.set_xscale("log")
+        ax.set_title(f"N = {n_params:.3g}")
+        ax.set_xlabel("D (tokens)")
+        ax.set_ylabel("tuned held-out loss")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -10,17 +10,21 @@ returns a long table, one row per observation and one column per variable, ready
     laws()          each fitted law's coefficients with their 95% intervals
     law_points()    the optima each law was fitted on
 
+Each reads one optimizer's study: the study's own by default, another one's (params `optimizers`) with
+`paths.of_optimizer(name)`; `every_optimizer(sweeps)` stacks a reader's frames of every optimizer compared,
+told apart by their `optimizer` column.
+
 `study_metrics()` condenses the results into the few numbers `dvc metrics show` / `dvc metrics diff` compare.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from pydantic import BaseModel
 
-from .config import ALL_HPARAMS, ParamsError, load_params
+from .config import ParamsError, load_params
 from .jsonio import read_json
 from .paths import PHASES, ProjectPaths, project
 from .store import RunStore
@@ -38,8 +42,20 @@ def _scale_columns(scale: dict[str, Any]) -> dict[str, Any]:
     return {"scale": scale.get("name"), **{column: scale.get(column) for column in SCALE_COLUMNS}}
 
 
-def _hparam_columns(hparams: dict[str, Any]) -> dict[str, Any]:
-    return {name: hparams[name] for name in ALL_HPARAMS if name in hparams}
+def _optimizer_column(paths: ProjectPaths, document: dict[str, Any]) -> dict[str, str]:
+    """The optimizer a results file belongs to: the params key of another optimizer's study, else the plug-in
+    the document records (the study's own: "adamw" unless params say otherwise)."""
+    return {"optimizer": paths.optimizer or document.get("optimizer", "adamw")}
+
+
+def every_optimizer(reader: Callable[[ProjectPaths], pd.DataFrame], paths: ProjectPaths | None = None) -> pd.DataFrame:
+    """`reader`'s frames of the study's own optimizer and of every other one the params compare it with
+    (those with a results folder so far), stacked; e.g. `every_optimizer(results.sweeps)`. A file reader
+    (sensitivity, laws) raises as it does alone when one of them lacks its file."""
+    paths = paths or project()
+    studies = [paths, *(paths.of_optimizer(name) for name in load_params(paths.params).optimizers)]
+    frames = [reader(study) for study in studies if study.results.is_dir()]
+    return pd.concat([frame for frame in frames if not frame.empty], ignore_index=True) if frames else pd.DataFrame()
 
 
 def runs(paths: ProjectPaths | None = None) -> pd.DataFrame:
@@ -51,7 +67,7 @@ def runs(paths: ProjectPaths | None = None) -> pd.DataFrame:
             "key": record.key,
             **_scale_columns(record.spec.get("scale", {})),
             "seed": record.spec.get("seed"),
-            **_hparam_columns(record.spec.get("hparams", {})),
+            **record.spec.get("hparams", {}),  # its optimizer's names
             "status": record.status,
             "loss": record.loss,
             "wall_s": record.wall_s,
@@ -70,15 +86,17 @@ def _sweep_files(paths: ProjectPaths) -> list[tuple[str, dict[str, Any]]]:
 
 def sweeps(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """Every run evaluated by every sweep result file; `delta_loss` is the loss above that sweep's best."""
+    paths = paths or project()
     rows = []
-    for phase, sweep in _sweep_files(paths or project()):
+    for phase, sweep in _sweep_files(paths):
         for run in sweep["runs"]:
             rows.append({
+                **_optimizer_column(paths, sweep),
                 "phase": phase,
                 **_scale_columns(sweep["scale"]),
                 "key": run["key"],
                 "seed": run["seed"],
-                **_hparam_columns(run["hparams"]),
+                **run["hparams"],  # its optimizer's names; another's are NaN
                 "status": run["status"],
                 "loss": run["loss"],
                 "best": run["hparams"] == sweep["best"] and run["loss"] == sweep["best_loss"],
@@ -93,8 +111,10 @@ def sweeps(paths: ProjectPaths | None = None) -> pd.DataFrame:
 
 def trajectories(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """The incumbent after each coordinate step of each search: the hyperparameter just swept, its value."""
+    paths = paths or project()
     rows = [
         {
+            **_optimizer_column(paths, sweep),
             "phase": phase,
             **_scale_columns(sweep["scale"]),
             "step": step,
@@ -103,7 +123,7 @@ def trajectories(paths: ProjectPaths | None = None) -> pd.DataFrame:
             "value": point["baseline"][point["hparam"]],
             "loss": point["loss"],
         }
-        for phase, sweep in _sweep_files(paths or project())
+        for phase, sweep in _sweep_files(paths)
         for step, point in enumerate(sweep["trajectory"], start=1)
     ]
     return pd.DataFrame(rows)
@@ -111,9 +131,11 @@ def trajectories(paths: ProjectPaths | None = None) -> pd.DataFrame:
 
 def sensitivity(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """One row per (hyperparameter, phase-1 scale): the verdicts and that scale's optimum."""
-    document = _read((paths or project()).sensitivity)
+    paths = paths or project()
+    document = _read(paths.sensitivity)
     rows = [
         {
+            **_optimizer_column(paths, document),
             "hparam": hparam,
             "sensitive": verdict["sensitive"],
             "loss_sensitive": verdict["loss_sensitive"],
@@ -133,9 +155,11 @@ def sensitivity(paths: ProjectPaths | None = None) -> pd.DataFrame:
 
 def laws(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """One row per (sensitive hyperparameter, coefficient) of the fitted laws, with its 95% interval."""
-    document = _read((paths or project()).scaling_law)
+    paths = paths or project()
+    document = _read(paths.scaling_law)
     rows = [
         {
+            **_optimizer_column(paths, document),
             "hparam": hparam,
             "form": law["form"],
             "coefficient": name,
@@ -153,8 +177,10 @@ def laws(paths: ProjectPaths | None = None) -> pd.DataFrame:
 
 def law_points(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """One row per (sensitive hyperparameter, scale): the optimum a law was fitted on, and its residual."""
-    document = _read((paths or project()).scaling_law)
-    return pd.DataFrame([{"hparam": hparam, **point} for hparam, law in document["laws"].items()
+    paths = paths or project()
+    document = _read(paths.scaling_law)
+    optimizer = _optimizer_column(paths, document)
+    return pd.DataFrame([{**optimizer, "hparam": hparam, **point} for hparam, law in document["laws"].items()
                          for point in law["points"]])
 
 
