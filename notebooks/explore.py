@@ -23,15 +23,16 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from optsweep import plots, results
-from optsweep.config import ALL_HPARAMS
+from optsweep.analysis.table import hparam_names
+from optsweep.axes import axis_of
 from optsweep.jsonio import read_json
 from optsweep.paths import project
 from optsweep.report import law_curves
 
 paths = project()
 runs = results.runs(paths)
-sweeps = results.sweeps(paths)
-trajectories = results.trajectories(paths)
+sweeps = results.every_optimizer(results.sweeps, paths)  # the study's optimizer and every one compared with it
+trajectories = results.every_optimizer(results.trajectories, paths)
 display(Markdown(f"Project **{paths.root}**: {len(runs)} runs in the run store, {len(sweeps)} runs evaluated by "
                  f"{sweeps.groupby(['phase', 'scale']).ngroups if len(sweeps) else 0} sweeps."))
 
@@ -52,17 +53,18 @@ else:
 # The lower envelope of each panel is the 1-D landscape the coordinate descent saw.
 
 # %%
-hparams = [h for h in ALL_HPARAMS if h in sweeps and sweeps[h].nunique() > 1]
+hparams = [h for h in hparam_names() if h in sweeps and sweeps[h].nunique() > 1]
 landscape = sweeps[sweeps["status"] == "ok"].melt(
-    id_vars=["phase", "scale", "key", "delta_loss"], value_vars=hparams, var_name="hparam", value_name="value"
-)
+    id_vars=["optimizer", "phase", "scale", "key", "delta_loss"], value_vars=hparams, var_name="hparam",
+    value_name="value",
+).dropna(subset=["value"])  # a name another optimizer lacks
 if landscape.empty:
     display(Markdown("No finished sweep yet."))
 else:
-    grid = sns.relplot(data=landscape, x="value", y="delta_loss", hue="scale", style="phase", col="hparam",
+    grid = sns.relplot(data=landscape, x="value", y="delta_loss", hue="scale", style="optimizer", col="hparam",
                        col_wrap=4, height=2.6, facet_kws={"sharex": False}, alpha=0.7)
     for hparam, ax in grid.axes_dict.items():
-        if hparam in ("lr", "eps"):
+        if axis_of(hparam) == "log":
             ax.set_xscale("log")
     grid.set(ylim=(None, landscape["delta_loss"].quantile(0.95)))  # the few blown-up runs would flatten the rest
 
@@ -73,9 +75,10 @@ else:
 
 # %%
 if not trajectories.empty:
-    sns.relplot(data=trajectories, x="step", y="loss", hue="scale", col="phase", kind="line", marker="o",
-                height=3.2, aspect=1.3, facet_kws={"sharey": False})
-    display(trajectories.pivot_table(index=["phase", "scale"], columns="hparam", values="value", aggfunc="last"))
+    sns.relplot(data=trajectories, x="step", y="loss", hue="scale", style="optimizer", col="phase", kind="line",
+                marker="o", height=3.2, aspect=1.3, facet_kws={"sharey": False})
+    display(trajectories.pivot_table(index=["optimizer", "phase", "scale"], columns="hparam", values="value",
+                                     aggfunc="last"))
 
 # %% [markdown]
 # ## Sensitivity and optima per scale

@@ -40,7 +40,8 @@ result_path = paths.sweep(scale, phase)
 if result_path.is_file():  # written by the phase's search (`dvc repro`, `optsweep sweep --phase`)
     sweep = as_json(read_document(result_path, SweepResult))
     display(Markdown(f"From `{result_path.relative_to(paths.root)}` ({sweep['provenance']['created']}); "
-                     f"`optsweep sweep --scale {scale}` or `dvc repro` brings it up to date."))
+                     f"`optsweep sweep --scale {scale}{f' --optimizer {optimizer}' if optimizer else ''}` or "
+                     "`dvc repro` brings it up to date."))
 else:  # opened before the study ran: search this scale now (stored runs are reused)
     sensitivity = str(paths.sensitivity) if phase == "law" else None  # the law phase frees only the sensitive ones
     sweep = run_sweep(params, scale, result_path, sensitivity_path=sensitivity)

@@ -13,7 +13,8 @@ from pandas.io.formats.style import Styler
 
 from .analysis import predict
 from .analysis.speedup import Interval, SpeedupResult
-from .config import ALL_HPARAMS, ParamsError, StudyParams, load_params
+from .analysis.table import hparam_names
+from .config import ParamsError, StudyParams, load_params
 from .documents import TRAINING_IDENTITY
 from .jsonio import read_json
 from .paths import SWEEP_FOLDERS, ProjectPaths, enter_root
@@ -143,7 +144,7 @@ def recommended_frame(sensitivity: dict[str, Any], laws: dict[str, Any]) -> pd.D
                 "reason": verdict.get("reason", ""),
             }
         )
-    order = {h: i for i, h in enumerate(ALL_HPARAMS)}
+    order = {h: i for i, h in enumerate(hparam_names())}
     return pd.DataFrame(rows).sort_values("hyperparameter", key=lambda s: s.map(order)).reset_index(drop=True)
 
 

@@ -65,6 +65,7 @@ def runs(paths: ProjectPaths | None = None) -> pd.DataFrame:
     rows = [
         {
             "key": record.key,
+            "optimizer": record.spec.get("optimizer", {}).get("name"),
             **_scale_columns(record.spec.get("scale", {})),
             "seed": record.spec.get("seed"),
             **record.spec.get("hparams", {}),  # its optimizer's names
