@@ -89,3 +89,28 @@ def test_preset_command_switches_the_active_params(tmp_path: Path):
     assert (tmp_path / "params/study.yaml").read_text() == (REPO / "params/presets/micro.yaml").read_text()
     missing = _optsweep("preset", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "available: micro, optimizers, paper, tiny" in missing.stderr
+
+
+def _stage_params(node) -> set[str]:
+    """Every params key dvc.yaml's stages depend on (interpolated ones, like optimizers.${key}, left out)."""
+    if isinstance(node, dict):
+        found = set()
+        for key, value in node.items():
+            if key == "params":
+                for entry in value:
+                    for keys in (entry.values() if isinstance(entry, dict) else [[entry]]):
+                        found.update(k for k in keys if "${" not in k)
+            else:
+                found |= _stage_params(value)
+        return found
+    return set().union(*(_stage_params(item) for item in node)) if isinstance(node, list) else set()
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_has_every_params_key_the_pipeline_reads(preset: Path):
+    raw = yaml.safe_load(preset.read_text())
+    for dotted in sorted(_stage_params(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])):
+        node = raw
+        for part in dotted.split("."):
+            assert isinstance(node, dict) and part in node, f"{preset.name}: no {dotted} (dvc.yaml reads it)"
+            node = node[part]
