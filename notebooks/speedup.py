@@ -32,13 +32,14 @@ from IPython.display import Markdown, display
 from optsweep.analysis import speedup_from_sweeps
 from optsweep.analysis.speedup import (
     curves_frame,
+    measured_relative_noise,
     speedups_frame,
     transfers_frame,
     tuned_points_frame,
     verdicts_frame,
 )
 from optsweep.config import load_params
-from optsweep.documents import SweepResult, as_json, read_document, sweeps_origin
+from optsweep.documents import SensitivityResult, SweepResult, as_json, read_document, sweeps_origin
 from optsweep.paths import enter_root
 from optsweep.report import styled
 
@@ -54,11 +55,15 @@ def finished_sweeps(study) -> list[SweepResult]:
             for phase, names in scales.items() for scale in names if study.sweep(scale, phase).is_file()]
 
 
-sweeps = {reference: finished_sweeps(paths), **{name: finished_sweeps(paths.of_optimizer(name))
-                                                for name in params.optimizers}}
+studies = {reference: paths, **{name: paths.of_optimizer(name) for name in params.optimizers}}
+sweeps = {name: finished_sweeps(study) for name, study in studies.items()}
+# The run noise each optimizer's own sensitivity analysis measured (seeds, surface scatter) sets its intervals.
+relative_noise = {name: measured_relative_noise(read_document(study.sensitivity, SensitivityResult))
+                  for name, study in studies.items() if study.sensitivity.is_file()}
 origin = sweeps_origin([as_json(sweep) for results in sweeps.values() for sweep in results])
 origin["sweeps"] = {name: [sweep.scale["name"] for sweep in results] for name, results in sweeps.items()}
-result = speedup_from_sweeps(sweeps, reference, replicates=replicates).stamped(params.params_hash(), **origin)
+result = speedup_from_sweeps(sweeps, reference, replicates=replicates, relative_noise=relative_noise).stamped(
+    params.params_hash(), **origin)
 result.write(paths.speedup)
 if result.skipped:
     display(Markdown("\n".join(f"- left out: {line}" for line in result.skipped)))

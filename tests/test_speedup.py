@@ -310,3 +310,14 @@ def test_speedup_notebook_without_other_optimizers_writes_an_empty_result(tmp_pa
     result = run_speedup_notebook(notebook_study(tmp_path, {}))
     assert (result.curves, result.speedups, result.hypotheses) == ([], [], [])
     assert result.skipped == ["no other optimizer than adamw has a finished sweep: nothing to compare"]
+
+
+def test_the_noise_each_optimizers_analysis_measured_widens_its_intervals():
+    table = runs_table({"muon": {1e6: 1.3}})
+    floor_only = compute_speedup(table, replicates=REPLICATES)
+    measured = compute_speedup(table, replicates=REPLICATES, relative_noise={"adamw": 0.004, "muon": 0.01})
+    for narrow, wide in zip(floor_only.speedups, measured.speedups):
+        assert narrow.noise == pytest.approx(3e-3) and wide.noise == pytest.approx(0.01 * wide.loss)
+        assert wide.interval[1] - wide.interval[0] > 2 * (narrow.interval[1] - narrow.interval[0])
+        assert wide.interval[0] < 1.3 < wide.interval[1]
+    assert measured.curves[0].noise == pytest.approx(0.004 * np.mean(measured.curves[0].losses))

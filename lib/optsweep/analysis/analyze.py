@@ -18,7 +18,7 @@ from ..documents import ScalingLaws, SensitivityResult, stamped, write_document
 from ..provenance import stable_hash
 from .laws import fit_scaling_laws
 from .sensitivity import analyze_sensitivity
-from .speedup import REFERENCE, compute_speedup
+from .speedup import REFERENCE, compute_speedup, measured_relative_noise
 from .table import read_runs_table, split_by_optimizer, validate_runs_table
 
 
@@ -41,13 +41,16 @@ def analyze_table(
     if reference not in tables:
         raise ParamsError(f"{path}: column 'optimizer': no run of the reference {reference!r}; "
                           f"found {', '.join(tables)}")
-    speedup = compute_speedup(frame, reference, source=str(path)).stamped(
+    order = [reference, *(name for name in tables if name != reference)]
+    documents = {name: analyzed(tables[name], settings, params_hash, runs_table=str(path), optimizer=name)
+                 for name in order}
+    relative_noise = {name: measured_relative_noise(sensitivity) for name, (sensitivity, _) in documents.items()}
+    speedup = compute_speedup(frame, reference, source=str(path), relative_noise=relative_noise).stamped(
         params_hash, runs_table=str(path), table_hash=stable_hash(frame.to_dict("list"))
     )
     written = []
-    for name in [reference, *(name for name in tables if name != reference)]:
-        folder = out_dir if name == reference else out_dir / "optimizers" / name
-        written += analyze_one(tables[name], folder, settings, params_hash, runs_table=str(path), optimizer=name)
+    for name in order:
+        written += write_analysis(documents[name], out_dir if name == reference else out_dir / "optimizers" / name)
     return [*written, speedup.write(out_dir / "speedup.json")]
 
 
@@ -55,10 +58,21 @@ def analyze_one(
     table: pd.DataFrame, out_dir: Path, settings: AnalysisSettings, params_hash: str, **origin: Any
 ) -> list[Path]:
     """sensitivity.json and scaling_law.json of one validated run table, in `out_dir`."""
+    return write_analysis(analyzed(table, settings, params_hash, **origin), out_dir)
+
+
+def analyzed(
+    table: pd.DataFrame, settings: AnalysisSettings, params_hash: str, **origin: Any
+) -> tuple[SensitivityResult, ScalingLaws]:
+    """The sensitivity and scaling-law documents of one validated run table."""
     sensitivity = analyze_sensitivity(table, settings)
     laws = fit_scaling_laws(table, sensitivity, settings=settings)
     origin = {**origin, "table_hash": stable_hash(table.to_dict("list"))}
-    return [
-        write_document(out_dir / "sensitivity.json", stamped(SensitivityResult, sensitivity, params_hash, **origin)),
-        write_document(out_dir / "scaling_law.json", stamped(ScalingLaws, laws, params_hash, **origin)),
-    ]
+    return (stamped(SensitivityResult, sensitivity, params_hash, **origin),
+            stamped(ScalingLaws, laws, params_hash, **origin))
+
+
+def write_analysis(documents: tuple[SensitivityResult, ScalingLaws], out_dir: Path) -> list[Path]:
+    sensitivity, laws = documents
+    return [write_document(out_dir / "sensitivity.json", sensitivity),
+            write_document(out_dir / "scaling_law.json", laws)]

@@ -12,9 +12,10 @@ never reaches, has no D_eff (None: an unbounded speedup).
 
 Intervals come from a parametric bootstrap with Gaussian residuals: each replicate adds independent N(0, noise^2) to
 AdamW's fitted losses and to the challenger's tuned loss, refits L(D) and recomputes D_eff. `noise`, the
-loss noise of one run, is the larger of a floor (default 3e-3, the original study's near-best tolerance)
-and the fit's residual standard error when there are more than 3 data scales; with exactly 3 the curve
-goes through every point and the floor is all the evidence of noise there is.
+loss noise of one run, is the largest of a floor (default 3e-3, the original study's near-best tolerance),
+the noise the optimizer's own sensitivity analysis measured (`relative_noise`: the relative std of one
+config's loss, from seeds and the surface scatter, times the loss) and, for AdamW's curve, the fit's residual
+standard error when there are more than 3 data scales (with exactly 3 the curve goes through every point).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from scipy.stats import norm
 
 from ..axes import declare_axes
 from ..config import ParamsError
-from ..documents import Provenance, SweepResult, as_json
+from ..documents import Provenance, SensitivityResult, SweepResult, as_json
 from ..jsonio import write_json
 from ..provenance import provenance
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
@@ -87,6 +88,7 @@ class Speedup(Frozen):
     speedup: float | None  # D_eff / D
     interval: Interval
     extrapolated: bool  # D_eff outside AdamW's fitted data range
+    noise: float | None = None  # the loss noise of one run of this optimizer the bootstrap used
 
 
 class Verdict(Frozen):
@@ -113,7 +115,7 @@ class TransferGap(Frozen):
     loss: float | None  # the carried config's
     tuned_loss: float | None  # the optimizer's own best at this scale
     gap: float | None  # loss - tuned_loss (None: the carried config diverged)
-    noise: float  # the loss noise of one run at this model size (the speedup's), or the noise floor
+    noise: float  # the loss noise of one run of this optimizer at its tuned loss (measured, or the floor)
 
 
 class SpeedupResult(Frozen):
@@ -221,11 +223,23 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
 # --- speedup with intervals -----------------------------------------------------------------------------
 
 
+def measured_relative_noise(sensitivity: SensitivityResult) -> float | None:
+    """The relative std of one config's loss that a sensitivity analysis measured (None: not measured)."""
+    noise = as_json(sensitivity).get("noise") or {}
+    return noise.get("relative_std")
+
+
+def run_noise(loss: float, noise_floor: float, relative_noise: float | None) -> float:
+    """The loss noise of one run: the measured relative noise times the loss, at least the floor."""
+    return max(noise_floor, (relative_noise or 0.0) * loss)
+
+
 def fit_reference_curve(
     ours: pd.DataFrame, noise_floor: float, replicates: int, level: float, rng: np.random.Generator
 ) -> tuple[LossCurve, np.ndarray]:
     """The reference's L(D) at one model size (rows sorted by tokens) and its bootstrap refits (a, b, c)
-    per replicate (NaN where curve_fit gave up)."""
+    per replicate (NaN where curve_fit gave up). `noise_floor`: the run noise measured at this size, or the
+    floor."""
     tokens, losses = ours["tokens"].to_numpy(float), ours["loss"].to_numpy(float)
     a, b, c = fit_power_law(tokens, losses)
     fitted = a * tokens**-b + c
@@ -266,8 +280,11 @@ def compute_speedup(
     level: float = 0.95,
     seed: int = 0,
     source: str = "runs table",
+    relative_noise: dict[str, float] | None = None,
 ) -> SpeedupResult:
-    """Speedups of every optimizer in `table` over `reference`, per scale, and the talk's claims judged."""
+    """Speedups of every optimizer in `table` over `reference`, per scale, and the talk's claims judged.
+    `relative_noise`: per optimizer, the relative std of one config's loss its analysis measured."""
+    relative_noise = relative_noise or {}
     tuned = tuned_losses(table, source)
     if reference not in set(tuned["optimizer"]):
         found = ", ".join(sorted(set(tuned["optimizer"]))) or "none"
@@ -283,19 +300,21 @@ def compute_speedup(
                 f"the fit L(D) = a * D^-b + c needs {MIN_DATA_SCALES}"
             )
             continue
-        curve, boot = fit_reference_curve(ours, noise_floor, replicates, level, rng)
+        measured = run_noise(float(ours["loss"].mean()), noise_floor, relative_noise.get(reference))
+        curve, boot = fit_reference_curve(ours, measured, replicates, level, rng)
         curves.append(curve)
         reference_loss = dict(zip(ours["scale"], ours["loss"]))
         for row in size[size["optimizer"] != reference].itertuples():
             d_eff = curve.tokens_to_reach(row.loss)
-            challenger = row.loss + rng.normal(0.0, curve.noise, replicates)
+            noise = run_noise(row.loss, noise_floor, relative_noise.get(row.optimizer))
+            challenger = row.loss + rng.normal(0.0, noise, replicates)
             samples = _tokens_to_reach(challenger, boot[:, 0], boot[:, 1], boot[:, 2]) / row.tokens
             draws[(row.optimizer, row.scale)] = samples
             speedups.append(Speedup(
                 optimizer=row.optimizer, scale=row.scale, n_params=curve.n_params, tokens=float(row.tokens),
                 loss=float(row.loss), reference_loss=reference_loss.get(row.scale),
                 effective_tokens=_finite_or_none(d_eff), speedup=_finite_or_none(d_eff / row.tokens),
-                interval=_interval(samples, level),
+                interval=_interval(samples, level), noise=noise,
                 extrapolated=not curve.tokens[0] <= d_eff <= curve.tokens[-1],
             ))
     if not curves:
@@ -394,9 +413,11 @@ def speedup_from_sweeps(
     replicates: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    relative_noise: dict[str, float] | None = None,
 ) -> SpeedupResult:
     """Speedups from each optimizer's sweep results (both phases; keys: the optimizers' names), and the
     talk's claims judged, "optimal hyperparameters do not transfer" among them (`hparams_do_not_transfer`).
+    `relative_noise`: per optimizer, the relative std of one config's loss its sensitivity analysis measured.
 
     A sweep's tuned loss is its `best_loss` at the size and data of its scale; a sweep without a finished
     run is left out (said in `skipped`). Every sweep must share one training identity (data, trainer and its
@@ -424,9 +445,12 @@ def speedup_from_sweeps(
     if reference not in finished:
         raise ParamsError(f"sweeps: no finished sweep of the reference optimizer {reference!r}; "
                           f"found {', '.join(sorted(finished))}")
-    result = compute_speedup(pd.DataFrame(rows), reference, noise_floor, replicates, level, seed, source="sweeps")
-    noise = {curve.n_params: curve.noise for curve in result.curves}
-    transfers, left_out = transfer_gaps(sweeps, reference, lambda n_params: noise.get(n_params, noise_floor))
+    relative_noise = relative_noise or {}
+    result = compute_speedup(pd.DataFrame(rows), reference, noise_floor, replicates, level, seed, source="sweeps",
+                             relative_noise=relative_noise)
+    transfers, left_out = transfer_gaps(
+        sweeps, reference, lambda optimizer, loss: run_noise(loss, noise_floor, relative_noise.get(optimizer))
+    )
     hypotheses = list(result.hypotheses)
     for optimizer in sorted(set(sweeps) - {reference}):
         mine = [gap for gap in transfers if gap.optimizer == optimizer]
@@ -450,10 +474,11 @@ def require_same_training(sweeps: dict[str, list[SweepResult]]) -> None:
 
 
 def transfer_gaps(
-    sweeps: dict[str, list[SweepResult]], reference: str, noise_at: Callable[[float], float]
+    sweeps: dict[str, list[SweepResult]], reference: str, noise_at: Callable[[str, float], float]
 ) -> tuple[list[TransferGap], list[str]]:
-    """Each carried optimum that was trained (`sweep.transfer`), with `noise_at(n_params)`; and a line for
-    each one left out (nothing carried, or its run never finished)."""
+    """Each carried optimum that was trained (`sweep.transfer`), with the noise of one run of that optimizer
+    at its tuned loss, `noise_at(optimizer, loss)`; and a line for each one left out (nothing carried, or its
+    run never finished)."""
     gaps, left_out = [], []
     for optimizer, results in sweeps.items():
         if optimizer == reference:
@@ -473,7 +498,7 @@ def transfer_gaps(
                 optimizer=optimizer, scale=name, phase=sweep.phase, n_params=float(sweep.scale["n_params"]),
                 carried=transfer.carried, status=status, loss=transfer.loss, tuned_loss=transfer.tuned_loss,
                 gap=None if diverged else transfer.loss - transfer.tuned_loss,
-                noise=noise_at(float(sweep.scale["n_params"])),
+                noise=noise_at(optimizer, transfer.tuned_loss if transfer.tuned_loss is not None else 0.0),
             ))
     return gaps, left_out
 
