@@ -321,3 +321,10 @@ def test_the_noise_each_optimizers_analysis_measured_widens_its_intervals():
         assert wide.interval[1] - wide.interval[0] > 2 * (narrow.interval[1] - narrow.interval[0])
         assert wide.interval[0] < 1.3 < wide.interval[1]
     assert measured.curves[0].noise == pytest.approx(0.004 * np.mean(measured.curves[0].losses))
+
+
+def test_a_contradicted_claim_rests_on_adamws_measured_data_where_it_can():
+    result = compute_speedup(runs_table({"muon": {1e6: 2.0}}), replicates=REPLICATES)
+    assert [s.extrapolated for s in result.speedups] == [False, False, False, True]  # 2 x 8x lies beyond 8x
+    (claim,) = [v for v in result.hypotheses if "above" in v.hypothesis]
+    assert claim.verdict == "contradicted" and "extrapolated" not in claim.why

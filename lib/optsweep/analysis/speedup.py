@@ -340,8 +340,10 @@ def no_speedup_above(optimizer: str, speedups: list[Speedup], claim: float = CLA
     """Contradicted when some scale's whole interval lies above `claim`, supported when every interval
     lies at or below it, else inconclusive. The margin is the distance of the deciding bound from `claim`."""
     text = f"no speedup above {claim:g}x over a tuned AdamW"
-    top = max(speedups, key=lambda s: _bound(s.interval[0]))
-    if _bound(top.interval[0]) > claim:
+    above = [s for s in speedups if _bound(s.interval[0]) > claim]
+    in_range = [s for s in above if not s.extrapolated]  # decide on AdamW's measured data where possible
+    top = max(in_range or above or speedups, key=lambda s: _bound(s.interval[0]))
+    if above:
         note = " (D_eff extrapolated beyond AdamW's data)" if top.extrapolated else ""
         return Verdict(hypothesis=text, optimizer=optimizer, verdict=CONTRADICTED,
                        why=f"at scale {top.scale} the speedup's interval lies above {claim:g}x{note}",
