@@ -324,7 +324,7 @@ def test_the_noise_each_optimizers_analysis_measured_widens_its_intervals():
 
 
 def test_a_contradicted_claim_rests_on_adamws_measured_data_where_it_can():
-    result = compute_speedup(runs_table({"muon": {1e6: 2.0}}), replicates=REPLICATES)
-    assert [s.extrapolated for s in result.speedups] == [False, False, False, True]  # 2 x 8x lies beyond 8x
+    result = compute_speedup(runs_table({"muon": {1e6: 1.8}}), replicates=REPLICATES)
+    assert [s.extrapolated for s in result.speedups] == [False, False, False, True]  # 1.8 x 8x lies beyond 8x
     (claim,) = [v for v in result.hypotheses if "above" in v.hypothesis]
     assert claim.verdict == "contradicted" and "extrapolated" not in claim.why
