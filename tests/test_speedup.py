@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
-from optsweep.analysis.speedup import SpeedupResult, speedup_from_sweeps
+from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above, speedup_from_sweeps
 from optsweep.config import ParamsError
 from optsweep.documents import SweepResult, write_document
 from synthetic_trainers import OPTSWEEP, cli_env, write_study
@@ -324,7 +324,12 @@ def test_the_noise_each_optimizers_analysis_measured_widens_its_intervals():
 
 
 def test_a_contradicted_claim_rests_on_adamws_measured_data_where_it_can():
-    result = compute_speedup(runs_table({"muon": {1e6: 1.8}}), replicates=REPLICATES)
-    assert [s.extrapolated for s in result.speedups] == [False, False, False, True]  # 1.8 x 8x lies beyond 8x
-    (claim,) = [v for v in result.hypotheses if "above" in v.hypothesis]
-    assert claim.verdict == "contradicted" and "extrapolated" not in claim.why
+    def at(scale: str, low: float, extrapolated: bool) -> Speedup:
+        return Speedup(optimizer="muon", scale=scale, n_params=1e6, tokens=1e7, loss=3.0, reference_loss=3.1,
+                       effective_tokens=2e7, speedup=low + 0.2, interval=(low, low + 0.4), extrapolated=extrapolated)
+
+    claim = no_speedup_above("muon", [at("x1", 1.6, False), at("x8", 3.0, True)])
+    assert claim.verdict == "contradicted" and "x1" in claim.why and "extrapolated" not in claim.why
+    assert claim.margin == pytest.approx(0.2)
+    claim = no_speedup_above("muon", [at("x1", 1.0, False), at("x8", 3.0, True)])
+    assert claim.verdict == "contradicted" and "x8" in claim.why and "extrapolated" in claim.why
