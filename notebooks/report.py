@@ -131,8 +131,9 @@ if comparison:
         "Every optimizer was tuned by the same coordinate descent on the same data, scales and seeds. "
         f"Speedup = D_eff / D: D_eff is the data {speedup.reference} needs to reach the optimizer's tuned loss "
         f"on its fitted L(D) = a D^-b + c at that model size, D the data the optimizer trained on. Intervals: "
-        f"{speedup.level:.0%}, {speedup.bootstrap} ({speedup.replicates} replicates, loss noise floor "
-        f"{speedup.noise_floor:g}); D_eff outside {speedup.reference}'s fitted data range is flagged extrapolated."
+        f"{speedup.level:.0%}, {speedup.bootstrap} ({speedup.replicates} replicates; the noise of one run is the "
+        f"one each optimizer's sensitivity analysis measured, at least {speedup.noise_floor:g}: see the `noise` "
+        f"columns); D_eff outside {speedup.reference}'s fitted data range is flagged extrapolated."
     ))
     display(Markdown("### Tuned loss per optimizer and scale\nEach sweep's best held-out loss; - = not swept there."))
     display(styled(tuned_loss_frame(comparison)))

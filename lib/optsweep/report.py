@@ -327,13 +327,13 @@ def speedup_frame(result: SpeedupResult) -> pd.DataFrame:
             {"optimizer": s.optimizer, "scale": s.scale, "N (non-emb.)": s.n_params, "D (tokens)": s.tokens,
              "tuned loss": s.loss, f"{reference} loss": s.reference_loss, "D_eff (tokens)": s.effective_tokens,
              "speedup": s.speedup, f"{result.level:.0%} interval": interval_text(s.interval),
-             "extrapolated": s.extrapolated,
+             "extrapolated": s.extrapolated, "noise": s.noise,
              "note": "" if s.speedup is not None else f"below {reference}'s asymptote c: no D_eff reaches it"}
             for s in result.speedups
         ],
         columns=["optimizer", "scale", "N (non-emb.)", "D (tokens)", "tuned loss", f"{reference} loss",
-                 "D_eff (tokens)", "speedup", f"{result.level:.0%} interval", "extrapolated", "note"],
-    ).astype({"D_eff (tokens)": float, "speedup": float, f"{reference} loss": float})
+                 "D_eff (tokens)", "speedup", f"{result.level:.0%} interval", "extrapolated", "noise", "note"],
+    ).astype({"D_eff (tokens)": float, "speedup": float, f"{reference} loss": float, "noise": float})
 
 
 def speedup_points(result: SpeedupResult) -> pd.DataFrame:
