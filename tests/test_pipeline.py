@@ -51,8 +51,11 @@ def _copy_repo(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    # Start from no results: the committed ones belong to the default preset, not to this micro study.
+    # Start from no results: the committed ones belong to the default preset, not to this micro study. The
+    # folder of other optimizers' results is part of the layout (the speedup stage depends on it).
     shutil.rmtree(target / "results", ignore_errors=True)
+    (target / "results/optimizers").mkdir(parents=True)
+    (target / "results/optimizers/.gitkeep").touch()
     shutil.rmtree(target / "reports", ignore_errors=True)
     (target / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], target)

@@ -286,6 +286,6 @@ def test_plan_prints_the_micro_batch_per_scale(tmp_path):
     raw = small_study(tmp_path / "data")
     raw["scales"]["a"]["micro_batch_size"] = 4
     result = run_cli("plan", "--params", str(write_params(tmp_path / "params.yaml", raw)))
-    rows = {line.split()[1]: line.split() for line in result.stdout.splitlines() if line.startswith("phase1")}
-    assert rows["a"][5] == "4" and rows["b"][5] == "8"
+    rows = {line.split()[2]: line.split() for line in result.stdout.splitlines() if line.startswith("adamw  ")}
+    assert rows["a"][6] == "4" and rows["b"][6] == "8"
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["scales"]["a"]["micro_batch_size"] == 4
