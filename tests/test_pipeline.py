@@ -105,6 +105,27 @@ def test_study_writes_every_result_and_the_report(study):
     assert "data:image/png;base64" in report and "Recommended hyperparameters" in report
 
 
+def test_another_optimizer_goes_through_every_stage_into_the_speedup_and_the_report(study):
+    root, output = study
+    params = yaml.safe_load((root / "params/study.yaml").read_text())
+    (name,) = params["optimizers"]
+    stages = {f"optimizer_{stage}@{name}" for stage in ("sweeps", "sensitivity", "law_sweeps", "scaling_law")}
+    assert stages | {"speedup"} <= _stages_run(output)
+    for scale in params["scales"]:
+        ours = json.loads((root / f"results/sweeps/{scale}.json").read_text())
+        theirs = json.loads((root / f"results/optimizers/{name}/sweeps/{scale}.json").read_text())
+        assert theirs["optimizer"] == name and set(theirs["free"]) == set(params["optimizers"][name]["grid"])
+        assert theirs["transfer"]["source"] == "adamw" and theirs["transfer"]["tuned_loss"] == theirs["best_loss"]
+        assert theirs["transfer"]["hparams"]["lr"] == ours["best"]["lr"]
+        assert {run["key"] for run in theirs["runs"]}.isdisjoint(run["key"] for run in ours["runs"])
+    for document in ("sensitivity.json", "scaling_law.json"):
+        assert (root / f"results/optimizers/{name}/{document}").is_file()
+    speedup = json.loads((root / "results/speedup.json").read_text())
+    assert speedup["speedups"] == [] and any("needs 3" in line for line in speedup["skipped"])
+    report = (root / "reports/index.html").read_text()
+    assert "Other optimizers against the tuned AdamW" in report and "needs 3" in report
+
+
 def test_second_repro_runs_nothing(study):
     root, _ = study
     done = _run(["dvc", "repro"], root)

@@ -333,3 +333,14 @@ def test_a_contradicted_claim_rests_on_adamws_measured_data_where_it_can():
     assert claim.margin == pytest.approx(0.2)
     claim = no_speedup_above("muon", [at("x1", 1.0, False), at("x8", 3.0, True)])
     assert claim.verdict == "contradicted" and "x8" in claim.why and "extrapolated" in claim.why
+
+
+def test_a_study_without_three_data_scales_says_so_and_still_judges_the_transfer():
+    sweeps = study_sweeps(1.3, gaps=[0.2, 0.2, 0.2, 0.2])
+    sweeps = {name: results[:2] for name, results in sweeps.items()}  # two data scales: no L(D) to fit
+    with pytest.raises(ParamsError, match="no model size has 3 data scales"):
+        compute_speedup(runs_table({"muon": {1e6: 1.3}}, multiples=(1, 2)))  # a runs table: an error
+    result = speedup_from_sweeps(sweeps, replicates=REPLICATES)
+    assert result.curves == [] and result.speedups == []
+    assert any("the fit L(D) = a * D^-b + c needs 3" in line for line in result.skipped)
+    assert [v.hypothesis for v in result.hypotheses] == ["optimal hyperparameters do not transfer between optimizers"]
