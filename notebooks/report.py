@@ -144,11 +144,13 @@ if comparison:
     display(styled(speedup_frame(speedup)))
     if speedup.skipped:
         display(Markdown("Left out: " + "; ".join(speedup.skipped)))
-    display(Markdown(f"{speedup.reference}'s fitted loss against data at each model size, with the coefficients' "
-                     "intervals; the points are every optimizer's tuned loss at the data it trained on."))
-    display(styled(reference_curves_frame(speedup)))
-    plots.reference_curves(reference_curve_lines(speedup), tuned_points(speedup), speedup.reference)
-    plt.show()
+    if speedup.curves:  # none where no model size has three data scales (said in "Left out")
+        display(Markdown(f"{speedup.reference}'s fitted loss against data at each model size, with the "
+                         "coefficients' intervals; the points are every optimizer's tuned loss at the data it "
+                         "trained on."))
+        display(styled(reference_curves_frame(speedup)))
+        plots.reference_curves(reference_curve_lines(speedup), tuned_points(speedup), speedup.reference)
+        plt.show()
     points = speedup_points(speedup)
     if not points.empty:
         plots.speedups(points, speedup.reference)
