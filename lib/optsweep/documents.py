@@ -252,7 +252,18 @@ def stamped(kind: type[DocumentType], content: dict[str, Any], params_hash: str 
 
 
 def sweeps_origin(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the sweeps an analysis rests on were trained with (they agree: see report.require_one_identity)."""
+    """What the sweeps an analysis rests on were trained with (they agree: see `require_one_identity`)."""
     first = sweeps[0]["provenance"] if sweeps else {}
     return {"sweeps": [sweep["scale"]["name"] for sweep in sweeps],
             **{part: first.get(part) for part in TRAINING_IDENTITY}}
+
+
+def require_one_identity(sweeps: list[dict[str, Any]]) -> None:
+    """Sweeps that feed one analysis must have trained on the same data with the same training code."""
+    for part in TRAINING_IDENTITY:
+        seen: dict[Any, list[str]] = {}
+        for sweep in sweeps:
+            seen.setdefault(sweep["provenance"].get(part), []).append(sweep["scale"]["name"])
+        if len(seen) > 1:
+            groups = "; ".join(f"{', '.join(names)}: {value}" for value, names in seen.items())
+            raise ParamsError(f"sweeps disagree on {part} ({groups}); re-run the stale scales' sweeps")

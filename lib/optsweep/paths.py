@@ -77,10 +77,13 @@ class ProjectPaths:
         """The paths of another optimizer's study (None: the study's own)."""
         return dataclasses.replace(self, optimizer=name)
 
+    def _own(self, folder: Path) -> Path:
+        """`folder` for the study's own optimizer, `folder/optimizers/<name>` for another one."""
+        return folder if self.optimizer is None else folder / "optimizers" / self.optimizer
+
     @property
     def results(self) -> Path:
-        results = self.root / "results"
-        return results if self.optimizer is None else results / "optimizers" / self.optimizer
+        return self._own(self.root / "results")
 
     @property
     def sensitivity(self) -> Path:
@@ -102,8 +105,7 @@ class ProjectPaths:
 
     @property
     def reports(self) -> Path:
-        reports = self.root / "reports"
-        return reports if self.optimizer is None else reports / "optimizers" / self.optimizer
+        return self._own(self.root / "reports")
 
     @property
     def report(self) -> Path:

@@ -14,8 +14,8 @@ from pandas.io.formats.style import Styler
 from .analysis import predict
 from .analysis.speedup import Interval, SpeedupResult
 from .analysis.table import hparam_names
-from .config import ParamsError, StudyParams, load_params
-from .documents import TRAINING_IDENTITY
+from .config import StudyParams, load_params
+from .documents import require_one_identity
 from .jsonio import read_json
 from .paths import SWEEP_FOLDERS, ProjectPaths, enter_root
 
@@ -59,17 +59,6 @@ def load_sweeps(folder: Path, names: list[str]) -> list[dict[str, Any]]:
     sweeps = [read_json(folder / f"{name}.json") for name in names if (folder / f"{name}.json").is_file()]
     require_one_identity(sweeps)
     return sweeps
-
-
-def require_one_identity(sweeps: list[dict[str, Any]]) -> None:
-    """Sweeps that feed one analysis must have trained on the same data with the same training code."""
-    for part in TRAINING_IDENTITY:
-        seen: dict[Any, list[str]] = {}
-        for sweep in sweeps:
-            seen.setdefault(sweep["provenance"].get(part), []).append(sweep["scale"]["name"])
-        if len(seen) > 1:
-            groups = "; ".join(f"{', '.join(names)}: {value}" for value, names in seen.items())
-            raise ParamsError(f"sweeps disagree on {part} ({groups}); re-run the stale scales' sweeps")
 
 
 def slices_frame(sweeps: list[dict[str, Any]]) -> pd.DataFrame:

@@ -453,7 +453,7 @@ def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun
                      grown: dict[str, int]) -> list[dict[str, Any]]:
     """For each free hyperparameter whose best value is a grid edge: the value one grid step further, when it
     is valid and the grid has grown fewer than `search.extend_edges` times at that end."""
-    added = []
+    added, integers = [], params.integer_hparams()
     for h in space.free:
         values = sorted(space.grid[h])
         if len(values) < 2 or best.status != RunStatus.OK or best.hparams[h] not in (values[0], values[-1]):
@@ -463,7 +463,7 @@ def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun
             continue
         edge, neighbour = (values[0], values[1]) if end == "low" else (values[-1], values[-2])
         value = next_value_past_edge(h, edge, neighbour)
-        value = int(round(value)) if h in params.integer_hparams() else value
+        value = int(round(value)) if h in integers else value
         try:
             params.hparams_with({h: value}, key=f"search.extend_edges: {h}")
         except ParamsError:
@@ -551,15 +551,15 @@ def _transferred_optimum(params: StudyParams, scale_name: str, best: EvaluatedRu
     if path is None or not path.is_file() or best.status != RunStatus.OK:
         return None
     source = read_document(path, SweepResult)
-    carried = [h for h in best.hparams if h in source.best and source.best[h] != best.hparams[h]]
+    carried = [h for h in best.hparams if h in source.best]
     hparams = {**best.hparams, **{h: source.best[h] for h in carried}}
     try:
         params.hparams_with(hparams, key=f"{path}: best")
     except ParamsError:
         return None  # a value outside this optimizer's domain cannot be carried over
     run = evaluator.evaluate([hparams])[0]
-    return {"source": source.optimizer, "carried": [h for h in best.hparams if h in source.best], "hparams": hparams,
-            "loss": run.loss, "status": run.status, "tuned_loss": best.loss}
+    return {"source": source.optimizer, "carried": carried, "hparams": hparams, "loss": run.loss,
+            "status": run.status, "tuned_loss": best.loss}
 
 
 def _compute(evaluator: RunEvaluator, wall_s: float) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from scipy.stats import norm
 
 from ..axes import declare_axes
 from ..config import ParamsError
-from ..documents import Provenance, SensitivityResult, SweepResult, as_json
+from ..documents import Provenance, SensitivityResult, SweepResult, as_json, require_one_identity
 from ..jsonio import write_json
 from ..provenance import provenance
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
@@ -470,8 +470,6 @@ def speedup_from_sweeps(
 def require_same_training(sweeps: dict[str, list[SweepResult]]) -> None:
     """Every sweep trained on the same data with the same trainer and training code, whatever its optimizer
     (one-line `ParamsError` naming the scales otherwise)."""
-    from ..report import require_one_identity  # report.py reads the analysis: imported here, not at the top
-
     require_one_identity([
         {"provenance": as_json(sweep)["provenance"], "scale": {"name": f"{optimizer} {sweep.scale['name']}"}}
         for optimizer, results in sweeps.items() for sweep in results
