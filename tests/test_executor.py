@@ -7,7 +7,7 @@ import os
 import pytest
 
 from optsweep.config import ParamsError, StudySettings
-from optsweep.executor import Executor, Task, worker_environments
+from optsweep.executor import Executor, Task, WaitingTasks, worker_environments
 
 
 def tasks(count: int) -> list[Task]:
@@ -110,3 +110,22 @@ def test_an_interrupt_terminates_the_workers():
                 pids = [worker.process.pid for worker in executor._workers]
                 raise KeyboardInterrupt
     assert all(gone(pid) for pid in pids)
+
+
+def test_waiting_tasks_start_retries_then_the_nearest_finished_line_then_speculation():
+    """A search moves on only when its whole line is back: the batch with the fewest tasks left goes first."""
+    def keyed(*keys):
+        return [Task(key, {}) for key in keys]
+
+    waiting = WaitingTasks(keyed("a1", "a2", "a3"))
+    waiting.add(keyed("b1", "b2"))
+    waiting.add(keyed("s1"), speculative=True)
+    waiting.add(keyed("c1", "c2"))
+    first = waiting.pop()
+    waiting.retry(first[0], 2)
+    order = []
+    while waiting:
+        task, attempt = waiting.pop()
+        order.append((task.key, attempt))
+    assert first == (Task("b1", {}), 1)
+    assert order == [("b1", 2), ("b2", 1), ("c1", 1), ("c2", 1), ("a1", 1), ("a2", 1), ("a3", 1), ("s1", 1)]

@@ -288,6 +288,21 @@ def test_an_optimum_on_a_grid_edge_extends_the_grid_by_its_own_step_and_records_
     assert [point["value"] for point in result["slices"]["lr"]] == [1e-3, 3e-3, 9e-3, 2.7e-2]
 
 
+def test_the_steps_past_several_edges_train_side_by_side_from_the_optimum_they_extend(tmp_path, monkeypatch):
+    """lr and weight decay both peak past the tops of their grids: both steps go out as one batch from that
+    optimum, so two workers train them at the same time (the sleeper's runs record when they ran)."""
+    monkeypatch.setenv("SYNTH_SLEEP", "0.5")
+    result = sweep(tmp_path, "sleeper", grid={"lr": [1e-3, 3e-3], "weight_decay": [0.05, 0.1]},
+                   search={"passes": 3, "tolerance": 1e-3, "extend_edges": 1}, study_workers=2)
+    steps = result["grid_extensions"]
+    assert {(e["hparam"], e["value"]) for e in steps} == {("lr", 9e-3), ("weight_decay", 0.2)}
+    edge_optimum = next(run["hparams"] for run in result["runs"] if run["loss"] == steps[0]["edge_loss"])
+    ran = {json.dumps(run["hparams"], sort_keys=True): run["result"] for run in result["runs"]}
+    (first, second) = (ran[json.dumps({**edge_optimum, e["hparam"]: e["value"]}, sort_keys=True)] for e in steps)
+    assert first["started"] < second["ended"] and second["started"] < first["ended"]
+    assert (result["best"]["lr"], result["best"]["weight_decay"]) == (9e-3, 0.2)
+
+
 def test_edge_extension_stops_at_the_limit_and_at_the_domain(tmp_path):
     limited = sweep(tmp_path / "limit", "bowl", grid={"lr": [1e-4, 3e-4]},
                     baseline={**RIDGE["baseline"], "lr": 1e-4, "weight_decay": 0.2, "beta2": 0.99},

@@ -172,18 +172,21 @@ def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[st
 
 
 class TaskInbox:
-    """Tasks handed to a serving pool by other threads; `finished` once closed and empty. Speculative tasks
-    (runs a search will probably need next) wait behind every task that a search is waiting for."""
+    """Tasks handed to a serving pool by other threads, one batch per submission (a search's line); `finished`
+    once closed and empty."""
 
     def __init__(self) -> None:
-        self._tasks: list[Task] = []
+        self._batches: list[list[Task]] = []
         self._speculative: list[Task] = []
         self._closed = False
         self._changed = threading.Condition()
 
     def submit(self, tasks: list[Task], speculative: bool = False) -> None:
         with self._changed:
-            (self._speculative if speculative else self._tasks).extend(tasks)
+            if speculative:
+                self._speculative.extend(tasks)
+            elif tasks:
+                self._batches.append(list(tasks))
             self._changed.notify_all()
 
     def close(self) -> None:
@@ -191,21 +194,64 @@ class TaskInbox:
             self._closed = True
             self._changed.notify_all()
 
-    def take(self) -> tuple[list[Task], list[Task]]:
-        """(tasks waited for, speculative tasks) submitted since the last call."""
+    def take(self) -> tuple[list[list[Task]], list[Task]]:
+        """(batches of tasks waited for, speculative tasks) submitted since the last call."""
         with self._changed:
-            taken = (self._tasks, self._speculative)
-            self._tasks, self._speculative = [], []
+            taken = (self._batches, self._speculative)
+            self._batches, self._speculative = [], []
             return taken
 
     def wait(self, timeout: float) -> None:
         with self._changed:
-            if not self._tasks and not self._speculative and not self._closed:
+            if not self._batches and not self._speculative and not self._closed:
                 self._changed.wait(timeout)
 
     def finished(self) -> bool:
         with self._changed:
-            return self._closed and not self._tasks and not self._speculative
+            return self._closed and not self._batches and not self._speculative
+
+
+class WaitingTasks:
+    """The tasks a pool has yet to start, in the order they start: retries first (their runs had started),
+    then a task of the batch with the fewest tasks still waiting, oldest first among equals (a search moves
+    on only once its whole line is back, so finishing lines first keeps more searches submitting work), and
+    speculative tasks last, on workers that nothing else needs."""
+
+    def __init__(self, tasks: list[Task] | None = None) -> None:
+        self._retries: collections.deque[tuple[Task, int]] = collections.deque()
+        self._batches: list[collections.deque[Task]] = []
+        self._speculative: collections.deque[Task] = collections.deque()
+        self.add(tasks or [])
+
+    def add(self, batch: list[Task], speculative: bool = False) -> None:
+        if speculative:
+            self._speculative.extend(batch)
+        elif batch:
+            self._batches.append(collections.deque(batch))
+
+    def take_from(self, inbox: TaskInbox) -> None:
+        batches, speculative = inbox.take()
+        for batch in batches:
+            self.add(batch)
+        self.add(speculative, speculative=True)
+
+    def retry(self, task: Task, attempt: int) -> None:
+        self._retries.append((task, attempt))
+
+    def __bool__(self) -> bool:
+        return bool(self._retries or self._batches or self._speculative)
+
+    def pop(self) -> tuple[Task, int]:
+        """The next task to start and its attempt number."""
+        if self._retries:
+            return self._retries.popleft()
+        if self._batches:
+            shortest = min(range(len(self._batches)), key=lambda i: len(self._batches[i]))
+            task = self._batches[shortest].popleft()
+            if not self._batches[shortest]:
+                del self._batches[shortest]
+            return task, 1
+        return self._speculative.popleft(), 1
 
 
 # --- the pool --------------------------------------------------------------------------------------------
@@ -362,19 +408,16 @@ class Executor:
     def _run_pool(self, tasks: list[Task], inbox: TaskInbox | None = None) -> Iterator[Outcome]:
         """Train `tasks`, and with an inbox every task submitted to it until it is closed and drained."""
         self.start()
-        queue: collections.deque[tuple[Task, int]] = collections.deque((task, 1) for task in tasks)
-        spare: collections.deque[tuple[Task, int]] = collections.deque()  # speculative: only on idle workers
+        waiting = WaitingTasks(tasks)
         while True:
             if inbox is not None:
-                waited_for, speculative = inbox.take()
-                queue.extend((task, 1) for task in waited_for)
-                spare.extend((task, 1) for task in speculative)
-            if not queue and not spare and not any(worker.task for worker in self._workers):
+                waiting.take_from(inbox)
+            if not waiting and not any(worker.task for worker in self._workers):
                 if inbox is None or inbox.finished():
                     return
             for worker in list(self._workers):
-                if worker.task is None and (queue or spare):
-                    self._dispatch(worker, *(queue or spare).popleft())
+                if worker.task is None and waiting:
+                    self._dispatch(worker, *waiting.pop())
             busy = [worker for worker in self._workers if worker.task is not None]
             try:
                 with self._interruptible_section():
@@ -389,7 +432,7 @@ class Executor:
                 yield from self._finished_before_interrupt(busy)
                 raise
             for worker in busy:
-                outcome = self._collect(worker, queue)
+                outcome = self._collect(worker, waiting)
                 if outcome is not None:
                     yield outcome
 
@@ -419,8 +462,8 @@ class Executor:
         worker.task, worker.attempts, worker.started = task, attempt, time.perf_counter()
         worker.connection.send(task)
 
-    def _collect(self, worker: _Worker, queue: collections.deque[tuple[Task, int]]) -> Outcome | None:
-        """The worker's outcome if its task is final; a failed attempt with tries left goes back in the queue."""
+    def _collect(self, worker: _Worker, waiting: WaitingTasks) -> Outcome | None:
+        """The worker's outcome if its task is final; a failed attempt with tries left waits to be retried."""
         task, attempt = worker.task, worker.attempts
         try:
             if not worker.connection.poll():
@@ -436,6 +479,6 @@ class Executor:
             code = worker.process.exitcode
             result, error = None, f"worker process died (exit code {code}) while training this run"
         if error is not None and attempt < ATTEMPTS:
-            queue.appendleft((task, attempt + 1))
+            waiting.retry(task, attempt + 1)
             return None
         return Outcome(task.key, task.spec, result, error, attempt, wall)

@@ -41,6 +41,7 @@ from .executor import (
     Outcome,
     Task,
     TaskInbox,
+    WaitingTasks,
     _attempt,
     _limit_torch_threads,
     visible_gpus,
@@ -212,19 +213,16 @@ class RayExecutor(Executor):
 
     def _run(self, tasks: list[Task], inbox: TaskInbox | None) -> Iterator[Outcome]:
         self.start()
-        queue: collections.deque[tuple[Task, int]] = collections.deque((task, 1) for task in tasks)
-        spare: collections.deque[tuple[Task, int]] = collections.deque()  # speculative: only on idle actors
+        waiting = WaitingTasks(tasks)
         running: dict[Any, _Slot] = {}  # object ref of a train() call -> its actor
         while True:
             if inbox is not None:
-                waited_for, speculative = inbox.take()
-                queue.extend((task, 1) for task in waited_for)
-                spare.extend((task, 1) for task in speculative)
-            if not queue and not spare and not running and (inbox is None or inbox.finished()):
+                waiting.take_from(inbox)
+            if not waiting and not running and (inbox is None or inbox.finished()):
                 return
             for slot in self._slots:
-                if slot.task is None and (queue or spare):
-                    task, attempt = (queue or spare).popleft()
+                if slot.task is None and waiting:
+                    task, attempt = waiting.pop()
                     slot.task, slot.attempt, slot.started = task, attempt, time.perf_counter()
                     running[slot.actor.train.remote(task.spec)] = slot
             timeout = self._until_progress() if inbox is None else min(self._until_progress(), INBOX_POLL_S)
@@ -241,7 +239,7 @@ class RayExecutor(Executor):
             if running and self._until_progress() == 0:
                 self._print_progress(running.values())
             for ref in done:
-                outcome = self._collect(ref, running.pop(ref), queue)
+                outcome = self._collect(ref, running.pop(ref), waiting)
                 if outcome is not None:
                     yield outcome
 
@@ -301,8 +299,8 @@ class RayExecutor(Executor):
 
     # collecting outcomes
 
-    def _collect(self, ref: Any, slot: _Slot, queue: collections.deque[tuple[Task, int]]) -> Outcome | None:
-        """The outcome if its task is final; a failed attempt with tries left goes back in the queue."""
+    def _collect(self, ref: Any, slot: _Slot, waiting: WaitingTasks) -> Outcome | None:
+        """The outcome if its task is final; a failed attempt with tries left waits to be retried."""
         task, attempt, place = slot.task, slot.attempt, slot.place
         slot.task = None
         try:
@@ -312,7 +310,7 @@ class RayExecutor(Executor):
             result, error = None, f"Ray worker on {place} died while training this run ({str(died).splitlines()[0]})"
             self._replace(slot)
         if error is not None and attempt < ATTEMPTS:
-            queue.appendleft((task, attempt + 1))
+            waiting.retry(task, attempt + 1)
             return None
         return Outcome(task.key, task.spec, result, error, attempt, wall)
 

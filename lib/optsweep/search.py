@@ -489,6 +489,9 @@ def descend_following_edges(params: StudyParams, space: SearchSpace,
         grid = {h: sorted([*values, *(a["value"] for a in added if a["hparam"] == h)])
                 for h, values in space.grid.items()}
         space = dataclasses.replace(space, grid=grid, baseline=dict(descent.best.hparams))
+        # The steps past the edges are independent of each other: they go out as one batch (the descent below
+        # asks for them one line at a time, and finds them run), so a shared pool trains them side by side.
+        evaluator.evaluate([{**descent.best.hparams, a["hparam"]: a["value"]} for a in added])
         # The passes left (at least one): growing a grid continues the search, it does not restart it.
         remaining = search.model_copy(update={"passes": max(1, search.passes - descent.passes)})
         more = descend(space, remaining, evaluator)
@@ -502,10 +505,11 @@ def descend_following_edges(params: StudyParams, space: SearchSpace,
 
 def _slices(space: SearchSpace, best: EvaluatedRun, evaluator: RunEvaluator) -> dict[str, list[dict[str, Any]]]:
     """The 1-D line through the best along every free hyperparameter (runs any point not yet evaluated)."""
-    slices = {}
-    for h in space.free:
-        line = evaluator.evaluate([{**best.hparams, h: v} for v in space.grid[h]])
-        slices[h] = [{"value": v, "loss": run.loss, "status": run.status} for v, run in zip(space.grid[h], line)]
+    points = [(h, v) for h in space.free for v in space.grid[h]]
+    runs = evaluator.evaluate([{**best.hparams, h: v} for h, v in points])  # one batch: the lines are independent
+    slices: dict[str, list[dict[str, Any]]] = {h: [] for h in space.free}
+    for (h, v), run in zip(points, runs):
+        slices[h].append({"value": v, "loss": run.loss, "status": run.status})
     return slices
 
 
