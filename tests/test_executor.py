@@ -112,20 +112,32 @@ def test_an_interrupt_terminates_the_workers():
     assert all(gone(pid) for pid in pids)
 
 
+def drain(waiting: WaitingTasks) -> list[tuple[str, int]]:
+    order = []
+    while waiting:
+        task, attempt = waiting.pop()
+        order.append((task.key, attempt))
+    return order
+
+
+def keyed(*keys: str) -> list[Task]:
+    return [Task(key, {}) for key in keys]
+
+
 def test_waiting_tasks_start_retries_then_the_nearest_finished_line_then_speculation():
     """A search moves on only when its whole line is back: the batch with the fewest tasks left goes first."""
-    def keyed(*keys):
-        return [Task(key, {}) for key in keys]
-
-    waiting = WaitingTasks(keyed("a1", "a2", "a3"))
+    waiting = WaitingTasks(8, keyed("a1", "a2", "a3"))
     waiting.add(keyed("b1", "b2"))
     waiting.add(keyed("s1"), speculative=True)
     waiting.add(keyed("c1", "c2"))
     first = waiting.pop()
     waiting.retry(first[0], 2)
-    order = []
-    while waiting:
-        task, attempt = waiting.pop()
-        order.append((task.key, attempt))
     assert first == (Task("b1", {}), 1)
-    assert order == [("b1", 2), ("b2", 1), ("c1", 1), ("c2", 1), ("a1", 1), ("a2", 1), ("a3", 1), ("s1", 1)]
+    assert drain(waiting) == [("b1", 2), ("b2", 1), ("c1", 1), ("c2", 1), ("a1", 1), ("a2", 1), ("a3", 1), ("s1", 1)]
+
+
+def test_a_line_passed_over_by_patience_tasks_of_younger_lines_goes_first():
+    waiting = WaitingTasks(2, keyed("a1", "a2", "a3"))
+    for key in ("b", "c", "d"):
+        waiting.add(keyed(key))
+    assert drain(waiting) == [("b", 1), ("c", 1), ("a1", 1), ("a2", 1), ("a3", 1), ("d", 1)]

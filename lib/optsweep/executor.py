@@ -211,15 +211,25 @@ class TaskInbox:
             return self._closed and not self._batches and not self._speculative
 
 
-class WaitingTasks:
-    """The tasks a pool has yet to start, in the order they start: retries first (their runs had started),
-    then a task of the batch with the fewest tasks still waiting, oldest first among equals (a search moves
-    on only once its whole line is back, so finishing lines first keeps more searches submitting work), and
-    speculative tasks last, on workers that nothing else needs."""
+@dataclasses.dataclass
+class _Batch:
+    tasks: collections.deque[Task]
+    passed_over: int = 0  # tasks of younger batches started while this one waited
 
-    def __init__(self, tasks: list[Task] | None = None) -> None:
+
+class WaitingTasks:
+    """The tasks a pool has yet to start, in the order they start:
+    1. retries (their runs had started);
+    2. a task of the batch with the fewest tasks still waiting, the oldest among equals: a search moves on only
+       once its whole line is back, so finishing lines first keeps the most searches submitting work; but a
+       batch passed over by `patience` tasks of younger batches goes first, so that no search starves behind
+       the others' short lines (and is left to run its chain of lines alone at the end);
+    3. speculative tasks, on workers that nothing else needs."""
+
+    def __init__(self, patience: int, tasks: list[Task] | None = None) -> None:
+        self.patience = patience
         self._retries: collections.deque[tuple[Task, int]] = collections.deque()
-        self._batches: list[collections.deque[Task]] = []
+        self._batches: list[_Batch] = []
         self._speculative: collections.deque[Task] = collections.deque()
         self.add(tasks or [])
 
@@ -227,7 +237,7 @@ class WaitingTasks:
         if speculative:
             self._speculative.extend(batch)
         elif batch:
-            self._batches.append(collections.deque(batch))
+            self._batches.append(_Batch(collections.deque(batch)))
 
     def take_from(self, inbox: TaskInbox) -> None:
         batches, speculative = inbox.take()
@@ -246,10 +256,14 @@ class WaitingTasks:
         if self._retries:
             return self._retries.popleft()
         if self._batches:
-            shortest = min(range(len(self._batches)), key=lambda i: len(self._batches[i]))
-            task = self._batches[shortest].popleft()
-            if not self._batches[shortest]:
-                del self._batches[shortest]
+            chosen = next((i for i, batch in enumerate(self._batches) if batch.passed_over >= self.patience),
+                          min(range(len(self._batches)), key=lambda i: len(self._batches[i].tasks)))
+            for older in self._batches[:chosen]:
+                older.passed_over += 1
+            batch = self._batches[chosen]
+            task = batch.tasks.popleft()
+            if not batch.tasks:
+                del self._batches[chosen]
             return task, 1
         return self._speculative.popleft(), 1
 
@@ -408,7 +422,7 @@ class Executor:
     def _run_pool(self, tasks: list[Task], inbox: TaskInbox | None = None) -> Iterator[Outcome]:
         """Train `tasks`, and with an inbox every task submitted to it until it is closed and drained."""
         self.start()
-        waiting = WaitingTasks(tasks)
+        waiting = WaitingTasks(len(self._workers), tasks)  # one wave of runs: see WaitingTasks
         while True:
             if inbox is not None:
                 waiting.take_from(inbox)

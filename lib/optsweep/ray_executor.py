@@ -213,7 +213,7 @@ class RayExecutor(Executor):
 
     def _run(self, tasks: list[Task], inbox: TaskInbox | None) -> Iterator[Outcome]:
         self.start()
-        waiting = WaitingTasks(tasks)
+        waiting = WaitingTasks(len(self._slots), tasks)  # one wave of runs: see WaitingTasks
         running: dict[Any, _Slot] = {}  # object ref of a train() call -> its actor
         while True:
             if inbox is not None:
