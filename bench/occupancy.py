@@ -1,6 +1,7 @@
 """Device occupancy of phase 1: one sweep per scale after another (before) against all scales on one pool (after).
 
     .venv/bin/python bench/occupancy.py [--workers 8] [--sleep 1.0] [--params params/presets/paper.yaml]
+                                        [--stop-rule pass|neighbourhood] [--repeats 1]
 
 The study is the paper preset's phase 1 (its three scales, grids, baseline and search settings) with a
 synthetic trainer whose runs all take `--sleep` seconds (the bowl loss surface decides the search path),
@@ -8,13 +9,16 @@ on `--workers` worker processes. Occupancy = the seconds of training done / (wor
 wall time counting worker start-up; "while searching" counts only the span from the first run's start to the
 last run's end, so it leaves out worker start-up (seconds here, against runs of hours on a GPU). "Before"
 runs `run_sweep` for each scale in turn, as DVC's per-scale stages did; "after" runs `run_phase`, the
-`sweeps` stage of dvc.yaml.
+`sweeps` stage of dvc.yaml. With equal-length runs the scales' lines end within milliseconds of each other,
+and which line a freed worker sees first decides whether phase 1 takes one wave of runs more or less:
+`--repeats N` runs "after" N times and prints each figure and their mean.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,13 +59,16 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params/presets/paper.yaml"))
     parser.add_argument("--stop-rule", choices=["pass", "neighbourhood"], default=None,
                         help="search.stop_rule (default: the params file's)")
+    parser.add_argument("--repeats", type=int, default=1, help="times to run 'after' (its figure varies)")
     args = parser.parse_args()
     os.environ["SYNTH_SLEEP"] = str(args.sleep)
     rule = args.stop_rule or "as in the params"
     print(f"phase 1 of {args.params} ({args.workers} workers, {args.sleep:g} s per run, stop rule {rule})")
+    modes = ["before: one scale after another"] + ["after: all scales on one pool"] * args.repeats
+    figures: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("before: one scale after another", "after: all scales on one pool"):
-            folder = Path(tmp) / mode.split(":")[0]
+        for i, mode in enumerate(modes):
+            folder = Path(tmp) / str(i)
             params = validate_params(synthetic_study(args.params, folder / "runs", args.workers, args.stop_rule))
             start = time.perf_counter()
             if mode.startswith("before"):
@@ -72,9 +79,16 @@ def main() -> None:
                 trained = sum(result.compute.runs_trained for result in results.values())
             wall = time.perf_counter() - start
             span = searching_span(folder / "runs")
-            print(f"{mode:<34} {trained:4d} runs in {wall:7.1f} s: occupancy "
-                  f"{occupancy(trained, args.sleep, args.workers, wall):6.1%}; while searching ({span:.1f} s) "
-                  f"{occupancy(trained, args.sleep, args.workers, span):6.1%}")
+            busy = (occupancy(trained, args.sleep, args.workers, wall),
+                    occupancy(trained, args.sleep, args.workers, span))
+            figures.setdefault(mode, []).append(busy)
+            print(f"{mode:<34} {trained:4d} runs in {wall:7.1f} s: occupancy {busy[0]:6.1%}; "
+                  f"while searching ({span:.1f} s) {busy[1]:6.1%}")
+    if args.repeats > 1:
+        after = figures[modes[-1]]
+        print(f"after, mean of {len(after)}: occupancy {statistics.mean(f[0] for f in after):6.1%}; while searching "
+              f"{statistics.mean(f[1] for f in after):6.1%} (from {min(f[1] for f in after):.1%} "
+              f"to {max(f[1] for f in after):.1%})")
 
 
 if __name__ == "__main__":
