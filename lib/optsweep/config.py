@@ -350,7 +350,7 @@ class StudyParams(Strict):
         shared = set(self.scales) & set(self.law_scales)
         if shared:
             raise ValueError(f"scale {sorted(shared)[0]!r} is in both 'scales' and 'law_scales'")
-        self.hparams_with({}, key="baseline")
+        warmup = self.hparams_with({}, key="baseline")["warmup"]
         for name, values in self.grid.items():
             for value in values:
                 self.hparams_with({name: value}, key=f"grid.{name}")
@@ -363,7 +363,6 @@ class StudyParams(Strict):
         if not self.search_order():
             names = ", ".join(self.grid)
             raise ValueError(f"search: 'order' and 'free' leave nothing to search; name some of: {names}")
-        warmup = self.hparams_with({})["warmup"]
         for name, scale in self.all_scales().items():
             self._check_micro_batch(name, scale)
             steps = scale.steps(self.baseline.get("batch_size"))
