@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from optsweep.analysis import analyze_sensitivity
-from synthetic_tables import Truth, constant, run_table, scale_grid, sqrt2_grid
+from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])  # widths x2, token budgets x4
 

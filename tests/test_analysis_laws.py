@@ -12,7 +12,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, analyze_table, fit_scaling_laws, predict
 from optsweep.cli import main
 from optsweep.config import ParamsError, load_params
-from synthetic_tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
+from optsweep.testing.tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_LAW = {"prefactor": 1.79, "N": -0.713, "D": 0.307}  # Step Law (arXiv 2503.04715)

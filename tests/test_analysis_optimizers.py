@@ -12,7 +12,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws, runs_table_from_sweeps
 from optsweep.analysis.speedup import SpeedupResult
 from optsweep.cli import main
-from synthetic_tables import CHINCHILLA, Truth, constant, run_table, scale_grid, sqrt2_grid
+from optsweep.testing.tables import CHINCHILLA, Truth, constant, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])
 

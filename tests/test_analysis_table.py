@@ -11,7 +11,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, load_runs_table, runs_table_from_sweeps
 from optsweep.cli import main
 from optsweep.config import ParamsError
-from synthetic_tables import Truth, constant, run_table, scale_grid
+from optsweep.testing.tables import Truth, constant, run_table, scale_grid
 
 
 def small_table() -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""Synthetic run tables from known truths, shared by the tests and the benchmarks."""
