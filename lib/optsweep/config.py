@@ -294,14 +294,17 @@ class AnalysisSettings(Strict):
 
     threshold: float = Field(0.0025, gt=0, description="loss a hyperparameter must cost to matter")
     threshold_kind: Literal["absolute", "relative"] = "relative"
-    use_seed_noise: bool = Field(
-        True, description="floor the threshold at the measured noise (from seeds and the surface scatter)"
+    noise: float | None = Field(
+        None, gt=0, description="the known run-to-run std of one config's loss (decides over seeds and differences)"
+    )
+    noise_kind: Literal["absolute", "relative"] = Field(
+        "absolute", description="noise in loss units, or as a fraction of each scale's best loss"
     )
     divergence_rise: float = Field(
         0.5, gt=0, description="a finite loss this much (relative) above its scale's best is counted as diverged"
     )
     significance: float = Field(
-        0.05, gt=0, lt=1, description="family-wise error of the sensitive verdicts (Bonferroni over comparisons)"
+        0.05, gt=0, lt=1, description="family-wise error of the sensitive verdicts (Holm over hyperparameters)"
     )
     laws_for: list[str] = Field(
         default_factory=list, description="hyperparameters to fit a law for even when they are not sensitive"

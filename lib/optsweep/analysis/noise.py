@@ -1,120 +1,159 @@
-"""How noisy a config's loss is, measured from the table itself.
+"""How noisy one config's loss is, and where that figure came from.
 
-A verdict is only as good as the noise it is judged against, and many studies run one seed per config. So
-the noise is measured two ways and pooled when both exist:
-- *surface scatter*: at each scale, a local quadratic surface (on the natural axes, with the cross terms
-  the design supports) is fitted by OLS to the configs within `WINDOW` grid steps of the best one; the
-  residual variance is the noise of one config's loss. The true surface is smooth there, so what the
-  quadratic cannot follow is noise.
-- *seeds*: configs run on several seeds (the paired noise when configs share seeds: common random numbers).
-Noise is treated as relative to the loss (pooled over scales as a fraction of each scale's best loss),
-which is how run-to-run noise behaves across model sizes.
+A verdict is only as good as the noise it is judged against, and the scatter of runs about a fitted curve
+is lack of fit plus noise, so it is never used. In order of precedence:
+- *stated*: `analysis.noise` (absolute, or relative to each scale's best loss), for a lab that knows it;
+- *seeds*: configs run on several seeds, paired under common random numbers (config and seed effects
+  removed), on their own;
+- *differences*: every four neighbouring grid values along one hyperparameter (all others equal, all four
+  finished) give one contrast orthogonal to a quadratic on the natural axis, of unit length: a smooth
+  landscape (a parabola, a plateau, a straight flank) cancels from it and leaves the noise. Their median
+  absolute value / 0.6745 is the noise, so a few contrasts across a step or a cliff do not move it;
+- *none*: nothing could measure it; the configured threshold then decides alone, and the output says so.
+Noise is relative to each scale's best loss (run-to-run noise scales with the loss), unless stated
+absolute.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
+from scipy.stats import norm
 
 from ..axes import to_axis
+from ..config import AnalysisSettings
 from .table import seed_noise
 
-WINDOW = 2  # grid steps each side of the best config: local enough that the surface is close to a quadratic
+NoiseSource = Literal["stated", "seeds", "differences", "none"]
+WINDOW = 4  # neighbouring grid values per contrast: the fewest that a quadratic does not fit exactly
+MIN_CONTRASTS = 3  # fewer and a median says little
+MEDIAN_ABS_NORMAL = float(norm.ppf(0.75))  # median |z| of a standard normal
 
 
 @dataclass(frozen=True)
 class Noise:
-    """The measured noise of one config's loss, relative to its scale's best loss, and where it came from."""
+    """The noise of one config's loss (relative to its scale's best loss, or absolute when stated so)."""
 
-    relative: float  # std of one config's loss / the scale's best loss (0 when nothing measured it)
-    dof: int
-    surface: dict[str, dict[str, float | int | None]]  # per scale: own std and dof from the surface scatter
-    seeds: dict[str, Any] | None  # `seed_noise(table)`
+    source: NoiseSource
+    relative: float  # std / the scale's best loss (for an absolute stated noise: / the mean best loss)
+    absolute: float | None  # a stated absolute std, the same at every scale
+    dof: int  # seed residual degrees of freedom, or the number of contrasts
+    estimates: dict[str, dict[str, Any] | None]
     best_loss: dict[str, float]
+
+    @property
+    def measured(self) -> bool:
+        """Whether some noise figure exists to test against (a zero one means every shift is real)."""
+        return self.source != "none"
 
     def config_std(self, scale: str) -> float:
         """Std of one config's loss at `scale`."""
-        return self.relative * self.best_loss[scale]
+        return self.absolute if self.absolute is not None else self.relative * self.best_loss[scale]
 
     def difference_std(self, scale: str) -> float:
         """Std of the difference between two configs' losses at `scale`."""
         return math.sqrt(2.0) * self.config_std(scale)
 
-    @property
-    def sources(self) -> list[str]:
-        """What measured the noise: "surface" (scatter about the local fits), "seeds", both or neither."""
-        return [name for name, present in (("surface", self._surface_dof() > 0), ("seeds", self.seeds)) if present]
-
     def as_dict(self) -> dict[str, Any]:
+        seeds = self.estimates.get("seeds")
         return {
+            "source": self.source,
             "relative_std": self.relative,
             "dof": self.dof,
-            "sources": self.sources,
-            "per_scale": {
-                scale: {"config_std": self.config_std(scale), "difference_std": self.difference_std(scale),
-                        "surface_std": self.surface.get(scale, {}).get("std"),
-                        "surface_dof": self.surface.get(scale, {}).get("dof", 0)}
-                for scale in self.best_loss
-            },
-            # kept at the top level: the seed-based figures earlier readers used
-            **({"std": self.seeds["std"], "paired_std": self.seeds["paired_std"]} if self.seeds else {}),
-            "seeds": self.seeds,
+            "sources": [self.source] if self.measured else [],
+            "estimates": self.estimates,
+            "per_scale": {scale: {"config_std": self.config_std(scale), "difference_std": self.difference_std(scale)}
+                          for scale in self.best_loss},
+            # the seed figures in loss units, where earlier readers found them
+            **({"std": seeds["std"], "paired_std": seeds["paired_std"]} if seeds else {}),
+            "seeds": seeds,
         }
 
-    def _surface_dof(self) -> int:
-        return sum(int(s.get("dof") or 0) for s in self.surface.values())
+
+def measure_noise(
+    table: pd.DataFrame, configs: pd.DataFrame, best_loss: pd.Series, swept: list[str],
+    settings: AnalysisSettings | None = None,
+) -> Noise:
+    """Every estimate the table (and the settings) allow; the first of stated, seeds, differences decides."""
+    settings = settings or AnalysisSettings()
+    best = {str(k): float(v) for k, v in best_loss.items()}
+    estimates = {"stated": stated_noise(settings, best), "seeds": relative_seed_noise(table, best),
+                 "differences": difference_noise(configs, swept, best)}
+    for source in ("stated", "seeds", "differences"):
+        found = estimates[source]
+        if found is not None:
+            return Noise(source, found["relative_std"], found.get("absolute_std"), found["dof"], estimates, best)
+    return Noise("none", 0.0, None, 0, estimates, best)
 
 
-def measure_noise(table: pd.DataFrame, configs: pd.DataFrame, best_loss: pd.Series, swept: list[str]) -> Noise:
-    """Pool the surface scatter of every scale and the seed noise (both relative to the best loss)."""
-    surface = {str(scale): surface_scatter(rows, swept) for scale, rows in configs.groupby("scale", sort=False)}
-    squares = sum((s["std"] / best_loss[scale]) ** 2 * s["dof"] for scale, s in surface.items() if s["dof"])
-    dof = sum(s["dof"] for s in surface.values())
-    seeds = seed_noise(table)
-    if seeds is not None:
-        # The noise of a compared config: the paired one under common random numbers (per config, / sqrt 2).
-        per_config = seeds["paired_std"] / math.sqrt(2.0) if seeds["paired_std"] else seeds["std"]
-        squares += (per_config / float(best_loss.mean())) ** 2 * seeds["dof"]
-        dof += seeds["dof"]
-    relative = math.sqrt(squares / dof) if dof else 0.0
-    return Noise(relative, int(dof), surface, seeds, {str(k): float(v) for k, v in best_loss.items()})
+def stated_noise(settings: AnalysisSettings, best_loss: dict[str, float]) -> dict[str, Any] | None:
+    """`analysis.noise` as a relative std (and the absolute std when it was stated in loss units)."""
+    if settings.noise is None:
+        return None
+    if settings.noise_kind == "relative":
+        return {"relative_std": settings.noise, "dof": 0, "kind": "relative"}
+    mean_best = float(np.mean(list(best_loss.values())))
+    return {"relative_std": settings.noise / mean_best, "absolute_std": settings.noise, "dof": 0, "kind": "absolute"}
 
 
-def surface_scatter(configs: pd.DataFrame, swept: list[str]) -> dict[str, float | int | None]:
-    """Residual std (and its degrees of freedom) of one scale's config losses about a local quadratic."""
-    finite = configs[configs["loss"].notna()]
-    if finite.empty:
-        return {"std": None, "dof": 0}
-    center = finite.loc[finite["loss"].idxmin()]
-    near = pd.Series(True, index=finite.index)
-    axes = {}
-    for h in swept:
-        grid = np.sort(configs[h].unique())
-        if len(grid) < 2:
+def relative_seed_noise(table: pd.DataFrame, best_loss: dict[str, float]) -> dict[str, Any] | None:
+    """The seed noise of one compared config, relative to its scale's best loss, beside the figures in loss
+    units (`seed_noise`). Under common random numbers the paired std / sqrt 2 is what a comparison sees."""
+    absolute = seed_noise(table)
+    if absolute is None:
+        return None
+    scaled = seed_noise(table.assign(loss=table["loss"] / table["scale"].map(best_loss)))
+    assert scaled is not None  # the same configs have several seeds
+    paired = scaled["paired_std"]
+    per_config = paired / math.sqrt(2.0) if paired is not None else scaled["std"]
+    method = "paired under common random numbers" if paired is not None else "about each config's mean"
+    dof = absolute["dof"]
+    return {**absolute, "relative_std": float(per_config), "dof": dof, "method": method}
+
+
+def difference_noise(configs: pd.DataFrame, swept: list[str], best_loss: dict[str, float]) -> dict[str, Any] | None:
+    """The median-absolute contrast of every four neighbouring finished grid values (None: fewer than
+    `MIN_CONTRASTS` of them), relative to each scale's best loss."""
+    contrasts: list[float] = []
+    for scale, rows in configs.groupby("scale", sort=False):
+        for hparam in swept:
+            for line in _lines(rows, hparam, swept):
+                contrasts += list(line_contrasts(hparam, line) / best_loss[str(scale)])
+    if len(contrasts) < MIN_CONTRASTS:
+        return None
+    relative = float(np.median(np.abs(contrasts)) / MEDIAN_ABS_NORMAL)
+    return {"relative_std": relative, "dof": len(contrasts), "contrasts": len(contrasts),
+            "method": f"median |contrast| / {MEDIAN_ABS_NORMAL:.4f} over {WINDOW} neighbouring grid values"}
+
+
+def _lines(rows: pd.DataFrame, hparam: str, swept: list[str]) -> list[pd.DataFrame]:
+    """The runs of one scale that share every other swept hyperparameter, one frame per such line."""
+    others = [h for h in swept if h != hparam]
+    groups = [frame for _, frame in rows.groupby(others, sort=False)] if others else [rows]
+    return [g for g in groups if g[hparam].nunique() >= WINDOW]
+
+
+def line_contrasts(hparam: str, line: pd.DataFrame) -> np.ndarray:
+    """One unit-length contrast orthogonal to (1, x, x^2) per window of `WINDOW` neighbouring finished runs."""
+    x = to_axis(hparam, line[hparam].to_numpy(float))
+    order = np.argsort(x)
+    x, y = x[order], line["loss"].to_numpy(float)[order]
+    out = []
+    for start in range(len(x) - WINDOW + 1):
+        xs, ys = x[start:start + WINDOW], y[start:start + WINDOW]
+        if np.isnan(ys).any():
             continue
-        index = np.searchsorted(grid, finite[h].to_numpy())
-        near &= np.abs(index - np.searchsorted(grid, center[h])) <= WINDOW
-        axes[h] = to_axis(h, finite[h]) - float(to_axis(h, center[h]))
-    local = finite[near]
-    design = {"const": np.ones(len(local))}
-    for h, x in axes.items():
-        x = np.asarray(x)[near.to_numpy()]
-        design[h] = x
-        design[f"{h}^2"] = x**2
-    for g, h in itertools.combinations(axes, 2):
-        design[f"{g}*{h}"] = design[g] * design[h]
-    frame = pd.DataFrame(design, index=local.index)
-    frame = frame.loc[:, (np.ptp(frame.to_numpy(), axis=0) > 0) | (frame.columns == "const")]
-    if len(local) <= np.linalg.matrix_rank(frame.to_numpy()):
-        return {"std": None, "dof": 0}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a rank-deficient window is fine: the residual dof use the rank
-        fit = sm.OLS(local["loss"].to_numpy(float), frame).fit()
-    return {"std": float(math.sqrt(max(fit.scale, 0.0))), "dof": int(round(fit.df_resid))}
+        out.append(float(quadratic_contrast(xs) @ ys))
+    return np.array(out)
+
+
+def quadratic_contrast(x: np.ndarray) -> np.ndarray:
+    """The unit vector orthogonal to 1, x and x^2 at four points (the last left singular vector)."""
+    u = (x - x.mean()) / (np.ptp(x) or 1.0)
+    basis = np.stack([np.ones_like(u), u, u**2], axis=1)
+    left, _, _ = np.linalg.svd(basis, full_matrices=True)
+    return left[:, -1]

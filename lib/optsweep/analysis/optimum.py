@@ -1,6 +1,15 @@
-"""The loss along one hyperparameter at one scale (a slice), the optimum it implies (with its standard
-error), and what it costs to use another scale's optimum there (regret). Each hyperparameter is studied on
-its natural axis (`axes`)."""
+"""The loss along one hyperparameter at one scale (a slice), the curve fitted to it, the optimum that curve
+implies (with its standard error) and what another value costs on it (regret, with its uncertainty).
+
+Each slice is fitted on the hyperparameter's natural axis (`axes`) by a local quadratic (least squares)
+over the best run and up to `REACH` finished neighbours on each side; a diverged run censors (it is never a
+loss) and the fit stops short of it, so next to a divergence cliff it is one-sided. The optimum is the
+vertex of that quadratic when it is convex and the vertex lies within one grid step of the runs it was
+fitted to (beyond them it is flagged `extrapolated`); otherwise the measured best stands, as an
+observation censored at the grid edge when it sits there. A value inside the fitted window costs what the
+quadratic says; one between farther runs, what those runs measured; one beyond every run, what the
+quadratic extrapolates, flagged, with its standard error, never clamped to the nearest run.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..axes import from_axis, to_axis
+from ..config import AnalysisSettings
 from .noise import Noise, measure_noise
 from .table import config_losses, scales_frame, swept_hparams
 
@@ -20,17 +30,22 @@ WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqr
 # A pair of scales "differs only in data" when N and width agree within this relative tolerance (and
 # likewise for tokens), so budgets rounded to whole steps still pair up.
 SAME_SIZE_RTOL = 0.01
+REACH = 2  # finished neighbours each side of the best run in the local quadratic
 
 
 @dataclass(frozen=True)
 class Slice:
     """Losses of the runs that share every other hyperparameter with a scale's best run (NaN = diverged),
-    and every value of the hyperparameter run at that scale (a value missing from the slice is no edge)."""
+    sorted on the natural axis, and every value of the hyperparameter run at that scale."""
 
     hparam: str
     values: np.ndarray
     losses: np.ndarray
     grid: np.ndarray
+
+    @property
+    def x(self) -> np.ndarray:
+        return to_axis(self.hparam, self.values)
 
     @property
     def best_index(self) -> int:
@@ -40,28 +55,33 @@ class Slice:
     def best_loss(self) -> float:
         return float(np.nanmin(self.losses))
 
-    def regret(self, value: float) -> tuple[float, bool]:
-        """Loss above this slice's best at `value` (linear in the natural axis between finite runs; diverged
-        runs are left out) and whether `value` lies outside them (then the nearest run's loss, a bound)."""
-        finite = ~np.isnan(self.losses)
-        xs = to_axis(self.hparam, self.values[finite])
-        order = np.argsort(xs)  # the beta axis log(1 - beta) runs backwards
-        xs, losses = xs[order], self.losses[finite][order]
-        x = float(to_axis(self.hparam, value))
-        slack = 1e-9 * max(1.0, float(np.ptp(xs)))
-        outside = bool(x < xs[0] - slack or x > xs[-1] + slack)
-        return float(np.interp(x, xs, losses)) - self.best_loss, outside
+    @property
+    def step(self) -> float:
+        """The mean grid step on the natural axis (1 for a single value)."""
+        steps = np.abs(np.diff(np.sort(to_axis(self.hparam, self.grid))))
+        return float(np.mean(steps)) if len(steps) else 1.0
+
+
+@dataclass(frozen=True)
+class Regret:
+    """What a value costs at a scale above that scale's fitted optimum, and how well that is known."""
+
+    value: float
+    stderr: float
+    extrapolated: bool  # beyond every run of the slice
+    diverges: bool  # at or past a diverged run: at least `value`, likely a diverged run
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"regret": self.value, "regret_stderr": self.stderr, "extrapolated": self.extrapolated,
+                "diverges": self.diverges}
 
 
 @dataclass(frozen=True)
 class Optimum:
-    """The best measured value and, where the losses around it support one, a refined estimate.
-
-    `estimate` says which one `refined` holds ("refined" or "measured"); `stderr` is its standard error on
-    the natural axis; `edge` is "above" / "below" when the best run sits at the top / bottom of the grid,
-    else None. An edge optimum is a censored observation: the true optimum lies beyond `bound`, the midpoint
-    (natural axis) between the edge value and its neighbour, since the edge run beat that neighbour.
-    """
+    """A scale's optimum of one hyperparameter: `refined` on the natural axis' scale with its `stderr` (on
+    the natural axis). `estimate` is "fitted" (the local quadratic's vertex) or "measured" (the best run, when
+    no convex fit places it); `edge` is "above" / "below" for a measured best at the top / bottom of the grid,
+    a censored observation whose true optimum lies beyond `bound`."""
 
     grid_value: float
     refined: float
@@ -71,6 +91,7 @@ class Optimum:
     estimate: str
     stderr: float
     bound: float | None = None
+    extrapolated: bool = False
 
     @property
     def at_edge(self) -> bool:
@@ -80,8 +101,82 @@ class Optimum:
         return {
             "grid_value": self.grid_value, "refined": self.refined, "estimate": self.estimate,
             "stderr": self.stderr, "at_edge": self.at_edge, "edge": self.edge, "bound": self.bound, "loss": self.loss,
-            "refinement": self.refinement,
+            "refinement": self.refinement, "extrapolated": self.extrapolated,
         }
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The local quadratic of one slice: loss = c0 + c1 u + c2 u^2 with u = x - center, its unit-noise
+    covariance (times noise^2 for the real one), the window it was fitted on and the noise std."""
+
+    coefficients: np.ndarray
+    unit_covariance: np.ndarray
+    center: float
+    window: tuple[float, float]
+    noise: float
+
+    @property
+    def convex(self) -> bool:
+        return bool(self.coefficients[2] > 0)
+
+    @property
+    def vertex(self) -> float:
+        _, c1, c2 = self.coefficients
+        return self.center - c1 / (2 * c2)
+
+    def vertex_stderr(self) -> float:
+        _, c1, c2 = self.coefficients
+        gradient = np.array([0.0, -1 / (2 * c2), c1 / (2 * c2**2)])
+        return self._stderr(gradient)
+
+    def regret(self, x: float) -> tuple[float, float]:
+        """Loss at x above the vertex (c2 (x - vertex)^2) and its standard error."""
+        _, c1, c2 = self.coefficients
+        u = x - self.center
+        value = c2 * u**2 + c1 * u + c1**2 / (4 * c2)
+        gradient = np.array([0.0, u + c1 / (2 * c2), u**2 - c1**2 / (4 * c2**2)])
+        return float(max(value, 0.0)), self._stderr(gradient)
+
+    def _stderr(self, gradient: np.ndarray) -> float:
+        return float(self.noise * math.sqrt(max(gradient @ self.unit_covariance @ gradient, 0.0)))
+
+
+@dataclass(frozen=True)
+class SliceFit:
+    """A slice with its curve (None: fewer than three finished runs around the best) and optimum."""
+
+    slice: Slice
+    curve: Curve | None
+    optimum: Optimum
+
+    def regret(self, value: float) -> Regret:
+        x = float(to_axis(self.slice.hparam, value))
+        xs, losses = self.slice.x, self.slice.losses
+        finite = ~np.isnan(losses)
+        low, high = float(xs[finite].min()), float(xs[finite].max())
+        slack = 1e-9 * max(1.0, high - low)
+        past = ((xs <= x + slack) & (xs > high)) | ((xs >= x - slack) & (xs < low))
+        diverges = bool(np.any(np.isnan(losses) & past))
+        outside = x < low - slack or x > high + slack
+        base = self.optimum.loss if self.optimum.estimate == "measured" else self._fitted_min()
+        if self.curve is not None and self.curve.convex and (outside or self._in_window(x, slack)):
+            value_, stderr = self.curve.regret(x)
+            return Regret(value_, stderr, outside, diverges)
+        nearest = float(np.interp(x, xs[finite], losses[finite]))
+        return Regret(max(nearest - base, 0.0), self._config_noise(), outside, diverges)
+
+    def _fitted_min(self) -> float:
+        assert self.curve is not None
+        c0, c1, c2 = self.curve.coefficients
+        return float(c0 - c1**2 / (4 * c2))
+
+    def _in_window(self, x: float, slack: float) -> bool:
+        assert self.curve is not None
+        return self.curve.window[0] - slack <= x <= self.curve.window[1] + slack
+
+    def _config_noise(self) -> float:
+        return self.curve.noise if self.curve is not None else 0.0
 
 
 def find_slice(configs: pd.DataFrame, hparam: str, swept: list[str]) -> Slice | None:
@@ -99,167 +194,130 @@ def find_slice(configs: pd.DataFrame, hparam: str, swept: list[str]) -> Slice | 
     same = np.ones(len(configs), dtype=bool)
     for h in others:
         same &= (configs[h] == center[h]).to_numpy()
-    rows = configs[same].sort_values(hparam)
+    rows = configs[same]
+    rows = rows.iloc[np.argsort(to_axis(hparam, rows[hparam].to_numpy(float)), kind="stable")]
     grid = np.sort(configs[hparam].unique().astype(float))
     return Slice(hparam, rows[hparam].to_numpy(float), rows["loss"].to_numpy(float), grid)
 
 
-def find_optimum(slice_: Slice, noise: float = 0.0) -> Optimum:
-    """Best measured value, refined by a least-squares parabola (natural axis) through up to two finite runs
-    on each side, with the vertex's standard error given the noise of one config's loss (`noise`).
-
-    The refinement never contradicts the measurements: it is kept only when the best is interior with
-    finite measured neighbours, the parabola is convex and its vertex lies strictly between the
-    neighbours (each of which was measured worse than the best). Otherwise the measured best stands, with
-    the grid resolution as its standard error, and `refinement` says why.
-    """
-    values, losses, i = slice_.values, slice_.losses, slice_.best_index
-    grid_value, loss = float(values[i]), float(losses[i])
-    x = to_axis(slice_.hparam, values)
-    steps = np.abs(np.diff(to_axis(slice_.hparam, slice_.grid)))
-    resolution = float(np.mean(steps)) / math.sqrt(12) if len(steps) else 0.0  # uniform within one grid cell
-
-    def measured(why: str, edge: str | None = None, bound: float | None = None) -> Optimum:
-        return Optimum(grid_value, grid_value, edge, loss, f"measured best: {why}", "measured", resolution, bound)
-
-    if len(slice_.grid) >= 2 and grid_value in (slice_.grid[0], slice_.grid[-1]):
-        top = grid_value == slice_.grid[-1]
-        neighbour = slice_.grid[-2] if top else slice_.grid[1]
-        middle = (to_axis(slice_.hparam, grid_value) + to_axis(slice_.hparam, neighbour)) / 2
-        return measured("at the grid edge", "above" if top else "below", float(from_axis(slice_.hparam, middle)))
-    if i == 0 or i == len(values) - 1:
-        return measured("a neighbouring grid value was not run at this setting")
-    if np.isnan(losses[i - 1]) or np.isnan(losses[i + 1]):
-        return measured("a neighbour diverged")
-    window = [j for j in range(i - 2, i + 3) if 0 <= j < len(values) and not np.isnan(losses[j])]
-    u = x[window] - x[i]
-    design = np.stack([u**2, u, np.ones_like(u)], axis=1)
-    (curvature, slope, _), *_ = np.linalg.lstsq(design, losses[window], rcond=None)
-    if curvature <= 0:
-        return measured("the parabola through its neighbours is not convex")
-    vertex = -slope / (2 * curvature)
-    low, high = sorted((x[i - 1] - x[i], x[i + 1] - x[i]))
-    if not low < vertex < high:
-        return measured("the parabola's vertex lies at or beyond a neighbour measured worse")
-    # delta method: d vertex / d (curvature, slope) = (slope / (2 c^2), -1 / (2 c))
-    covariance = noise**2 * np.linalg.pinv(design.T @ design)[:2, :2]
-    gradient = np.array([slope / (2 * curvature**2), -1 / (2 * curvature)])
-    stderr = float(np.sqrt(max(gradient @ covariance @ gradient, 0.0)))
-    stderr = min(max(stderr, 1e-3 * resolution), (high - low) / 2)
-    refined = float(from_axis(slice_.hparam, x[i] + vertex))
-    return Optimum(grid_value, refined, None, loss, f"parabola through {len(window)} runs", "refined", stderr)
+def fit_slice(slice_: Slice, noise: float) -> SliceFit:
+    """The local quadratic of a slice and the optimum it implies (`noise`: std of one config's loss)."""
+    window = _window(slice_)
+    curve = _quadratic(slice_.x[window], slice_.losses[window], noise) if len(window) >= 3 else None
+    return SliceFit(slice_, curve, _optimum(slice_, curve, window))
 
 
-def find_optimum_on_surface(
-    configs: pd.DataFrame, slice_: Slice, swept: list[str], noise: float = 0.0
-) -> Optimum | None:
-    """On a full 2-D grid, the optimum of the slice's hyperparameter from the local quadratic surface over it
-    and a partner hyperparameter (up to 2 grid steps either side of the best in both), or None when no
-    partner has the complete 3 x 3 block of finite runs around the best that a surface needs.
-
-    The same rule as on a slice: the vertex must lie strictly between the best run's neighbours along both
-    axes, else the measured best stands. An edge optimum is left to the slice (None)."""
-    hparam, i = slice_.hparam, slice_.best_index
-    best_value = slice_.values[i]
-    if best_value in (slice_.grid[0], slice_.grid[-1]):
-        return None
-    center = configs[(configs[hparam] == best_value) & (configs["loss"] == slice_.losses[i])].iloc[0]
-    for partner in (h for h in swept if h != hparam):
-        block = _block(configs, center, hparam, partner, swept)
-        if block is not None:
-            return _surface_vertex(block, center, hparam, partner, slice_, noise)
-    return None
+def _window(slice_: Slice) -> list[int]:
+    """The best run and up to `REACH` finished runs on each side, stopping at a diverged one."""
+    i, losses = slice_.best_index, slice_.losses
+    window = [i]
+    for direction in (-1, 1):
+        j = i + direction
+        while 0 <= j < len(losses) and abs(j - i) <= REACH and not np.isnan(losses[j]):
+            window.append(j)
+            j += direction
+    if len(window) < 3:  # one side is short (an edge or a cliff): reach further on the other
+        far = sorted(range(len(losses)), key=lambda j: abs(j - i))
+        extra = [j for j in far if j not in window and _reachable(losses, i, j)]
+        window += extra[: 3 - len(window)]
+    return sorted(window)
 
 
-def _block(
-    configs: pd.DataFrame, center: pd.Series, hparam: str, partner: str, swept: list[str]
-) -> pd.DataFrame | None:
-    """The runs within 2 grid steps of `center` along `hparam` and `partner` (every other hyperparameter at
-    the center's value), or None unless the 3 x 3 core around the center was run and finished."""
-    same = np.ones(len(configs), dtype=bool)
-    for h in swept:
-        if h not in (hparam, partner):
-            same &= (configs[h] == center[h]).to_numpy()
-    rows = configs[same].copy()
-    for h in (hparam, partner):
-        grid = np.sort(configs[h].unique())
-        rows[f"_{h}_step"] = np.searchsorted(grid, rows[h]) - np.searchsorted(grid, center[h])
-    near = rows[(rows[f"_{hparam}_step"].abs() <= 2) & (rows[f"_{partner}_step"].abs() <= 2)]
-    core = near[(near[f"_{hparam}_step"].abs() <= 1) & (near[f"_{partner}_step"].abs() <= 1)]
-    if len(core) < 9 or core["loss"].isna().any():
-        return None
-    return near[near["loss"].notna()]
+def _reachable(losses: np.ndarray, i: int, j: int) -> bool:
+    """Whether every run from i to j (inclusive) finished."""
+    low, high = sorted((i, j))
+    return not np.isnan(losses[low:high + 1]).any()
 
 
-def _surface_vertex(
-    block: pd.DataFrame, center: pd.Series, hparam: str, partner: str, slice_: Slice, noise: float
-) -> Optimum:
-    u = to_axis(hparam, block[hparam]) - float(to_axis(hparam, center[hparam]))
-    v = to_axis(partner, block[partner]) - float(to_axis(partner, center[partner]))
-    design = np.stack([np.ones_like(u), u, v, u**2, v**2, u * v], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, block["loss"].to_numpy(float), rcond=None)
+def _quadratic(x: np.ndarray, y: np.ndarray, noise: float) -> Curve:
+    center = float(x[np.argmin(y)])
+    u = x - center
+    design = np.stack([np.ones_like(u), u, u**2], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return Curve(coefficients, np.linalg.pinv(design.T @ design), center, (float(x.min()), float(x.max())), noise)
 
-    def vertex(c: np.ndarray) -> np.ndarray:
-        hessian = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])
-        return np.linalg.solve(hessian, -c[1:3]) if np.linalg.det(hessian) != 0 else np.array([np.inf, np.inf])
 
-    grid_value, loss = float(center[hparam]), float(center["loss"])
-    resolution = float(np.mean(np.abs(np.diff(to_axis(hparam, slice_.grid))))) / math.sqrt(12)
-    hessian = np.array([[2 * coefficients[3], coefficients[5]], [coefficients[5], 2 * coefficients[4]]])
-    found = vertex(coefficients)
-    # the nearest runs either side of the center along each axis (the 3 x 3 core guarantees both exist)
-    steps = {h: (float(x[x < 0].max()), float(x[x > 0].min()))
-             for h, x in ((hparam, u[np.abs(v) < 1e-12]), (partner, v[np.abs(u) < 1e-12]))}
-    inside = all(steps[h][0] < found[k] < steps[h][1] for k, h in enumerate((hparam, partner)))
-    if not np.all(np.linalg.eigvalsh(hessian) > 0) or not inside:
-        why = "the local surface over " + partner + " has no minimum strictly between the best run's neighbours"
-        return Optimum(grid_value, grid_value, None, loss, f"measured best: {why}", "measured", resolution)
-    # delta method, the gradient of the vertex's first coordinate by finite differences
-    covariance = noise**2 * np.linalg.pinv(design.T @ design)
-    gradient = np.array([
-        (vertex(coefficients + e)[0] - vertex(coefficients - e)[0]) / (2 * 1e-7) for e in np.eye(6) * 1e-7
-    ])
-    stderr = float(np.sqrt(max(gradient @ covariance @ gradient, 0.0)))
-    stderr = min(max(stderr, 1e-3 * resolution), (steps[hparam][1] - steps[hparam][0]) / 2)
-    refined = float(from_axis(hparam, float(to_axis(hparam, grid_value)) + found[0]))
-    return Optimum(grid_value, refined, None, loss, f"local surface over {hparam} x {partner} ({len(block)} runs)",
-                   "refined", stderr)
+def _optimum(slice_: Slice, curve: Curve | None, window: list[int]) -> Optimum:
+    i = slice_.best_index
+    grid_value, loss = float(slice_.values[i]), float(slice_.losses[i])
+    step = slice_.step
+    if curve is not None and curve.convex:
+        low, high = curve.window
+        vertex = curve.vertex
+        if low - step <= vertex <= high + step and not _past_divergence(slice_, vertex):
+            extrapolated = not low <= vertex <= high
+            stderr = min(curve.vertex_stderr(), high - low + 2 * step)
+            why = f"vertex of a quadratic through {len(window)} runs" + (", beyond them" if extrapolated else "")
+            return Optimum(grid_value, float(from_axis(slice_.hparam, vertex)), None, loss, why, "fitted",
+                           stderr, extrapolated=extrapolated)
+        why = "measured best: the quadratic's vertex lies past a diverged run or over a grid step beyond the runs"
+    else:
+        why = "measured best: " + ("fewer than three finished runs around it" if curve is None
+                                   else "the quadratic through its neighbours is not convex")
+    # unknown within the fitted window: uniform over it (a grid step at least)
+    span = (curve.window[1] - curve.window[0]) if curve is not None else step
+    stderr = max(span, step) / math.sqrt(12)
+    edge, bound = _edge(slice_, grid_value)
+    return Optimum(grid_value, grid_value, edge, loss, why, "measured", stderr, bound)
+
+
+def _past_divergence(slice_: Slice, x: float) -> bool:
+    """Whether x lies at or beyond a diverged run, seen from the best run."""
+    best = slice_.x[slice_.best_index]
+    diverged = slice_.x[np.isnan(slice_.losses)]
+    return bool(np.any(((diverged > best) & (x >= diverged)) | ((diverged < best) & (x <= diverged))))
+
+
+def _edge(slice_: Slice, grid_value: float) -> tuple[str | None, float | None]:
+    """Whether a measured best sits at the top / bottom of its scale's grid, and the censoring bound: the
+    midpoint (natural axis) to its neighbour, since the edge run beat that neighbour."""
+    grid = slice_.grid
+    if len(grid) < 2 or grid_value not in (grid[0], grid[-1]):
+        return None, None
+    top = grid_value == grid[-1]
+    neighbour = grid[-2] if top else grid[1]
+    middle = (to_axis(slice_.hparam, grid_value) + to_axis(slice_.hparam, neighbour)) / 2
+    return ("above" if top else "below"), float(from_axis(slice_.hparam, middle))
 
 
 @dataclass
 class Landscape:
-    """Slices and optima of some hyperparameters at every scale of a run table."""
+    """Slices, fits and optima of some hyperparameters at every scale of a run table, and its noise."""
 
     scales: pd.DataFrame
     configs: pd.DataFrame
-    slices: dict[str, dict[str, Slice]]
-    optima: dict[str, dict[str, Optimum]]
+    fits: dict[str, dict[str, SliceFit]]
     noise: Noise
 
     def __post_init__(self) -> None:
         self._info = self.scales.to_dict("index")  # plain dicts: looked up for every pair of scales
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame, hparams: list[str]) -> Landscape:
+    def from_table(cls, table: pd.DataFrame, hparams: list[str], settings: AnalysisSettings | None = None) -> Landscape:
         """`table` is validated and its blown-up runs already marked (`mark_blown_up`)."""
         configs = config_losses(table)
         swept = swept_hparams(table)
         scales = scales_frame(table, configs)
-        noise = measure_noise(table, configs, scales["best_loss"], swept)
-        slices: dict[str, dict[str, Slice]] = {h: {} for h in hparams}
-        optima: dict[str, dict[str, Optimum]] = {h: {} for h in hparams}
+        noise = measure_noise(table, configs, scales["best_loss"], swept, settings)
+        fits: dict[str, dict[str, SliceFit]] = {h: {} for h in hparams}
         for scale, group in configs.groupby("scale", sort=False):
             for h in hparams:
                 found = find_slice(group, h, swept)
                 if found is not None:
-                    slices[h][scale] = found
-                    on_surface = find_optimum_on_surface(group, found, swept, noise.config_std(scale))
-                    optima[h][scale] = on_surface or find_optimum(found, noise.config_std(scale))
-        return cls(scales, configs, slices, optima, noise)
+                    fits[h][scale] = fit_slice(found, noise.config_std(scale))
+        return cls(scales, configs, fits, noise)
+
+    @property
+    def slices(self) -> dict[str, dict[str, Slice]]:
+        return {h: {scale: fit.slice for scale, fit in fits.items()} for h, fits in self.fits.items()}
+
+    @property
+    def optima(self) -> dict[str, dict[str, Optimum]]:
+        return {h: {scale: fit.optimum for scale, fit in fits.items()} for h, fits in self.fits.items()}
 
     def pairs(self, hparam: str) -> list[tuple[str, str]]:
         """Ordered pairs of distinct scales where `hparam` was swept at both."""
-        names = list(self.slices[hparam])
+        names = list(self.fits[hparam])
         return [(a, b) for a in names for b in names if a != b]
 
     def kind(self, a: str, b: str) -> str:
@@ -271,19 +329,24 @@ class Landscape:
             return "same"
         return "data" if same_model else "model" if same_data else "both"
 
-    def _width_ratio(self, scale: str, width: float) -> float:
-        return self._info[scale]["width"] / width
+    def width(self, scale: str) -> float:
+        return float(self._info[scale]["width"])
 
     def transferred(self, hparam: str, a: str, b: str, power: float = 0.0) -> float:
         """Scale a's optimum carried to scale b, keeping value x width^power constant (lr under a width rule)."""
-        return self.optima[hparam][a].refined * self._width_ratio(a, self._info[b]["width"]) ** power
+        return self.fits[hparam][a].optimum.refined * (self.width(a) / self.width(b)) ** power
 
     def to_reference(self, value: float, scale: str, power: float, reference_width: int | None) -> float:
         """A value run at `scale`, expressed at the reference width (unchanged when power is 0)."""
-        return value * self._width_ratio(scale, reference_width) ** power if power else value
+        return value * (self.width(scale) / reference_width) ** power if power else value
 
     def from_reference(self, value: float, scale: str, power: float, reference_width: int | None) -> float:
-        return value / self._width_ratio(scale, reference_width) ** power if power else value
+        return value / (self.width(scale) / reference_width) ** power if power else value
+
+    def regret_of(self, hparam: str, value: float, scale: str) -> Regret:
+        return self.fits[hparam][scale].regret(value)
 
     def regret(self, hparam: str, value: float, scale: str) -> tuple[float, bool]:
-        return self.slices[hparam][scale].regret(value)
+        """Regret of `value` at `scale` and whether it lies beyond the scale's runs (extrapolated)."""
+        found = self.regret_of(hparam, value, scale)
+        return found.value, found.extrapolated

@@ -1,0 +1,149 @@
+"""One test per hyperparameter: does one value (after the width rule, for lr) serve every scale?
+
+Each scale's optimum x_s (natural axis; log lr + p log(width_s / reference width) under the rule
+lr x width^p = constant) has a standard error se_s from its fit and the noise. Under "one value serves every
+scale" the inverse-variance mean x0 is that value and Q = sum (x_s - x0)^2 / se_s^2 is chi-square with
+(scales - 1) degrees of freedom (a Wald test of equal optima against one optimum per scale). The p-values of
+all hyperparameters are Holm-adjusted at `analysis.significance`: the family is the hyperparameters, not
+every pair of scales. "The loss cares" is read at x0 on each scale's own fitted curve: the worst regret
+there, against the scale's threshold, is the verdict's margin. Without a measured noise (or with a zero one)
+no test can be made: the threshold decides alone, and the verdict says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import chi2
+
+from ..axes import from_axis, to_axis
+from .optimum import WIDTH_RULES, Landscape, Regret
+
+
+@dataclass
+class ShiftTest:
+    """The test of one hyperparameter under one width rule, and the regrets at the common value."""
+
+    hparam: str
+    rule: str
+    power: float
+    reference_width: int | None
+    optima: dict[str, float]  # natural axis, at the reference width
+    stderr: dict[str, float]
+    common: float  # natural axis, at the reference width
+    statistic: float | None
+    dof: int
+    p_value: float | None
+    regrets: dict[str, Regret]
+    thresholds: dict[str, float]
+    p_adjusted: float | None = None
+    significant: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tested(self) -> bool:
+        return self.p_value is not None
+
+    def excess(self, scale: str) -> float:
+        """Regret at the common value minus the threshold (a diverging value always exceeds)."""
+        regret = self.regrets[scale]
+        return math.inf if regret.diverges else regret.value - self.thresholds[scale]
+
+    @property
+    def worst_scale(self) -> str:
+        return max(self.regrets, key=self.excess)
+
+    @property
+    def margin(self) -> float:
+        """The worst regret at the common value minus that scale's threshold (finite: a diverging value's
+        regret is the extrapolated lower bound)."""
+        scale = self.worst_scale
+        return self.regrets[scale].value - self.thresholds[scale]
+
+    @property
+    def loss_cares(self) -> bool:
+        return self.excess(self.worst_scale) > 0
+
+    def common_at(self, land: Landscape, scale: str) -> float:
+        """The common value carried to `scale` (on the hyperparameter's own scale)."""
+        value = float(from_axis(self.hparam, self.common))
+        return land.from_reference(value, scale, self.power, self.reference_width)
+
+    def as_dict(self, land: Landscape) -> dict[str, Any]:
+        return {
+            "test": "Wald chi-square: one optimum for every scale vs one per scale",
+            "width_rule": self.rule, "reference_width": self.reference_width,
+            "statistic": self.statistic, "dof": self.dof, "p_value": self.p_value,
+            "p_holm": self.p_adjusted, "significant": self.significant,
+            "common_value": float(from_axis(self.hparam, self.common)),
+            "per_scale": {
+                scale: {"optimum_at_reference": float(from_axis(self.hparam, self.optima[scale])),
+                        "stderr": self.stderr[scale], "common_value": self.common_at(land, scale),
+                        **self.regrets[scale].as_dict(), "threshold": self.thresholds[scale]}
+                for scale in self.optima
+            },
+            "notes": self.notes,
+        }
+
+
+def shift_test(land: Landscape, hparam: str, rule: str, thresholds: dict[str, float]) -> ShiftTest:
+    """The Wald test of one hyperparameter under `rule`, with each scale's regret at the common value."""
+    power = WIDTH_RULES[rule]
+    fits = land.fits[hparam]
+    reference = int(min(land.width(s) for s in fits)) if power else None
+    optima = {s: _at_reference(land, hparam, s, power, reference) for s in fits}
+    stderr = {s: float(f.optimum.stderr) for s, f in fits.items()}
+    common, statistic, p_value, notes = _wald(optima, stderr, land.noise.measured)
+    test = ShiftTest(hparam, rule, power, reference, optima, stderr, common, statistic, len(optima) - 1, p_value,
+                     {}, {s: thresholds[s] for s in fits}, notes=notes)
+    test.regrets = {s: land.regret_of(hparam, test.common_at(land, s), s) for s in fits}
+    return test
+
+
+def _at_reference(land: Landscape, hparam: str, scale: str, power: float, reference: int | None) -> float:
+    value = land.fits[hparam][scale].optimum.refined
+    return float(to_axis(hparam, land.to_reference(value, scale, power, reference)))
+
+
+def _wald(
+    optima: dict[str, float], stderr: dict[str, float], measured: bool
+) -> tuple[float, float | None, float | None, list[str]]:
+    """The common value (inverse-variance mean, or the plain mean when the errors are zero), Q and its
+    p-value (None: no test, when the noise is not measured or is zero)."""
+    x = np.array(list(optima.values()))
+    se = np.array(list(stderr.values()))
+    if not measured or not np.all(se > 0):
+        why = ("no noise was measured or stated" if not measured
+               else "the measured noise is zero: every shift is real")
+        return float(x.mean()), None, None, [f"no test: {why}; the threshold decides alone"]
+    weights = 1.0 / se**2
+    common = float(np.sum(weights * x) / np.sum(weights))
+    statistic = float(np.sum(weights * (x - common) ** 2))
+    return common, statistic, float(chi2.sf(statistic, len(x) - 1)), []
+
+
+def best_rule(land: Landscape, hparam: str, thresholds: dict[str, float]) -> tuple[ShiftTest, dict[str, ShiftTest]]:
+    """lr on scales of several widths: the width rule under which the test is least significant (the
+    smallest Q, or without a test the smallest worst regret), ties to "none"; every other hyperparameter
+    (and lr at one width) is tested without a rule."""
+    widths = {land.width(s) for s in land.fits[hparam]}
+    rules = list(WIDTH_RULES) if hparam == "lr" and len(widths) > 1 else ["none"]
+    tests = {rule: shift_test(land, hparam, rule, thresholds) for rule in rules}
+
+    def key(test: ShiftTest) -> float:
+        return test.statistic if test.tested else test.excess(test.worst_scale)
+
+    return min(tests.values(), key=key), tests
+
+
+def holm(tests: list[ShiftTest], family_error: float) -> None:
+    """Holm's step-down adjustment over the tested hyperparameters (sets p_adjusted and significant)."""
+    tested = sorted((t for t in tests if t.tested), key=lambda t: t.p_value)
+    running = 0.0
+    for rank, test in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * test.p_value))
+        test.p_adjusted = running
+        test.significant = running < family_error
