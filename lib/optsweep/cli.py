@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     overrides = {"threshold": args.threshold, "divergence_rise": args.divergence_rise}
     if args.threshold_kind:
         overrides["threshold_kind"] = args.threshold_kind
+    if args.noise is not None:
+        overrides["noise"], overrides["noise_kind"] = noise_setting(args.noise)
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     written = analyze_table(args.runs_table, Path(args.out), settings=settings, reference=args.reference)
     for path in written:
@@ -169,6 +172,20 @@ def add_optimizer_argument(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--optimizer", default=None, metavar="NAME",
                      help="an optimizer named under `optimizers:` in params (default: the study's own, "
                           "study.optimizer); its results go under results/optimizers/NAME/")
+
+
+def noise_setting(text: str) -> tuple[float, str]:
+    """`--noise 0.002` (loss units) or `--noise 0.1%` (of each scale's best loss) as (value, kind)."""
+    relative = text.strip().endswith("%")
+    number = text.strip().removesuffix("%")
+    try:
+        value = float(number) / (100 if relative else 1)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ParamsError(f"--noise {text!r}: allowed: a positive std of one config's loss in loss units "
+                          "(0.002) or as a percentage of each scale's best loss (0.1%)")
+    return value, "relative" if relative else "absolute"
 
 
 def _positive_float(text: str) -> float:
@@ -246,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="loss that counts as mattering (overrides analysis.threshold)")
     analyze.add_argument("--threshold-kind", choices=("relative", "absolute"), default=None,
                          help="the threshold as a fraction of each scale's best loss, or in loss units")
+    analyze.add_argument("--noise", default=None, metavar="STD",
+                         help="the known run-to-run std of one config's loss, in loss units (0.002) or as a "
+                              "percentage of each scale's best loss (0.1%%); decides over seeds and grid "
+                              "differences (overrides analysis.noise)")
     analyze.add_argument("--divergence-rise", type=_positive_float, default=None,
                          help="a finite loss this much (relative) above its scale's best counts as diverged "
                               "(overrides analysis.divergence_rise)")

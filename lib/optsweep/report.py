@@ -159,7 +159,7 @@ def sensitivity_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {"hyperparameter": h, "verdict": v["verdict"], "margin": v["margin"],
-             "required margin (z x noise)": v["required_margin"], "noise of a difference": v["noise"],
+             "p (Holm)": v.get("p_holm"), "noise of a difference": v["noise"],
              "loss sensitive": v["loss_sensitive"], "optimum shifts": v["optimum_shifts"],
              "shift cause": v["shift_cause"], "original rule: stable": v["original_rule"]["stable"],
              "original rule differs because": v["original_rule"].get("why_differs") or "", "reason": v["reason"]}
@@ -169,7 +169,8 @@ def sensitivity_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
 
 
 def noise_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
-    """Per scale: the measured noise, the threshold it floors, and how many runs the divergence rule marked."""
+    """Per scale: the noise the verdicts were judged against, its source, the threshold, and how many runs the
+    divergence rule marked."""
     noise, thresholds = sensitivity["noise"], sensitivity["threshold"]["per_scale"]
     return pd.DataFrame(
         [
@@ -177,16 +178,20 @@ def noise_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
              "blown up (marked diverged)": sensitivity["blown_up"]["per_scale"].get(scale, 0),
              "noise of one config": noise["per_scale"][scale]["config_std"],
              "noise of a difference": noise["per_scale"][scale]["difference_std"],
-             "surface scatter": noise["per_scale"][scale]["surface_std"], "threshold": thresholds[scale]}
+             "noise source": noise.get("source", "seeds"), "threshold": thresholds[scale]}
             for scale, info in sensitivity["scales"].items()
         ]
     )
 
 
 def analysis_warnings(sensitivity: dict[str, Any], laws: dict[str, Any] | None = None) -> str:
-    """The analysis' warnings as a Markdown list ("" when there are none), for the top of a report."""
+    """Which noise the verdicts were judged against, then the analysis' warnings, as a Markdown list ("" when
+    there is neither), for the top of a report."""
     found = [*sensitivity.get("warnings", []), *((laws or {}).get("warnings", []))]
-    return "\n".join(f"- **warning**: {w}" for w in found)
+    noise = sensitivity.get("noise") or {}
+    source = [f"- noise source: **{noise['source']}** ({noise['relative_std']:.3%} of the loss per config)"
+              ] if noise.get("source") else []
+    return "\n".join([*source, *(f"- **warning**: {w}" for w in found)])
 
 
 def law_forms_frame(law: dict[str, Any]) -> pd.DataFrame:

@@ -119,10 +119,9 @@ def difference_noise(configs: pd.DataFrame, swept: list[str], best_loss: dict[st
     """The median-absolute contrast of every four neighbouring finished grid values (None: fewer than
     `MIN_CONTRASTS` of them), relative to each scale's best loss."""
     contrasts: list[float] = []
-    for scale, rows in configs.groupby("scale", sort=False):
-        for hparam in swept:
-            for line in _lines(rows, hparam, swept):
-                contrasts += list(line_contrasts(hparam, line) / best_loss[str(scale)])
+    for hparam in swept:
+        for line in _lines(configs, hparam, swept):
+            contrasts += list(line_contrasts(hparam, line) / best_loss[str(line["scale"].iloc[0])])
     if len(contrasts) < MIN_CONTRASTS:
         return None
     relative = float(np.median(np.abs(contrasts)) / MEDIAN_ABS_NORMAL)
@@ -130,11 +129,11 @@ def difference_noise(configs: pd.DataFrame, swept: list[str], best_loss: dict[st
             "method": f"median |contrast| / {MEDIAN_ABS_NORMAL:.4f} over {WINDOW} neighbouring grid values"}
 
 
-def _lines(rows: pd.DataFrame, hparam: str, swept: list[str]) -> list[pd.DataFrame]:
+def _lines(configs: pd.DataFrame, hparam: str, swept: list[str]) -> list[pd.DataFrame]:
     """The runs of one scale that share every other swept hyperparameter, one frame per such line."""
-    others = [h for h in swept if h != hparam]
-    groups = [frame for _, frame in rows.groupby(others, sort=False)] if others else [rows]
-    return [g for g in groups if g[hparam].nunique() >= WINDOW]
+    keys = ["scale", *(h for h in swept if h != hparam)]
+    long = configs.groupby(keys, sort=False)[hparam].transform("size") >= WINDOW
+    return [frame for _, frame in configs[long].groupby(keys, sort=False)]
 
 
 def line_contrasts(hparam: str, line: pd.DataFrame) -> np.ndarray:

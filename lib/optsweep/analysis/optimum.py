@@ -31,6 +31,9 @@ WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqr
 # likewise for tokens), so budgets rounded to whole steps still pair up.
 SAME_SIZE_RTOL = 0.01
 REACH = 2  # finished neighbours each side of the best run in the local quadratic
+# A vertex is only as good as the curvature it divides by: below this many standard errors of the curvature
+# the landscape is flat within the noise there, and the measured best stands.
+CURVATURE_Z = 2.5
 
 
 @dataclass(frozen=True)
@@ -121,14 +124,30 @@ class Curve:
         return bool(self.coefficients[2] > 0)
 
     @property
+    def curvature_z(self) -> float:
+        """The curvature over its standard error (infinite without noise)."""
+        stderr = self.noise * math.sqrt(max(self.unit_covariance[2, 2], 0.0))
+        return float(self.coefficients[2] / stderr) if stderr > 0 else math.inf
+
+    @property
     def vertex(self) -> float:
         _, c1, c2 = self.coefficients
         return self.center - c1 / (2 * c2)
 
-    def vertex_stderr(self) -> float:
+    def vertex_stderr(self, z: float = 1.96) -> float:
+        """Half the width of Fieller's interval for the vertex, over z (the delta method's error when that is
+        wider): the vertex divides by the curvature, so its error is lopsided long before the curvature is
+        lost in the noise, and the delta method alone would understate it."""
         _, c1, c2 = self.coefficients
-        gradient = np.array([0.0, -1 / (2 * c2), c1 / (2 * c2**2)])
-        return self._stderr(gradient)
+        delta = self._stderr(np.array([0.0, -1 / (2 * c2), c1 / (2 * c2**2)]))
+        cov = self.noise**2 * self.unit_covariance
+        # |c1 + 2 c2 u| <= z sd(c1 + 2 c2 u): a quadratic in u, bounded when the curvature is significant
+        a = 4 * c2**2 - 4 * z**2 * cov[2, 2]
+        b = 4 * c1 * c2 - 4 * z**2 * cov[1, 2]
+        c = c1**2 - z**2 * cov[1, 1]
+        if self.noise == 0 or a <= 0 or b * b - 4 * a * c < 0:
+            return delta
+        return max(delta, math.sqrt(b * b - 4 * a * c) / a / z)
 
     def regret(self, x: float) -> tuple[float, float]:
         """Loss at x above the vertex (c2 (x - vertex)^2) and its standard error."""
@@ -159,11 +178,13 @@ class SliceFit:
         past = ((xs <= x + slack) & (xs > high)) | ((xs >= x - slack) & (xs < low))
         diverges = bool(np.any(np.isnan(losses) & past))
         outside = x < low - slack or x > high + slack
-        base = self.optimum.loss if self.optimum.estimate == "measured" else self._fitted_min()
-        if self.curve is not None and self.curve.convex and (outside or self._in_window(x, slack)):
+        fitted = self.optimum.estimate == "fitted"
+        if fitted and (outside or self._in_window(x, slack)):
             value_, stderr = self.curve.regret(x)
             return Regret(value_, stderr, outside, diverges)
+        # between farther runs (or with no trusted curve): what the runs measured, against the optimum's loss
         nearest = float(np.interp(x, xs[finite], losses[finite]))
+        base = self._fitted_min() if fitted else self.optimum.loss
         return Regret(max(nearest - base, 0.0), self._config_noise(), outside, diverges)
 
     def _fitted_min(self) -> float:
@@ -176,7 +197,8 @@ class SliceFit:
         return self.curve.window[0] - slack <= x <= self.curve.window[1] + slack
 
     def _config_noise(self) -> float:
-        return self.curve.noise if self.curve is not None else 0.0
+        """The error of a measured loss minus the best measured one: the noise of a difference."""
+        return math.sqrt(2.0) * self.curve.noise if self.curve is not None else 0.0
 
 
 def find_slice(configs: pd.DataFrame, hparam: str, swept: list[str]) -> Slice | None:
@@ -204,7 +226,7 @@ def fit_slice(slice_: Slice, noise: float) -> SliceFit:
     """The local quadratic of a slice and the optimum it implies (`noise`: std of one config's loss)."""
     window = _window(slice_)
     curve = _quadratic(slice_.x[window], slice_.losses[window], noise) if len(window) >= 3 else None
-    return SliceFit(slice_, curve, _optimum(slice_, curve, window))
+    return SliceFit(slice_, curve, _optimum(slice_, curve, window, noise))
 
 
 def _window(slice_: Slice) -> list[int]:
@@ -237,11 +259,11 @@ def _quadratic(x: np.ndarray, y: np.ndarray, noise: float) -> Curve:
     return Curve(coefficients, np.linalg.pinv(design.T @ design), center, (float(x.min()), float(x.max())), noise)
 
 
-def _optimum(slice_: Slice, curve: Curve | None, window: list[int]) -> Optimum:
+def _optimum(slice_: Slice, curve: Curve | None, window: list[int], noise: float) -> Optimum:
     i = slice_.best_index
     grid_value, loss = float(slice_.values[i]), float(slice_.losses[i])
     step = slice_.step
-    if curve is not None and curve.convex:
+    if curve is not None and curve.convex and curve.curvature_z >= CURVATURE_Z:
         low, high = curve.window
         vertex = curve.vertex
         if low - step <= vertex <= high + step and not _past_divergence(slice_, vertex):
@@ -253,12 +275,22 @@ def _optimum(slice_: Slice, curve: Curve | None, window: list[int]) -> Optimum:
         why = "measured best: the quadratic's vertex lies past a diverged run or over a grid step beyond the runs"
     else:
         why = "measured best: " + ("fewer than three finished runs around it" if curve is None
-                                   else "the quadratic through its neighbours is not convex")
-    # unknown within the fitted window: uniform over it (a grid step at least)
-    span = (curve.window[1] - curve.window[0]) if curve is not None else step
-    stderr = max(span, step) / math.sqrt(12)
+                                   else "the quadratic through its neighbours is not convex" if not curve.convex
+                                   else f"the curvature is within {CURVATURE_Z:g} standard errors of flat")
     edge, bound = _edge(slice_, grid_value)
-    return Optimum(grid_value, grid_value, edge, loss, why, "measured", stderr, bound)
+    return Optimum(grid_value, grid_value, edge, loss, why, "measured", _measured_stderr(slice_, noise), bound)
+
+
+def _measured_stderr(slice_: Slice, noise: float) -> float:
+    """A measured best's error: a grid step / sqrt 12 when its neighbours are worse beyond the noise of a
+    difference (CURVATURE_Z of them); else the landscape is flat within the noise there and the best could
+    be any finished run: the std of a uniform draw from them."""
+    i, losses, step = slice_.best_index, slice_.losses, slice_.step
+    neighbours = [losses[j] for j in (i - 1, i + 1) if 0 <= j < len(losses) and not np.isnan(losses[j])]
+    if neighbours and min(neighbours) - losses[i] > CURVATURE_Z * math.sqrt(2) * noise:
+        return step / math.sqrt(12)
+    finished = slice_.x[~np.isnan(losses)]
+    return max(float(np.std(finished)), step / math.sqrt(12))
 
 
 def _past_divergence(slice_: Slice, x: float) -> bool:

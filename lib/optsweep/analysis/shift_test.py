@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
+from scipy.stats import chi2, norm
 
 from ..axes import from_axis, to_axis
 from .optimum import WIDTH_RULES, Landscape, Regret
+
+# The loss cares when the regret at the common value exceeds the threshold by this many of its own standard
+# errors (one-sided 95%): a regret read off a noisy curve is itself noisy.
+REGRET_Z = float(norm.isf(0.05))
 
 
 @dataclass
@@ -65,7 +69,7 @@ class ShiftTest:
 
     @property
     def loss_cares(self) -> bool:
-        return self.excess(self.worst_scale) > 0
+        return any(self.excess(s) > REGRET_Z * self.regrets[s].stderr for s in self.regrets)
 
     def common_at(self, land: Landscape, scale: str) -> float:
         """The common value carried to `scale` (on the hyperparameter's own scale)."""

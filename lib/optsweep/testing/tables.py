@@ -45,24 +45,31 @@ def chinchilla_loss(n_params: float, tokens: float, law: dict[str, float] = CHIN
 
 @dataclass
 class Truth:
-    """optimum[h](scale) -> the true optimum; curvature[h]: loss per natural-axis unit squared;
-    grid[h]: the values run (a list, or a function of the scale for per-scale grids)."""
+    """optimum[h](scale) -> the true optimum; curvature[h]: loss per natural-axis unit squared beyond a flat
+    plateau of half-width plateau[h] (natural axis, 0 by default) around the optimum; grid[h]: the values
+    run (a list, or a function of the scale for per-scale grids); step(scale, config): a loss added on top
+    (e.g. a cost at clip = 0)."""
 
     optimum: dict[str, Callable[[Scale], float]]
     curvature: dict[str, float]
     grid: dict[str, list[float] | Callable[[Scale], list[float]]]
     loss_law: dict[str, float] = field(default_factory=lambda: dict(CHINCHILLA))
+    plateau: dict[str, float] = field(default_factory=dict)
+    step: Callable[[Scale, dict[str, float]], float] | None = None
 
     def grid_at(self, hparam: str, scale: Scale) -> list[float]:
         values = self.grid[hparam]
         return list(values(scale)) if callable(values) else list(values)
 
+    def penalty(self, scale: Scale, hparam: str, value: float) -> float:
+        """The loss one hyperparameter's distance from its optimum costs (no step)."""
+        distance = abs(natural_axis(hparam, value) - natural_axis(hparam, self.optimum[hparam](scale)))
+        return self.curvature[hparam] * max(distance - self.plateau.get(hparam, 0.0), 0.0) ** 2
+
     def loss(self, scale: Scale, hparams: dict[str, float]) -> float:
-        penalty = sum(
-            self.curvature[h] * (natural_axis(h, v) - natural_axis(h, self.optimum[h](scale))) ** 2
-            for h, v in hparams.items()
-        )
-        return chinchilla_loss(scale.n_params, scale.tokens, self.loss_law) + penalty
+        penalty = sum(self.penalty(scale, h, v) for h, v in hparams.items())
+        step = self.step(scale, hparams) if self.step is not None else 0.0
+        return chinchilla_loss(scale.n_params, scale.tokens, self.loss_law) + penalty + step
 
     def best_grid_config(self, scale: Scale) -> dict[str, float]:
         """The grid config with the lowest loss (the surface is separable: per hyperparameter)."""
@@ -71,6 +78,18 @@ class Truth:
                    key=lambda v: (natural_axis(h, v) - natural_axis(h, self.optimum[h](scale))) ** 2)
             for h in self.grid
         }
+
+    def best_finished_config(
+        self, scale: Scale, diverged: Callable[[Scale, dict[str, float]], bool] | None = None
+    ) -> dict[str, float]:
+        """The grid config a converged coordinate descent ends at: per hyperparameter, the finished value with
+        the lowest loss (penalty and step), the others at their nearest grid value."""
+        center = self.best_grid_config(scale)
+        for h in self.grid:
+            finished = [v for v in self.grid_at(h, scale) if diverged is None or not diverged(scale, {**center, h: v})]
+            distance = {v: abs(natural_axis(h, v) - natural_axis(h, self.optimum[h](scale))) for v in finished}
+            center[h] = min(finished, key=lambda v: (self.loss(scale, {**center, h: v}), distance[v]))
+        return center
 
 
 def llama_scale(name: str, width: int, tokens: float, depth: int = 8) -> Scale:
@@ -99,17 +118,25 @@ def run_table(
     seeds: int = 1,
     seed: int = 0,
     diverged: Callable[[Scale, dict[str, float]], bool] | None = None,
+    seeded: int = 0,
+    seed_effect: float = 0.0,
 ) -> pd.DataFrame:
-    """One row per (config, seed). design "slices": the best grid config and its 1-D slices; "grid": every
-    combination. `noise` is an absolute std, `relative_noise` a multiplicative one (a fraction of the loss).
-    `diverged(scale, config)` marks runs whose loss becomes NaN (status "diverged")."""
+    """One row per (config, seed). design "slices": the best finished grid config and its 1-D slices; "grid":
+    every combination. `noise` is an absolute std, `relative_noise` a multiplicative one (a fraction of the
+    loss). `seeds` seeds for every config, or `seeded` seeds for the best config and its neighbours (one grid
+    step along each hyperparameter) and one for the rest; with `seed_effect`, a relative loss shift shared by
+    every config of a scale on a seed (common random numbers). `diverged(scale, config)` marks runs whose
+    loss becomes NaN (status "diverged")."""
     rng = np.random.default_rng(seed)
     rows = []
     for scale in scales:
-        for config in _configs(truth, scale, design):
-            for s in range(seeds):
+        center = truth.best_finished_config(scale, diverged)
+        shift = rng.normal(0.0, seed_effect, size=max(seeds, seeded)) if seed_effect else np.zeros(max(seeds, seeded))
+        for config in _configs(truth, scale, design, center):
+            runs = seeded if seeded and _neighbour(truth, scale, center, config) else seeds
+            for s in range(runs):
                 loss = truth.loss(scale, config) + (rng.normal(0.0, noise) if noise else 0.0)
-                loss *= 1.0 + (rng.normal(0.0, relative_noise) if relative_noise else 0.0)
+                loss *= 1.0 + (rng.normal(0.0, relative_noise) if relative_noise else 0.0) + shift[s]
                 status = "ok"
                 if diverged is not None and diverged(scale, config):
                     loss, status = float("nan"), "diverged"
@@ -120,11 +147,21 @@ def run_table(
     return pd.DataFrame(rows)
 
 
-def _configs(truth: Truth, scale: Scale, design: str) -> list[dict[str, float]]:
+def _neighbour(truth: Truth, scale: Scale, center: dict[str, float], config: dict[str, float]) -> bool:
+    """Whether `config` is `center` or one grid step from it along one hyperparameter."""
+    moved = [h for h in truth.grid if config[h] != center[h]]
+    if not moved:
+        return True
+    if len(moved) > 1:
+        return False
+    grid = sorted(truth.grid_at(moved[0], scale))
+    return abs(grid.index(config[moved[0]]) - grid.index(center[moved[0]])) == 1
+
+
+def _configs(truth: Truth, scale: Scale, design: str, center: dict[str, float]) -> list[dict[str, float]]:
     if design == "grid":
         names = list(truth.grid)
         return [dict(zip(names, values)) for values in itertools.product(*(truth.grid_at(h, scale) for h in names))]
-    center = truth.best_grid_config(scale)
     configs = [center]
     for h in truth.grid:
         configs += [{**center, h: v} for v in truth.grid_at(h, scale) if v != center[h]]
