@@ -25,7 +25,7 @@ def momentum_by_data(scale) -> float:
 # part's lr has a fixed optimum the loss cares about.
 MUON = Truth(
     optimum={"lr": lambda s: 8.0 / s.width, "momentum": momentum_by_data, "adam_lr": constant(3e-3)},
-    curvature={"lr": 0.2, "momentum": 0.05, "adam_lr": 0.1},
+    curvature={"lr": 0.2, "momentum": 0.2, "adam_lr": 0.1},
     grid={"lr": sqrt2_grid(4e-3, 1e-1), "momentum": [0.8, 0.9, 0.95, 0.98, 0.99],
           "adam_lr": sqrt2_grid(1e-3, 1e-2)},
 )

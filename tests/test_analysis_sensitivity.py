@@ -143,41 +143,57 @@ def test_full_grid_gives_the_same_optima_as_slices():
             assert from_grid["hyperparameters"][h]["optimum"][scale]["refined"] == pytest.approx(optimum["refined"])
 
 
-def test_threshold_is_relative_absolute_or_raised_to_the_seed_noise():
+def test_threshold_is_relative_or_absolute_and_never_raised_to_the_noise():
     truth = Truth(
         optimum={"clip": constant(1.0), "weight_decay": wd_by_model},
-        curvature={"clip": 0.1, "weight_decay": 8.0},
+        curvature={"clip": 0.1, "weight_decay": 30.0},
         grid={"clip": [0.0, 0.5, 1.0, 1.5], "weight_decay": [0.0, 0.1, 0.2, 0.3]},
     )
     quiet = run_table(truth, SCALES)
     relative = analyze_sensitivity(quiet)
     for scale, info in relative["scales"].items():
         assert relative["threshold"]["per_scale"][scale] == pytest.approx(0.0025 * info["best_loss"])
-    assert relative["noise"]["relative_std"] < 1e-9  # an exact quadratic surface: no scatter about it
+    assert relative["noise"]["relative_std"] == 0.0  # an exact quadratic surface: its grid differences cancel
 
     absolute = analyze_sensitivity(quiet, AnalysisSettings(threshold=0.05, threshold_kind="absolute"))
     assert set(absolute["threshold"]["per_scale"].values()) == {0.05}
-    # a step of weight decay costs 8 * 0.1^2 = 0.08 > 0.05: still sensitive; clip's 0.025 no longer matters
+    # the common weight decay (0.15) costs 30 * 0.05^2 = 0.075 > 0.05 at both widths: still sensitive;
+    # a step of clip costs 0.1 * 0.5^2 = 0.025, which no longer matters
     assert absolute["sensitive"] == ["weight_decay"]
     assert not absolute["hyperparameters"]["clip"]["loss_sensitive"]
 
     noisy = run_table(truth, SCALES, noise=0.03, seeds=4, seed=1)
     measured = analyze_sensitivity(noisy)
     noise = measured["noise"]
+    assert measured["noise_source"] == "seeds"
     assert noise["std"] == pytest.approx(0.03, rel=0.3)
     # the noise of a difference between two configs run on the same seed: sqrt(2) x 0.03 for independent runs
     assert noise["paired_std"] == pytest.approx(0.03 * math.sqrt(2), rel=0.3)
-    # the threshold is floored at the noise of a difference between two compared configs (each the mean of
-    # 4 seeds here, the surface scatter and the seeds pooled): above the 0.25% threshold at every scale
+    # the noise enters the test, never the threshold: the threshold stays the configured one, and the
+    # output warns that a difference between two configs scatters by more than it
     for scale, per_scale in noise["per_scale"].items():
-        assert measured["threshold"]["per_scale"][scale] == pytest.approx(per_scale["difference_std"])
-        assert per_scale["difference_std"] > 0.0025 * measured["scales"][scale]["best_loss"]
-    assert measured["warnings"] and "noise" in measured["warnings"][0]
+        threshold = measured["threshold"]["per_scale"][scale]
+        assert threshold == pytest.approx(0.0025 * measured["scales"][scale]["best_loss"])
+        assert per_scale["difference_std"] > threshold
+    assert measured["warnings"] and "noise (seeds)" in measured["warnings"][0]
     # without seed labels repeated configs still measure the noise of one run
     unlabelled = analyze_sensitivity(noisy.drop(columns="seed"))
     assert unlabelled["noise"]["paired_std"] is None and unlabelled["noise"]["std"] == pytest.approx(0.03, rel=0.3)
-    ignored = analyze_sensitivity(noisy, AnalysisSettings(use_seed_noise=False))
-    assert max(ignored["threshold"]["per_scale"].values()) < 0.03
+
+
+def test_a_stated_noise_decides_over_seeds_and_none_is_warned_about():
+    truth = Truth(optimum={"weight_decay": wd_by_model}, curvature={"weight_decay": 30.0},
+                  grid={"weight_decay": [0.0, 0.1, 0.2, 0.3]})
+    noisy = run_table(truth, SCALES, noise=0.03, seeds=4, seed=1)
+    stated = analyze_sensitivity(noisy, AnalysisSettings(noise=0.001, noise_kind="absolute"))
+    assert stated["noise_source"] == "stated" and stated["noise"]["estimates"]["seeds"] is not None
+    assert all(v["config_std"] == 0.001 for v in stated["noise"]["per_scale"].values())
+    # three grid values per scale and one seed: no four neighbours, no seeds, nothing stated
+    short = run_table(Truth(optimum={"weight_decay": wd_by_model}, curvature={"weight_decay": 30.0},
+                            grid={"weight_decay": [0.1, 0.15, 0.2]}), SCALES)
+    unmeasured = analyze_sensitivity(short)
+    assert unmeasured["noise_source"] == "none" and "decides every verdict alone" in unmeasured["warnings"][0]
+    assert "no noise was measured" in unmeasured["hyperparameters"]["weight_decay"]["reason"]
 
 
 def test_configs_are_compared_on_the_seeds_they_share():

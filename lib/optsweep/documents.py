@@ -165,6 +165,7 @@ class HparamVerdict(Document):
     verdict: Verdict
     sensitive: bool
     loss_sensitive: bool
+    common_value_costs: bool
     optimum_shifts: bool
     shift_cause: str | None
     margin: float | None

@@ -54,9 +54,11 @@ def lr_inverse_width(
         return _answer(text, INCONCLUSIVE, "lr was not swept")
     pairs = [(a, b) for a, b in land.pairs("lr") if land.scales.loc[a, "width"] != land.scales.loc[b, "width"]]
     model_pairs = [(a, b) for a, b in pairs if land.kind(a, b) == "model"]
-    # Two optima both at a grid edge say nothing about how lr moves between them.
-    edge = {scale for scale, optimum in land.optima["lr"].items() if optimum.at_edge}
-    used = [(a, b) for a, b in (model_pairs or pairs) if not (a in edge and b in edge)]
+    # A censored optimum (at the grid edge) carried elsewhere is no point to judge a rule by, and a value
+    # carried beyond a scale's runs where no curve was fitted has no known cost there: only pairs whose cost
+    # is known under every rule compare the rules.
+    used = [(a, b) for a, b in (model_pairs or pairs)
+            if all(_carried_cost_known(land, "lr", a, b, power) for power in WIDTH_RULES.values())]
     widths = {s: float(land.scales.loc[s, "width"]) for s in land.slices["lr"]}
     optimum = {s: land.optima["lr"][s].refined for s in land.slices["lr"]}
     evidence: dict[str, Any] = {
@@ -67,7 +69,7 @@ def lr_inverse_width(
     if not pairs:
         return _answer(text, INCONCLUSIVE, "every scale has the same width", **evidence)
     if not used:
-        return _answer(text, INCONCLUSIVE, "the optimal lr lies at the grid edge at every scale compared", **evidence)
+        return _answer(text, INCONCLUSIVE, "the optimal lr lies at the grid edge, or a rule carries it beyond the runs, at every pair compared", **evidence)
     worst, significant = {}, {}
     for rule, power in WIDTH_RULES.items():
         excess = [
@@ -96,6 +98,14 @@ def lr_inverse_width(
         f"lr x width carried across widths costs {worst['inverse_width']:.3g} above the threshold; "
         f"best rule: {evidence['best_rule']}", **evidence,
     )
+
+
+def _carried_cost_known(land: Landscape, hparam: str, a: str, b: str, power: float = 0.0) -> bool:
+    """Whether scale a's optimum is a point estimate and its cost at b, carried under the rule, is known."""
+    if land.optima[hparam][a].at_edge:
+        return False
+    regret = land.regret_of(hparam, land.transferred(hparam, a, b, power), b)
+    return not (regret.extrapolated and land.optima[hparam][b].estimate == "measured")
 
 
 def value_everywhere(

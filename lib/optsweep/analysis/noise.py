@@ -32,6 +32,9 @@ NoiseSource = Literal["stated", "seeds", "differences", "none"]
 WINDOW = 4  # neighbouring grid values per contrast: the fewest that a quadratic does not fit exactly
 MIN_CONTRASTS = 3  # fewer and a median says little
 MEDIAN_ABS_NORMAL = float(norm.ppf(0.75))  # median |z| of a standard normal
+# A relative noise below this is float round-off of a noise-free table, not noise: it counts as zero, or
+# optima known to 1e-15 would weigh a billion times more than optima known to 1e-9.
+ROUND_OFF = 1e-10
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def difference_noise(configs: pd.DataFrame, swept: list[str], best_loss: dict[st
     if len(contrasts) < MIN_CONTRASTS:
         return None
     relative = float(np.median(np.abs(contrasts)) / MEDIAN_ABS_NORMAL)
+    relative = relative if relative > ROUND_OFF else 0.0
     return {"relative_std": relative, "dof": len(contrasts), "contrasts": len(contrasts),
             "method": f"median |contrast| / {MEDIAN_ABS_NORMAL:.4f} over {WINDOW} neighbouring grid values"}
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import chi2
 
 from ..axes import from_axis, to_axis
 from ..config import AnalysisSettings
-from .noise import Noise, measure_noise
+from .noise import ROUND_OFF, Noise, measure_noise
 from .table import config_losses, scales_frame, swept_hparams
 
 # lr x width^power stays constant under each width rule; "none" first so it wins ties (fewest assumptions).
@@ -30,10 +31,12 @@ WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqr
 # A pair of scales "differs only in data" when N and width agree within this relative tolerance (and
 # likewise for tokens), so budgets rounded to whole steps still pair up.
 SAME_SIZE_RTOL = 0.01
-REACH = 2  # finished neighbours each side of the best run in the local quadratic
+REACH = 2  # finished neighbours each side of the best run in the local quadratic (and the local surface)
+RECENTRE = 3  # times a local surface may move its window onto the grid run nearest its vertex
 # A vertex is only as good as the curvature it divides by: below this many standard errors of the curvature
 # the landscape is flat within the noise there, and the measured best stands.
 CURVATURE_Z = 2.5
+MISFIT_P = 0.001  # residuals this unlikely under the noise mean the quadratic does not describe its window
 
 
 @dataclass(frozen=True)
@@ -118,10 +121,21 @@ class Curve:
     center: float
     window: tuple[float, float]
     noise: float
+    rss: float = 0.0  # the fit's residual sum of squares
+    dof: int = 0  # and its residual degrees of freedom
 
     @property
     def convex(self) -> bool:
         return bool(self.coefficients[2] > 0)
+
+    def misfits(self, loss: float) -> bool:
+        """Whether the residuals are far beyond the noise (chi-square, p < `MISFIT_P`): the quadratic does not
+        describe the runs it was fitted to (a blown-up run, a step), so its vertex means nothing. The noise
+        is floored at float round-off of `loss`, so a noise-free exact quadratic fits."""
+        if self.dof == 0:
+            return False
+        floor = max(self.noise, ROUND_OFF * abs(loss))
+        return bool(self.rss / floor**2 > chi2.isf(MISFIT_P, self.dof))
 
     @property
     def curvature_z(self) -> float:
@@ -226,7 +240,127 @@ def fit_slice(slice_: Slice, noise: float) -> SliceFit:
     """The local quadratic of a slice and the optimum it implies (`noise`: std of one config's loss)."""
     window = _window(slice_)
     curve = _quadratic(slice_.x[window], slice_.losses[window], noise) if len(window) >= 3 else None
-    return SliceFit(slice_, curve, _optimum(slice_, curve, window, noise))
+    why = f"vertex of a quadratic through {len(window)} runs"
+    return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise))
+
+
+def fit_on_surface(configs: pd.DataFrame, slice_: Slice, swept: list[str], noise: float) -> SliceFit | None:
+    """On a full 2-D grid, the slice's hyperparameter fitted on the local quadratic surface over it and a
+    partner (`Surface`): its profile (the partner re-optimised at each value) is the curve. None when no
+    partner has the complete, finished 3 x 3 block around the best that a surface needs, or the surface has
+    no minimum there or misses its runs by far more than the noise (the slice's own fit then stands)."""
+    hparam = slice_.hparam
+    best = configs[(configs[hparam] == slice_.values[slice_.best_index]) & (configs["loss"] == slice_.best_loss)]
+    for partner in (h for h in swept if h != hparam):
+        surface = Surface.around(configs, best.iloc[0], hparam, partner, swept, noise)
+        if surface is not None and not surface.profile().misfits(slice_.best_loss):
+            curve = surface.profile()
+            why = f"local surface over {hparam} x {partner} ({surface.runs} runs)"
+            return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise))
+    return None
+
+
+@dataclass(frozen=True)
+class Surface:
+    """loss = c0 + c1 u + c2 v + c3 u^2 + c4 v^2 + c5 u v on the natural axes of a hyperparameter (u) and a
+    partner (v), centred on a grid run (`center`), fitted by least squares to the finished runs within
+    `REACH` grid steps of it along both; `unit_covariance` is (X'X)^-1 (times noise^2 for the real one)."""
+
+    hparam: str
+    partner: str
+    center: dict[str, float]
+    coefficients: np.ndarray
+    unit_covariance: np.ndarray
+    window: tuple[float, float]  # the runs' span along u, on the natural axis
+    noise: float
+    runs: int
+    rss: float
+
+    @classmethod
+    def around(
+        cls, configs: pd.DataFrame, best: pd.Series, hparam: str, partner: str, swept: list[str], noise: float
+    ) -> Surface | None:
+        """The surface centred on the best run, re-centred (up to `RECENTRE` times) on the grid run nearest
+        its vertex: with a noisy best run the window follows the landscape, not the luckiest run."""
+        rows = _plane(configs, best, hparam, partner, swept)
+        grids = {h: np.sort(rows[h].unique().astype(float)) for h in (hparam, partner)}
+        center = {h: float(best[h]) for h in (hparam, partner)}
+        surface = None
+        for _ in range(RECENTRE + 1):
+            block = _block(rows, grids, center)
+            if block is None:
+                return surface
+            fitted = cls._fit(block, center, hparam, partner, noise)
+            if fitted is None:
+                return surface
+            surface = fitted
+            nearest = surface.nearest_grid_run(grids)
+            if nearest == center:
+                break
+            center = nearest
+        return surface
+
+    @classmethod
+    def _fit(cls, block: pd.DataFrame, center: dict[str, float], hparam: str, partner: str,
+             noise: float) -> Surface | None:
+        u = to_axis(hparam, block[hparam]) - float(to_axis(hparam, center[hparam]))
+        v = to_axis(partner, block[partner]) - float(to_axis(partner, center[partner]))
+        design = np.stack([np.ones_like(u), u, v, u**2, v**2, u * v], axis=1)
+        coefficients, *_ = np.linalg.lstsq(design, block["loss"].to_numpy(float), rcond=None)
+        hessian = np.array([[2 * coefficients[3], coefficients[5]], [coefficients[5], 2 * coefficients[4]]])
+        if not np.all(np.linalg.eigvalsh(hessian) > 0):
+            return None
+        x0 = float(to_axis(hparam, center[hparam]))
+        rss = float(np.sum((block["loss"].to_numpy(float) - design @ coefficients) ** 2))
+        return cls(hparam, partner, center, coefficients, np.linalg.pinv(design.T @ design),
+                   (x0 + float(u.min()), x0 + float(u.max())), noise, len(block), rss)
+
+    def vertex(self) -> dict[str, float]:
+        """The surface's minimum on the natural axes."""
+        c = self.coefficients
+        u, v = np.linalg.solve(np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]]), -c[1:3])
+        return {self.hparam: float(to_axis(self.hparam, self.center[self.hparam])) + u,
+                self.partner: float(to_axis(self.partner, self.center[self.partner])) + v}
+
+    def nearest_grid_run(self, grids: dict[str, np.ndarray]) -> dict[str, float]:
+        vertex = self.vertex()
+        return {h: float(grid[np.argmin(np.abs(to_axis(h, grid) - vertex[h]))]) for h, grid in grids.items()}
+
+    def profile(self) -> Curve:
+        """The loss along u with v re-optimised at each u: p0 + p1 u + p2 u^2, its covariance by the delta
+        method (the Jacobian of p in c)."""
+        c0, c1, c2, c3, c4, c5 = self.coefficients
+        p = np.array([c0 - c2**2 / (4 * c4), c1 - c2 * c5 / (2 * c4), c3 - c5**2 / (4 * c4)])
+        jacobian = np.array([
+            [1, 0, -c2 / (2 * c4), 0, c2**2 / (4 * c4**2), 0],
+            [0, 1, -c5 / (2 * c4), 0, c2 * c5 / (2 * c4**2), -c2 / (2 * c4)],
+            [0, 0, 0, 1, c5**2 / (4 * c4**2), -c5 / (2 * c4)],
+        ])
+        center = float(to_axis(self.hparam, self.center[self.hparam]))
+        return Curve(p, jacobian @ self.unit_covariance @ jacobian.T, center, self.window, self.noise, self.rss,
+                     self.runs - 6)
+
+
+def _plane(configs: pd.DataFrame, best: pd.Series, hparam: str, partner: str, swept: list[str]) -> pd.DataFrame:
+    """The runs equal to `best` in every swept hyperparameter but `hparam` and `partner`."""
+    same = np.ones(len(configs), dtype=bool)
+    for h in swept:
+        if h not in (hparam, partner):
+            same &= (configs[h] == best[h]).to_numpy()
+    return configs[same]
+
+
+def _block(rows: pd.DataFrame, grids: dict[str, np.ndarray], center: dict[str, float]) -> pd.DataFrame | None:
+    """The finished runs within `REACH` grid steps of `center` along both axes, or None unless the 3 x 3
+    core around it was run and finished."""
+    steps = {h: np.searchsorted(grid, rows[h].to_numpy(float)) - np.searchsorted(grid, center[h])
+             for h, grid in grids.items()}
+    near = np.all([np.abs(k) <= REACH for k in steps.values()], axis=0)
+    core = np.all([np.abs(k) <= 1 for k in steps.values()], axis=0)
+    if core.sum() < 9 or rows.loc[core, "loss"].isna().any():
+        return None
+    block = rows[near]
+    return block[block["loss"].notna()]
 
 
 def _window(slice_: Slice) -> list[int]:
@@ -256,20 +390,24 @@ def _quadratic(x: np.ndarray, y: np.ndarray, noise: float) -> Curve:
     u = x - center
     design = np.stack([np.ones_like(u), u, u**2], axis=1)
     coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return Curve(coefficients, np.linalg.pinv(design.T @ design), center, (float(x.min()), float(x.max())), noise)
+    rss = float(np.sum((y - design @ coefficients) ** 2))
+    return Curve(coefficients, np.linalg.pinv(design.T @ design), center, (float(x.min()), float(x.max())), noise,
+                 rss, len(x) - 3)
 
 
-def _optimum(slice_: Slice, curve: Curve | None, window: list[int], noise: float) -> Optimum:
+def _optimum(slice_: Slice, curve: Curve | None, fitted_by: str, noise: float) -> Optimum:
     i = slice_.best_index
     grid_value, loss = float(slice_.values[i]), float(slice_.losses[i])
     step = slice_.step
-    if curve is not None and curve.convex and curve.curvature_z >= CURVATURE_Z:
+    if curve is not None and curve.misfits(loss):
+        why = "measured best: the quadratic through its neighbours misses them by far more than the noise"
+    elif curve is not None and curve.convex and curve.curvature_z >= CURVATURE_Z:
         low, high = curve.window
         vertex = curve.vertex
         if low - step <= vertex <= high + step and not _past_divergence(slice_, vertex):
             extrapolated = not low <= vertex <= high
             stderr = min(curve.vertex_stderr(), high - low + 2 * step)
-            why = f"vertex of a quadratic through {len(window)} runs" + (", beyond them" if extrapolated else "")
+            why = fitted_by + (", beyond them" if extrapolated else "")
             return Optimum(grid_value, float(from_axis(slice_.hparam, vertex)), None, loss, why, "fitted",
                            stderr, extrapolated=extrapolated)
         why = "measured best: the quadratic's vertex lies past a diverged run or over a grid step beyond the runs"
@@ -336,7 +474,8 @@ class Landscape:
             for h in hparams:
                 found = find_slice(group, h, swept)
                 if found is not None:
-                    fits[h][scale] = fit_slice(found, noise.config_std(scale))
+                    std = noise.config_std(scale)
+                    fits[h][scale] = fit_on_surface(group, found, swept, std) or fit_slice(found, std)
         return cls(scales, configs, fits, noise)
 
     @property

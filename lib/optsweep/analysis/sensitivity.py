@@ -6,10 +6,12 @@ the scatter about a fit. Each scale's slice of each hyperparameter is fitted (`o
 optimum with a standard error. Then one test per hyperparameter (`shift_test`): does one value (after the
 width rule, for lr) serve every scale, Holm-adjusted over hyperparameters, and does the loss care, i.e. does
 the common value cost more than the threshold on some scale's own fitted curve (the margin)?
-- *sensitive*: the optima differ significantly and the loss cares;
-- *insensitive*: the common value costs less than the threshold everywhere (whether or not the optima
-  differ, no scale loses what counts as mattering);
-- *inconclusive*: the loss would care, but the optima do not differ beyond the noise.
+"Beyond" means by more than the regret's own error (one-sided 95%).
+- *sensitive*: the optima differ significantly and the common value costs beyond the threshold somewhere;
+- *insensitive*: the common value costs less than the threshold, beyond its error, at every scale (whether
+  or not the optima differ, no scale loses what counts as mattering);
+- *inconclusive*: the rest: the loss would care but the optima do not differ beyond the noise, or what the
+  common value costs is within its error of the threshold.
 Without a measured noise the threshold decides alone (sensitive when the loss cares), and the output says so.
 The cause of a shift comes from pairs of scales that differ only in data or only in model size. The original
 study's rule is reported beside it with why it differs when it does, and every hyperparameter that is not
@@ -136,9 +138,12 @@ def judge(land: Landscape, test: ShiftTest, by_rule: dict[str, ShiftTest], z: fl
     worst = test.worst_scale
     verdict = {
         "verdict": name, "sensitive": name == SENSITIVE,
-        "margin": test.margin, "required_margin": 0.0,
+        "margin": test.margin, "required_margin": test.required_margin,
         "noise": land.noise.difference_std(worst), "noise_source": land.noise.source,
-        "loss_sensitive": test.loss_cares, "optimum_shifts": shifts, "shift_cause": cause,
+        # whether a grid step from the best costs more than the threshold somewhere (the loss cares about
+        # this hyperparameter at all), and whether the common value does (the loss cares about its shift)
+        "loss_sensitive": any(gap["loss_sensitive"] for gap in gaps.values()),
+        "common_value_costs": test.loss_cares, "optimum_shifts": shifts, "shift_cause": cause,
         "p_value": test.p_value, "p_holm": test.p_adjusted, "width_rule": test.rule,
         "optimum": {scale: _optimum_row(land, hparam, scale) for scale in land.fits[hparam]},
         "test": test.as_dict(land),
@@ -158,11 +163,12 @@ def judge(land: Landscape, test: ShiftTest, by_rule: dict[str, ShiftTest], z: fl
 
 
 def _verdict(test: ShiftTest) -> str:
-    if not test.loss_cares:
+    if test.loss_indifferent:
         return INSENSITIVE
-    if not test.tested:
-        return SENSITIVE  # the threshold decides alone
-    return SENSITIVE if test.significant else INCONCLUSIVE
+    # untested: no noise (the threshold decides alone) or a zero one (every shift is real)
+    if test.loss_cares and (test.significant or not test.tested):
+        return SENSITIVE
+    return INCONCLUSIVE
 
 
 def _why_rule_differs(verdict: dict[str, Any], rule: dict[str, Any]) -> str | None:
@@ -254,7 +260,9 @@ def reason(hparam: str, verdict: dict[str, Any], test: ShiftTest) -> str:
     causes = {"both": "data and model", "unknown": "scale (the table cannot tell data from model)"}
     text = {
         SENSITIVE: f"sensitive, the optimum moves with {causes.get(verdict['shift_cause'], verdict['shift_cause'])}",
-        INCONCLUSIVE: "inconclusive, the loss would care but the optima do not differ beyond the noise",
+        INCONCLUSIVE: ("inconclusive, the loss would care but the optima do not differ beyond the noise"
+                       if test.loss_cares else
+                       "inconclusive, what one value costs is within its error of the threshold"),
         INSENSITIVE: "not sensitive, one value serves every scale",
     }[verdict["verdict"]]
     edge = verdict["evidence"]["at_edge"]

@@ -5,8 +5,10 @@ lr x width^p = constant) has a standard error se_s from its fit and the noise. U
 scale" the inverse-variance mean x0 is that value and Q = sum (x_s - x0)^2 / se_s^2 is chi-square with
 (scales - 1) degrees of freedom (a Wald test of equal optima against one optimum per scale). The p-values of
 all hyperparameters are Holm-adjusted at `analysis.significance`: the family is the hyperparameters, not
-every pair of scales. "The loss cares" is read at x0 on each scale's own fitted curve: the worst regret
-there, against the scale's threshold, is the verdict's margin. Without a measured noise (or with a zero one)
+every pair of scales. "The loss cares" is read on each scale's own fitted curve at the common value: the
+value between the optima whose worst regret over the threshold is smallest (the best one value can do; x0
+would overstate the cost whenever the errors differ). That worst regret minus its scale's threshold is the
+verdict's margin. Without a measured noise (or with a zero one)
 no test can be made: the threshold decides alone, and the verdict says so.
 """
 
@@ -25,6 +27,7 @@ from .optimum import WIDTH_RULES, Landscape, Regret
 # The loss cares when the regret at the common value exceeds the threshold by this many of its own standard
 # errors (one-sided 95%): a regret read off a noisy curve is itself noisy.
 REGRET_Z = float(norm.isf(0.05))
+COMMON_CANDIDATES = 101  # values tried between the smallest and largest optimum for the common value
 
 
 @dataclass
@@ -37,7 +40,8 @@ class ShiftTest:
     reference_width: int | None
     optima: dict[str, float]  # natural axis, at the reference width
     stderr: dict[str, float]
-    common: float  # natural axis, at the reference width
+    pooled: float  # the inverse-variance mean of the optima (natural axis, at the reference width)
+    common: float  # the minimax value the regrets are read at (natural axis, at the reference width)
     statistic: float | None
     dof: int
     p_value: float | None
@@ -68,8 +72,19 @@ class ShiftTest:
         return self.regrets[scale].value - self.thresholds[scale]
 
     @property
+    def required_margin(self) -> float:
+        """What the margin must exceed for the loss to care: the worst regret's own error (one-sided 95%)."""
+        return REGRET_Z * self.regrets[self.worst_scale].stderr
+
+    @property
     def loss_cares(self) -> bool:
+        """The common value costs more than the threshold at some scale, beyond its regret's error."""
         return any(self.excess(s) > REGRET_Z * self.regrets[s].stderr for s in self.regrets)
+
+    @property
+    def loss_indifferent(self) -> bool:
+        """The common value costs less than the threshold at every scale, beyond each regret's error."""
+        return all(self.excess(s) < -REGRET_Z * self.regrets[s].stderr for s in self.regrets)
 
     def common_at(self, land: Landscape, scale: str) -> float:
         """The common value carried to `scale` (on the hyperparameter's own scale)."""
@@ -83,6 +98,7 @@ class ShiftTest:
             "statistic": self.statistic, "dof": self.dof, "p_value": self.p_value,
             "p_holm": self.p_adjusted, "significant": self.significant,
             "common_value": float(from_axis(self.hparam, self.common)),
+            "pooled_optimum": float(from_axis(self.hparam, self.pooled)),
             "per_scale": {
                 scale: {"optimum_at_reference": float(from_axis(self.hparam, self.optima[scale])),
                         "stderr": self.stderr[scale], "common_value": self.common_at(land, scale),
@@ -100,11 +116,28 @@ def shift_test(land: Landscape, hparam: str, rule: str, thresholds: dict[str, fl
     reference = int(min(land.width(s) for s in fits)) if power else None
     optima = {s: _at_reference(land, hparam, s, power, reference) for s in fits}
     stderr = {s: float(f.optimum.stderr) for s, f in fits.items()}
-    common, statistic, p_value, notes = _wald(optima, stderr, land.noise.measured)
-    test = ShiftTest(hparam, rule, power, reference, optima, stderr, common, statistic, len(optima) - 1, p_value,
-                     {}, {s: thresholds[s] for s in fits}, notes=notes)
+    pooled, statistic, p_value, notes = _wald(optima, stderr, land.noise.measured)
+    test = ShiftTest(hparam, rule, power, reference, optima, stderr, pooled, pooled, statistic, len(optima) - 1,
+                     p_value, {}, {s: thresholds[s] for s in fits}, notes=notes)
+    test.common = _minimax_common(land, test)
     test.regrets = {s: land.regret_of(hparam, test.common_at(land, s), s) for s in fits}
     return test
+
+
+def _minimax_common(land: Landscape, test: ShiftTest) -> float:
+    """The value (natural axis, at the reference width) between the scales' optima whose worst excess over
+    the threshold is smallest: the best case for "one value serves every scale"."""
+    low, high = min(test.optima.values()), max(test.optima.values())
+    if high - low < 1e-12:
+        return low
+
+    def worst(x: float) -> float:
+        test.common = x
+        return max(land.regret_of(test.hparam, test.common_at(land, s), s).value - test.thresholds[s]
+                   for s in test.optima)
+
+    candidates = np.linspace(low, high, COMMON_CANDIDATES)
+    return float(candidates[int(np.argmin([worst(x) for x in candidates]))])
 
 
 def _at_reference(land: Landscape, hparam: str, scale: str, power: float, reference: int | None) -> float:
