@@ -32,6 +32,7 @@ WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqr
 # likewise for tokens), so budgets rounded to whole steps still pair up.
 SAME_SIZE_RTOL = 0.01
 REACH = 2  # finished neighbours each side of the best run in the local quadratic (and the local surface)
+SURFACE_REACH = 2  # grid steps each side of the centre, along both axes, in a local surface
 RECENTRE = 3  # times a local surface may move its window onto the grid run nearest its vertex
 # A vertex is only as good as the curvature it divides by: below this many standard errors of the curvature
 # the landscape is flat within the noise there, and the measured best stands.
@@ -182,6 +183,7 @@ class SliceFit:
     slice: Slice
     curve: Curve | None
     optimum: Optimum
+    noise: float  # std of one config's loss at this scale
 
     def regret(self, value: float) -> Regret:
         x = float(to_axis(self.slice.hparam, value))
@@ -212,7 +214,7 @@ class SliceFit:
 
     def _config_noise(self) -> float:
         """The error of a measured loss minus the best measured one: the noise of a difference."""
-        return math.sqrt(2.0) * self.curve.noise if self.curve is not None else 0.0
+        return math.sqrt(2.0) * self.noise
 
 
 def find_slice(configs: pd.DataFrame, hparam: str, swept: list[str]) -> Slice | None:
@@ -237,11 +239,16 @@ def find_slice(configs: pd.DataFrame, hparam: str, swept: list[str]) -> Slice | 
 
 
 def fit_slice(slice_: Slice, noise: float) -> SliceFit:
-    """The local quadratic of a slice and the optimum it implies (`noise`: std of one config's loss)."""
-    window = _window(slice_)
-    curve = _quadratic(slice_.x[window], slice_.losses[window], noise) if len(window) >= 3 else None
+    """The local quadratic of a slice and the optimum it implies (`noise`: std of one config's loss). Where
+    the landscape bends more than a parabola over `REACH` runs each side (the fit misses them beyond the
+    noise, or is not convex), the window narrows to one run each side: a model that can bend."""
+    for reach in range(REACH, 0, -1):
+        window = _window(slice_, reach)
+        curve = _quadratic(slice_.x[window], slice_.losses[window], noise) if len(window) >= 3 else None
+        if curve is None or (curve.convex and not curve.misfits(slice_.best_loss)):
+            break
     why = f"vertex of a quadratic through {len(window)} runs"
-    return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise))
+    return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise), noise)
 
 
 def fit_on_surface(configs: pd.DataFrame, slice_: Slice, swept: list[str], noise: float) -> SliceFit | None:
@@ -256,7 +263,7 @@ def fit_on_surface(configs: pd.DataFrame, slice_: Slice, swept: list[str], noise
         if surface is not None and not surface.profile().misfits(slice_.best_loss):
             curve = surface.profile()
             why = f"local surface over {hparam} x {partner} ({surface.runs} runs)"
-            return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise))
+            return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise), noise)
     return None
 
 
@@ -355,7 +362,7 @@ def _block(rows: pd.DataFrame, grids: dict[str, np.ndarray], center: dict[str, f
     core around it was run and finished."""
     steps = {h: np.searchsorted(grid, rows[h].to_numpy(float)) - np.searchsorted(grid, center[h])
              for h, grid in grids.items()}
-    near = np.all([np.abs(k) <= REACH for k in steps.values()], axis=0)
+    near = np.all([np.abs(k) <= SURFACE_REACH for k in steps.values()], axis=0)
     core = np.all([np.abs(k) <= 1 for k in steps.values()], axis=0)
     if core.sum() < 9 or rows.loc[core, "loss"].isna().any():
         return None
@@ -363,13 +370,13 @@ def _block(rows: pd.DataFrame, grids: dict[str, np.ndarray], center: dict[str, f
     return block[block["loss"].notna()]
 
 
-def _window(slice_: Slice) -> list[int]:
-    """The best run and up to `REACH` finished runs on each side, stopping at a diverged one."""
+def _window(slice_: Slice, reach: int) -> list[int]:
+    """The best run and up to `reach` finished runs on each side, stopping at a diverged one."""
     i, losses = slice_.best_index, slice_.losses
     window = [i]
     for direction in (-1, 1):
         j = i + direction
-        while 0 <= j < len(losses) and abs(j - i) <= REACH and not np.isnan(losses[j]):
+        while 0 <= j < len(losses) and abs(j - i) <= reach and not np.isnan(losses[j]):
             window.append(j)
             j += direction
     if len(window) < 3:  # one side is short (an edge or a cliff): reach further on the other

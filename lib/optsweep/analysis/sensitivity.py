@@ -252,8 +252,9 @@ def reason(hparam: str, verdict: dict[str, Any], test: ShiftTest) -> str:
     cost = (f"one value for every scale ({common}) costs up to {regret.value:.3g} +- {regret.stderr:.2g} at "
             f"{worst}{flags}, threshold {test.thresholds[worst]:.3g}: margin {test.margin:.3g}")
     if test.tested:
-        judged = (f"the optima differ with p {test.p_value:.2g} (Holm {test.p_adjusted:.2g}, Wald chi-square on "
-                  f"{test.dof} dof) against the {verdict['noise_source']} noise of a difference "
+        trend = f", or a trend in scale on {test.trend['dof']}" if test.trend else ""
+        judged = (f"the optima differ with p {test.p_value:.2g} (Holm {test.p_adjusted:.2g}; Wald chi-square on "
+                  f"{test.dof} dof{trend}) against the {verdict['noise_source']} noise of a difference "
                   f"{verdict['noise']:.3g}")
     else:
         judged = "; ".join(test.notes)

@@ -3,7 +3,9 @@
 Each scale's optimum x_s (natural axis; log lr + p log(width_s / reference width) under the rule
 lr x width^p = constant) has a standard error se_s from its fit and the noise. Under "one value serves every
 scale" the inverse-variance mean x0 is that value and Q = sum (x_s - x0)^2 / se_s^2 is chi-square with
-(scales - 1) degrees of freedom (a Wald test of equal optima against one optimum per scale). The p-values of
+(scales - 1) degrees of freedom (a Wald test of equal optima against one optimum per scale). A steady
+trend (x_s linear in log N and log D) is also tested, on its slopes' 1-2 degrees of freedom, which has the
+power where the optimum moves with scale; the hyperparameter's p-value is the smaller of the two, doubled. The p-values of
 all hyperparameters are Holm-adjusted at `analysis.significance`: the family is the hyperparameters, not
 every pair of scales. "The loss cares" is read on each scale's own fitted curve at the common value: the
 value between the optima whose worst regret over the threshold is smallest (the best one value can do; x0
@@ -27,6 +29,7 @@ from .optimum import WIDTH_RULES, Landscape, Regret
 # The loss cares when the regret at the common value exceeds the threshold by this many of its own standard
 # errors (one-sided 95%): a regret read off a noisy curve is itself noisy.
 REGRET_Z = float(norm.isf(0.05))
+TREND_COLLINEAR_CORR = 0.975  # |corr(log N, log D)| above which the trend is tested on log C alone
 COMMON_CANDIDATES = 101  # values tried between the smallest and largest optimum for the common value
 
 
@@ -49,6 +52,7 @@ class ShiftTest:
     thresholds: dict[str, float]
     p_adjusted: float | None = None
     significant: bool | None = None
+    trend: dict[str, Any] | None = None  # the slope test against a steady trend in log N, log D
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -96,7 +100,7 @@ class ShiftTest:
             "test": "Wald chi-square: one optimum for every scale vs one per scale",
             "width_rule": self.rule, "reference_width": self.reference_width,
             "statistic": self.statistic, "dof": self.dof, "p_value": self.p_value,
-            "p_holm": self.p_adjusted, "significant": self.significant,
+            "p_holm": self.p_adjusted, "significant": self.significant, "trend": self.trend,
             "common_value": float(from_axis(self.hparam, self.common)),
             "pooled_optimum": float(from_axis(self.hparam, self.pooled)),
             "per_scale": {
@@ -117,8 +121,12 @@ def shift_test(land: Landscape, hparam: str, rule: str, thresholds: dict[str, fl
     optima = {s: _at_reference(land, hparam, s, power, reference) for s in fits}
     stderr = {s: float(f.optimum.stderr) for s, f in fits.items()}
     pooled, statistic, p_value, notes = _wald(optima, stderr, land.noise.measured)
+    trend = _trend(optima, stderr, land) if p_value is not None else None
+    if trend is not None:
+        # two alternatives, each with a valid test: Bonferroni over the pair
+        p_value = min(1.0, 2 * min(p_value, trend["p_value"]))
     test = ShiftTest(hparam, rule, power, reference, optima, stderr, pooled, pooled, statistic, len(optima) - 1,
-                     p_value, {}, {s: thresholds[s] for s in fits}, notes=notes)
+                     p_value, {}, {s: thresholds[s] for s in fits}, trend=trend, notes=notes)
     test.common = _minimax_common(land, test)
     test.regrets = {s: land.regret_of(hparam, test.common_at(land, s), s) for s in fits}
     return test
@@ -162,6 +170,28 @@ def _wald(
     return common, statistic, float(chi2.sf(statistic, len(x) - 1)), []
 
 
+def _trend(optima: dict[str, float], stderr: dict[str, float], land: Landscape) -> dict[str, Any] | None:
+    """The Wald test of the slopes of x_s = a + b log N_s + c log D_s (weighted by the known 1 / se_s^2): a
+    shift that follows scale, on fewer degrees of freedom than "each scale its own optimum", so with more
+    power where the optimum moves steadily. log C = log 6 N D alone when N and D move together. None with
+    too few scales for it to differ from the any-shift test."""
+    scales = list(optima)
+    log_n = np.log([float(land.scales.loc[s, "n_params"]) for s in scales])
+    log_d = np.log([float(land.scales.loc[s, "tokens"]) for s in scales])
+    columns = [c - c.mean() for c in (log_n, log_d) if np.ptp(c) > 1e-9]
+    if len(columns) == 2 and abs(np.corrcoef(*columns)[0, 1]) > TREND_COLLINEAR_CORR:
+        columns = [columns[0] + columns[1]]
+    if not columns or len(columns) >= len(scales) - 1:
+        return None
+    design = np.column_stack([np.ones(len(scales)), *columns])
+    weights = 1.0 / np.array([stderr[s] for s in scales]) ** 2
+    covariance = np.linalg.pinv(design.T @ (design * weights[:, None]))
+    slopes = (covariance @ design.T @ (weights * np.array([optima[s] for s in scales])))[1:]
+    statistic = float(slopes @ np.linalg.pinv(covariance[1:, 1:]) @ slopes)
+    return {"statistic": statistic, "dof": len(slopes), "p_value": float(chi2.sf(statistic, len(slopes))),
+            "regressors": "log N, log D" if len(columns) == 2 else "one of log N, log D, log C"}
+
+
 def best_rule(land: Landscape, hparam: str, thresholds: dict[str, float]) -> tuple[ShiftTest, dict[str, ShiftTest]]:
     """lr on scales of several widths: the width rule under which the test is least significant (the
     smallest Q, or without a test the smallest worst regret), ties to "none"; every other hyperparameter
@@ -170,8 +200,8 @@ def best_rule(land: Landscape, hparam: str, thresholds: dict[str, float]) -> tup
     rules = list(WIDTH_RULES) if hparam == "lr" and len(widths) > 1 else ["none"]
     tests = {rule: shift_test(land, hparam, rule, thresholds) for rule in rules}
 
-    def key(test: ShiftTest) -> float:
-        return test.statistic if test.tested else test.excess(test.worst_scale)
+    def key(test: ShiftTest) -> tuple[float, float]:
+        return (-test.p_value, test.statistic) if test.tested else (0.0, test.excess(test.worst_scale))
 
     return min(tests.values(), key=key), tests
 
