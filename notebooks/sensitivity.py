@@ -13,12 +13,13 @@
 
 # %% [markdown]
 # # Which hyperparameters are sensitive to scale?
-# A hyperparameter is *sensitive* when both of the brief's standards hold: the loss cares about it (moving
-# away from the optimum costs more than the noise threshold) and its optimum shifts between scales (judged
-# by regret: what one scale's optimum costs at another) by a margin significant against the measured noise;
-# *inconclusive* when that margin is within the noise, *insensitive* when there is none. Scale pairs that
-# differ only in data or only in model size tell what causes a shift. The original study's rule (one value
-# near-best at every scale = stable) is shown beside it.
+# A hyperparameter is *sensitive* when both of the brief's standards hold: its optimum moves between scales
+# (one Wald test per hyperparameter on the per-scale optima and their standard errors, Holm over the
+# hyperparameters) and the loss cares (the best single value, after the width rule for lr, costs more than
+# the threshold at some scale on that scale's own fitted curve, beyond the regret's error). *Insensitive*:
+# that value costs less than the threshold everywhere, beyond its error; *inconclusive*: the rest. Scale
+# pairs that differ only in data or only in model size tell what causes a shift. The original study's rule
+# (one value near-best at every scale = stable) is shown beside it.
 
 # %% tags=["parameters"]
 params_file = ""  # default: the active params/study.yaml
@@ -58,8 +59,9 @@ styled(sensitivity_frame(sensitivity))
 
 # %% [markdown]
 # ## Noise per scale, and runs marked diverged because they blew up
-# The noise is measured from the scatter of the runs about a local quadratic surface (and from seeds where
-# there are any); it floors the threshold, and a verdict needs a margin over z x the noise of a difference.
+# The noise of one config is stated (`analysis.noise`), measured from seeds (paired under common random
+# numbers) or from differences of neighbouring grid values, never from the scatter about a fit; it sets the
+# optima's and regrets' errors, and the threshold stays the configured one.
 
 # %%
 styled(noise_frame(sensitivity))
