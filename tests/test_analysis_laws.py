@@ -109,7 +109,8 @@ def test_optima_at_the_grid_edge_enter_the_law_as_censored_observations():
     scales = scale_grid([256, 512], [2e9, 8e9, 3.2e10])
     optima = [step_law_lr(s) for s in scales]
     grid = sqrt2_grid(min(optima) / 3, max(optima) * 3)
-    truth = Truth(optimum={"lr": step_law_lr}, curvature={"lr": 0.2}, grid={"lr": [v for v in grid if v < max(optima) / 2]})
+    truth = Truth(optimum={"lr": step_law_lr}, curvature={"lr": 0.2},
+                  grid={"lr": [v for v in grid if v < max(optima) / 2]})
     top = max(truth.grid["lr"])
     at_edge = {s.name for s in scales if step_law_lr(s) > top * math.sqrt(2)}
     assert 1 <= len(at_edge) <= 3

@@ -69,7 +69,8 @@ def lr_inverse_width(
     if not pairs:
         return _answer(text, INCONCLUSIVE, "every scale has the same width", **evidence)
     if not used:
-        return _answer(text, INCONCLUSIVE, "the optimal lr lies at the grid edge, or a rule carries it beyond the runs, at every pair compared", **evidence)
+        why = "the optimal lr lies at the grid edge, or a rule carries it beyond the runs, at every pair compared"
+        return _answer(text, INCONCLUSIVE, why, **evidence)
     worst, significant = {}, {}
     for rule, power in WIDTH_RULES.items():
         excess = [

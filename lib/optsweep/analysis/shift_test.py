@@ -5,8 +5,8 @@ lr x width^p = constant) has a standard error se_s from its fit and the noise. U
 scale" the inverse-variance mean x0 is that value and Q = sum (x_s - x0)^2 / se_s^2 is chi-square with
 (scales - 1) degrees of freedom (a Wald test of equal optima against one optimum per scale). A steady
 trend (x_s linear in log N and log D) is also tested, on its slopes' 1-2 degrees of freedom, which has the
-power where the optimum moves with scale; the hyperparameter's p-value is the smaller of the two, doubled. The p-values of
-all hyperparameters are Holm-adjusted at `analysis.significance`: the family is the hyperparameters, not
+power where the optimum moves with scale; the hyperparameter's p-value is the smaller of the two, doubled.
+The p-values of all hyperparameters are Holm-adjusted at `analysis.significance`: the family is the hyperparameters, not
 every pair of scales. "The loss cares" is read on each scale's own fitted curve at the common value: the
 value between the optima whose worst regret over the threshold is smallest (the best one value can do; x0
 would overstate the cost whenever the errors differ). That worst regret minus its scale's threshold is the
