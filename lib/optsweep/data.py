@@ -237,8 +237,9 @@ def encoded_batches(
             yield [held_out for held_out, _ in batch], encode([text for _, text in batch])
         return
     context = multiprocessing.get_context("spawn")  # never fork a process whose tokenizer threads are running
-    with context.Pool(processes, _one_thread_per_process) as pool:
-        pending: collections.deque[tuple[list[bool], Any]] = collections.deque()
+    pool = context.Pool(processes, _one_thread_per_process)
+    pending: collections.deque[tuple[list[bool], Any]] = collections.deque()
+    try:
         for batch in batches:
             texts = [text for _, text in batch]
             pending.append(([held_out for held_out, _ in batch], pool.apply_async(encode, (texts,))))
@@ -248,6 +249,14 @@ def encoded_batches(
         while pending:
             flags, encoded = pending.popleft()
             yield flags, encoded.get()
+    finally:
+        # Shut down by letting the few batches in flight finish, never by `terminate`: it kills the workers
+        # while the pool's feeder thread may be half-way through sending a batch larger than the pipe
+        # buffer, and then waits for that thread for ever (seen in CI when the writer stopped early).
+        for _, encoded in pending:
+            encoded.wait()
+        pool.close()
+        pool.join()
 
 
 @dataclass
