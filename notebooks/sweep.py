@@ -53,7 +53,8 @@ display(Markdown(
     f"parameters, D = {s['tokens']:,} tokens ({s['steps']} steps of {s['batch_size']} x {s['seq_len']}).  \n"
     f"Best held-out loss **{sweep['best_loss']:.4f}** after {sweep['passes']} pass(es); "
     f"converged: **{sweep['converged']}** (stop rule: {sweep['stop_rule']}, tolerance {sweep['tolerance']} "
-    f"{sweep['tolerance_kind']})."
+    f"{sweep['tolerance_kind']})." + (f"  \nNot converged: {sweep['why_not_converged']}."
+                                      if sweep.get("why_not_converged") else "")
 ))
 pd.DataFrame({"start": sweep["baseline"], "best": sweep["best"]}).T
 

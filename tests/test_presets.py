@@ -114,3 +114,20 @@ def test_every_preset_has_every_params_key_the_pipeline_reads(preset: Path):
         for part in dotted.split("."):
             assert isinstance(node, dict) and part in node, f"{preset.name}: no {dotted} (dvc.yaml reads it)"
             node = node[part]
+
+
+def _planned_runs(*arguments: str) -> dict[tuple[str, str], tuple[int, int]]:
+    done = _optsweep("plan", "--params", "params/presets/micro.yaml", *arguments)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("adamw ", "lion "))]
+    return {(row[0], row[2]): tuple(int(n) for n in row[7].split("/")) for row in rows}
+
+
+def test_plan_counts_the_seed_runs_that_measure_the_noise():
+    seeds = _planned_runs("--set", "search.noise_seeds=2", "--set", "search.noise_candidates=2")
+    without = _planned_runs("--set", "search.noise_seeds=0")
+    assert seeds.keys() == without.keys() and len(seeds) == 10
+    # the best and its two closest competitors on two more seeds: six runs per scale, first pass or last;
+    # lion's micro grid holds a single value besides its baseline, so it has one competitor to replicate
+    added = {row: (seeds[row][0] - without[row][0], seeds[row][1] - without[row][1]) for row in seeds}
+    assert added == {row: (6, 6) if row[0] == "adamw" else (4, 4) for row in seeds}

@@ -10,6 +10,7 @@ import pytest
 
 import synthetic_trainers as synth
 from optsweep.config import ParamsError, load_params
+from optsweep.documents import SweepResult
 from optsweep.search import FailedRuns, run_sweep
 from optsweep.store import RunStore
 
@@ -68,6 +69,36 @@ def test_hitting_the_pass_bound_reports_not_converged(tmp_path):
     assert picked(result["best"]) == BOWL_OPTIMUM
     # the slices are completed around the best even though the last pass moved the baseline
     assert all(point["status"] == "ok" for line in result["slices"].values() for point in line)
+
+
+def runs_beating_the_best(result: dict) -> list:
+    return SweepResult.model_validate(result).runs_beating_best()
+
+
+def test_a_slice_run_that_beats_the_best_continues_the_search_and_then_becomes_the_best(tmp_path):
+    # One pass along the ridge's valley ends far from its floor: the slices through that best hold better runs
+    result = sweep(tmp_path, "ridge", **{**RIDGE, "search": {**RIDGE["search"], "passes": 1}})
+    lowest = min(run["loss"] for run in result["runs"] if run["status"] == "ok")
+    assert result["best_loss"] == lowest and runs_beating_the_best(result) == []
+    assert (result["passes"], result["converged"]) == (1, False)
+    assert "no pass has confirmed it" in result["why_not_converged"]
+    assert result["trajectory"][-1] == {"pass": 1, "hparam": "lowest run", "baseline": result["best"],
+                                        "loss": result["best_loss"]}
+    for h, line in result["slices"].items():  # the slices run through the reported best
+        assert {point["value"]: point["loss"] for point in line}[result["best"][h]] == result["best_loss"]
+    # With passes left, the same runs continue the descent instead, and it converges on the floor
+    more = sweep(tmp_path / "more", "ridge", **{**RIDGE, "search": {**RIDGE["search"], "passes": 20}})
+    assert more["converged"] and more["why_not_converged"] is None and runs_beating_the_best(more) == []
+
+
+def test_a_competitor_that_wins_on_the_noise_seeds_becomes_the_best(tmp_path):
+    result = sweep(tmp_path, "lucky_seed", search={"passes": 4, "tolerance": 3e-3, "noise_seeds": 2, "extend_edges": 0})
+    lucky = [run for run in result["runs"] if picked(run["hparams"]) == BOWL_OPTIMUM and run["seed"] == 0]
+    assert lucky and lucky[0]["loss"] < result["best_loss"]  # the lowest base-seed run is not the best ...
+    assert picked(result["best"]) == {**BOWL_OPTIMUM, "beta2": 0.95}  # ... on the seeds' mean its neighbour is
+    assert runs_beating_the_best(result) == [] and result["converged"]
+    assert result["noise"]["configs"][0]["hparams"] == result["best"]
+    assert "lowest run" in [step["hparam"] for step in result["trajectory"]]
 
 
 def test_ridge_keeps_improving_across_passes(tmp_path):
@@ -297,7 +328,7 @@ def test_the_steps_past_several_edges_train_side_by_side_from_the_optimum_they_e
     steps = result["grid_extensions"]
     assert {(e["hparam"], e["value"]) for e in steps} == {("lr", 9e-3), ("weight_decay", 0.2)}
     edge_optimum = next(run["hparams"] for run in result["runs"] if run["loss"] == steps[0]["edge_loss"])
-    ran = {json.dumps(run["hparams"], sort_keys=True): run["result"] for run in result["runs"]}
+    ran = {json.dumps(run["hparams"], sort_keys=True): run["result"] for run in result["runs"] if run["seed"] == 0}
     (first, second) = (ran[json.dumps({**edge_optimum, e["hparam"]: e["value"]}, sort_keys=True)] for e in steps)
     assert first["started"] < second["ended"] and second["started"] < first["ended"]
     assert (result["best"]["lr"], result["best"]["weight_decay"]) == (9e-3, 0.2)

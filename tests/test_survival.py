@@ -81,6 +81,7 @@ def test_a_sigkilled_worker_resumes_its_run_from_the_checkpoint_through_the_cli(
     raw["study"]["train"].update(checkpoint_every_s=0.2, device="cpu")
     raw["scales"]["a"]["tokens"] = 16384 * 12  # 768 steps: several seconds on one thread
     raw["grid"] = {"lr": [1.0e-2]}
+    raw["search"] = {**raw.get("search", {}), "noise_seeds": 0}  # the one run that is killed, no seed runs
     params = write_params(tmp_path / "params.yaml", raw)
     assert run_cli("prepare", "--params", str(params)).returncode == 0
     sweep = subprocess.Popen([OPTSWEEP, "sweep", "--params", str(params), "--scale", "a", "--out",

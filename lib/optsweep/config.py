@@ -282,7 +282,9 @@ class SearchSettings(Strict):
     extend_edges: int = Field(
         2, ge=0, description="values a grid may grow by at each end when the optimum lands on its edge (0 = off)"
     )
-    noise_seeds: int = Field(0, ge=0, description="extra seeds for the best config and its competitors")
+    noise_seeds: int = Field(
+        2, ge=0, description="extra seeds for the best config and its competitors: the noise the verdicts need"
+    )
     noise_candidates: int = Field(2, ge=0, description="nearest competitors re-evaluated on noise seeds")
     noise_varies: Literal["both", "init", "data_order"] = Field(
         "both", description="what the noise seeds change: the initialisation, the batch order, or both"

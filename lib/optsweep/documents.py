@@ -130,6 +130,7 @@ class SweepResult(Document):
     near_best: list[dict[str, Any]]
     passes: int
     converged: bool
+    why_not_converged: str | None = None  # one sentence whenever `converged` is false (absent before it was kept)
     stop_rule: Literal["pass", "neighbourhood"]
     tolerance: float
     tolerance_kind: Literal["absolute", "relative"]
@@ -141,6 +142,27 @@ class SweepResult(Document):
     compute: Compute
     transfer: TransferredOptimum | None = None
     provenance: Provenance
+
+    def runs_beating_best(self) -> list[SweptRun]:
+        """The sweep's runs on its own seed that beat the reported best by more than the tolerance under common
+        random numbers (the mean over the seeds both configs finished on): none, for a search that ended on
+        the lowest of its runs."""
+        def finished(hparams: Config) -> dict[int, float]:
+            return {run.seed: run.loss for run in self.runs
+                    if run.hparams == hparams and run.status == RunStatus.OK and run.loss is not None}
+
+        best, sweep_seed = finished(self.best), self.runs[0].seed if self.runs else None  # asked for first
+        beating = []
+        for run in self.runs:
+            ours = finished(run.hparams)
+            common = [seed for seed in ours if seed in best]
+            if run.seed != sweep_seed or run.seed not in ours or not common:
+                continue
+            mean_ours, mean_best = (sum(losses[seed] for seed in common) / len(common) for losses in (ours, best))
+            margin = self.tolerance * (abs(mean_best) if self.tolerance_kind == "relative" else 1.0)
+            if mean_ours < mean_best - margin:
+                beating.append(run)
+        return beating
 
     def same_search(self, other: SweepResult) -> bool:
         """Whether two results say the same, ignoring when and by which invocation they were made (and the

@@ -29,14 +29,17 @@ def activate_preset(name: str, target: Path) -> str:
 
 
 def planned_runs(params: StudyParams, scale_name: str, free: list[str]) -> tuple[int, int]:
-    """Runs of coordinate descent at one scale: (first pass, upper bound over all passes)."""
+    """Runs of coordinate descent at one scale: (first pass, upper bound over all passes), both with the seed
+    runs that measure the noise (the best and its closest competitors on `search.noise_seeds` more seeds)."""
     baseline, grid = params.scale_space(scale_name)
     steps = params.scale(scale_name).steps(baseline.get("batch_size"))
     per_pass = 0
     for name in free:
         values = [v for v in grid[name] if name != "warmup" or v < steps]
         per_pass += len([v for v in values if v != baseline[name]])
-    return 1 + per_pass, 1 + params.search.passes * per_pass
+    search = params.search
+    seed_runs = (1 + min(search.noise_candidates, per_pass)) * search.noise_seeds
+    return 1 + per_pass + seed_runs, 1 + search.passes * per_pass + seed_runs
 
 
 def print_plan(params: StudyParams) -> None:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -223,6 +223,11 @@ class RunEvaluator:
         finished = [run.loss for run in self.runs.values() if run.status == RunStatus.OK and run.seed == self.seed]
         return min(finished, default=None)
 
+    def finished_losses(self, hparams: Config) -> dict[int, float]:
+        """The loss of every finished replicate of a config, by seed."""
+        return {run.seed: run.loss for run in self.runs.values()
+                if run.hparams == hparams and run.status == RunStatus.OK and run.loss is not None}
+
     def ordered_runs(self) -> list[EvaluatedRun]:
         """Every run in the order the search asked for it (not the order a pool finished it)."""
         return [self.runs[config] for config in self.requested if config in self.runs]
@@ -372,17 +377,30 @@ class Descent:
     passes: int
     converged: bool
     trajectory: list[dict[str, Any]]
+    why_not_converged: str | None = None  # one sentence whenever `converged` is False
+
+    def then(self, more: Descent) -> Descent:
+        """This descent continued by `more` (which started from this one's best)."""
+        return Descent(more.best, self.passes + more.passes, more.converged, self.trajectory + more.trajectory,
+                       more.why_not_converged)
 
 
 def _margin(search: SearchSettings, reference: float) -> float:
     return search.tolerance if search.tolerance_kind == "absolute" else search.tolerance * abs(reference)
 
 
-def _beats(challenger: EvaluatedRun, incumbent: EvaluatedRun, search: SearchSettings) -> bool:
-    """Strictly better by more than the tolerance; a diverged or failed run never beats anything."""
+def _beats(challenger: EvaluatedRun, incumbent: EvaluatedRun, search: SearchSettings,
+           evaluator: RunEvaluator) -> bool:
+    """Strictly better by more than the tolerance, under common random numbers: the mean loss over the seeds
+    both configs finished on (the sweep's seed, and the noise seeds where both ran them). A diverged or failed
+    run never beats anything."""
     if math.isinf(challenger.rank) or math.isinf(incumbent.rank):
         return not math.isinf(challenger.rank)
-    return challenger.rank < incumbent.rank - _margin(search, incumbent.rank)
+    ours, theirs = evaluator.finished_losses(challenger.hparams), evaluator.finished_losses(incumbent.hparams)
+    common = [seed for seed in ours if seed in theirs]  # the sweep's seed at least: both runs finished on it
+    mean_ours = sum(ours[seed] for seed in common) / len(common)
+    mean_theirs = sum(theirs[seed] for seed in common) / len(common)
+    return mean_ours < mean_theirs - _margin(search, mean_theirs)
 
 
 def _step(pass_number: int, hparam: str, incumbent: EvaluatedRun) -> dict[str, Any]:
@@ -405,12 +423,13 @@ def _descend_in_passes(space: SearchSpace, search: SearchSettings, evaluator: Ru
             # The incumbent rides along with the first slice, so that it costs no batch of its own.
             incumbent, *line = evaluator.evaluate([baseline] + [{**baseline, h: v} for v in space.grid[h]])
             challenger = min(line, key=lambda run: run.rank)
-            if _beats(challenger, incumbent, search):
+            if _beats(challenger, incumbent, search, evaluator):
                 baseline, incumbent, changed = dict(challenger.hparams), challenger, True
             trajectory.append(_step(pass_number, h, incumbent))
         if not changed:
             return Descent(incumbent, pass_number, True, trajectory)
-    return Descent(incumbent, search.passes, False, trajectory)
+    return Descent(incumbent, search.passes, False, trajectory,
+                   f"the pass budget ({search.passes}) ran out before a pass left the best unchanged")
 
 
 def _neighbourhood(space: SearchSpace, center: Config) -> list[Config]:
@@ -425,12 +444,13 @@ def _descend_by_neighbourhood(space: SearchSpace, search: SearchSettings, evalua
         incumbent = evaluator.evaluate(_neighbourhood(space, baseline))[0]
         base_seed = [run for run in evaluator.ordered_runs() if run.seed == evaluator.seed]
         challenger = min(base_seed, key=lambda run: run.rank)
-        if _beats(challenger, incumbent, search):
+        if _beats(challenger, incumbent, search, evaluator):
             baseline, incumbent = dict(challenger.hparams), challenger
         trajectory.append(_step(pass_number, "neighbourhood", incumbent))
         if all(evaluator.known(config) for config in _neighbourhood(space, baseline)):
             return Descent(incumbent, pass_number, True, trajectory)
-    return Descent(incumbent, search.passes, False, trajectory)
+    return Descent(incumbent, search.passes, False, trajectory,
+                   f"the pass budget ({search.passes}) ran out before the best's neighbourhood was complete")
 
 
 # --- grids that follow an optimum past their edge -----------------------------------------------------------
@@ -475,15 +495,15 @@ def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun
     return added
 
 
-def descend_following_edges(params: StudyParams, space: SearchSpace,
-                            evaluator: RunEvaluator) -> tuple[Descent, SearchSpace, list[dict[str, Any]]]:
-    """Coordinate descent; while the optimum sits on a grid edge, grow that grid by one step and descend again
-    from the optimum (stored runs are reused), up to `search.extend_edges` steps per end."""
-    search = params.search
+def descend_following_edges(params: StudyParams, space: SearchSpace, evaluator: RunEvaluator, passes: int,
+                            grown: dict[str, int]) -> tuple[Descent, SearchSpace, list[dict[str, Any]]]:
+    """Coordinate descent from `space.baseline` in at most `passes` passes; while the optimum sits on a grid
+    edge, grow that grid by one step and descend again from the optimum (stored runs are reused), up to
+    `search.extend_edges` steps per end (counted in `grown`, across calls)."""
+    search = params.search.model_copy(update={"passes": passes})
     descend = _descend_by_neighbourhood if search.stop_rule == "neighbourhood" else _descend_in_passes
     descent = descend(space, search, evaluator)
     extensions: list[dict[str, Any]] = []
-    grown: dict[str, int] = {}
     while added := _edge_extensions(params, space, descent.best, grown):
         extensions += added
         grid = {h: sorted([*values, *(a["value"] for a in added if a["hparam"] == h)])
@@ -494,10 +514,65 @@ def descend_following_edges(params: StudyParams, space: SearchSpace,
         evaluator.evaluate([{**descent.best.hparams, a["hparam"]: a["value"]} for a in added])
         # The passes left (at least one): growing a grid continues the search, it does not restart it.
         remaining = search.model_copy(update={"passes": max(1, search.passes - descent.passes)})
-        more = descend(space, remaining, evaluator)
-        descent = Descent(more.best, descent.passes + more.passes, more.converged,
-                          descent.trajectory + more.trajectory)
+        descent = descent.then(descend(space, remaining, evaluator))
     return descent, space, extensions
+
+
+def _run_beating(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvaluator) -> EvaluatedRun | None:
+    """The sweep's lowest base-seed run among those that beat `best` (under common random numbers), if any."""
+    beating = [run for run in evaluator.ordered_runs()
+               if run.seed == evaluator.seed and _beats(run, best, search, evaluator)]
+    return min(beating, key=lambda run: run.rank, default=None)
+
+
+def _changed(hparams: Config, best: Config) -> str:
+    return ", ".join(f"{h}={v:g}" for h, v in hparams.items() if best.get(h) != v)
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    """Where the search ended: its descent, the (grown) space, and the measurements through its best."""
+
+    descent: Descent
+    space: SearchSpace
+    extensions: list[dict[str, Any]]
+    slices: dict[str, list[dict[str, Any]]]
+    noise: dict[str, Any] | None
+    carried: CarriedOptimum | None
+
+
+def search_to_lowest_run(params: StudyParams, space: SearchSpace, evaluator: RunEvaluator,
+                         carry: Callable[[EvaluatedRun], CarriedOptimum | None] | None = None) -> SearchOutcome:
+    """Coordinate descent (following grid edges), then the 1-D slices through its best and the best's seed
+    runs. A run of the sweep that beats that best by more than the tolerance (a slice point, an edge step, a
+    competitor on the noise seeds) was measured at a better config: the descent continues from it while passes
+    are left, and once they are spent it becomes the best, not converged. So the search ends on the lowest of
+    its own runs (within the tolerance, under common random numbers), with the slices and seeds through it.
+    `carry`: another optimizer's optimum, carried to the first descent's best and trained as one more run of
+    the sweep."""
+    search, grown = params.search, {}
+    descent, space, extensions = descend_following_edges(params, space, evaluator, search.passes, grown)
+    carried = carry(descent.best) if carry else None
+    if carried:
+        evaluator.evaluate([carried.hparams])
+    while True:
+        slices = _slices(space, descent.best, evaluator)
+        noise = _seed_noise(descent.best, search, evaluator)
+        lowest = _run_beating(descent.best, search, evaluator)
+        if lowest is None:
+            return SearchOutcome(descent, space, extensions, slices, noise, carried)
+        step = _step(descent.passes, "lowest run", lowest)
+        passes_left = search.passes - descent.passes
+        if passes_left <= 0:
+            why = (f"after the pass budget ({search.passes}) ran out, a run of the sweep "
+                   f"({_changed(lowest.hparams, descent.best.hparams)}: {lowest.loss:.4g}) beat the best "
+                   f"({descent.best.loss:.4g}): it is the best, and no pass has confirmed it")
+            descent = Descent(lowest, descent.passes, False, descent.trajectory + [step], why)
+            continue
+        space = dataclasses.replace(space, baseline=dict(lowest.hparams))
+        more, space, added = descend_following_edges(params, space, evaluator, passes_left, grown)
+        descent = dataclasses.replace(descent, trajectory=descent.trajectory + [step]).then(more)
+        extensions += added
 
 
 # --- reporting -----------------------------------------------------------------------------------------------
@@ -546,11 +621,20 @@ def _seed_noise(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvalua
     return {"seeds": seeds, "configs": rows, "std": math.sqrt(squares / degrees) if degrees else None}
 
 
-def _transferred_optimum(params: StudyParams, scale_name: str, best: EvaluatedRun, evaluator: RunEvaluator,
-                         source_dir: Path | None) -> dict[str, Any] | None:
+@dataclasses.dataclass
+class CarriedOptimum:
+    """Another optimizer's best at this scale, carried to this optimizer's hyperparameters."""
+
+    source: str  # the optimizer it came from
+    carried: list[str]  # the hyperparameter names taken from it
+    hparams: Config  # the rest at this sweep's best (when it was carried)
+
+
+def _carried_optimum(params: StudyParams, scale_name: str, best: EvaluatedRun,
+                     source_dir: Path | None) -> CarriedOptimum | None:
     """Another optimizer's best at this scale (`source_dir/<scale>.json`, AdamW's), carried to this one where
-    the hyperparameter names match and the rest kept at this sweep's best, then trained like any run: does
-    an optimum transfer between optimizers? None without a source result or a finished best."""
+    the hyperparameter names match and the rest kept at this sweep's best: does an optimum transfer between
+    optimizers? None without a source result, a finished best, or a carried value in this optimizer's domain."""
     path = source_dir / f"{scale_name}.json" if source_dir else None
     if path is None or not path.is_file() or best.status != RunStatus.OK:
         return None
@@ -560,9 +644,16 @@ def _transferred_optimum(params: StudyParams, scale_name: str, best: EvaluatedRu
     try:
         params.hparams_with(hparams, key=f"{path}: best")
     except ParamsError:
-        return None  # a value outside this optimizer's domain cannot be carried over
-    run = evaluator.evaluate([hparams])[0]
-    return {"source": source.optimizer, "carried": carried, "hparams": hparams, "loss": run.loss,
+        return None
+    return CarriedOptimum(source.optimizer, carried, hparams)
+
+
+def _transfer_report(carried: CarriedOptimum | None, best: EvaluatedRun,
+                     evaluator: RunEvaluator) -> dict[str, Any] | None:
+    if carried is None:
+        return None
+    run = evaluator.evaluate([carried.hparams])[0]  # trained during the search: read back from its memory
+    return {"source": carried.source, "carried": carried.carried, "hparams": carried.hparams, "loss": run.loss,
             "status": run.status, "tuned_loss": best.loss}
 
 
@@ -602,10 +693,10 @@ def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, 
     try:
         evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
         with heartbeat(evaluator.claims):
-            descent, searched, extensions = descend_following_edges(params, space, evaluator)
-            slices = _slices(searched, descent.best, evaluator)
-            noise = _seed_noise(descent.best, search, evaluator)
-            transferred = _transferred_optimum(params, scale_name, descent.best, evaluator, transfer_from)
+            outcome = search_to_lowest_run(
+                params, space, evaluator, lambda best: _carried_optimum(params, scale_name, best, transfer_from))
+            descent = outcome.descent
+            transferred = _transfer_report(outcome.carried, descent.best, evaluator)
             evaluator.drain()
     finally:
         bar.close()
@@ -619,8 +710,8 @@ def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, 
         "phase": space.phase,
         "free": space.free,
         "fixed": space.fixed,
-        "grid": searched.grid,
-        "grid_extensions": extensions,
+        "grid": outcome.space.grid,
+        "grid_extensions": outcome.extensions,
         "order": params.coordinate_order(),
         "baseline": space.baseline,
         "best": descent.best.hparams,
@@ -628,13 +719,14 @@ def _search(params: StudyParams, scale_name: str, sensitivity_path: str | None, 
         "near_best": _near_best(descent.best, search, evaluator),
         "passes": descent.passes,
         "converged": descent.converged,
+        "why_not_converged": descent.why_not_converged,
         "stop_rule": search.stop_rule,
         "tolerance": search.tolerance,
         "tolerance_kind": search.tolerance_kind,
         "trajectory": descent.trajectory,
         "runs": [run.report() for run in evaluator.ordered_runs()],
-        "slices": slices,
-        "noise": noise,
+        "slices": outcome.slices,
+        "noise": outcome.noise,
         "failed": [{"key": run.key, "hparams": run.hparams, "seed": run.seed, "error": run.reason}
                    for run in evaluator.ordered_runs() if run.status == RunStatus.FAILED],
         "compute": _compute(evaluator, time.perf_counter() - started),
