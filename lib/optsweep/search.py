@@ -429,7 +429,7 @@ def _descend_in_passes(space: SearchSpace, search: SearchSettings, evaluator: Ru
         if not changed:
             return Descent(incumbent, pass_number, True, trajectory)
     return Descent(incumbent, search.passes, False, trajectory,
-                   f"the pass budget ({search.passes}) ran out before a pass left the best unchanged")
+                   "the pass budget ran out before a pass left the best unchanged")
 
 
 def _neighbourhood(space: SearchSpace, center: Config) -> list[Config]:
@@ -450,7 +450,7 @@ def _descend_by_neighbourhood(space: SearchSpace, search: SearchSettings, evalua
         if all(evaluator.known(config) for config in _neighbourhood(space, baseline)):
             return Descent(incumbent, pass_number, True, trajectory)
     return Descent(incumbent, search.passes, False, trajectory,
-                   f"the pass budget ({search.passes}) ran out before the best's neighbourhood was complete")
+                   "the pass budget ran out before the best's neighbourhood was complete")
 
 
 # --- grids that follow an optimum past their edge -----------------------------------------------------------
@@ -564,7 +564,7 @@ def search_to_lowest_run(params: StudyParams, space: SearchSpace, evaluator: Run
         step = _step(descent.passes, "lowest run", lowest)
         passes_left = search.passes - descent.passes
         if passes_left <= 0:
-            why = (f"after the pass budget ({search.passes}) ran out, a run of the sweep "
+            why = ("after the pass budget ran out, a run of the sweep "
                    f"({_changed(lowest.hparams, descent.best.hparams)}: {lowest.loss:.4g}) beat the best "
                    f"({descent.best.loss:.4g}): it is the best, and no pass has confirmed it")
             descent = Descent(lowest, descent.passes, False, descent.trajectory + [step], why)
