@@ -14,7 +14,7 @@ def test_every_trained_run_is_logged_with_its_hyperparameters_and_curves(tmp_pat
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     params = load_params(synth.write_study(tmp_path, "reporter", study_tracker="wandb", grid={"lr": [1e-3, 1e-2]},
-                                           search={"passes": 1, "extend_edges": 0}))
+                                           search={"passes": 1, "extend_edges": 0, "noise_seeds": 0}))
     result = run_sweep(params, "a", tmp_path / "a.json", progress=False)
     logs = {path.parent.name: path.read_bytes() for path in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}
     assert len(logs) == result["compute"]["runs_trained"] == 3
