@@ -63,22 +63,29 @@ def trajectory(sweep: dict[str, Any]) -> plt.Figure:
 
 
 def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.Figure:
-    """Optima per scale against N (colour: D) with the fitted law and its 95% interval at each D."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    palette = dict(zip(sorted(points["tokens"].unique()), sns.color_palette("viridis", points["tokens"].nunique())))
-    for tokens, line in fitted.groupby("tokens"):
-        color = palette.get(tokens, "grey")
-        ax.plot(line["n_params"], line["estimate"], color=color, lw=1.5)
-        ax.fill_between(line["n_params"], line["lower"], line["upper"], color=color, alpha=0.15)
+    """Optima per scale against N (left, colour: D) and against D (right, colour: N), each with the fitted law
+    and its 95% interval (`fitted`: `report.law_curves`, along N at each D and along D at each N)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     # an optimum at a grid edge is a bound (the true one lies beyond it): its own marker
     where = points["edge"].fillna("inside the grid") if "edge" in points.columns else None
-    sns.scatterplot(data=points, x="n_params", y="value", hue="tokens", palette=palette, style=where, s=70, ax=ax,
-                    zorder=5)
-    ax.set_xscale("log")
-    ax.set_yscale("log" if axis_of(hparam) in ("log", "log1p") else "linear")
-    ax.set_xlabel("N (non-embedding parameters)")
-    ax.set_ylabel(f"optimal {hparam}")
-    ax.legend(title="D (tokens)", fontsize=8)
+    panels = ((axes[0], "N", "n_params", "tokens", "N (non-embedding parameters)", "D (tokens)"),
+              (axes[1], "D", "tokens", "n_params", "D (tokens)", "N (non-emb.)"))
+    for ax, along, x, held, x_label, held_label in panels:
+        values = sorted(points[held].unique())
+        palette = dict(zip(values, sns.color_palette("viridis", len(values))))
+        for value, line in fitted[fitted["along"] == along].groupby(held):
+            color = palette.get(value, "grey")
+            ax.plot(line[x], line["estimate"], color=color, lw=1.5)
+            ax.fill_between(line[x], line["lower"], line["upper"], color=color, alpha=0.15)
+        labels = points[held].map(lambda v: f"{v:.3g}")  # the legend names each D or N to 3 digits
+        sns.scatterplot(data=points, x=x, y="value", hue=labels, palette={f"{v:.3g}": c for v, c in palette.items()},
+                        style=where, s=70, ax=ax, zorder=5)
+        ax.set_xscale("log")
+        ax.set_yscale("log" if axis_of(hparam) in ("log", "log1p") else "linear")
+        ax.set_xlabel(x_label)
+        ax.legend(title=held_label, fontsize=8)
+    axes[0].set_ylabel(f"optimal {hparam}")
+    fig.suptitle(f"{hparam}: optimum per scale, fitted law and its 95% interval")
     fig.tight_layout()
     return fig
 

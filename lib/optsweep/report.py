@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,12 @@ from pandas.io.formats.style import Styler
 from .analysis import predict
 from .analysis.speedup import Interval, SpeedupResult
 from .analysis.table import hparam_names
+from .axes import axis_of
 from .config import StudyParams, load_params
 from .documents import require_one_identity
 from .jsonio import read_json
 from .paths import SWEEP_FOLDERS, ProjectPaths, enter_root
+from .presets import ASSUMED_MFU, PEAK_FLOPS, planned_runs
 
 RESULTS = Path("results")
 
@@ -130,7 +132,7 @@ def recommended_frame(sensitivity: dict[str, Any], laws: dict[str, Any]) -> pd.D
                 "verdict": verdict.get("verdict", "sensitive" if verdict["sensitive"] else "insensitive"),
                 "recommended (this study)": ours,
                 "original study (brief)": BRIEF_REPORTED.get(hparam, "-"),
-                "reason": verdict.get("reason", ""),
+                "reason": short_reason(hparam, verdict),
             }
         )
     order = {h: i for i, h in enumerate(hparam_names())}
@@ -155,17 +157,29 @@ def provenance_frame(params: StudyParams, sweeps: list[dict[str, Any]]) -> pd.Da
 
 def sensitivity_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
     """One row per hyperparameter: the verdict with its margin and the noise it was judged against, both
-    standards, the cause, the original study's rule (and why it differs), and why."""
+    standards, the cause, whether the original study's rule finds it stable, and the short reason (the full
+    one, and why the original rule differs, are in `reasons_details`)."""
     return pd.DataFrame(
         [
             {"hyperparameter": h, "verdict": v["verdict"], "margin": v["margin"],
              "p (Holm)": v.get("p_holm"), "noise of a difference": v["noise"],
              "loss sensitive": v["loss_sensitive"], "optimum shifts": v["optimum_shifts"],
              "shift cause": v["shift_cause"], "original rule: stable": v["original_rule"]["stable"],
-             "original rule differs because": v["original_rule"].get("why_differs") or "", "reason": v["reason"]}
+             "reason": short_reason(h, v)}
             for h, v in sensitivity["hyperparameters"].items()
         ]
     )
+
+
+def reasons_details(sensitivity: dict[str, Any]) -> str:
+    """Every verdict's full reason, and why the original study's rule differs where it does, as a collapsed
+    HTML <details> block: the tables show only the short clause."""
+    items = []
+    for hparam, verdict in sensitivity["hyperparameters"].items():
+        differs = (verdict.get("original_rule") or {}).get("why_differs")
+        text = verdict["reason"] + (f" Original rule: {differs}." if differs else "")
+        items.append(f"<li>{html.escape(text)}</li>")
+    return f"<details><summary>Full reasons</summary><ul>{''.join(items)}</ul></details>"
 
 
 def noise_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
@@ -203,36 +217,287 @@ def law_forms_frame(law: dict[str, Any]) -> pd.DataFrame:
 
 
 def hypotheses_frame(sensitivity: dict[str, Any]) -> pd.DataFrame:
-    """The brief's conjectures with our verdict, the reason, and the numbers behind it."""
+    """The brief's conjectures with our verdict, the reason, and the key numbers behind it as short text."""
     rows = []
     for answer in sensitivity["hypotheses"]:
         evidence = dict(answer["evidence"])
         why = evidence.pop("why", "")
         rows.append({"hypothesis": answer["hypothesis"], "verdict": answer["verdict"],
                      "sensitivity verdict": answer.get("sensitivity_verdict") or "-", "why": why,
-                     "numbers": json.dumps(evidence, default=str) if evidence else ""})
-    return pd.DataFrame(rows)
+                     "numbers": evidence_text(evidence)})
+    return pd.DataFrame(rows, columns=["hypothesis", "verdict", "sensitivity verdict", "why", "numbers"])
+
+
+# Evidence the hypotheses table leaves out: the full sensitivity reason and the thresholds (both in the
+# sensitivity tables) and the sensitivity verdict (its own column).
+EVIDENCE_LEFT_OUT = frozenset({"reason", "thresholds", "threshold", "sensitivity"})
+
+
+def evidence_text(evidence: dict[str, Any]) -> str:
+    """The numbers behind a hypothesis as short text: numbers to 3 significant digits, a mapping per scale or
+    rule as "name value" pairs, a pair of scales as "shorter -> longer (numbers)"."""
+    return "; ".join(f"{_label(key)}: {_value_text(value)}" for key, value in evidence.items()
+                     if key not in EVIDENCE_LEFT_OUT and value not in (None, "", [], {}))
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value:.3g}"
+    if isinstance(value, str):
+        return _label(value)
+    if isinstance(value, dict):
+        names = [str(v) for k, v in value.items() if isinstance(v, str) and k not in EVIDENCE_LEFT_OUT]
+        numbers = ", ".join(f"{_label(k)} {_value_text(v)}" for k, v in value.items()
+                            if not isinstance(v, str) and k not in EVIDENCE_LEFT_OUT)
+        return f"{' -> '.join(names)} ({numbers})" if names else numbers
+    return "; ".join(_value_text(item) for item in value)
 
 
 def styled(frame: pd.DataFrame, digits: int = 4) -> Styler:
-    """A table for the HTML report: no index column, floats to `digits` significant digits."""
+    """A table for the HTML report: no index column, floats to `digits` significant digits, text left-aligned
+    (a right-aligned sentence is hard to read)."""
     floats = {c: f"{{:.{digits}g}}" for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
-    return frame.style.hide(axis="index").format(floats, na_rep="-")
+    text = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])]
+    table = frame.style.hide(axis="index").format(floats, na_rep="-")
+    return table.set_properties(subset=text, **{"text-align": "left"})
 
 
 def law_curves(laws: dict[str, Any], hparam: str, samples: int = 30) -> pd.DataFrame:
-    """The fitted law for `hparam` with its 95% interval along N, at each token budget it was fitted on."""
+    """The fitted law for `hparam` with its 95% interval, along N at each token budget it was fitted on
+    (`along` "N") and along D at each model size (`along` "D"), from 1/1.5 of the smallest to 1.5 x the
+    largest fitted value."""
     points = pd.DataFrame(laws["laws"][hparam]["points"])
     width = int(points["width"].median())  # only constants with a width rule read it
-    n_grid = np.geomspace(points["n_params"].min() / 1.5, points["n_params"].max() * 1.5, samples)
+
+    def spread(column: str) -> np.ndarray:
+        return np.geomspace(points[column].min() / 1.5, points[column].max() * 1.5, samples)
+
     rows = []
-    for tokens in sorted(points["tokens"].unique()):
-        for n_params in n_grid:
-            prediction = predict(laws, n_params=n_params, tokens=tokens, width=width)
-            lower, upper = prediction["intervals"][hparam]
-            rows.append({"tokens": tokens, "n_params": n_params, "estimate": prediction["hparams"][hparam],
-                         "lower": lower, "upper": upper})
+    for along, moving, fixed in (("N", "n_params", "tokens"), ("D", "tokens", "n_params")):
+        for held in sorted(points[fixed].unique()):
+            for value in spread(moving):
+                at = {moving: value, fixed: held}
+                prediction = predict(laws, n_params=at["n_params"], tokens=at["tokens"], width=width)
+                lower, upper = prediction["intervals"][hparam]
+                rows.append({"along": along, "tokens": at["tokens"], "n_params": at["n_params"],
+                             "estimate": prediction["hparams"][hparam], "lower": lower, "upper": upper})
     return pd.DataFrame(rows)
+
+
+# --- the answer at the top of the report -------------------------------------------------------------------
+
+# What would turn an inconclusive verdict into a conclusive one.
+WIDER_GRID, MORE_OR_LONGER_RUNS = "a wider grid", "more seeds or longer runs"
+
+
+def verdict_clause(hparam: str, reason: str) -> str:
+    """The verdict clause of a sensitivity reason: "lr: not sensitive, one value serves every scale: numbers"
+    -> "not sensitive, one value serves every scale"."""
+    return reason.removeprefix(f"{hparam}: ").split(":", 1)[0].strip().rstrip(".")
+
+
+def grid_edges(verdict: dict[str, Any]) -> list[str]:
+    """The scales whose optimum lies at the grid edge (a bound: the true optimum is beyond it)."""
+    return list((verdict.get("evidence") or {}).get("at_edge") or [])
+
+
+def short_reason(hparam: str, verdict: dict[str, Any]) -> str:
+    """A verdict's reason for a table: its clause, and the scales whose optimum lies at the grid edge."""
+    edges = grid_edges(verdict)
+    return verdict_clause(hparam, verdict.get("reason", "")) + (f"; at the grid edge at {', '.join(edges)}"
+                                                                 if edges else "")
+
+
+def what_would_decide(verdict: dict[str, Any]) -> str:
+    """For an inconclusive verdict: a wider grid when an optimum lies at the grid edge (its true value is
+    unknown), else more seeds or longer runs (the margin is within its error)."""
+    return WIDER_GRID if grid_edges(verdict) else MORE_OR_LONGER_RUNS
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """Runs the study's planner counts for one way to decide, and what they would take."""
+
+    runs: int
+    worker_hours: float  # at the mean run time this study's sweeps measured at each scale
+    gpu_hours: float  # the runs' measured FLOPs at the planner's assumed GPU and utilization
+
+    def __str__(self) -> str:
+        return (f"{self.runs} runs, ~{self.worker_hours:.2g} worker-hours here, ~{self.gpu_hours:.2g} GPU-hours at "
+                f"the planner's {ASSUMED_MFU:.0%} MFU")
+
+
+@dataclass(frozen=True)
+class DecisionCosts:
+    """What deciding the inconclusive verdicts would cost over the phase-1 scales."""
+
+    one_more_seed: RunCost  # one more noise seed for the best and its competitors
+    longer_runs: RunCost  # the phase-1 sweeps again at twice the tokens (the planner's upper bound)
+    wider_grid: dict[str, RunCost]  # hparam -> one more grid value at each end, over every pass
+
+
+def decision_costs(params: StudyParams, sweeps: list[dict[str, Any]]) -> DecisionCosts:
+    """The costs of `DecisionCosts`: run counts from the planner (`optsweep plan`'s `planned_runs`, as the
+    difference between the study and the study changed that way), time and FLOPs per run as measured."""
+    per_run = {s["scale"]["name"]: _measured_run_cost(s) for s in sweeps if s["phase"] == "phase1"}
+    free = params.search_order()
+    planned = _planned_upper_bounds(params, free)
+
+    def cost(runs: dict[str, int], length: float = 1.0) -> RunCost:
+        seconds = sum(n * per_run.get(scale, (0.0, 0.0))[0] for scale, n in runs.items()) * length
+        flops = sum(n * per_run.get(scale, (0.0, 0.0))[1] for scale, n in runs.items()) * length
+        return RunCost(runs=sum(runs.values()), worker_hours=seconds / 3600,
+                       gpu_hours=flops / (PEAK_FLOPS * ASSUMED_MFU) / 3600)
+
+    def more_than_planned(changed: StudyParams) -> RunCost:
+        return cost({scale: n - planned[scale] for scale, n in _planned_upper_bounds(changed, free).items()})
+
+    search = params.search.model_copy(update={"noise_seeds": params.search.noise_seeds + 1})
+    return DecisionCosts(
+        one_more_seed=more_than_planned(params.model_copy(update={"search": search})),
+        longer_runs=cost(planned, length=2.0),
+        wider_grid={h: more_than_planned(params.model_copy(update={"grid": {**params.grid, h: _widened(h, v)}}))
+                    for h, v in params.grid.items() if h in free},
+    )
+
+
+def _planned_upper_bounds(params: StudyParams, free: list[str]) -> dict[str, int]:
+    return {name: planned_runs(params, name, free)[1] for name in params.scales}
+
+
+def _measured_run_cost(sweep: dict[str, Any]) -> tuple[float, float]:
+    """Mean wall seconds and FLOPs of one of the sweep's finished runs."""
+    results = [run.get("result") or {} for run in sweep["runs"] if run["status"] in ("ok", "diverged")]
+    if not results:
+        return 0.0, 0.0
+    return (sum(r.get("wall_s", 0.0) for r in results) / len(results),
+            sum(r.get("flops", 0.0) for r in results) / len(results))
+
+
+def _widened(hparam: str, values: list[float | int]) -> list[float | int]:
+    """The grid with one more value at each end, a grid step beyond it (a factor on a log axis)."""
+    ordered = sorted(values)
+    if len(ordered) < 2:
+        return ordered
+    (low, next_low), (next_high, high) = ordered[:2], ordered[-2:]
+    if axis_of(hparam) in ("log", "log1p") and low > 0:
+        return [low * low / next_low, *ordered, high * high / next_high]
+    return [2 * low - next_low, *ordered, 2 * high - next_high]
+
+
+def answer_paragraph(sensitivity: dict[str, Any], laws: dict[str, Any], costs: DecisionCosts) -> str:
+    """The study's answer in one Markdown paragraph, computed from its results: what depends on scale and its
+    law, what is constant and its value, how large the noise was and how it was measured, what stayed
+    inconclusive and what would decide it at what cost, and the brief's hypotheses."""
+    sentences = [_scale_sentence(sensitivity, laws), _constant_sentence(sensitivity), noise_sentence(sensitivity),
+                 _inconclusive_sentence(sensitivity, costs), _hypotheses_sentence(sensitivity)]
+    return " ".join(s for s in sentences if s)
+
+
+def law_text(law: dict[str, Any]) -> str:
+    """A fitted law with each exponent's 95% interval."""
+    exponents = ", ".join(f"{name.removesuffix('_exponent')} exponent {c['estimate']:.3g} "
+                          f"[{c['ci95'][0]:.3g}, {c['ci95'][1]:.3g}]"
+                          for name, c in law["coefficients"].items() if name != "log_prefactor")
+    return f"`{law['form']}` ({exponents}; 95% intervals, {law['n_points']} scales)"
+
+
+def _scale_sentence(sensitivity: dict[str, Any], laws: dict[str, Any]) -> str:
+    verdicts = sensitivity["hyperparameters"]
+    parts = []
+    for hparam in sensitivity["sensitive"]:
+        cause = verdicts[hparam]["shift_cause"]
+        moves = {"both": "model size and data", "model": "model size", "data": "data"}.get(cause, "scale")
+        rule = (law_text(laws["laws"][hparam]) if hparam in laws["laws"]
+                else f"no law: {laws['unfitted'].get(hparam, 'not fitted')}")
+        parts.append(f"**{hparam}** is sensitive to scale, its optimum moves with {moves}: {rule}")
+    text = "; ".join(parts) + "." if parts else "No hyperparameter was found sensitive to scale."
+    asked = [h for h, law in laws["laws"].items() if h not in sensitivity["sensitive"]]
+    if asked:
+        text += " Fitted anyway (analysis.laws_for): " + "; ".join(
+            f"**{h}** {law_text(laws['laws'][h])}" for h in asked) + "."
+    return text
+
+
+def constant_text(constant: dict[str, Any]) -> str:
+    """A recommended constant, with the width rule that moves it ("0.00756 at width 64 after the ... rule")."""
+    value = f"{constant['value']:.3g}"
+    if constant.get("rule", "none") == "none":
+        return value
+    rule = constant["rule"].replace("_", "-")
+    return f"one value after the {rule} rule, {value} at width {constant['reference_width']}"
+
+
+def _constant_sentence(sensitivity: dict[str, Any]) -> str:
+    constant = [h for h, v in sensitivity["hyperparameters"].items() if v["verdict"] == "insensitive"]
+    if not constant:
+        return "No hyperparameter was shown constant across scales."
+    values = "; ".join(f"**{h}**: {constant_text(sensitivity['recommended'][h])}" for h in constant)
+    return f"Constant across scales (one value costs less than the threshold at every scale): {values}."
+
+
+def noise_sentence(sensitivity: dict[str, Any]) -> str:
+    """How the verdicts' noise was measured and how large it was."""
+    noise = sensitivity.get("noise") or {}
+    source = noise.get("source")
+    if not source:
+        return "The noise was not measured: the threshold decided alone."
+    measured = (noise.get("estimates") or {}).get(source) or {}
+    if source == "seeds":
+        how = (f"from seeds: {measured['configs']} configs re-run in {measured['runs']} runs ({noise['dof']} degrees "
+               f"of freedom), paired under common random numbers (paired std {measured['paired_std']:.3g})")
+    elif source == "differences":
+        how = (f"from {measured['contrasts']} differences between neighbouring grid values, no seed runs "
+               f"({noise['dof']} degrees of freedom)")
+    else:
+        how = f"as {source}"
+    differences = [s["difference_std"] for s in noise.get("per_scale", {}).values()]
+    spread = (f", a difference between two configs by {min(differences):.3g} to {max(differences):.3g} by scale"
+              if differences else "")
+    return f"The noise was measured {how}: one config's loss scatters by {100 * noise['relative_std']:.3g}%{spread}."
+
+
+def _inconclusive_sentence(sensitivity: dict[str, Any], costs: DecisionCosts) -> str:
+    verdicts = sensitivity["hyperparameters"]
+    inconclusive = [h for h, v in verdicts.items() if v["verdict"] == "inconclusive"]
+    if not inconclusive:
+        return "Nothing stayed inconclusive."
+    best = ", ".join(f"{h} ({constant_text(sensitivity['recommended'][h])})" if h in sensitivity["recommended"]
+                     else h for h in inconclusive)
+    text = [f"Inconclusive, best value so far in brackets: {best}."]
+    by_remedy = {remedy: [h for h in inconclusive if what_would_decide(verdicts[h]) == remedy]
+                 for remedy in (WIDER_GRID, MORE_OR_LONGER_RUNS)}
+    if by_remedy[WIDER_GRID]:
+        names = by_remedy[WIDER_GRID]
+        widening = {str(costs.wider_grid[h]) for h in names if h in costs.wider_grid}
+        cost = (f"for each, one more value at each end of its grid costs {widening.pop()}" if len(widening) == 1
+                else "one more value at each end of its grid costs " + "; ".join(
+                    f"{h}: {costs.wider_grid[h]}" for h in names if h in costs.wider_grid))
+        text.append(f"For {', '.join(names)} an optimum lies at the grid edge, so a wider grid would decide "
+                    f"({cost}).")
+    if by_remedy[MORE_OR_LONGER_RUNS]:
+        text.append(f"For {', '.join(by_remedy[MORE_OR_LONGER_RUNS])} the margin is within its error, so more "
+                    f"seeds or longer runs would decide (one more seed on each scale's best and its competitors "
+                    f"costs {costs.one_more_seed}; the phase-1 sweeps at twice the tokens cost up to "
+                    f"{costs.longer_runs}).")
+    return " ".join(text)
+
+
+def _hypotheses_sentence(sensitivity: dict[str, Any]) -> str:
+    answers = sensitivity.get("hypotheses") or []
+    if not answers:
+        return ""
+    groups = [(verdict, [a["hypothesis"] for a in answers if a["verdict"] == verdict])
+              for verdict in ("supported", "contradicted", "inconclusive")]
+    listed = [f"{verdict}: {'; '.join(named)}" if verdict != "inconclusive" else f"{len(named)} inconclusive"
+              for verdict, named in groups if named]
+    return f"The brief's hypotheses ({len(answers)}): " + " · ".join(listed) + " (see the table)."
 
 
 # --- other optimizers against the tuned AdamW (params `optimizers`, results/speedup.json) ------------------
