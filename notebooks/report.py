@@ -22,7 +22,7 @@ params_file = ""  # default: the active params/study.yaml
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from optsweep import plots
 from optsweep.config import load_params
@@ -31,7 +31,9 @@ from optsweep.jsonio import write_json
 from optsweep.paths import enter_root
 from optsweep.report import (
     analysis_warnings,
+    answer_paragraph,
     compute_summary,
+    decision_costs,
     hypotheses_frame,
     law_curves,
     law_forms_frame,
@@ -40,6 +42,7 @@ from optsweep.report import (
     noise_frame,
     optimizer_pages,
     provenance_frame,
+    reasons_details,
     recommended_frame,
     reference_curve_lines,
     reference_curves_frame,
@@ -63,7 +66,13 @@ phase1 = load_sweeps(paths.sweeps("phase1"), list(params.scales))
 law_phase = load_sweeps(paths.sweeps("law"), list(params.law_scales))
 sensitivity = as_json(read_document(paths.sensitivity, SensitivityResult))
 laws = as_json(read_document(paths.scaling_law, ScalingLaws))
-write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump())  # for `dvc metrics`
+write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump());  # for `dvc metrics`
+
+# %% [markdown]
+# ## The answer
+
+# %%
+display(Markdown(answer_paragraph(sensitivity, laws, decision_costs(params, phase1))))
 if analysis_warnings(sensitivity, laws):
     display(Markdown("## Warnings\n" + analysis_warnings(sensitivity, laws)))
 
@@ -90,17 +99,21 @@ plots.loss_slices(slices_frame(phase1));
 
 # %%
 display(styled(sensitivity_frame(sensitivity)))
+display(HTML(reasons_details(sensitivity)))
 styled(noise_frame(sensitivity))
 
 # %% [markdown]
 # ## Scaling laws for the sensitive hyperparameters
+# And for those `analysis.laws_for` asks for even when they are not sensitive. Each figure: the optimum per
+# scale against N and against D, with the fitted law and its 95% interval.
 
 # %%
 if not laws["laws"]:
-    display(Markdown("No hyperparameter was sensitive to scale: no law to fit."))
+    display(Markdown("No hyperparameter was sensitive to scale and none was asked for: no law to fit."))
 for hparam, law in laws["laws"].items():
     r2 = "-" if law["r2"] is None else f"{law['r2']:.3f}"
-    display(Markdown(f"**{hparam}**: `{law['form']}`, R^2 = {r2}, {law['n_points']} points. {law['note']}"))
+    asked = " (not sensitive; fitted because `analysis.laws_for` asks for it)" if law.get("asked") else ""
+    display(Markdown(f"**{hparam}**{asked}: `{law['form']}`, R^2 = {r2}, {law['n_points']} points. {law['note']}"))
     display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
     display(styled(law_forms_frame(law)))
     plots.law_points(pd.DataFrame(law["points"]), law_curves(laws, hparam), hparam)
@@ -108,8 +121,9 @@ for hparam, law in laws["laws"].items():
     display(styled(pd.DataFrame(law["points"])))
 for hparam, reason in laws["unfitted"].items():
     display(Markdown(f"**{hparam}** is sensitive but has no law: {reason}"))
-for hparam, reason in laws.get("skipped", {}).items():
-    display(Markdown(f"**{hparam}**: {reason}"))
+if laws.get("skipped"):  # one line: each has the same reason, its verdict
+    not_fitted = ", ".join(f"**{h}** ({sensitivity['hyperparameters'][h]['verdict']})" for h in laws["skipped"])
+    display(Markdown(f"No law fitted for {not_fitted}: not sensitive (`analysis.laws_for` fits one anyway)."))
 if laws.get("lr_width") and laws["lr_width"].get("width_exponent"):
     display(Markdown(f"lr against width: {laws['lr_width']['note']}"))
 

@@ -27,7 +27,7 @@ optimizer = ""  # another optimizer of params `optimizers` (its results/optimize
 
 # %%
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
@@ -38,6 +38,7 @@ from optsweep.report import (
     load_sweeps,
     noise_frame,
     optimizer_study,
+    reasons_details,
     sensitivity_frame,
     slices_frame,
     styled,
@@ -55,7 +56,8 @@ if analysis_warnings(sensitivity):
     display(Markdown(analysis_warnings(sensitivity)))
 
 # %%
-styled(sensitivity_frame(sensitivity))
+display(styled(sensitivity_frame(sensitivity)))
+display(HTML(reasons_details(sensitivity)))
 
 # %% [markdown]
 # ## Noise per scale, and runs marked diverged because they blew up
