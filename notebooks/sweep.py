@@ -21,7 +21,7 @@
 
 # %% tags=["parameters"]
 scale = ""  # a scale of this phase in the params (default: the phase's first scale)
-phase = "phase1"  # "phase1": every hyperparameter free; "law": only the sensitive ones (reads results/sensitivity.json)
+phase = "phase1"  # "phase1": every hyperparameter free; "law": sensitive + laws_for (reads results/sensitivity.json)
 params_file = ""  # default: the active params/study.yaml
 optimizer = ""  # another optimizer of params `optimizers` (its results/optimizers/<name>/); "": the study's own
 
@@ -43,7 +43,7 @@ if result_path.is_file():  # written by the phase's search (`dvc repro`, `optswe
                      f"`optsweep sweep --scale {scale}{f' --optimizer {optimizer}' if optimizer else ''}` or "
                      "`dvc repro` brings it up to date."))
 else:  # opened before the study ran: search this scale now (stored runs are reused)
-    sensitivity = str(paths.sensitivity) if phase == "law" else None  # the law phase frees only the sensitive ones
+    sensitivity = str(paths.sensitivity) if phase == "law" else None  # law: the sensitive ones and laws_for free
     sweep = run_sweep(params, scale, result_path, sensitivity_path=sensitivity)
 
 # %%

@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "with --phase, a folder")
     sweep.add_argument(
         "--sensitivity", default=None,
-        help="sensitivity.json: free only the sensitive hyperparameters, fix the rest at their constants",
+        help="sensitivity.json: free only the sensitive hyperparameters (and analysis.laws_for), fix the rest at their "
+        "constants",
     )
     add_optimizer_argument(sweep)
     sweep.add_argument(

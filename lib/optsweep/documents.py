@@ -99,6 +99,23 @@ class Compute(Document):
     wall_s: float
 
 
+def tolerance_margin(tolerance: float, kind: Literal["absolute", "relative"], reference: float) -> float:
+    """The smallest improvement on `reference` that counts: `tolerance` itself, or that fraction of it."""
+    return tolerance if kind == "absolute" else tolerance * abs(reference)
+
+
+def beats_under_common_seeds(challenger: dict[int, float], incumbent: dict[int, float], tolerance: float,
+                             kind: Literal["absolute", "relative"]) -> bool:
+    """Whether a config's losses by seed beat another's by more than the tolerance under common random
+    numbers: the mean over the seeds both finished on (never, with no seed in common)."""
+    common = [seed for seed in challenger if seed in incumbent]
+    if not common:
+        return False
+    ours = sum(challenger[seed] for seed in common) / len(common)
+    theirs = sum(incumbent[seed] for seed in common) / len(common)
+    return ours < theirs - tolerance_margin(tolerance, kind, theirs)
+
+
 class TransferredOptimum(Document):
     """The reference optimizer's (AdamW's) best at the same scale, carried to this optimizer where the names
     match (the rest at this sweep's best) and trained: does an optimum transfer between optimizers?"""
@@ -144,25 +161,16 @@ class SweepResult(Document):
     provenance: Provenance
 
     def runs_beating_best(self) -> list[SweptRun]:
-        """The sweep's runs on its own seed that beat the reported best by more than the tolerance under common
-        random numbers (the mean over the seeds both configs finished on): none, for a search that ended on
-        the lowest of its runs."""
+        """The sweep's runs on its own seed that beat the reported best under common random numbers
+        (`beats_under_common_seeds`): none, for a search that ended on the lowest of its runs."""
         def finished(hparams: Config) -> dict[int, float]:
             return {run.seed: run.loss for run in self.runs
                     if run.hparams == hparams and run.status == RunStatus.OK and run.loss is not None}
 
         best, sweep_seed = finished(self.best), self.runs[0].seed if self.runs else None  # asked for first
-        beating = []
-        for run in self.runs:
-            ours = finished(run.hparams)
-            common = [seed for seed in ours if seed in best]
-            if run.seed != sweep_seed or run.seed not in ours or not common:
-                continue
-            mean_ours, mean_best = (sum(losses[seed] for seed in common) / len(common) for losses in (ours, best))
-            margin = self.tolerance * (abs(mean_best) if self.tolerance_kind == "relative" else 1.0)
-            if mean_ours < mean_best - margin:
-                beating.append(run)
-        return beating
+        return [run for run in self.runs
+                if run.seed == sweep_seed and run.seed in finished(run.hparams)
+                and beats_under_common_seeds(finished(run.hparams), best, self.tolerance, self.tolerance_kind)]
 
     def same_search(self, other: SweepResult) -> bool:
         """Whether two results say the same, ignoring when and by which invocation they were made (and the

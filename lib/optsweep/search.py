@@ -31,7 +31,14 @@ from tqdm import tqdm
 from .axes import axis_of
 from .backends import make_executor
 from .config import LrTransfer, ParamsError, SearchSettings, StudyParams, round_sig
-from .documents import SweepResult, as_json, read_document, write_document
+from .documents import (
+    SweepResult,
+    as_json,
+    beats_under_common_seeds,
+    read_document,
+    tolerance_margin,
+    write_document,
+)
 from .executor import Executor, Outcome, Task, TaskInbox
 from .jsonio import to_strict
 from .optimizers import load_optimizer
@@ -66,7 +73,8 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
         fixed = {h: v for h, v in baseline.items() if h not in free}
         return SearchSpace("phase1", free, {h: grid[h] for h in free}, fixed, baseline)
     sensitive, unjudged, recommended = _read_sensitivity(Path(sensitivity_path), params.hparam_names())
-    free = [h for h in params.coordinate_order() if h in sensitive]
+    # A law asked for under analysis.laws_for needs its optimum measured at the law scales too.
+    free = [h for h in params.coordinate_order() if h in sensitive or h in params.analysis.laws_for]
     width = params.scale(scale_name).width
     integers = params.integer_hparams()
     fixed = {h: v for h, v in baseline.items() if h not in free}
@@ -385,10 +393,6 @@ class Descent:
                        more.why_not_converged)
 
 
-def _margin(search: SearchSettings, reference: float) -> float:
-    return search.tolerance if search.tolerance_kind == "absolute" else search.tolerance * abs(reference)
-
-
 def _beats(challenger: EvaluatedRun, incumbent: EvaluatedRun, search: SearchSettings,
            evaluator: RunEvaluator) -> bool:
     """Strictly better by more than the tolerance, under common random numbers: the mean loss over the seeds
@@ -396,11 +400,9 @@ def _beats(challenger: EvaluatedRun, incumbent: EvaluatedRun, search: SearchSett
     run never beats anything."""
     if math.isinf(challenger.rank) or math.isinf(incumbent.rank):
         return not math.isinf(challenger.rank)
-    ours, theirs = evaluator.finished_losses(challenger.hparams), evaluator.finished_losses(incumbent.hparams)
-    common = [seed for seed in ours if seed in theirs]  # the sweep's seed at least: both runs finished on it
-    mean_ours = sum(ours[seed] for seed in common) / len(common)
-    mean_theirs = sum(theirs[seed] for seed in common) / len(common)
-    return mean_ours < mean_theirs - _margin(search, mean_theirs)
+    return beats_under_common_seeds(evaluator.finished_losses(challenger.hparams),
+                                    evaluator.finished_losses(incumbent.hparams), search.tolerance,
+                                    search.tolerance_kind)
 
 
 def _step(pass_number: int, hparam: str, incumbent: EvaluatedRun) -> dict[str, Any]:
@@ -591,7 +593,7 @@ def _slices(space: SearchSpace, best: EvaluatedRun, evaluator: RunEvaluator) -> 
 def _near_best(best: EvaluatedRun, search: SearchSettings, evaluator: RunEvaluator) -> list[dict[str, Any]]:
     if best.status != RunStatus.OK:
         return []
-    limit = best.loss + _margin(search, best.loss)
+    limit = best.loss + tolerance_margin(search.tolerance, search.tolerance_kind, best.loss)
     close = [run for run in evaluator.ordered_runs()
              if run.seed == evaluator.seed and run.status == RunStatus.OK and run.loss <= limit]
     return [{"hparams": run.hparams, "loss": run.loss} for run in sorted(close, key=lambda run: run.loss)]
