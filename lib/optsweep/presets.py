@@ -216,7 +216,9 @@ def study_calendar(plans: list[ScalePlan], search: SearchSettings, gpus: int) ->
     starts the k lines ahead at today's baseline: while no line moves the baseline, k + 1 lines train side by
     side; when every line moves it, each line waits for itself and the k lines started with it are wasted.
     The scales of a phase run at once on one shared pool: a phase takes the longest scale's chain, each step of
-    n runs taking ceil(n / G) run lengths, and no less than the phase's GPU-hours / G. Phases run one after
+    n runs taking ceil(n / G) run lengths as if that chain had the pool to itself, and no less than the phase's
+    GPU-hours / G (so where the scales' steps together are wider than the pool, the calendar is a lower bound;
+    which chain the pool favours is the scheduler's, not modelled here). Phases run one after
     another (the law phase after phase 1 and the sensitivity analysis; each optimizer after the previous one).
     """
     phases: dict[tuple[str, Phase], list[ScalePlan]] = {}
@@ -316,7 +318,8 @@ def _print_calendar(rows: list[PhaseCalendar], gpus: GpuCount) -> None:
 CALENDAR_MODEL = """\
 model: a run trains on one GPU for its GPU-hours (run h). Within a scale, a line's values train side by side; lines
 and passes run one after another (each from the last best), then the seed runs. A phase's scales share the pool: it
-takes its longest chain (a step of n runs: ceil(n / G) run lengths), at least its GPU-hours / G; phases and optimizers
-run one after another. Upper bound: search.passes passes of new runs, no edge extensions. neighbourhood: one step a
-pass (the whole neighbourhood). speculate k (pass rule, G > 1): k + 1 lines side by side while no line moves the
-baseline; when every line moves it, k lines' runs wasted per line."""
+takes its longest chain (a step of n runs: ceil(n / G) run lengths, the pool to itself), at least its GPU-hours / G
+(a lower bound where the scales' steps together are wider than G); phases and optimizers run one after another.
+Upper bound: search.passes passes of new runs, no edge extensions. neighbourhood: one step a pass (the whole
+neighbourhood). speculate k (pass rule, G > 1): k + 1 lines side by side while no line moves the baseline; when
+every line moves it, k lines' runs wasted per line."""
