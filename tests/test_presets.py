@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from optsweep.config import load_params
+from optsweep.presets import chain_hours, planned_runs, scale_plans, search_chain, search_variants, study_calendar
 
 REPO = Path(__file__).resolve().parents[1]
 OPTSWEEP = str(Path(sys.executable).parent / "optsweep")
@@ -119,7 +120,8 @@ def test_every_preset_has_every_params_key_the_pipeline_reads(preset: Path):
 def _planned_runs(*arguments: str) -> dict[tuple[str, str], tuple[int, int]]:
     done = _optsweep("plan", "--params", "params/presets/micro.yaml", *arguments)
     assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("adamw ", "lion "))]
+    runs_table = done.stdout.split("\nat most ")[0]  # the calendar's rows below start with an optimizer too
+    rows = [line.split() for line in runs_table.splitlines() if line.startswith(("adamw ", "lion "))]
     return {(row[0], row[2]): tuple(int(n) for n in row[7].split("/")) for row in rows}
 
 
@@ -131,3 +133,88 @@ def test_plan_counts_the_seed_runs_that_measure_the_noise():
     # lion's micro grid holds a single value besides its baseline, so it has one competitor to replicate
     added = {row: (seeds[row][0] - without[row][0], seeds[row][1] - without[row][1]) for row in seeds}
     assert added == {row: (6, 6) if row[0] == "adamw" else (4, 4) for row in seeds}
+
+
+# --- the calendar ---------------------------------------------------------------------------------------------
+
+PAPER = REPO / "params/presets/paper.yaml"
+
+
+def _calendar_days(*arguments: str, preset: str = "params/presets/paper.yaml") -> dict[tuple[str, str], float]:
+    """(phase or 'total', search) -> days, from the calendar table of `optsweep plan`."""
+    done = _optsweep("plan", "--params", preset, *arguments)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.split("\ncalendar on ")[1].split("\n\n")[0].splitlines()[3:]
+    days = {}
+    for line in table:
+        phase = "total" if line.startswith("total ") else line.split()[1]
+        search, _, limited = line[19:].partition("  ")
+        days[(phase, search.strip())] = float(limited.split()[1])
+    return days
+
+
+@pytest.mark.parametrize("speculate", [0, 2])
+@pytest.mark.parametrize("gpus", [1, 3, 8, 64, 1000])
+def test_calendar_is_never_shorter_than_gpu_hours_over_the_gpus(gpus: int, speculate: int):
+    params = load_params(PAPER, [f"search.speculate={speculate}"])
+    rows = study_calendar(scale_plans(params), params.search, gpus)
+    assert len(rows) == 3 * len(search_variants(params.search, gpus))  # two phases and the total
+    for row in rows:
+        assert row.hours >= row.gpu_hours / gpus * (1 - 1e-12), row
+
+
+def test_doubling_gpus_beyond_the_widest_line_does_not_shorten_the_critical_path():
+    params = load_params(PAPER)
+    for plan in scale_plans(params):
+        for variant in search_variants(params.search, 64):
+            chain = search_chain(plan, variant, 64)
+            widest = max(chain.steps)
+            hours = chain_hours(plan, chain, widest)
+            assert hours == chain_hours(plan, chain, 2 * widest) == len(chain.steps) * plan.run_gpu_hours
+            assert chain_hours(plan, chain, max(1, widest - 1)) > hours or widest == 1
+    # through the command: at 64 GPUs the paper's chains already set the calendar, so 128 change nothing
+    assert _calendar_days("--gpus", "64") == _calendar_days("--gpus", "128")
+    configured = ("total", "configured (stop_rule pass, speculate 0)")
+    assert _calendar_days("--gpus", "2")[configured] > _calendar_days("--gpus", "8")[configured]  # below the width
+
+
+def test_the_calendar_plans_the_runs_the_run_counts_count():
+    params = load_params(PAPER)
+    configured, neighbourhood = search_variants(params.search, 8)[:2]
+    for plan in scale_plans(params):
+        free = params.search_order()
+        most = planned_runs(params, plan.scale, free)[1]
+        assert sum(search_chain(plan, configured, 8).steps) == sum(search_chain(plan, neighbourhood, 8).steps) == most
+        # pass rule: a step per line per pass, then the seed runs; neighbourhood: a step per pass
+        assert len(search_chain(plan, configured, 8).steps) == params.search.passes * len(free) + 1
+        assert len(search_chain(plan, neighbourhood, 8).steps) == params.search.passes + 1
+
+
+def test_plan_prints_what_neighbourhood_and_speculate_would_change():
+    days = _calendar_days("--gpus", "64")
+    configured = "configured (stop_rule pass, speculate 0)"
+    for phase in ("phase1", "law", "total"):
+        assert days[(phase, "stop_rule: neighbourhood")] < days[(phase, configured)]
+        assert days[(phase, "speculate: 1, no line moves")] < days[(phase, configured)]
+        assert days[(phase, "speculate: 1, every line moves")] >= days[(phase, configured)]
+    other = _calendar_days("--gpus", "64", "--set", "search.stop_rule=neighbourhood", "--set", "search.speculate=1")
+    assert {search for phase, search in other if phase == "total"} == {
+        "configured (stop_rule neighbourhood, speculate 1)", "stop_rule: pass, no line moves",
+        "stop_rule: pass, every line moves", "speculate: 0"}
+    # one worker trains inline: nothing speculates, so speculation is one row, no faster
+    alone = _calendar_days("--gpus", "1")
+    assert alone[("total", "speculate: 1")] == alone[("total", configured)]
+
+
+def test_plan_note_compares_the_calendar_with_the_gpu_hours():
+    done = _optsweep("plan", "--params", "params/presets/paper.yaml", "--gpus", "64")
+    note = next(line for line in done.stdout.splitlines() if line.startswith("note: "))
+    assert "days on 64 GPU(s)" in note and "GPU-hours alone" in note and "chains of sequential lines" in note
+    assert "model: " in done.stdout
+
+
+@pytest.mark.parametrize("gpus", ["0", "-2", "2.5", "eight"])
+def test_bad_gpus_fails_in_one_line(gpus: str):
+    done = _optsweep("plan", "--params", "params/presets/paper.yaml", f"--gpus={gpus}")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "--gpus" in done.stderr and "at least 1" in done.stderr

@@ -150,9 +150,22 @@ def cmd_preset(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from .presets import print_plan
+    from .presets import GpuCount, default_gpus, print_plan
 
-    print_plan(load_params(args.params, args.set))
+    params = load_params(args.params, args.set)
+    gpus = default_gpus(params.study) if args.gpus is None else GpuCount(gpu_count(args.gpus), "--gpus")
+    print_plan(params, gpus)
+
+
+def gpu_count(text: str) -> int:
+    """`--gpus G`: a whole number of GPUs, at least 1 (checked here so that a bad value is one error line)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ParamsError(f"--gpus: expected a whole number of GPUs, at least 1, got {text!r}")
+    return count
 
 
 def cmd_notebook(args: argparse.Namespace) -> None:
@@ -294,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--status", choices=["ok", "diverged", "failed", "in_progress"], default=None)
     store.add_argument("--scale", default=None, help="a scale name (for why)")
 
-    add("plan", cmd_plan, "dry run: print the study's runs, tokens and estimated GPU-hours")
+    plan = add("plan", cmd_plan, "dry run: print the study's runs, tokens, estimated GPU-hours and calendar")
+    plan.add_argument("--gpus", default=None, metavar="G",
+                      help="GPUs the calendar plans for (default: what the study's executor would use here: the "
+                           "visible GPUs, or the Ray cluster's; 1 without a GPU)")
     return parser
 
 
