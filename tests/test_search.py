@@ -272,6 +272,14 @@ def test_law_phase_frees_only_the_sensitive_hyperparameters(tmp_path):
     assert result["best"]["weight_decay"] == 0.2 and result["converged"]
 
 
+def test_law_phase_also_frees_the_laws_asked_for(tmp_path):
+    sensitivity = tmp_path / "sensitivity.json"
+    sensitivity.write_text(json.dumps({"sensitive": ["weight_decay"], "recommended": RECOMMENDED}))
+    result = sweep(tmp_path, "bowl", scale="b", sensitivity=sensitivity, analysis={"laws_for": ["lr"]})
+    assert result["free"] == ["lr", "weight_decay"] and "lr" not in result["fixed"]
+    assert len({run["hparams"]["lr"] for run in result["runs"]}) > 1
+
+
 def test_law_phase_keeps_the_baseline_of_hyperparameters_the_analysis_could_not_judge(tmp_path):
     recommended = {h: entry for h, entry in RECOMMENDED.items() if h != "beta1"}
     sensitivity = tmp_path / "sensitivity.json"
