@@ -16,6 +16,7 @@ from optsweep.analysis import analyze_sensitivity, fit_scaling_laws
 from optsweep.config import load_params
 from optsweep.documents import ScalingLaws, SensitivityResult, as_json, read_document
 from optsweep.report import (
+    LONGER_RUNS,
     MORE_OR_LONGER_RUNS,
     WIDER_GRID,
     DecisionCosts,
@@ -29,6 +30,7 @@ from optsweep.report import (
     reasons_details,
     recommended_frame,
     sensitivity_frame,
+    slices_frame,
     verdict_clause,
     what_would_decide,
 )
@@ -41,6 +43,7 @@ COSTS = DecisionCosts(
     one_more_seed=RunCost(runs=9, worker_hours=0.025, gpu_hours=1e-6),
     longer_runs=RunCost(runs=111, worker_hours=0.61, gpu_hours=4e-5),
     wider_grid={h: RunCost(runs=12, worker_hours=0.033, gpu_hours=2e-6) for h in ("lr", "warmup", "weight_decay")},
+    edge_blocked={"warmup": {"n1d1": {"above": "warmup (64) must be shorter than the run (48 steps)"}}},
 )
 
 
@@ -108,7 +111,7 @@ def test_answer_on_the_committed_results_is_computed_from_them(committed):
                 f"{lr['reference_width']}") in answer
     for hparam in sensitivity["inconclusive"]:
         assert f"{hparam} (" in answer
-    if any(what_would_decide(sensitivity["hyperparameters"][h]) == MORE_OR_LONGER_RUNS
+    if any(what_would_decide(h, sensitivity["hyperparameters"][h], costs) == MORE_OR_LONGER_RUNS
            for h in sensitivity["inconclusive"]):
         assert f"one more seed on each scale's best and its competitors costs {costs.one_more_seed}" in answer
     assert "{" not in answer and "_exponent" not in answer
@@ -125,8 +128,30 @@ def test_one_more_seed_and_a_wider_grid_cost_what_the_planner_counts(committed):
 
 
 def test_an_optimum_at_the_grid_edge_asks_for_a_wider_grid_else_for_more_or_longer_runs():
-    assert what_would_decide({"evidence": {"at_edge": ["n1d5"]}}) == WIDER_GRID
-    assert what_would_decide({"evidence": {"at_edge": []}}) == MORE_OR_LONGER_RUNS
+    at_edge = {"evidence": {"at_edge": ["n1d1"]}, "optimum": {"n1d1": {"edge": "above"}}}
+    assert what_would_decide("lr", at_edge, COSTS) == WIDER_GRID
+    assert what_would_decide("lr", {"evidence": {"at_edge": []}}, COSTS) == MORE_OR_LONGER_RUNS
+
+
+def test_an_optimum_at_the_longest_warmup_the_runs_allow_asks_for_longer_runs():
+    at_edge = {"evidence": {"at_edge": ["n1d1"]}, "optimum": {"n1d1": {"edge": "above"}}}
+    assert what_would_decide("warmup", at_edge, COSTS) == LONGER_RUNS
+    below = {"evidence": {"at_edge": ["n1d1"]}, "optimum": {"n1d1": {"edge": "below"}}}
+    assert what_would_decide("warmup", below, COSTS) == WIDER_GRID  # a shorter warmup is always a valid run
+
+
+def test_the_committed_warmup_grid_cannot_grow_past_the_shortest_run(committed):
+    params = load_params(REPO / "params/study.yaml")
+    costs = decision_costs(params, committed[2])
+    capped = set()
+    for sweep in committed[2]:
+        steps = sweep["scale"]["steps"]
+        valid = [w for w in sweep["grid"]["warmup"] if w < steps]
+        if 2 * max(valid) >= steps:  # the grid doubles warmup: its next value is no shorter than the run
+            capped.add(sweep["scale"]["name"])
+    assert set(costs.edge_blocked.get("warmup", {})) == capped
+    assert all(list(ends) == ["above"] for ends in costs.edge_blocked.get("warmup", {}).values())
+    assert "lr" not in costs.edge_blocked  # any lr is a valid run
 
 
 def test_verdict_clause_keeps_the_words_before_the_numbers():
@@ -166,3 +191,16 @@ def test_law_figure_shows_the_optima_against_n_and_against_d_inside_the_band(lr_
     left, right = figure.axes[:2]
     assert left.get_xlabel().startswith("N") and right.get_xlabel().startswith("D")
     assert len(left.collections) >= 2 and len(right.collections) >= 2  # bands and points on each
+
+
+def test_slice_panels_on_a_log_axis_label_the_grid_values_only(committed):
+    sweeps = committed[2]
+    figure = plots.loss_slices(slices_frame(sweeps))
+    figure.canvas.draw()
+    frame = slices_frame(sweeps)
+    for ax in figure.axes:
+        if ax.get_xscale() != "log":
+            continue
+        values = set(frame.loc[frame["hparam"] == ax.get_title(), "value"])
+        assert set(ax.get_xticks()) <= values and len(ax.get_xticks()) >= 2
+        assert not any(label.get_text() for label in ax.get_xticklabels(minor=True))  # no overlapping minor labels

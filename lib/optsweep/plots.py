@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -14,9 +15,16 @@ from .axes import axis_of
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def _style_axis(ax: plt.Axes, hparam: str) -> None:
+def _style_axis(ax: plt.Axes, hparam: str, values: list[float]) -> None:
     if axis_of(hparam) in ("log", "log1p"):  # spread over orders of magnitude
         ax.set_xscale("log")
+        # ticks at the grid values (thinned to about six), not matplotlib's minor labels, which overlap when a
+        # grid spans less than a few decades
+        ticks = sorted(set(values))[:: max(1, -(-len(set(values)) // 6))]
+        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:.2g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(axis="x", labelrotation=30)
     ax.set_title(hparam)
     ax.set_xlabel("")
 
@@ -36,7 +44,7 @@ def loss_slices(frame: pd.DataFrame, value: str = "delta_loss") -> plt.Figure:
         if not diverged.empty:
             top = finite[value].max() if not finite.empty else 0.0
             ax.scatter(diverged["value"], [top] * len(diverged), marker="x", s=60, color="black", zorder=5)
-        _style_axis(ax, hparam)
+        _style_axis(ax, hparam, panel["value"].tolist())
         ax.set_ylabel("loss - best loss at the scale" if value == "delta_loss" else value)
     for ax in axes.flat[len(hparams):]:
         ax.set_visible(False)

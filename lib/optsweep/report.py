@@ -14,12 +14,13 @@ from pandas.io.formats.style import Styler
 from .analysis import predict
 from .analysis.speedup import Interval, SpeedupResult
 from .analysis.table import hparam_names
-from .axes import axis_of
 from .config import StudyParams, load_params
 from .documents import require_one_identity
 from .jsonio import read_json
 from .paths import SWEEP_FOLDERS, ProjectPaths, enter_root
-from .presets import ASSUMED_MFU, PEAK_FLOPS, planned_runs
+from .presets import ASSUMED_MFU, planned_runs, scale_plans
+from .search import next_value_past_edge
+from .trainer_plugin import invalid_reason, make_run_spec
 
 RESULTS = Path("results")
 
@@ -293,7 +294,7 @@ def law_curves(laws: dict[str, Any], hparam: str, samples: int = 30) -> pd.DataF
 # --- the answer at the top of the report -------------------------------------------------------------------
 
 # What would turn an inconclusive verdict into a conclusive one.
-WIDER_GRID, MORE_OR_LONGER_RUNS = "a wider grid", "more seeds or longer runs"
+WIDER_GRID, LONGER_RUNS, MORE_OR_LONGER_RUNS = "a wider grid", "longer runs", "more seeds or longer runs"
 
 
 def verdict_clause(hparam: str, reason: str) -> str:
@@ -314,10 +315,18 @@ def short_reason(hparam: str, verdict: dict[str, Any]) -> str:
                                                                  if edges else "")
 
 
-def what_would_decide(verdict: dict[str, Any]) -> str:
-    """For an inconclusive verdict: a wider grid when an optimum lies at the grid edge (its true value is
-    unknown), else more seeds or longer runs (the margin is within its error)."""
-    return WIDER_GRID if grid_edges(verdict) else MORE_OR_LONGER_RUNS
+def what_would_decide(hparam: str, verdict: dict[str, Any], costs: DecisionCosts) -> str:
+    """For an inconclusive verdict: a wider grid when an optimum lies at a grid edge that can grow (its true value
+    is beyond it), longer runs when every such edge is the longest the runs allow (warmup at a short run's
+    length), else more seeds or longer runs (the margin is within its error)."""
+    edges = grid_edges(verdict)
+    if not edges:
+        return MORE_OR_LONGER_RUNS
+    blocked = costs.edge_blocked.get(hparam, {})
+    optima = verdict.get("optimum") or {}
+    if all((optima.get(scale) or {}).get("edge") in blocked.get(scale, {}) for scale in edges):
+        return LONGER_RUNS
+    return WIDER_GRID
 
 
 @dataclass(frozen=True)
@@ -326,7 +335,7 @@ class RunCost:
 
     runs: int
     worker_hours: float  # at the mean run time this study's sweeps measured at each scale
-    gpu_hours: float  # the runs' measured FLOPs at the planner's assumed GPU and utilization
+    gpu_hours: float  # the planner's GPU-hours per run (`optsweep plan`: its assumed GPU and utilization)
 
     def __str__(self) -> str:
         return (f"{self.runs} runs, ~{self.worker_hours:.2g} worker-hours here, ~{self.gpu_hours:.2g} GPU-hours at "
@@ -340,20 +349,26 @@ class DecisionCosts:
     one_more_seed: RunCost  # one more noise seed for the best and its competitors
     longer_runs: RunCost  # the phase-1 sweeps again at twice the tokens (the planner's upper bound)
     wider_grid: dict[str, RunCost]  # hparam -> one more grid value at each end, over every pass
+    # hparam -> scale -> end ("below"/"above") -> why the value one grid step past that end is not a valid run
+    # there (warmup beyond a short run): at such an edge only longer runs can move the optimum further
+    edge_blocked: dict[str, dict[str, dict[str, str]]]
 
 
 def decision_costs(params: StudyParams, sweeps: list[dict[str, Any]]) -> DecisionCosts:
     """The costs of `DecisionCosts`: run counts from the planner (`optsweep plan`'s `planned_runs`, as the
-    difference between the study and the study changed that way), time and FLOPs per run as measured."""
-    per_run = {s["scale"]["name"]: _measured_run_cost(s) for s in sweeps if s["phase"] == "phase1"}
+    difference between the study and the study changed that way), GPU-hours per run from the planner, wall time
+    per run as measured."""
+    phase1 = [s for s in sweeps if s["phase"] == "phase1"]
+    seconds_per_run = {s["scale"]["name"]: _measured_run_seconds(s) for s in phase1}
+    gpu_hours_per_run = {plan.scale: plan.run_gpu_hours for plan in scale_plans(params)
+                         if plan.phase == "phase1" and plan.optimizer == params.study.optimizer}
     free = params.search_order()
     planned = _planned_upper_bounds(params, free)
 
     def cost(runs: dict[str, int], length: float = 1.0) -> RunCost:
-        seconds = sum(n * per_run.get(scale, (0.0, 0.0))[0] for scale, n in runs.items()) * length
-        flops = sum(n * per_run.get(scale, (0.0, 0.0))[1] for scale, n in runs.items()) * length
-        return RunCost(runs=sum(runs.values()), worker_hours=seconds / 3600,
-                       gpu_hours=flops / (PEAK_FLOPS * ASSUMED_MFU) / 3600)
+        return RunCost(runs=sum(runs.values()),
+                       worker_hours=sum(n * seconds_per_run.get(s, 0.0) for s, n in runs.items()) * length / 3600,
+                       gpu_hours=sum(n * gpu_hours_per_run.get(s, 0.0) for s, n in runs.items()) * length)
 
     def more_than_planned(changed: StudyParams) -> RunCost:
         return cost({scale: n - planned[scale] for scale, n in _planned_upper_bounds(changed, free).items()})
@@ -364,6 +379,7 @@ def decision_costs(params: StudyParams, sweeps: list[dict[str, Any]]) -> Decisio
         longer_runs=cost(planned, length=2.0),
         wider_grid={h: more_than_planned(params.model_copy(update={"grid": {**params.grid, h: _widened(h, v)}}))
                     for h, v in params.grid.items() if h in free},
+        edge_blocked={h: blocked for h in free if (blocked := _edge_blocked(params, phase1, h))},
     )
 
 
@@ -371,24 +387,40 @@ def _planned_upper_bounds(params: StudyParams, free: list[str]) -> dict[str, int
     return {name: planned_runs(params, name, free)[1] for name in params.scales}
 
 
-def _measured_run_cost(sweep: dict[str, Any]) -> tuple[float, float]:
-    """Mean wall seconds and FLOPs of one of the sweep's finished runs."""
+def _measured_run_seconds(sweep: dict[str, Any]) -> float:
+    """Mean wall seconds of one of the sweep's finished runs."""
     results = [run.get("result") or {} for run in sweep["runs"] if run["status"] in ("ok", "diverged")]
-    if not results:
-        return 0.0, 0.0
-    return (sum(r.get("wall_s", 0.0) for r in results) / len(results),
-            sum(r.get("flops", 0.0) for r in results) / len(results))
+    return sum(r.get("wall_s", 0.0) for r in results) / len(results) if results else 0.0
 
 
 def _widened(hparam: str, values: list[float | int]) -> list[float | int]:
-    """The grid with one more value at each end, a grid step beyond it (a factor on a log axis)."""
+    """The grid with one more value at each end, as the search grows a grid past an edge."""
     ordered = sorted(values)
     if len(ordered) < 2:
         return ordered
-    (low, next_low), (next_high, high) = ordered[:2], ordered[-2:]
-    if axis_of(hparam) in ("log", "log1p") and low > 0:
-        return [low * low / next_low, *ordered, high * high / next_high]
-    return [2 * low - next_low, *ordered, 2 * high - next_high]
+    return [next_value_past_edge(hparam, ordered[0], ordered[1]), *ordered,
+            next_value_past_edge(hparam, ordered[-1], ordered[-2])]
+
+
+def _edge_blocked(params: StudyParams, sweeps: list[dict[str, Any]], hparam: str) -> dict[str, dict[str, str]]:
+    """Per scale and grid end: why the best config with `hparam` one grid step past that end of its valid grid
+    values is no valid run (values the search skipped as invalid, such as an extension past a short run, do not
+    count as the edge)."""
+    integer = hparam in params.integer_hparams()
+
+    def why_invalid(sweep: dict[str, Any], value: float) -> str | None:
+        value = int(round(value)) if integer else value
+        return invalid_reason(make_run_spec(params, sweep["scale"]["name"], {**sweep["best"], hparam: value}, None))
+
+    blocked: dict[str, dict[str, str]] = {}
+    for sweep in sweeps:
+        values = [v for v in sorted(sweep["grid"].get(hparam) or []) if why_invalid(sweep, v) is None]
+        if len(values) < 2:
+            continue
+        for end, edge, neighbour in (("below", values[0], values[1]), ("above", values[-1], values[-2])):
+            if reason := why_invalid(sweep, next_value_past_edge(hparam, edge, neighbour)):
+                blocked.setdefault(sweep["scale"]["name"], {})[end] = reason
+    return blocked
 
 
 def answer_paragraph(sensitivity: dict[str, Any], laws: dict[str, Any], costs: DecisionCosts) -> str:
@@ -471,8 +503,8 @@ def _inconclusive_sentence(sensitivity: dict[str, Any], costs: DecisionCosts) ->
     best = ", ".join(f"{h} ({constant_text(sensitivity['recommended'][h])})" if h in sensitivity["recommended"]
                      else h for h in inconclusive)
     text = [f"Inconclusive, best value so far in brackets: {best}."]
-    by_remedy = {remedy: [h for h in inconclusive if what_would_decide(verdicts[h]) == remedy]
-                 for remedy in (WIDER_GRID, MORE_OR_LONGER_RUNS)}
+    by_remedy = {remedy: [h for h in inconclusive if what_would_decide(h, verdicts[h], costs) == remedy]
+                 for remedy in (WIDER_GRID, LONGER_RUNS, MORE_OR_LONGER_RUNS)}
     if by_remedy[WIDER_GRID]:
         names = by_remedy[WIDER_GRID]
         widening = {str(costs.wider_grid[h]) for h in names if h in costs.wider_grid}
@@ -481,6 +513,13 @@ def _inconclusive_sentence(sensitivity: dict[str, Any], costs: DecisionCosts) ->
                     f"{h}: {costs.wider_grid[h]}" for h in names if h in costs.wider_grid))
         text.append(f"For {', '.join(names)} an optimum lies at the grid edge, so a wider grid would decide "
                     f"({cost}).")
+    if by_remedy[LONGER_RUNS]:
+        names = by_remedy[LONGER_RUNS]
+        why = "; ".join(sorted({reason for h in names for ends in costs.edge_blocked[h].values()
+                                for reason in ends.values()}))
+        text.append(f"For {', '.join(names)} an optimum lies at the longest value the runs allow ({why}), so only "
+                    f"longer runs would decide (the phase-1 sweeps at twice the tokens cost up to "
+                    f"{costs.longer_runs}).")
     if by_remedy[MORE_OR_LONGER_RUNS]:
         text.append(f"For {', '.join(by_remedy[MORE_OR_LONGER_RUNS])} the margin is within its error, so more "
                     f"seeds or longer runs would decide (one more seed on each scale's best and its competitors "
