@@ -227,3 +227,12 @@ def test_rekeyed_records_carry_the_current_code_identity(swept, tmp_path):
     records: list[RunRecord] = [record for record in store if record.is_result]
     assert records and all(record.trainer_code == trainer_code for record in records)
     assert all(record.spec["optimizer"]["code"] != "0ld0ptimizerc0de" for record in records)
+
+
+def test_store_why_names_the_old_code_hashes_before_a_rekey(swept):
+    params, _, _ = swept
+    why = subprocess.run([synth.OPTSWEEP, "store", "why", "--params", str(params), "--scale", "a"],
+                         capture_output=True, text=True, timeout=300, env=synth.cli_env())
+    assert why.returncode == 0, why.stderr
+    assert "trainer_code: '0ldtrainerc0de00' stored" in why.stdout
+    assert "optimizer.code: '0ld0ptimizerc0de' stored" in why.stdout

@@ -53,8 +53,9 @@ def _identity_parts(spec: dict[str, Any], trainer: str, trainer_code: str) -> di
     train = {k: v for k, v in (spec.get("train") or {}).items() if k not in LAYOUT_SETTINGS}
     scale = {k: v for k, v in spec["scale"].items() if k != "name"}
     data = {k: v for k, v in (spec.get("data") or {}).items() if k != "dir"}
-    return {"trainer": trainer, "trainer_code": trainer_code, "scale": scale, "hparams": spec["hparams"],
-            "seed": spec.get("seed"), "batch_seed": spec.get("batch_seed"), "data": data, "train": train}
+    return {"trainer": trainer, "trainer_code": trainer_code, "optimizer": spec.get("optimizer"), "scale": scale,
+            "hparams": spec["hparams"], "seed": spec.get("seed"), "batch_seed": spec.get("batch_seed"),
+            "data": data, "train": train}
 
 
 def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> list[str]:
