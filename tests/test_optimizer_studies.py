@@ -55,7 +55,7 @@ BAD_OPTIMIZERS = {
     "bad baseline": ({"muon": {"baseline": {"momentum": 1.0}, "grid": {"lr": [0.02]}}},
                      "optimizers.muon: baseline: optimizer 'muon', momentum: 1.0 is outside [0, 1)"),
     "unknown optimizer": ({"adam2": {"baseline": {}, "grid": {"lr": [1e-3]}}},
-                          "unknown optimizer 'adam2'; built in: adamw, muon, lion, soap, or 'module:function'"),
+                          "unknown optimizer 'adam2'; built in: adamw, lion, muon, soap, or 'module:function'"),
     "not declared": ({"sgd": {**USER_SGD, "optimizer": "user_optimizer:not_declared"}},
                      "'user_optimizer:not_declared' is not an optimizer declared with"),
     "bad name": ({"my muon": {"baseline": {}, "grid": {"lr": [0.02]}}},

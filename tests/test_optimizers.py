@@ -162,7 +162,7 @@ def test_every_default_is_allowed():
     ("adamw", {"lr": 0}, "optimizer 'adamw', lr: 0 is outside (0, inf)"),
     ("adamw", {"lr": math.inf}, "optimizer 'adamw', lr: inf is outside (0, inf)"),
     ("adamw", {"lr": "fast"}, "optimizer 'adamw', lr: must be a number, got 'fast'"),
-    ("sgd", {}, "unknown optimizer 'sgd'; built in: adamw, muon, lion, soap, or 'module:function'"),
+    ("sgd", {}, "unknown optimizer 'sgd'; built in: adamw, lion, muon, soap, or 'module:function'"),
     ("no_such_module:opt", {}, "cannot import module 'no_such_module'"),
     ("user_optimizer:not_declared", {}, "'user_optimizer:not_declared' is not an optimizer declared with"),
 ])

@@ -107,6 +107,13 @@ def cmd_store(args: argparse.Namespace) -> None:
         from .search import study_data
 
         print(store_view.explain_missing(params, args.scale, baseline, study_data(params), store))
+    elif args.action == "rekey":
+        if not store.root.is_dir():
+            raise ParamsError(f"optsweep store rekey: no run store at {store.root} (study.store in {args.params})")
+        rekeyed = store_view.rekey(store, dry_run=args.dry_run)
+        for key, reason in rekeyed.skipped.items():
+            print(f"{key}: skipped, {reason}")
+        print(rekeyed.line(args.dry_run))
     else:
         records, stale = store_view.retry_failed(params, store)
         for record in records:
@@ -300,12 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     notebook.add_argument("--html", required=True, help="HTML page to write (code hidden, figures embedded)")
     notebook.add_argument("-p", action="append", default=[], metavar="NAME=VALUE", help="notebook parameter")
 
-    store = add("store", cmd_store, "the run store: list runs, show one, say why a run is not stored, retry failed")
-    store.add_argument("action", choices=["list", "show", "why", "retry"],
-                       help="list [--status S] | show KEY | why --scale NAME [--set h=v] | retry (failed runs)")
+    store = add("store", cmd_store, "the run store: list runs, show one, say why a run is not stored, retry failed, "
+                                    "re-key")
+    store.add_argument("action", choices=["list", "show", "why", "retry", "rekey"],
+                       help="list [--status S] | show KEY | why --scale NAME [--set h=v] | retry (failed runs) | "
+                            "rekey [--dry-run]: move every stored result under the key today's identity rule gives "
+                            "it (after an upgrade that changed the rule). It asserts that the stored runs were made "
+                            "by code equivalent to the current code: it is for a refactor that moved code, never "
+                            "for a change of what the code computes (that must retrain)")
     store.add_argument("key", nargs="?", default=None, help="a run key (for show)")
     store.add_argument("--status", choices=["ok", "diverged", "failed", "in_progress"], default=None)
     store.add_argument("--scale", default=None, help="a scale name (for why)")
+    store.add_argument("--dry-run", action="store_true", help="rekey: count what would move, change nothing")
 
     plan = add("plan", cmd_plan, "dry run: print the study's runs, tokens, estimated GPU-hours and calendar")
     plan.add_argument("--gpus", default=None, metavar="G",

@@ -15,19 +15,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ParamsError
+from .optimizers import OPTIONAL_HPARAMS, load_optimizer, resolve_hparams
 from .provenance import stable_hash
 
 # AdamW's hyperparameters, in the order coordinate descent visits them by default. Another optimizer
 # (optsweep.optimizers) declares its own names; those it shares with AdamW keep this order, the rest follow.
 HPARAMS: tuple[str, ...] = ("lr", "min_lr_ratio", "warmup", "beta1", "beta2", "weight_decay", "eps", "clip")
-OPTIONAL_HPARAMS: tuple[str, ...] = ("batch_size",)  # a run setting every optimizer accepts
 ALL_HPARAMS: tuple[str, ...] = HPARAMS + OPTIONAL_HPARAMS
 
 SCALE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-class ParamsError(ValueError):
-    """Bad user input (params file, overrides, CLI arguments): the message is one line."""
 
 
 class Strict(BaseModel):
@@ -436,8 +433,6 @@ class StudyParams(Strict):
     def hparams_with(self, overrides: dict[str, Any], key: str = "hparams") -> Hparams:
         """The baseline with some hyperparameters replaced, the rest at the optimizer's defaults, validated
         against its declarations (raises ParamsError naming `key`, the optimizer and the hyperparameter)."""
-        from .optimizers import resolve_hparams
-
         return resolve_hparams(self.study.optimizer, {**self.baseline, **overrides}, where=key)
 
     def for_optimizer(self, name: str | None) -> StudyParams:
@@ -476,8 +471,6 @@ class StudyParams(Strict):
 
     def integer_hparams(self) -> list[str]:
         """The hyperparameters that take whole numbers (warmup, batch_size, ...)."""
-        from .optimizers import load_optimizer
-
         declared = load_optimizer(self.study.optimizer).hparams
         return [h for h, hparam in declared.items() if hparam.integer] + list(OPTIONAL_HPARAMS)
 
@@ -495,8 +488,6 @@ class StudyParams(Strict):
 
 def hparam_names_of(optimizer: str) -> list[str]:
     """Every hyperparameter an optimizer plug-in declares, then `batch_size`."""
-    from .optimizers import load_optimizer  # it imports this module
-
     return [*load_optimizer(optimizer, "study.optimizer").hparams, *OPTIONAL_HPARAMS]
 
 

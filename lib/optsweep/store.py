@@ -1,8 +1,10 @@
 """The run store: every finished run as one JSON file, so that no run is ever trained twice.
 
 A run's key is a hash of what decides its result: the run spec (scale, hyperparameters, seed, data
-identity, train settings), the trainer's name and the identity of the trainer's code (see
-`trainer.code_identity`: comments, docstrings and formatting do not count). What cannot change the result
+identity, train settings, and the optimizer's name, libraries and code), the trainer's name and the identity
+of the trainer's code. Code counts by what it computes alone (optsweep.codehash): comments, docstrings,
+layout, import lines and the modules' paths do not, and one optimizer's code is in its runs' keys only
+(`optimizers.optimizer_identity`, `trainer_plugin.code_identity`). What cannot change the result
 is left out of the key (the scale's name, where the prepared data lives, threads, micro-batches, the
 checkpoint interval and folder), so that renaming a scale, moving the data or changing the thread count
 reuses every stored run.
@@ -22,7 +24,8 @@ What the store guarantees:
 Each record is written to a temporary file in the store folder and moved into place with `os.replace`,
 which is atomic on POSIX: a reader sees either no file or a whole one, however many processes write at
 once and wherever a writer is killed. A file that is still unreadable (copied in half, edited by hand, or
-written by another tool) is skipped with a warning and its run is trained again.
+written by another tool) is skipped with a warning and its run is trained again. A store keyed by an older
+identity rule is carried over by `optsweep store rekey` (`store_view.rekey`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""`optsweep store`: what the run store holds, why a spec is not in it, and retrying failed runs."""
+"""`optsweep store`: what the run store holds, why a spec is not in it, retrying failed runs, and re-keying
+a store whose keys an older identity rule made."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .config import StudyParams
+from .config import ParamsError, StudyParams
+from .optimizers import optimizer_code
 from .store import LAYOUT_SETTINGS, RunRecord, RunStatus, RunStore, run_key
 from .trainer_plugin import code_identity, make_run_spec
 
@@ -50,8 +53,9 @@ def _identity_parts(spec: dict[str, Any], trainer: str, trainer_code: str) -> di
     train = {k: v for k, v in (spec.get("train") or {}).items() if k not in LAYOUT_SETTINGS}
     scale = {k: v for k, v in spec["scale"].items() if k != "name"}
     data = {k: v for k, v in (spec.get("data") or {}).items() if k != "dir"}
-    return {"trainer": trainer, "trainer_code": trainer_code, "scale": scale, "hparams": spec["hparams"],
-            "seed": spec.get("seed"), "batch_seed": spec.get("batch_seed"), "data": data, "train": train}
+    return {"trainer": trainer, "trainer_code": trainer_code, "optimizer": spec.get("optimizer"), "scale": scale,
+            "hparams": spec["hparams"], "seed": spec.get("seed"), "batch_seed": spec.get("batch_seed"),
+            "data": data, "train": train}
 
 
 def _differences(wanted: dict[str, Any], stored: dict[str, Any]) -> list[str]:
@@ -116,3 +120,62 @@ def retry_failed(params: StudyParams, store: RunStore) -> tuple[list[RunRecord],
             store.put(outcome.key, record)
             records.append(record)
     return records, stale
+
+
+@dataclasses.dataclass(frozen=True)
+class Rekeyed:
+    """What `rekey` did (or, in a dry run, would do): counts, and why each skipped record was left alone."""
+
+    moved: list[str]  # old keys whose records now live under the current rule's key
+    unchanged: list[str]
+    skipped: dict[str, str]  # key -> reason
+
+    def line(self, dry_run: bool) -> str:
+        verb = "would move" if dry_run else "moved"
+        return f"{verb} {len(self.moved)}, unchanged {len(self.unchanged)}, skipped {len(self.skipped)}"
+
+
+def current_identity(record: RunRecord, trainer_code: Callable[[str], str] = code_identity,
+                     optimizer_code: Callable[[str], str] = optimizer_code) -> tuple[dict[str, Any], str]:
+    """The record's spec with its optimizer's code identity as today's code gives it, and its trainer's.
+
+    Only the code hashes change: the libraries' versions stay as stored, since re-keying asserts that the code
+    is equivalent, not that the libraries are. Raises ParamsError when the trainer or optimizer is gone.
+    """
+    stored = record.spec.get("optimizer")
+    if not isinstance(stored, dict) or "name" not in stored:
+        raise ParamsError("its spec names no optimizer")
+    optimizer = {**stored, "code": optimizer_code(stored["name"])}
+    return {**record.spec, "optimizer": optimizer}, trainer_code(record.trainer)
+
+
+def rekey(store: RunStore, dry_run: bool = False) -> Rekeyed:
+    """Move every stored result under the key the current identity rule gives it.
+
+    This asserts that the stored runs were made by code equivalent to today's (a refactor that moved code,
+    not one that changed what it computes). Each move writes the new record, then removes the old one: a kill
+    in between leaves a duplicate that the next call removes, never a loss; a second call moves nothing.
+    Failed runs are not results: they are skipped and trained anew by the next sweep.
+    """
+    # Memoised for this call: a store holds hundreds of runs of a few trainers and optimizers.
+    codes = {"trainer_code": functools.cache(code_identity), "optimizer_code": functools.cache(optimizer_code)}
+    moved, unchanged, skipped = [], [], {}
+    for record in list(store):
+        if not record.is_result:
+            skipped[record.key] = f"{record.status.value}: not a result, the next sweep trains it anew"
+            continue
+        try:
+            spec, trainer_code = current_identity(record, **codes)
+        except ParamsError as error:
+            skipped[record.key] = f"no current identity ({error})"
+            continue
+        key = run_key(spec, record.trainer, trainer_code)
+        if key == record.key:
+            unchanged.append(record.key)
+            continue
+        moved.append(record.key)
+        if not dry_run:
+            if store.get_result(key) is None:  # a result already there (an earlier, killed rekey) is kept
+                store.put(key, dataclasses.replace(record, key=key, spec=spec, trainer_code=trainer_code))
+            store.delete(record.key)
+    return Rekeyed(moved, unchanged, skipped)

@@ -5,7 +5,7 @@ A trainer is any callable `f(spec: dict) -> dict` named as "module:function". Th
     {"scale":          {name, width, depth, heads, ffn_width, seq_len, batch_size, vocab_size,
                         n_params, steps, tokens, flops_per_token},
      "optimizer":      {name, libraries, code}: which optimizer plug-in (optsweep.optimizers), the versions of
-                       the libraries it comes from and a hash of its source,
+                       the libraries it comes from and the code identity of its module,
      "hparams":        every hyperparameter the optimizer declares (AdamW: lr, min_lr_ratio, warmup, beta1,
                        beta2, weight_decay, eps, clip), defaults filled in[, batch_size],
      "seed":           int, the initialisation seed,
@@ -27,23 +27,24 @@ once the run's result is stored.
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import importlib
-import importlib.util
 import math
-from pathlib import Path
 from typing import Any, Callable
 
+from .codehash import code_hash
 from .config import ParamsError, StudyParams
 from .optimizers import optimizer_identity
 
 DEFAULT_TRAINER = "optsweep.train:train"
 Trainer = Callable[[dict[str, Any]], dict[str, Any]]
 
-# The library modules whose code decides the default trainer's result. How the data was prepared (data.py)
-# is covered by the data hash in the spec instead.
-_DEFAULT_TRAINER_MODULES = ("model", "loss", "batches", "optim", "optimizers", "divergence", "train")
+# The modules whose code decides the default trainer's result, besides its optimizer's own module (which the
+# optimizer's identity in the spec covers, so that editing one optimizer re-keys only its runs). How the data
+# was prepared (data.py) is covered by the data hash in the spec instead.
+_DEFAULT_TRAINER_MODULES = tuple(
+    f"{__package__}.{module}"
+    for module in ("model", "loss", "batches", "optim", "divergence", "train", "optimizers.base", "optimizers.registry")
+)
 
 
 def load_trainer(name: str) -> Trainer:
@@ -59,48 +60,19 @@ def load_trainer(name: str) -> Trainer:
     return trainer
 
 
-def trainer_module_file(name: str) -> Path:
-    """The source file of a trainer's module, found without importing it (torch imports take seconds)."""
-    module_name = name.partition(":")[0]
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError) as error:
-        raise ParamsError(f"study.trainer: cannot find module {module_name!r} ({error})") from None
-    if spec is None or not spec.origin or not Path(spec.origin).is_file():
-        raise ParamsError(f"study.trainer: cannot find module {module_name!r} (is it on PYTHONPATH?)")
-    return Path(spec.origin)
-
-
-def _without_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
-def code_text(path: Path) -> str:
-    """A module's code as it runs: parsed and printed again, so comments, docstrings and layout drop out."""
-    return ast.unparse(_without_docstrings(ast.parse(path.read_text(), filename=str(path))))
-
-
 def code_identity(name: str) -> str:
     """Hash of the code that decides a trainer's results, so a code change never reuses stale runs.
 
-    Only code counts: an edit to comments, docstrings or formatting keeps every stored run. The default
-    trainer's `TRAINER_VERSION` (train.py) is part of the code, so bumping it retrains everything.
+    Only code counts (optsweep.codehash): comments, docstrings, formatting, import lines and where the modules
+    live do not, so editing those or moving a module keeps every stored run. The default trainer's
+    `TRAINER_VERSION` (train.py) is part of the code, so bumping it retrains everything. A trainer's module
+    that cannot be found is a one-line `ParamsError` naming `study.trainer`.
     """
-    digest = hashlib.sha256()
-    if name == DEFAULT_TRAINER:
-        package = Path(__file__).parent
-        files = [package / f"{module}.py" for module in _DEFAULT_TRAINER_MODULES]
-    else:
-        files = [trainer_module_file(name)]
-    for path in files:
-        digest.update(code_text(path).encode())
-    return digest.hexdigest()[:16]
+    modules = _DEFAULT_TRAINER_MODULES if name == DEFAULT_TRAINER else (name.partition(":")[0],)
+    try:
+        return code_hash(modules)
+    except LookupError as error:
+        raise ParamsError(f"study.trainer: {error}") from None
 
 
 def make_run_spec(

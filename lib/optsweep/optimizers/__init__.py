@@ -1,0 +1,86 @@
+"""Optimizers as plug-ins: a name, typed hyperparameter declarations and a function that builds it.
+
+    optimizer, schedule = build("muon", model, {"lr": 0.02, "adam_lr": 3e-3}, steps=1000)
+    identity = optimizer_identity("muon")   # for the run key, next to the hyperparameters
+
+Every optimizer shares the schedule (linear warmup from 0, cosine to `min_lr_ratio * lr` at the last step,
+see optsweep.optim) and gradient clipping, so `min_lr_ratio`, `warmup` and `clip` are hyperparameters of
+every optimizer; a plug-in declares only its own. Its build function returns the optimizer at its peak
+learning rates (one per param group) and `build` puts the shared schedule on top, so no optimizer can get
+the schedule wrong.
+
+Built in, one module each: `adamw` (the study's AdamW, unchanged), `muon` (torch.optim.Muon on the hidden
+matrices, AdamW on the rest), `lion` and `soap` (both from pytorch-optimizer). `base` holds what a plug-in is
+made of and `registry` finds, checks and builds them. Anyone's own optimizer plugs in as "module:function", a
+function declared with `@declare_optimizer(hparams=[...])`.
+"""
+
+from .adamw import build_adamw
+from .base import (
+    AT_LEAST_ONE,
+    BATCH_SIZE,
+    DECAY_KINDS,
+    DECAY_RATE,
+    EPS,
+    FRACTION,
+    NON_NEGATIVE,
+    OPTIONAL_HPARAMS,
+    POSITIVE,
+    SHARED_HPARAMS,
+    BuildContext,
+    BuildFunction,
+    Domain,
+    Hparam,
+    OptimizerPlugin,
+    beta_hparam,
+    declare_optimizer,
+    hidden_matrices,
+    lr_hparam,
+    weight_decay_hparam,
+)
+from .lion import build_lion
+from .muon import build_muon
+from .registry import (
+    BUILT_IN,
+    build,
+    check_hparams,
+    load_optimizer,
+    optimizer_code,
+    optimizer_identity,
+    resolve_hparams,
+)
+from .soap import build_soap
+
+__all__ = [
+    "AT_LEAST_ONE",
+    "BATCH_SIZE",
+    "BUILT_IN",
+    "DECAY_KINDS",
+    "DECAY_RATE",
+    "EPS",
+    "FRACTION",
+    "NON_NEGATIVE",
+    "OPTIONAL_HPARAMS",
+    "POSITIVE",
+    "SHARED_HPARAMS",
+    "BuildContext",
+    "BuildFunction",
+    "Domain",
+    "Hparam",
+    "OptimizerPlugin",
+    "beta_hparam",
+    "build",
+    "build_adamw",
+    "build_lion",
+    "build_muon",
+    "build_soap",
+    "check_hparams",
+    "declare_optimizer",
+    "hidden_matrices",
+    "load_optimizer",
+    "lr_hparam",
+    "optimizer_code",
+    "optimizer_identity",
+    "resolve_hparams",
+    "weight_decay_hparam",
+]
