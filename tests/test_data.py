@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -18,8 +19,8 @@ import optsweep.data
 import synthetic_trainers as synth
 from conftest import small_study
 from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import ParamsError, StudyParams, validate_params
-from optsweep.data import ensure_prepared
+from optsweep.config import DataSettings, ParamsError, StudyParams, validate_params
+from optsweep.data import ensure_prepared, tokenizing_processes
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
 
@@ -268,3 +269,9 @@ def test_pinned_revisions_reach_the_loaders_and_the_data_hash(doc_corpus, tmp_pa
     assert "abc123" in revisions
     assert "revisions" not in identities[None] and identities["abc123"]["revisions"] == {"tokenizer": "abc123"}
     assert identities[None]["hash"] != identities["abc123"]["hash"]  # same tokens, another pin
+
+
+def test_small_corpora_tokenize_in_one_process_and_large_ones_on_every_core():
+    assert tokenizing_processes(DataSettings(train_tokens=120_000, val_tokens=4096)) == 1
+    assert tokenizing_processes(DataSettings(train_tokens=60_000_000_000)) == (os.cpu_count() or 1)
+    assert tokenizing_processes(DataSettings(train_tokens=120_000, num_proc=2)) == 2

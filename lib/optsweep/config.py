@@ -60,7 +60,9 @@ class DataSettings(Strict):
     val_tokens: int = Field(50_000, gt=0, description="held-out tokens, never trained on")
     seed: int = Field(0, ge=0, description="fixes the held-out split and the batch order")
     dir: str = "data/prepared"
-    num_proc: int | None = Field(None, ge=1, description="tokenizing processes (default: every core)")
+    num_proc: int | None = Field(
+        None, ge=1, description="tokenizing processes (default: one per 50M tokens, at most one per core)"
+    )
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSettings:

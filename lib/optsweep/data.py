@@ -49,6 +49,11 @@ END_OF_TEXT = "<|endoftext|>"
 ENCODE_BATCH = 256  # documents per tokenizer call
 CHECKPOINT_BATCHES = 64  # batches between checkpoints of an interruptible preparation
 HUB_SHUFFLE_BUFFER = 10_000
+# Tokens per tokenizing process by default. One process already tokenizes on every core (the Rust tokenizer's
+# thread pool); more pay only when reading and converting documents in Python is the bottleneck. A spawned
+# process costs seconds of imports and finishes up to two batches nobody needs: for the tests' 120k-token
+# corpus, two processes took 106 s and one 23 s on the (busy) 2-core box.
+TOKENS_PER_PROCESS = 50_000_000
 # The held-out prefix is measured in characters because it must be fixed before a tokenizer exists. BPE
 # tokenizers compress text to 2-5 characters per token, so 8 fills the validation shard with room to spare
 # (a build that falls short says so); the prefix's surplus documents are dropped, never trained on.
@@ -349,6 +354,13 @@ def pinned_revisions(data: DataSettings, settings: TokenizerSettings) -> dict[st
     return {name: revision for name, revision in revisions.items() if revision}
 
 
+def tokenizing_processes(data: DataSettings) -> int:
+    """`data.num_proc`, else one process per `TOKENS_PER_PROCESS` tokens to write, at most one per core."""
+    if data.num_proc:
+        return data.num_proc
+    return max(1, min(os.cpu_count() or 1, -(-(data.train_tokens + data.val_tokens) // TOKENS_PER_PROCESS)))
+
+
 def build(params: StudyParams, files: list[Path], folder: Path, target: Path, recipe_key: str,
           corpus_hash: str) -> dict[str, Any]:
     """Prepare everything into `folder`, resuming what an interrupted build of the same recipe left there;
@@ -358,7 +370,7 @@ def build(params: StudyParams, files: list[Path], folder: Path, target: Path, re
     vocab_size = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     encode = DocumentEncoder(str(folder / "tokenizer" / "tokenizer.json"), tokenizer.eos_token_id)
-    written = write_shards(corpus_texts(data, files), encode, folder, data, dtype, data.num_proc or os.cpu_count() or 1)
+    written = write_shards(corpus_texts(data, files), encode, folder, data, dtype, tokenizing_processes(data))
     revisions = pinned_revisions(data, settings)
     identity = {
         "dir": str(target),
