@@ -29,8 +29,14 @@ STEPS = 40
 # Settings that train the tiny model quickly; warmup 4 and the default cosine to 0 are shared by all.
 TRAIN_HPARAMS: dict[str, dict[str, Any]] = {
     "adamw": {"lr": 1e-2, "warmup": 4},
+    "nadamw": {"lr": 1e-2, "warmup": 4},
+    "cautious": {"lr": 1e-2, "warmup": 4},
     "muon": {"lr": 0.02, "adam_lr": 1e-2, "warmup": 4},
+    "scion": {"lr": 0.02, "warmup": 4},
     "lion": {"lr": 3e-3, "warmup": 4},
+    "adam_mini": {"lr": 1e-2, "warmup": 4},
+    "mars": {"lr": 1e-2, "warmup": 4},
+    "kron": {"lr": 3e-2, "weight_decay": 0.1, "warmup": 4},
     "soap": {"lr": 1e-2, "warmup": 4},
     "user_optimizer:sgd": {"lr": 0.5, "warmup": 4},
 }
@@ -162,7 +168,7 @@ def test_every_default_is_allowed():
     ("adamw", {"lr": 0}, "optimizer 'adamw', lr: 0 is outside (0, inf)"),
     ("adamw", {"lr": math.inf}, "optimizer 'adamw', lr: inf is outside (0, inf)"),
     ("adamw", {"lr": "fast"}, "optimizer 'adamw', lr: must be a number, got 'fast'"),
-    ("sgd", {}, "unknown optimizer 'sgd'; built in: adamw, lion, muon, soap, or 'module:function'"),
+    ("sgd", {}, f"unknown optimizer 'sgd'; built in: {', '.join(BUILT_IN)}, or 'module:function'"),
     ("no_such_module:opt", {}, "cannot import module 'no_such_module'"),
     ("user_optimizer:not_declared", {}, "'user_optimizer:not_declared' is not an optimizer declared with"),
 ])
