@@ -149,7 +149,6 @@ def test_muon_schedule_and_checkpoint_cover_both_parts(tiny):
 
 def train_steps(model: torch.nn.Module, optimizer, schedule, batches: TrainBatches, steps: range) -> None:
     for step in steps:
-        torch.manual_seed(step)  # Kron draws its preconditioner probes from torch's generator
         next_token_loss(model, batches.batch(step)).backward()
         optimizer.step()
         schedule.step()

@@ -51,6 +51,7 @@ MAX_SIZE_TRIANGULAR = 25000
 def build_kron(model: torch.nn.Module, hparams: dict[str, Any], context: BuildContext) -> torch.optim.Optimizer:
     """pytorch_optimizer.Kron over the weight-decay groups (it decays only tensors of 2 or more dimensions)."""
     import pytorch_optimizer
+    import torch
     from pytorch_optimizer.optimizer.psgd import precondition_update_prob_schedule
 
     from ..optim import param_groups
@@ -65,8 +66,13 @@ def build_kron(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
 
         def step(self, closure: Callable[[], float] | None = None) -> float | None:
             first = self.param_groups[0]
-            first["pre_conditioner_update_probability"] = float(schedule(first.get("step", 0)))
-            return super().step(closure)
+            done = first.get("step", 0)
+            first["pre_conditioner_update_probability"] = float(schedule(done))
+            # The preconditioner fit draws random probes (torch.randn_like). Drawn from a generator seeded by
+            # the step, a run's probes depend neither on what its process ran before nor on a resume.
+            with torch.random.fork_rng(devices=cuda_devices(self)):
+                torch.manual_seed(done)
+                return super().step(closure)
 
     optimizer = ScheduledKron(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),
@@ -83,3 +89,8 @@ def build_kron(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     for group in optimizer.param_groups:  # the library fixes it at 0.1 and takes no argument for it
         group["precondition_lr"] = hparams["preconditioner_lr"]
     return optimizer
+
+
+def cuda_devices(optimizer: torch.optim.Optimizer) -> list[torch.device]:
+    """The CUDA devices of the optimizer's parameters, whose generators a probe may draw from."""
+    return sorted({p.device for g in optimizer.param_groups for p in g["params"] if p.device.type == "cuda"}, key=str)
