@@ -1,7 +1,8 @@
 """Kron (PSGD with Kronecker-factored preconditioners) from pytorch-optimizer, the paper's Kron.
 
 Missing in every torch library, and so here: the paper's `partition_grads_into_blocks` / `block_size` (256)
-and `normalize_grads` (best True; Levanter then skips the global clip, as `clip: 0` does here).
+and `normalize_grads` (best True; Levanter then skips the global clip: `clip: 0` here skips it too, but does
+not normalise).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ MAX_SIZE_TRIANGULAR = 25000
         ),
         Hparam(
             "update_prob_flat_start", 2000, NON_NEGATIVE, "log1p", integer=True,
-            help="steps at which the preconditioner updates every step, before the decay to update_probability",
+            help="steps during which the preconditioner updates every step, before it decays to update_probability",
         ),
     ],
     libraries=["pytorch-optimizer"],
