@@ -14,6 +14,7 @@ import pytest
 from conftest import small_study, write_params
 from optsweep.cli import main
 from optsweep.config import ParamsError, load_params
+from optsweep.optimizers import BUILT_IN
 from optsweep.store import RunStore, run_key
 from optsweep.trainer_plugin import make_run_spec
 from synthetic_trainers import OPTSWEEP, cli_env
@@ -55,7 +56,7 @@ BAD_OPTIMIZERS = {
     "bad baseline": ({"muon": {"baseline": {"momentum": 1.0}, "grid": {"lr": [0.02]}}},
                      "optimizers.muon: baseline: optimizer 'muon', momentum: 1.0 is outside [0, 1)"),
     "unknown optimizer": ({"adam2": {"baseline": {}, "grid": {"lr": [1e-3]}}},
-                          "unknown optimizer 'adam2'; built in: adamw, lion, muon, soap, or 'module:function'"),
+                          f"unknown optimizer 'adam2'; built in: {', '.join(BUILT_IN)}, or 'module:function'"),
     "not declared": ({"sgd": {**USER_SGD, "optimizer": "user_optimizer:not_declared"}},
                      "'user_optimizer:not_declared' is not an optimizer declared with"),
     "bad name": ({"my muon": {"baseline": {}, "grid": {"lr": [0.02]}}},

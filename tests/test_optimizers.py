@@ -3,6 +3,7 @@ shared schedule; Muon gets only the hidden matrices; a user's optimizer plugs in
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -19,6 +20,7 @@ from optsweep.optimizers import (
     BUILT_IN,
     build,
     check_hparams,
+    hidden_matrices,
     load_optimizer,
     optimizer_identity,
     resolve_hparams,
@@ -29,8 +31,14 @@ STEPS = 40
 # Settings that train the tiny model quickly; warmup 4 and the default cosine to 0 are shared by all.
 TRAIN_HPARAMS: dict[str, dict[str, Any]] = {
     "adamw": {"lr": 1e-2, "warmup": 4},
+    "nadamw": {"lr": 1e-2, "warmup": 4},
+    "cautious": {"lr": 1e-2, "warmup": 4},
     "muon": {"lr": 0.02, "adam_lr": 1e-2, "warmup": 4},
+    "scion": {"lr": 0.02, "warmup": 4},
     "lion": {"lr": 3e-3, "warmup": 4},
+    "adam_mini": {"lr": 1e-2, "warmup": 4},
+    "mars": {"lr": 1e-2, "warmup": 4},
+    "kron": {"lr": 3e-2, "weight_decay": 0.1, "warmup": 4},
     "soap": {"lr": 1e-2, "warmup": 4},
     "user_optimizer:sgd": {"lr": 0.5, "warmup": 4},
 }
@@ -139,6 +147,159 @@ def test_muon_schedule_and_checkpoint_cover_both_parts(tiny):
     assert set(restored.parts[0].state_dict()["state"]) == set(saved["parts"][0]["state"])
 
 
+def train_steps(model: torch.nn.Module, optimizer, schedule, batches: TrainBatches, steps: range) -> None:
+    for step in steps:
+        next_token_loss(model, batches.batch(step)).backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name", list(BUILT_IN))
+def test_each_optimizer_resumes_from_a_weights_only_checkpoint_bit_for_bit(name, tiny):
+    """The trainer saves optimizer and schedule state with torch.save and loads it with weights_only=True."""
+    hparams, batches = TRAIN_HPARAMS[name], TrainBatches(tiny[1].train, 8, 32, seed=0)
+    model = build_model(tiny[0], seed=0)
+    optimizer, schedule = build(name, model, hparams, STEPS)
+    train_steps(model, optimizer, schedule, batches, range(3))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
+               buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = build_model(tiny[0], seed=0)
+    resumed_optimizer, resumed_schedule = build(name, resumed, hparams, STEPS)
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed_schedule.load_state_dict(saved["schedule"])
+    train_steps(model, optimizer, schedule, batches, range(3, 6))
+    train_steps(resumed, resumed_optimizer, resumed_schedule, batches, range(3, 6))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+
+
+def gradients(steps: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Gradients with a steady part and noise, so that momentum and gradient disagree in sign now and then."""
+    generator = torch.Generator().manual_seed(0)
+    steady = torch.randn(shape, generator=generator)
+    return [steady + 2 * torch.randn(shape, generator=generator) for _ in range(steps)]
+
+
+def steps_on_one_matrix(name: str, hparams: dict[str, Any], grads: list[torch.Tensor]) -> torch.Tensor:
+    """The weight of a bias-free Linear (a decayed matrix) after one optimizer step per gradient, at constant lr."""
+    layer = torch.nn.Linear(3, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(-1, 1, 12).reshape(4, 3))
+    optimizer, _ = build(name, layer, hparams, steps=1000)  # warmup 0: the peak lr from the first step
+    for grad in grads:
+        layer.weight.grad = grad.clone()
+        optimizer.step()
+    return layer.weight.detach()
+
+
+REFERENCE_HPARAMS = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1}
+
+
+def test_nadamw_is_the_papers_nadamw_with_a_constant_nesterov_momentum():
+    """optax's `scale_by_adam(nesterov=True)` with decoupled decay: m_hat = beta1 m_t / (1 - beta1^(t+1))
+    + (1 - beta1) g_t / (1 - beta1^t), i.e. mu_t = beta1 at every step (torch's default warms mu_t up)."""
+    optimizer, _ = build("nadamw", torch.nn.Linear(3, 4, bias=False), REFERENCE_HPARAMS, steps=10)
+    assert type(optimizer) is torch.optim.NAdam
+    assert all(g["momentum_decay"] == 1e9 and g["decoupled_weight_decay"] for g in optimizer.param_groups)
+    lr, beta1, beta2, eps, decay = REFERENCE_HPARAMS.values()
+    grads = gradients(6, (4, 3))
+    expected, m, v = torch.linspace(-1, 1, 12).reshape(4, 3), torch.zeros(4, 3), torch.zeros(4, 3)
+    for t, g in enumerate(grads, start=1):
+        expected = expected * (1 - lr * decay)
+        m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+        m_hat = beta1 * m / (1 - beta1 ** (t + 1)) + (1 - beta1) * g / (1 - beta1**t)
+        expected = expected - lr * m_hat / ((v / (1 - beta2**t)).sqrt() + eps)
+    assert torch.allclose(steps_on_one_matrix("nadamw", REFERENCE_HPARAMS, grads), expected, rtol=0, atol=1e-6)
+
+
+def test_cautious_is_adamw_with_the_papers_sign_mask():
+    """Levanter's cautious.py: the Adam update u, kept where it has the gradient's sign, scaled by 1 / mean(kept);
+    the decay is not masked."""
+    lr, beta1, beta2, eps, decay = REFERENCE_HPARAMS.values()
+    grads = gradients(6, (4, 3))
+    expected, m, v = torch.linspace(-1, 1, 12).reshape(4, 3), torch.zeros(4, 3), torch.zeros(4, 3)
+    masked = 0
+    for t, g in enumerate(grads, start=1):
+        m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+        update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps)
+        keep = (update * g > 0).float()
+        masked += int((keep == 0).sum())
+        expected = expected * (1 - lr * decay) - lr * update * keep / keep.mean()
+    assert masked > 0  # the mask did something
+    assert torch.allclose(steps_on_one_matrix("cautious", REFERENCE_HPARAMS, grads), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam_mini", "mars", "nadamw", "cautious"])
+def test_decay_skips_the_excluded_kinds(name, tiny):
+    """With zero gradients only weight decay moves a parameter: the embedding and norms stay (Adam-mini's package
+    would decay the embedding, MARS's default would decay the norms), the hidden matrices and the head shrink."""
+    model = build_model(tiny[0], seed=0)
+    lr, weight_decay = 1e-2, 0.5
+    optimizer, _ = build(name, model, {"lr": lr, "weight_decay": weight_decay}, steps=10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    hidden = parameter_names(model, hidden_matrices(model))
+    for param_name, param in model.named_parameters():
+        decayed = param_name in hidden or param_name == "lm_head.weight"
+        expected = before[param_name] * (1 - lr * weight_decay) if decayed else before[param_name]
+        assert torch.allclose(param, expected, rtol=1e-6, atol=0), param_name
+
+
+def test_adam_mini_partitions_by_the_models_heads_in_one_process(tiny):
+    model = build_model(tiny[0], seed=0)
+    optimizer, _ = build("adam_mini", model, {}, steps=10)
+    assert (optimizer.dim, optimizer.n_heads, optimizer.world_size) == (tiny[0]["width"], tiny[0]["heads"], 1)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1] * len(list(model.parameters()))
+
+
+def test_scion_is_muon_without_nesterov_and_signum_at_the_lr_ratio(tiny):
+    model = build_model(tiny[0], seed=0)
+    hparams = {"lr": 0.05, "scion_to_signum_lr": 0.3, "beta1": 0.8}
+    optimizer, schedule = build("scion", model, hparams, steps=10)
+    orthogonalised, signum = optimizer.parts
+    assert type(orthogonalised) is torch.optim.Muon
+    assert [(g["nesterov"], g["ns_steps"]) for g in orthogonalised.param_groups] == [(False, 10)]
+    assert parameter_names(model, orthogonalised.param_groups[0]["params"]) == parameter_names(
+        model, hidden_matrices(model)
+    )
+    assert [g["betas"] for g in signum.param_groups] == [(0.8, 0.8)] * 2
+    assert [g["initial_lr"] for g in optimizer.param_groups] == pytest.approx([0.05, 0.015, 0.015])
+    # Signum: each step moves a parameter by the Signum lr times the sign of the new EMA momentum.
+    norm, batches = model.model.norm.weight, TrainBatches(tiny[1].train, 8, 32, seed=0)
+    expected, momentum = norm.detach().clone(), torch.zeros_like(norm)
+    for step in range(3):
+        next_token_loss(model, batches.batch(step)).backward()
+        momentum = 0.8 * momentum + 0.2 * norm.grad
+        expected -= 0.015 * torch.sign(momentum)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.allclose(norm, expected, rtol=0, atol=1e-7)
+    for _ in range(5):
+        schedule.step()
+    assert signum.param_groups[0]["lr"] == pytest.approx(0.3 * orthogonalised.param_groups[0]["lr"])
+
+
+def test_kron_follows_the_papers_update_schedule_and_preconditioner_lr(tiny):
+    model = build_model(tiny[0], seed=0)
+    hparams = {"preconditioner_lr": 0.2, "update_probability": 0.05, "update_prob_flat_start": 2}
+    optimizer, schedule = build("kron", model, hparams, steps=100)
+    assert {g["precondition_lr"] for g in optimizer.param_groups} == {0.2}
+    batches = TrainBatches(tiny[1].train, 8, 32, seed=0)
+    probabilities = []
+    for step in range(8):
+        train_steps(model, optimizer, schedule, batches, range(step, step + 1))
+        probabilities.append(optimizer.param_groups[0]["pre_conditioner_update_probability"])
+    # 1 until the flat start, then exp(-0.001 (n - flat_start)), never below update_probability (Levanter's).
+    assert probabilities == pytest.approx([min(1.0, math.exp(-0.001 * (n - 2))) for n in range(8)])
+    assert all(isinstance(p, float) for p in probabilities)
+
+
 def test_declared_axes_agree_with_the_analysis():
     adamw = load_optimizer("adamw")
     for name, hparam in adamw.hparams.items():
@@ -162,7 +323,7 @@ def test_every_default_is_allowed():
     ("adamw", {"lr": 0}, "optimizer 'adamw', lr: 0 is outside (0, inf)"),
     ("adamw", {"lr": math.inf}, "optimizer 'adamw', lr: inf is outside (0, inf)"),
     ("adamw", {"lr": "fast"}, "optimizer 'adamw', lr: must be a number, got 'fast'"),
-    ("sgd", {}, "unknown optimizer 'sgd'; built in: adamw, lion, muon, soap, or 'module:function'"),
+    ("sgd", {}, f"unknown optimizer 'sgd'; built in: {', '.join(BUILT_IN)}, or 'module:function'"),
     ("no_such_module:opt", {}, "cannot import module 'no_such_module'"),
     ("user_optimizer:not_declared", {}, "'user_optimizer:not_declared' is not an optimizer declared with"),
 ])

@@ -23,11 +23,12 @@ TO_AXIS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 FROM_AXIS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "log": np.exp, "log1m": lambda x: -np.expm1(x), "log1p": np.expm1, "linear": lambda x: x,
 }
-# The hyperparameters of the built-in optimizers (AdamW, Muon, Lion, SOAP) and `batch_size`.
+# The hyperparameters of the built-in optimizers (optsweep.optimizers) and `batch_size`.
 KNOWN_AXES: dict[str, Axis] = {
     "lr": "log", "eps": "log", "batch_size": "log", "adam_lr": "log",
     "precondition_frequency": "log", "max_precondition_dim": "log",
-    "warmup": "log1p",
+    "gamma": "log", "preconditioner_lr": "log", "update_probability": "log",
+    "warmup": "log1p", "update_prob_flat_start": "log1p",
     "beta1": "log1m", "beta2": "log1m", "momentum": "log1m", "shampoo_beta": "log1m",
     "min_lr_ratio": "linear", "weight_decay": "linear", "clip": "linear",
 }

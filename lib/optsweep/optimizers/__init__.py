@@ -10,11 +10,18 @@ learning rates (one per param group) and `build` puts the shared schedule on top
 the schedule wrong.
 
 Built in, one module each: `adamw` (the study's AdamW, unchanged), `muon` (torch.optim.Muon on the hidden
-matrices, AdamW on the rest), `lion` and `soap` (both from pytorch-optimizer). `base` holds what a plug-in is
-made of and `registry` finds, checks and builds them. Anyone's own optimizer plugs in as "module:function", a
-function declared with `@declare_optimizer(hparams=[...])`.
+matrices, AdamW on the rest), `lion` and `soap` (both from pytorch-optimizer), and the follow-up study's:
+- `nadamw`: torch's NAdam, decoupled decay, constant Nesterov momentum (the paper's NAdamW);
+- `cautious`: heavyball's AdamW with `caution` (C-AdamW);
+- `adam_mini`: the authors' Adam-mini, with the study's decay exclusion;
+- `mars`: pytorch-optimizer's MARS-AdamW on every parameter;
+- `scion`: torch's Muon without Nesterov on the hidden matrices, Signum on the rest at `scion_to_signum_lr` x lr;
+- `kron`: pytorch-optimizer's PSGD Kron with the paper's update-probability schedule.
+`base` holds what a plug-in is made of and `registry` finds, checks and builds them. Anyone's own optimizer
+plugs in as "module:function", a function declared with `@declare_optimizer(hparams=[...])`.
 """
 
+from .adam_mini import build_adam_mini
 from .adamw import build_adamw
 from .base import (
     AT_LEAST_ONE,
@@ -38,8 +45,12 @@ from .base import (
     lr_hparam,
     weight_decay_hparam,
 )
+from .cautious import build_cautious
+from .kron import build_kron
 from .lion import build_lion
+from .mars import build_mars
 from .muon import build_muon
+from .nadamw import build_nadamw
 from .registry import (
     BUILT_IN,
     build,
@@ -49,6 +60,7 @@ from .registry import (
     optimizer_identity,
     resolve_hparams,
 )
+from .scion import build_scion
 from .soap import build_soap
 
 __all__ = [
@@ -70,9 +82,15 @@ __all__ = [
     "OptimizerPlugin",
     "beta_hparam",
     "build",
+    "build_adam_mini",
     "build_adamw",
+    "build_cautious",
+    "build_kron",
     "build_lion",
+    "build_mars",
     "build_muon",
+    "build_nadamw",
+    "build_scion",
     "build_soap",
     "check_hparams",
     "declare_optimizer",
