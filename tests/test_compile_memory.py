@@ -46,9 +46,9 @@ def test_the_law_phases_layouts_stay_compiled_in_one_worker(run_spec, dynamo_wit
 def test_a_shape_that_falls_back_to_eager_says_so_in_one_line(run_spec, dynamo_without_codegen, monkeypatch,
                                                              capfd):
     monkeypatch.setattr(train_module, "RECOMPILE_LIMIT", 2)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    for scale, micro in LAYOUTS[:2]:  # four graphs of one function, over a limit of two
-        assert train_module.train(_compiled_spec(run_spec, scale, micro))["status"] == "ok"
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for scale, micro in LAYOUTS[:2]:  # four graphs of one function, over a limit of two
+            assert train_module.train(_compiled_spec(run_spec, scale, micro))["status"] == "ok"
     lines = [line for line in capfd.readouterr().err.splitlines() if "recompile" in line]
     assert len(lines) == 1 and lines[0].startswith("optsweep train: ") and "eager" in lines[0], lines
 

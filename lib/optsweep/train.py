@@ -174,14 +174,14 @@ class TrainingRun:
 def whole_micro_batches(windows: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) of `size` windows each. A short last micro-batch (the held-out windows rarely divide
     evenly) is padded with copies of its first window whose targets are ignored: a compiled model then sees
-    one eval shape, not a second graph for the remainder, and the loss sums the same tokens as before."""
+    one eval shape, not a second graph for the remainder, and the loss sums the same tokens as before.
+    Padding whole windows before slicing keeps the strides of the unpadded ones, which dynamo guards on too."""
     for micro in windows.split(size):
-        inputs, targets = micro[:, :-1], micro[:, 1:]
-        missing = size - len(micro)
-        if missing:
-            inputs = torch.cat([inputs, inputs[:1].expand(missing, -1)])
-            targets = torch.cat([targets, torch.full_like(targets[:1], IGNORED_TARGET).expand(missing, -1)])
-        yield inputs, targets
+        input_windows = target_windows = micro
+        if missing := size - len(micro):
+            input_windows = torch.cat([micro, micro[:1].expand(missing, -1)])
+            target_windows = torch.cat([micro, torch.full_like(micro[:1], IGNORED_TARGET).expand(missing, -1)])
+        yield input_windows[:, :-1], target_windows[:, 1:]
 
 
 class _EagerFallbackLine(logging.Filter):
