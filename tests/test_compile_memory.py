@@ -74,7 +74,8 @@ def test_the_out_of_memory_retry_starts_with_the_failed_attempts_model_freed(run
     assert alive_when_the_retry_started == [False]
 
 
-def test_a_runs_compiled_model_is_freed_before_the_next_run_starts(run_spec, dynamo_without_codegen, monkeypatch):
+def test_the_next_run_of_a_layout_starts_with_the_last_model_freed_and_compiles_nothing(
+        run_spec, dynamo_without_codegen, monkeypatch):
     real_step = train_module.TrainingRun.step
     models: list[weakref.ref] = []
     previous_alive_at_first_step: list[bool] = []
@@ -89,3 +90,4 @@ def test_a_runs_compiled_model_is_freed_before_the_next_run_starts(run_spec, dyn
     for _ in range(2):
         train_module.train(_compiled_spec(run_spec, "a", 8))
     assert previous_alive_at_first_step == [False, False]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the second run reused the first's
