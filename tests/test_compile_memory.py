@@ -23,6 +23,7 @@ def dynamo_without_codegen(monkeypatch):
     compile_module = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
     torch._dynamo.reset()  # no graphs left from earlier tests
+    torch._dynamo.utils.counters.clear()  # which reset() leaves counting
     yield
     torch._dynamo.reset()
 
