@@ -59,6 +59,38 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_bitwise_same_loss(run_
     assert resumed["eval_curve"] == uninterrupted["eval_curve"]
 
 
+@pytest.mark.parametrize(("truncated", "resumes_from"), [((train_module.CHECKPOINT_FILE,), [16]),
+                                                         ((train_module.CHECKPOINT_FILE,
+                                                           train_module.PREVIOUS_CHECKPOINT_FILE), [])])
+def test_a_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous_one_or_step_0(
+        run_spec, tmp_path, monkeypatch, capfd, truncated, resumes_from):
+    uninterrupted = train_module.train(run_spec("a"))
+    folder = tmp_path / "ckpt"
+    spec = {**run_spec("a", train={"checkpoint_every_s": 1e-9}), "checkpoint_dir": str(folder)}
+    real_step = train_module.TrainingRun.step
+
+    def crash_at_step_40(run):
+        if run.steps_done == 40:
+            raise RuntimeError("node lost (simulated)")
+        return real_step(run)
+
+    monkeypatch.setattr(train_module.TrainingRun, "step", crash_at_step_40)
+    with pytest.raises(RuntimeError, match="node lost"):
+        train_module.train(spec)  # checkpoints at the sync points 16 and 32: the newest and the previous
+    for name in truncated:  # a save cut short by a crash or a full disk
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    capfd.readouterr()
+    monkeypatch.setattr(train_module.TrainingRun, "step", real_step)
+    resumed = train_module.train(spec)
+    assert resumed["resumed_from"] == resumes_from
+    assert resumed["loss"] == uninterrupted["loss"]  # bitwise
+    assert resumed["train_curve"] == uninterrupted["train_curve"]
+    moved = [line for line in capfd.readouterr().err.splitlines() if "moved it aside" in line]
+    assert len(moved) == len(truncated), moved
+    assert len(list(folder.glob("*.unreadable-*"))) == len(truncated)  # kept for a post-mortem
+
+
 def test_simulated_cuda_out_of_memory_halves_the_micro_batch_and_finishes(run_spec, monkeypatch):
     real_step = train_module.TrainingRun.step
 

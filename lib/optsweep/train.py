@@ -9,21 +9,28 @@ so every config of a sweep starts from the same weights and sees the same batche
 
 Surviving real scale:
 - Every `train.checkpoint_every_s` seconds the run saves its whole state (model, optimizer, schedule,
-  step, curves, RNG) to `spec.checkpoint_dir`, atomically, keeping only the newest. A run that finds a
-  checkpoint resumes from it; since batch `step` is a function of the seed and the step, the resumed run
-  ends bitwise where an uninterrupted one would on the CPU.
+  step, curves, RNG) to `spec.checkpoint_dir`, atomically and fsynced, keeping the previous one too. A run
+  that finds a checkpoint resumes from it; since batch `step` is a function of the seed and the step, the
+  resumed run ends bitwise where an uninterrupted one would on the CPU. An unreadable checkpoint is moved
+  aside and the run resumes from the previous one, or from step 0.
 - A run that blows up (optsweep.divergence) stops early with status "diverged" and the rule that fired.
-- A CUDA out-of-memory error halves the micro-batch and continues from the last checkpoint (or the start).
+- A CUDA out-of-memory error halves the micro-batch and continues from the last checkpoint (or the start),
+  once the failed attempt's model and optimizer are freed.
+- A compiled model keeps every layout a worker trains compiled (`RECOMPILE_LIMIT`), and says so in one line
+  if a shape falls back to eager anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
+import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +54,14 @@ TRAINER_VERSION = 2
 SYNC_EVERY = 16  # steps between reads of the train loss on the host (each read waits for the GPU)
 CURVE_POINTS = 100  # train-curve samples kept in the result
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pt"  # kept, so that an unreadable newest one costs one interval
 PROGRESS_FILE = "progress.json"  # the checkpoint's step and time, readable without torch
+# dynamo compiles the model's forward once per (model shape, micro-batch) layout and mode (train, eval), and
+# counts all of them against one limit per worker process (torch's default: 8), after which new shapes run
+# eager for the worker's lifetime. A law phase's widths times the micro-batches that OOM halvings walk
+# through need a few dozen graphs; torch's accumulated_recompile_limit (256) stays the overall cap.
+RECOMPILE_LIMIT = 128
+IGNORED_TARGET = -100  # cross-entropy's ignore_index: a padding row of an eval micro-batch adds nothing
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class TrainingRun:
             fused=runtime.device.type == "cuda",
         )
         if settings["compile"]:
+            allow_recompiles()
             self.model.compile(dynamic=False)  # fixed shapes: one graph per batch shape
         self.batches = TrainBatches(shards.train, scale["batch_size"], scale["seq_len"], spec["batch_seed"])
         self.steps_done = 0
@@ -121,11 +136,11 @@ class TrainingRun:
             return batch
         return batch.pin_memory().to(self.runtime.device, non_blocking=True)
 
-    def loss(self, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy of packed windows: causal attention without a mask, fixed shapes, and the
         loss taken from the hidden states in chunks, never from full logits (model.py, loss.py)."""
         with self.runtime.autocast():
-            return self.model(tokens[:, :-1], targets=tokens[:, 1:], reduction=reduction)
+            return self.model(inputs, targets=targets, reduction=reduction)
 
     def step(self) -> torch.Tensor:
         """One update on the next batch (accumulated over micro-batches); returns the loss, on the device."""
@@ -135,7 +150,7 @@ class TrainingRun:
         self.model.train()
         total = torch.zeros((), device=self.runtime.device)
         for micro in batch.split(self.micro_batch):
-            loss = self.loss(micro) * (len(micro) / len(batch))
+            loss = self.loss(micro[:, :-1], micro[:, 1:]) * (len(micro) / len(batch))
             loss.backward()
             total += loss.detach()
         clip_gradients(self.model, self.clip)
@@ -148,12 +163,49 @@ class TrainingRun:
     def evaluate(self, batches: list[torch.Tensor]) -> float:
         """Mean next-token loss over the held-out windows."""
         self.model.eval()
-        total, count = torch.zeros((), device=self.runtime.device), 0
+        total = torch.zeros((), device=self.runtime.device)
         for batch in batches:
-            for micro in self.to_device(batch).split(self.micro_batch):
-                total += self.loss(micro, reduction="sum")
-                count += micro[:, 1:].numel()
+            for inputs, targets in whole_micro_batches(self.to_device(batch), self.micro_batch):
+                total += self.loss(inputs, targets, reduction="sum")
+        count = sum(batch[:, 1:].numel() for batch in batches)  # the real targets, none of the padding
         return (total / count).item()
+
+
+def whole_micro_batches(windows: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) of `size` windows each. A short last micro-batch (the held-out windows rarely divide
+    evenly) is padded with copies of its first window whose targets are ignored: a compiled model then sees
+    one eval shape, not a second graph for the remainder, and the loss sums the same tokens as before.
+    Padding whole windows before slicing keeps the strides of the unpadded ones, which dynamo guards on too."""
+    for micro in windows.split(size):
+        input_windows = target_windows = micro
+        if missing := size - len(micro):
+            input_windows = torch.cat([micro, micro[:1].expand(missing, -1)])
+            target_windows = torch.cat([micro, torch.full_like(micro[:1], IGNORED_TARGET).expand(missing, -1)])
+        yield input_windows[:, :-1], target_windows[:, 1:]
+
+
+class _EagerFallbackLine(logging.Filter):
+    """dynamo's warning that a function hit its recompile limit (five lines among a worker's logs, easy to
+    miss) as one line of the trainer's: the limit, the function, the last reason it recompiled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("torch._dynamo hit config."):
+            return True
+        said = "; ".join(line.strip() for line in message.splitlines()[:3])
+        _log(f"{said}; new shapes of that function run eager from now on")
+        return False
+
+
+def allow_recompiles() -> None:
+    """Raise dynamo's recompile limit to `RECOMPILE_LIMIT` (never lower it), and have it say in one line when
+    a shape falls back to eager anyway."""
+    import torch._dynamo  # loaded only by runs that compile
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    logger = logging.getLogger("torch._dynamo.convert_frame")
+    if not any(isinstance(existing, _EagerFallbackLine) for existing in logger.filters):
+        logger.addFilter(_EagerFallbackLine())
 
 
 def eval_steps(steps: int, points: int) -> list[int]:
@@ -185,7 +237,11 @@ class Progress:
 
 
 class Checkpointer:
-    """The newest checkpoint of one run in its own folder, written atomically (temp file + os.replace)."""
+    """The newest two checkpoints of one run in its own folder.
+
+    A save writes a temp file and fsyncs it, renames the newest checkpoint to the previous one and the temp
+    file to the newest, then fsyncs the folder: a crash or a power cut at any point leaves at least one whole
+    checkpoint on disk. A load takes the newest one it can read, and moves an unreadable one aside."""
 
     def __init__(self, folder: str | None, every_s: float):
         self.folder = Path(folder) if folder and every_s > 0 else None
@@ -193,22 +249,60 @@ class Checkpointer:
         self.last = time.monotonic()
 
     def load(self) -> tuple[dict[str, Any], Progress] | None:
-        path = self.folder / CHECKPOINT_FILE if self.folder else None
-        if path is None or not path.is_file():
+        if self.folder is None:
             return None
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved["run"], Progress(**saved["progress"])
+        found = [path for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)
+                 if (path := self.folder / name).is_file()]
+        for index, path in enumerate(found):
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                return saved["run"], Progress(**saved["progress"])
+            except MemoryError:  # the file may be fine: the host is short of memory
+                raise
+            except Exception as error:  # anything else that stops this code reading back its own file
+                aside = _move_aside(path)
+                fallback = "the previous checkpoint" if index + 1 < len(found) else "step 0"
+                _log(f"checkpoint {path} is unreadable ({_first_line(error)}); moved it aside to {aside.name}, "
+                     f"resuming from {fallback}")
+        return None
 
     def due(self) -> bool:
         return self.folder is not None and time.monotonic() - self.last >= self.every_s
 
     def save(self, run: TrainingRun, progress: Progress) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
-        torch.save({"run": run.state(), "progress": progress.__dict__}, tmp)
-        os.replace(tmp, self.folder / CHECKPOINT_FILE)
+        newest, tmp = self.folder / CHECKPOINT_FILE, self.folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            torch.save({"run": run.state(), "progress": progress.__dict__}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if newest.is_file():
+            os.replace(newest, self.folder / PREVIOUS_CHECKPOINT_FILE)
+        os.replace(tmp, newest)
         write_json(self.folder / PROGRESS_FILE, {"step": run.steps_done, "time": time.time()})
+        _fsync_folder(self.folder)  # the renames are on disk only once the folder's entries are
         self.last = time.monotonic()
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint out of the way, keeping it for a post-mortem (the store deletes the
+    folder with the run's result)."""
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def divergence_monitor(spec: dict[str, Any]) -> DivergenceMonitor:
@@ -234,16 +328,24 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     micro_batch = settings.get("micro_batch_size") or scale["batch_size"]
     halvings = 0
     while True:
+        release_memory()  # what the worker's previous run or this run's failed attempt left behind
         try:
             return _train(spec, micro_batch, halvings)
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # leaving this block drops the traceback, and the attempt with it
             if micro_batch == 1:
                 raise
-            micro_batch = _largest_divisor_at_most(scale["batch_size"], micro_batch // 2)
-            halvings += 1
-            _log(f"CUDA out of memory; trying again with micro-batch {micro_batch}")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        micro_batch = _largest_divisor_at_most(scale["batch_size"], micro_batch // 2)
+        halvings += 1
+        _log(f"CUDA out of memory; trying again with micro-batch {micro_batch}")
+
+
+def release_memory() -> None:
+    """Free unreachable models and optimizers, then hand their CUDA blocks back. A compiled model is a
+    reference cycle (it holds its own compiled forward), which only the cycle collector frees, so emptying
+    the CUDA cache without collecting first would keep its weights and optimizer state on the device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _train(spec: dict[str, Any], micro_batch: int, halvings: int) -> dict[str, Any]:
