@@ -135,6 +135,12 @@ class TrainSettings(Strict):
     decay_exclude: list[Literal["norm", "embedding", "bias"]] = Field(
         default_factory=lambda: ["norm", "embedding", "bias"]
     )
+    # How the pool treats its workers, not how a run trains: excluded from model_dump, so out of the run
+    # spec and the run key.
+    retire_after_fast_failures: int = Field(
+        3, ge=1, exclude=True,
+        description="a worker whose runs fail this many times in a row, each within a minute, is retired",
+    )
 
 
 class RaySettings(Strict):
