@@ -23,7 +23,7 @@ from conftest import small_study, write_params
 from optsweep import train as train_module
 from optsweep.config import ParamsError, load_params
 from optsweep.store import RunStatus, RunStore
-from optsweep.trainer_plugin import code_identity
+from optsweep.trainer_plugin import code_identity, make_run_spec
 
 OPTSWEEP = synth.OPTSWEEP
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +234,15 @@ def test_a_comment_only_edit_of_a_user_trainer_retrains_nothing(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["compute"]["runs_trained"] == 2
 
 
+def test_how_the_pool_treats_its_workers_does_not_move_the_run_spec(tmp_path):
+    raw = small_study(tmp_path / "data")
+    default = load_params(write_params(tmp_path / "default.yaml", raw))
+    raw["study"]["train"]["retire_after_fast_failures"] = 7
+    strict = load_params(write_params(tmp_path / "strict.yaml", raw))
+    assert strict.study.train.retire_after_fast_failures == 7
+    assert make_run_spec(strict, "a", strict.baseline, None) == make_run_spec(default, "a", default.baseline, None)
+
+
 def test_store_why_names_the_part_of_the_identity_that_differs(tmp_path):
     params = synth.write_study(tmp_path, "bowl", grid={"lr": [1e-3, 3e-3]})
     run_cli("sweep", "--params", str(params), "--scale", "a", "--out", str(tmp_path / "a.json"))
@@ -271,6 +280,8 @@ def test_noise_seeds_vary_the_initialisation_and_or_the_batch_order(tmp_path, mo
          "study.train.divergence.rise: Input should be greater than 0"),
         (lambda raw: raw["study"]["train"].update(divergence={"smoothing": 1.5}),
          "study.train.divergence.smoothing: Input should be less than or equal to 1"),
+        (lambda raw: raw["study"]["train"].update(retire_after_fast_failures=0),
+         "study.train.retire_after_fast_failures: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_survival_settings_fail_in_one_line(tmp_path, edit, message):

@@ -22,7 +22,7 @@ fails the check a failed run is followed by, or after `study.train.retire_after_
 in a row: a broken GPU fails every run in milliseconds, and must not be fed the whole sweep. Its
 replacement runs the preflight again; a slot whose replacement cannot start is dropped, and the pool goes
 on smaller. The sweep stops only when no worker is left. Both executors (this pool and the Ray actors)
-share these rules: `FailureStreak`, `settle` and `Slots`.
+apply the same rules, written once: `FailureStreak`, `settle` and `say_dropped`.
 Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
 does not leave half of them training) and propagates as KeyboardInterrupt, after handing over the runs
 that had already finished, so that they reach the run store. It never lands in the middle of storing a run.
