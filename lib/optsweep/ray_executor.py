@@ -60,6 +60,7 @@ from .trainer_plugin import Trainer, load_trainer
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
 READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources held elsewhere, or lost
+PLACEMENT_POLL_S = 1.0  # how often a replacement that is not placed yet looks whether its node was lost
 CONNECT_TIMEOUT_S = 10.0  # ray.init retries an unreachable head for minutes; a socket says so at once
 
 
@@ -140,6 +141,10 @@ def lost_nodes(node_ids: set[str]) -> list[str]:
     """Which of these nodes the cluster has lost, as `ip (id)`."""
     return [f"{node['NodeManagerAddress']} ({node['NodeID'][:6]})" for node in ray.nodes()
             if node["NodeID"] in node_ids and not node["Alive"]]
+
+
+class NodeLost(RuntimeError):
+    """A slot's node is gone, so its replacement has no place to start; the message says which node."""
 
 
 # --- one actor: a long-lived worker on one device -----------------------------------------------------------
@@ -298,13 +303,8 @@ class RayExecutor(Executor):
         for slot, start in zip(slots, starts):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
-                    status, detail, node = ray.get(start, timeout=READY_TIMEOUT_S)
+                    status, detail, node = self._start_answer(slot, start, len(slots))
                     break
-                except GetTimeoutError:
-                    lost = lost_nodes({slot.node for slot in self._slots})
-                    why = f"node(s) {', '.join(lost)} lost" if lost else "other jobs hold its resources"
-                    raise ParamsError(f"study.ray.address: the cluster did not place {len(slots)} worker(s) "
-                                      f"within {READY_TIMEOUT_S:.0f} s; {why}") from None
                 except RayActorError as error:
                     if attempt == ATTEMPTS:
                         raise RuntimeError(f"Ray workers died before they were ready ({str(error).splitlines()[0]})"
@@ -317,13 +317,33 @@ class RayExecutor(Executor):
                 raise PreflightError(detail)
             slot.place, slot.node = detail, node
 
+    def _start_answer(self, slot: _Slot, start: Any, starting: int) -> tuple[str, str, str]:
+        """The actor's answer to start(). A replacement stops waiting once the node its slot had is known lost:
+        the cluster was sized to its nodes, so the lost node's share has nowhere else to go."""
+        deadline = time.perf_counter() + READY_TIMEOUT_S
+        while True:
+            try:
+                return ray.get(start, timeout=PLACEMENT_POLL_S)
+            except GetTimeoutError:
+                lost = lost_nodes({slot.node}) if slot.node else []  # no node yet at the start of the sweep
+                if lost:
+                    raise NodeLost(f"its node {lost[0]} was lost") from None
+                if time.perf_counter() > deadline:
+                    lost = lost_nodes({other.node for other in self._slots})
+                    why = f"node(s) {', '.join(lost)} lost" if lost else "other jobs hold its resources"
+                    raise ParamsError(f"study.ray.address: the cluster did not place {starting} worker(s) "
+                                      f"within {READY_TIMEOUT_S:.0f} s; {why}") from None
+
     def _replace(self, slot: _Slot) -> None:
-        """A fresh actor in the slot, preflighted again; a slot whose replacement cannot start is dropped."""
+        """A fresh actor in the slot, preflighted again; a slot whose node is lost, or whose replacement cannot
+        start, is dropped."""
         name = slot.name
         ray.kill(slot.actor, no_restart=True)  # retired, or alive but unreachable: it must not train on unseen
         slot.actor, slot.streak = self._new_actor(), FailureStreak(self.retire_after)
         try:
             self._await_started([slot])
+        except NodeLost as lost:
+            self._drop(slot, name, str(lost))
         except (ParamsError, PreflightError, RuntimeError) as error:
             self._drop(slot, name, f"its replacement cannot start: {error}")
 
@@ -348,11 +368,7 @@ class RayExecutor(Executor):
         except RayActorError as died:
             wall = time.perf_counter() - slot.started
             attempt = Attempt(None, f"{slot.name} died while training this run ({str(died).splitlines()[0]})", wall)
-            lost = lost_nodes({slot.node})
-            if lost:
-                self._drop(slot, slot.name, f"its node {lost[0]} was lost")
-            else:
-                self._replace(slot)
+            self._replace(slot)
         return settle(task, number, attempt, waiting, slot.number)
 
     @staticmethod
