@@ -12,6 +12,7 @@ Instrumentation for the tests, through environment variables (inherited by worke
 - SYNTH_PAUSE: a file; while it exists, a call waits before doing anything (lets a test freeze the sweep
   at a known point before killing it).
 - SYNTH_MARKS: a folder for the trainers that misbehave only on their first attempt at a config.
+- SYNTH_HANG: `always` makes `hangs_once` hang on every attempt.
 - SYNTH_POISON: a file; the first worker process to call `poisoned` writes its pid there and fails every run.
 - SYNTH_NO_START: a file; while it exists, a worker process cannot import this module (a replacement worker
   on a dead GPU). The test process imported it before, so only workers started afterwards fail.
@@ -219,6 +220,27 @@ def poisoned(spec: dict[str, Any]) -> dict[str, Any]:
         pass
     if poison.read_text() == str(os.getpid()):
         raise RuntimeError(CUDA_FAULT if os.environ.get("SYNTH_POISON_ERROR") != "plain" else "poisoned worker")
+    return whoami(spec)
+
+
+def hangs_once(spec: dict[str, Any]) -> dict[str, Any]:
+    """Reports one step, then hangs (no progress, never returns) on the first attempt at each config, as a run
+    stuck in a collective or a wedged kernel does; `whoami` on the retry. SYNTH_HANG=always: every attempt."""
+    from optsweep.live import report_progress
+
+    if _mark_first_attempt(spec) or os.environ.get("SYNTH_HANG") == "always":
+        report_progress(1, 4, 5.0, tokens_per_s=100.0)
+        time.sleep(30)  # far beyond the tests' stall timeouts, yet bounded: a watchdog that misses it fails the test
+    return whoami(spec)
+
+
+def steady(spec: dict[str, Any]) -> dict[str, Any]:
+    """`whoami` after 2 s of progress reports every 0.2 s: slow, but never stalled."""
+    from optsweep.live import report_progress
+
+    for step in range(1, 11):
+        time.sleep(0.2)
+        report_progress(step, 10, 5.0 - step / 10, tokens_per_s=100.0)
     return whoami(spec)
 
 

@@ -4,6 +4,7 @@ workers retired and the pool shrinking when a replacement cannot start."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -163,6 +164,36 @@ def test_the_sweep_stops_when_no_worker_is_left(tmp_path, monkeypatch):
             executor.start()
             (tmp_path / "no-start").touch()
             list(executor.run(tasks(2)))
+
+
+@pytest.mark.parametrize("hang", ["once", "always"])
+def test_a_run_without_progress_is_killed_and_retried_and_a_second_stall_fails_it(tmp_path, monkeypatch, capsys,
+                                                                                  hang):
+    monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
+    monkeypatch.setenv("SYNTH_HANG", hang)
+    train = TrainSettings(device="cpu", stall_timeout_s=1.0)
+    with Executor("synthetic_trainers:hangs_once", worker_environments(study(workers=2)), train) as executor:
+        (outcome,) = list(executor.run(tasks(1)))
+        alive = [worker.process.is_alive() for worker in executor._workers]
+    assert outcome.attempts == 2 and alive == [True, True]
+    stalls = stderr_lines(capsys, "made no progress")
+    if hang == "once":
+        assert outcome.error is None
+        (stall,) = stalls
+        assert re.search(r"made no progress for \d+ s \(study.train.stall_timeout_s\): killed, retried from its "
+                         r"checkpoint$", stall)
+    else:
+        assert outcome.result is None and len(stalls) == 2 and stalls[1].endswith("killed, failed")
+        assert outcome.error == ("no progress for 1 s (study.train.stall_timeout_s): the watchdog killed its worker "
+                                 "while training this run")
+
+
+def test_a_run_that_keeps_reporting_progress_outlives_the_stall_timeout(capsys):
+    train = TrainSettings(device="cpu", stall_timeout_s=1.0)
+    with Executor("synthetic_trainers:steady", worker_environments(study(workers=2)), train) as executor:
+        outcomes = list(executor.run(tasks(2)))
+    assert all(outcome.error is None and outcome.attempts == 1 for outcome in outcomes)
+    assert stderr_lines(capsys, "made no progress") == []
 
 
 def drain(waiting: WaitingTasks) -> list[tuple[str, int]]:

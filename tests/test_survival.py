@@ -237,9 +237,9 @@ def test_a_comment_only_edit_of_a_user_trainer_retrains_nothing(tmp_path):
 def test_how_the_pool_treats_its_workers_does_not_move_the_run_spec(tmp_path):
     raw = small_study(tmp_path / "data")
     default = load_params(write_params(tmp_path / "default.yaml", raw))
-    raw["study"]["train"]["retire_after_fast_failures"] = 7
+    raw["study"]["train"].update(retire_after_fast_failures=7, stall_timeout_s=60)
     strict = load_params(write_params(tmp_path / "strict.yaml", raw))
-    assert strict.study.train.retire_after_fast_failures == 7
+    assert (strict.study.train.retire_after_fast_failures, strict.study.train.stall_timeout_s) == (7, 60)
     assert make_run_spec(strict, "a", strict.baseline, None) == make_run_spec(default, "a", default.baseline, None)
 
 
@@ -282,6 +282,8 @@ def test_noise_seeds_vary_the_initialisation_and_or_the_batch_order(tmp_path, mo
          "study.train.divergence.smoothing: Input should be less than or equal to 1"),
         (lambda raw: raw["study"]["train"].update(retire_after_fast_failures=0),
          "study.train.retire_after_fast_failures: Input should be greater than or equal to 1"),
+        (lambda raw: raw["study"]["train"].update(stall_timeout_s=-1),
+         "study.train.stall_timeout_s: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_survival_settings_fail_in_one_line(tmp_path, edit, message):

@@ -141,6 +141,10 @@ class TrainSettings(Strict):
         3, ge=1, exclude=True,
         description="a worker whose runs fail this many times in a row, each within a minute, is retired",
     )
+    stall_timeout_s: float = Field(
+        1800, ge=0, exclude=True,
+        description="a run that reports no progress for this long is killed and retried (0 = never)",
+    )
 
 
 class RaySettings(Strict):

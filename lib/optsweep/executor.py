@@ -23,6 +23,9 @@ in a row: a broken GPU fails every run in milliseconds, and must not be fed the 
 replacement runs the preflight again; a slot whose replacement cannot start is dropped, and the pool goes
 on smaller. The sweep stops only when no worker is left. Both executors (this pool and the Ray actors)
 apply the same rules, written once: `FailureStreak`, `settle` and `say_dropped`.
+The watchdog (pool only): a run that reports no progress (optsweep.live) for `study.train.stall_timeout_s`
+has its worker killed, and is retried like a run whose worker died, from its checkpoint: a hung run never
+holds its GPU for ever. A trainer that never reports is killed after that long too (0 turns it off).
 Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
 does not leave half of them training) and propagates as KeyboardInterrupt, after handing over the runs
 that had already finished, so that they reach the run store. It never lands in the middle of storing a run.
@@ -49,6 +52,7 @@ import traceback
 from typing import Any, Iterator
 
 from .config import ParamsError, StudySettings, TrainSettings
+from .live import RunProgress, reporting_to
 from .preflight import PreflightError, check_device
 from .trainer_plugin import Trainer, load_trainer
 
@@ -173,7 +177,12 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[str, Any],
-                 connection: multiprocessing.connection.Connection) -> None:
+                 connection: multiprocessing.connection.Connection, heartbeat: Any) -> None:
+    """Train the tasks the connection brings; `heartbeat` (shared with the main process) holds the time of the
+    run's latest progress report, which the watchdog reads."""
+    def beat(progress: RunProgress) -> None:
+        heartbeat.value = time.time()
+
     _exit_with_parent(int(env["OPTSWEEP_DRIVER_PID"]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     os.environ.update(env)  # before the trainer imports torch, so device pinning and threads take effect
@@ -192,7 +201,9 @@ def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[st
             return
         if task is None:
             return
-        connection.send((task.key, _attempt(trainer, task.spec, train_settings)))
+        with reporting_to(beat):
+            attempt = _attempt(trainer, task.spec, train_settings)
+        connection.send((task.key, attempt))
 
 
 # --- tasks submitted while the pool runs -------------------------------------------------------------------
@@ -363,9 +374,11 @@ class _Worker:
     connection: multiprocessing.connection.Connection
     env: dict[str, str]
     streak: FailureStreak
+    heartbeat: Any  # a shared double: when its run started or last reported progress (epoch seconds)
     task: Task | None = None
     attempts: int = 0
     started: float = 0.0
+    stalled: bool = False  # killed by the watchdog
 
     @property
     def place(self) -> str:
@@ -383,6 +396,7 @@ class Executor:
         self.train_settings = train.model_dump()
         self.threads = train.threads_per_worker
         self.retire_after = train.retire_after_fast_failures
+        self.stall_timeout_s = train.stall_timeout_s
         self.inline = len(environments) <= 1
         self._workers: list[_Worker] = []
         self._inline_trainer: Trainer | None = None
@@ -482,12 +496,12 @@ class Executor:
     def _start_worker(self, slot: int) -> _Worker:
         ours, theirs = self._context.Pipe()
         env = self.environments[slot]
-        process = self._context.Process(
-            target=_worker_main, args=(self.trainer_name, env, self.train_settings, theirs), name="optsweep-worker"
-        )
+        heartbeat = self._context.RawValue("d", 0.0)
+        process = self._context.Process(target=_worker_main, name="optsweep-worker",
+                                        args=(self.trainer_name, env, self.train_settings, theirs, heartbeat))
         process.start()
         theirs.close()  # so that a dead worker shows up as EOF on our end
-        return _Worker(slot, process, ours, env, FailureStreak(self.retire_after))
+        return _Worker(slot, process, ours, env, FailureStreak(self.retire_after), heartbeat)
 
     @staticmethod
     def _await_ready(worker: _Worker) -> None:
@@ -544,15 +558,17 @@ class Executor:
             try:
                 with self._interruptible_section():
                     waited = [w.connection for w in busy] + [w.process.sentinel for w in busy]
+                    stall = self._until_stall(busy)
                     if inbox is None:
-                        multiprocessing.connection.wait(waited)
+                        multiprocessing.connection.wait(waited, timeout=stall)
                     elif waited:
-                        multiprocessing.connection.wait(waited, timeout=INBOX_POLL_S)
+                        multiprocessing.connection.wait(waited, timeout=min(INBOX_POLL_S, stall or INBOX_POLL_S))
                     else:
                         inbox.wait(INBOX_POLL_S)
             except KeyboardInterrupt:
                 yield from self._finished_before_interrupt(busy)
                 raise
+            self._kill_stalled(busy)
             for worker in busy:
                 outcome = self._collect(worker, waiting)
                 if outcome is not None:
@@ -578,6 +594,26 @@ class Executor:
             if attempt.error is None:
                 yield Outcome(key, worker.task.spec, attempt.result, None, worker.attempts, attempt.wall_s)
 
+    def _until_stall(self, busy: list[_Worker]) -> float | None:
+        """Seconds until the first run in flight passes `stall_timeout_s` without progress (None: never)."""
+        if not self.stall_timeout_s or not busy:
+            return None
+        earliest = min(worker.heartbeat.value for worker in busy)
+        return max(0.0, earliest + self.stall_timeout_s - time.time())
+
+    def _kill_stalled(self, busy: list[_Worker]) -> None:
+        """The watchdog: kill the worker of a run without progress for `stall_timeout_s` (and no result
+        waiting); `_collect` then sees a dead worker, replaces it and retries the run from its checkpoint."""
+        for worker in busy:
+            silent = time.time() - worker.heartbeat.value
+            if self.stall_timeout_s and silent > self.stall_timeout_s and not worker.connection.poll():
+                then = "retried from its checkpoint" if worker.attempts < ATTEMPTS else "failed"
+                print(f"optsweep: run {worker.task.key[:8]} on {worker.place} made no progress for {silent:.0f} s "
+                      f"(study.train.stall_timeout_s): killed, {then}", file=sys.stderr, flush=True)
+                worker.stalled = True
+                worker.process.kill()
+                worker.process.join()
+
     def _dispatch(self, waiting: WaitingTasks) -> None:
         """Hand each idle worker its next task (a worker that died while idle is replaced first)."""
         for worker in [worker for worker in self._workers if worker.task is None and not worker.process.is_alive()]:
@@ -586,6 +622,7 @@ class Executor:
             if worker.task is None and (chosen := waiting.pop(worker.slot if len(self._workers) > 1 else None)):
                 worker.task, worker.attempts = chosen
                 worker.started = time.perf_counter()
+                worker.heartbeat.value = time.time()  # the run's start counts as progress
                 worker.connection.send(worker.task)
 
     def _collect(self, worker: _Worker, waiting: WaitingTasks) -> Outcome | None:
@@ -608,5 +645,7 @@ class Executor:
             worker.task = None
             self._replace(worker)
             code = worker.process.exitcode
-            attempt = Attempt(None, f"worker process died (exit code {code}) while training this run", wall)
+            died = (f"no progress for {self.stall_timeout_s:g} s (study.train.stall_timeout_s): the watchdog "
+                    "killed its worker" if worker.stalled else f"worker process died (exit code {code})")
+            attempt = Attempt(None, f"{died} while training this run", wall)
         return settle(task, number, attempt, waiting, worker.slot)
