@@ -337,20 +337,21 @@ class RayExecutor(Executor):
     def _replace(self, slot: _Slot) -> None:
         """A fresh actor in the slot, preflighted again; a slot whose node is lost, or whose replacement cannot
         start, is dropped."""
-        name = slot.name
         ray.kill(slot.actor, no_restart=True)  # retired, or alive but unreachable: it must not train on unseen
         slot.actor, slot.streak = self._new_actor(), FailureStreak(self.retire_after)
         try:
             self._await_started([slot])
         except NodeLost as lost:
-            self._drop(slot, name, str(lost))
+            self._drop(slot, str(lost))
         except (ParamsError, PreflightError, RuntimeError) as error:
-            self._drop(slot, name, f"its replacement cannot start: {error}")
+            self._drop(slot, f"its replacement cannot start: {error}")
 
-    def _drop(self, slot: _Slot, name: str, reason: str) -> None:
+    def _drop(self, slot: _Slot, reason: str) -> None:
+        """Give the slot up (its name still says where its last actor ran: a replacement that did not start
+        never set it)."""
         ray.kill(slot.actor, no_restart=True)
         self._slots.remove(slot)
-        say_dropped(name, reason, len(self._slots), self._shape.count)
+        say_dropped(slot.name, reason, len(self._slots), self._shape.count)
 
     # collecting outcomes
 
