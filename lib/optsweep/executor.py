@@ -181,7 +181,7 @@ def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[st
     """Train the tasks the connection brings; `heartbeat` (shared with the main process) holds the time of the
     run's latest progress report, which the watchdog reads."""
     def beat(progress: RunProgress) -> None:
-        heartbeat.value = time.time()
+        heartbeat.value = time.monotonic()
 
     _exit_with_parent(int(env["OPTSWEEP_DRIVER_PID"]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
@@ -374,7 +374,8 @@ class _Worker:
     connection: multiprocessing.connection.Connection
     env: dict[str, str]
     streak: FailureStreak
-    heartbeat: Any  # a shared double: when its run started or last reported progress (epoch seconds)
+    heartbeat: Any  # a shared double: when its run started or last reported progress (time.monotonic, which
+    # Linux keeps for the whole machine, so the main process can compare it with its own clock)
     task: Task | None = None
     attempts: int = 0
     started: float = 0.0
@@ -558,11 +559,12 @@ class Executor:
             try:
                 with self._interruptible_section():
                     waited = [w.connection for w in busy] + [w.process.sentinel for w in busy]
-                    stall = self._until_stall(busy)
+                    stall = self._until_stall(busy)  # None: no run can stall
                     if inbox is None:
                         multiprocessing.connection.wait(waited, timeout=stall)
                     elif waited:
-                        multiprocessing.connection.wait(waited, timeout=min(INBOX_POLL_S, stall or INBOX_POLL_S))
+                        poll = INBOX_POLL_S if stall is None else min(INBOX_POLL_S, stall)
+                        multiprocessing.connection.wait(waited, timeout=poll)
                     else:
                         inbox.wait(INBOX_POLL_S)
             except KeyboardInterrupt:
@@ -599,13 +601,13 @@ class Executor:
         if not self.stall_timeout_s or not busy:
             return None
         earliest = min(worker.heartbeat.value for worker in busy)
-        return max(0.0, earliest + self.stall_timeout_s - time.time())
+        return max(0.0, earliest + self.stall_timeout_s - time.monotonic())
 
     def _kill_stalled(self, busy: list[_Worker]) -> None:
         """The watchdog: kill the worker of a run without progress for `stall_timeout_s` (and no result
         waiting); `_collect` then sees a dead worker, replaces it and retries the run from its checkpoint."""
         for worker in busy:
-            silent = time.time() - worker.heartbeat.value
+            silent = time.monotonic() - worker.heartbeat.value
             if self.stall_timeout_s and silent > self.stall_timeout_s and not worker.connection.poll():
                 then = "retried from its checkpoint" if worker.attempts < ATTEMPTS else "failed"
                 print(f"optsweep: run {worker.task.key[:8]} on {worker.place} made no progress for {silent:.0f} s "
@@ -622,7 +624,7 @@ class Executor:
             if worker.task is None and (chosen := waiting.pop(worker.slot if len(self._workers) > 1 else None)):
                 worker.task, worker.attempts = chosen
                 worker.started = time.perf_counter()
-                worker.heartbeat.value = time.time()  # the run's start counts as progress
+                worker.heartbeat.value = time.monotonic()  # the run's start counts as progress
                 worker.connection.send(worker.task)
 
     def _collect(self, worker: _Worker, waiting: WaitingTasks) -> Outcome | None:
