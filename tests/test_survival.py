@@ -133,6 +133,19 @@ def test_workers_exit_when_their_driver_is_sigkilled(tmp_path):
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
 
 
+def test_a_sweep_with_one_poisoned_worker_stores_every_run_ok(tmp_path):
+    """One of three workers fails every run with a CUDA error: it is retired, and its runs are retried on the
+    others, so the search misses no run."""
+    params = synth.write_study(tmp_path, "poisoned", study_workers=3)
+    result = run_cli("sweep", "--params", str(params), "--scale", "a", "--out", str(tmp_path / "a.json"),
+                     env=synth.cli_env(SYNTH_POISON=str(tmp_path / "poison")))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("retired: a device error (RuntimeError: CUDA error") == 1, result.stderr
+    records = list(RunStore(tmp_path / "runs"))
+    assert records and {record.status for record in records} == {RunStatus.OK}
+    assert json.loads((tmp_path / "a.json").read_text())["failed"] == []
+
+
 def test_a_failed_run_is_trained_again_to_ok_by_the_next_sweep(tmp_path):
     params = synth.write_study(tmp_path, "broken_while_marked", grid={"lr": [1e-3, 3e-3, 1e-2]})
     marker = tmp_path / "broken"
