@@ -275,8 +275,9 @@ def test_cuda_on_a_cluster_without_gpus_stops_before_any_run(cluster, tmp_path, 
 
 def lose_node(node_id: str, pause: Path) -> None:
     """SIGKILL the raylet of one node (its actors die with it), then let the paused runs go on."""
+    flag = f"--node_id={node_id}"
     (raylet,) = [process for process in psutil.process_iter(["name", "cmdline"])
-                 if "raylet" in (process.info["name"] or "") and f"--node_id={node_id}" in process.info["cmdline"]]
+                 if "raylet" in (process.info["name"] or "") and flag in (process.info["cmdline"] or [])]
     raylet.kill()
     pause.unlink()
 
@@ -311,6 +312,6 @@ def test_a_lost_node_leaves_a_smaller_pool_that_finishes_with_a_true_line(cluste
     assert all(outcome.error is None for outcome in outcomes) and 2 in {outcome.attempts for outcome in outcomes}
     assert left == 1
     errors = capsys.readouterr().err
-    (dropped,) = [line for line in errors.splitlines() if "dropped" in line]
+    (dropped,) = [line for line in errors.splitlines() if line.startswith("optsweep: ") and " dropped: " in line]
     assert f"dropped: its node 127.0.0.1 ({far[:6]}) was lost; the pool goes on with 1 of 2 workers" in dropped
     assert "other jobs hold" not in errors
