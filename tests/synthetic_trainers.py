@@ -12,6 +12,10 @@ Instrumentation for the tests, through environment variables (inherited by worke
 - SYNTH_PAUSE: a file; while it exists, a call waits before doing anything (lets a test freeze the sweep
   at a known point before killing it).
 - SYNTH_MARKS: a folder for the trainers that misbehave only on their first attempt at a config.
+- SYNTH_HANG: `always` makes `hangs_once` hang on every attempt.
+- SYNTH_POISON: a file; the first worker process to call `poisoned` writes its pid there and fails every run.
+- SYNTH_NO_START: a file; while it exists, a worker process cannot import this module (a replacement worker
+  on a dead GPU). The test process imported it before, so only workers started afterwards fail.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -31,6 +36,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+CUDA_FAULT = "CUDA error: an illegal memory access was encountered (simulated)"  # what a broken GPU raises
+
+if multiprocessing.parent_process() is not None and Path(os.environ.get("SYNTH_NO_START", "/nonexistent")).exists():
+    raise RuntimeError("the GPU fell off the bus (simulated)")
 
 
 # --- loss surfaces (functions of the hyperparameters only) ------------------------------------------------
@@ -197,6 +206,47 @@ def killer(spec: dict[str, Any]) -> dict[str, Any]:
     if _mark_first_attempt(spec):
         os.kill(os.getpid(), signal.SIGKILL)
     return whoami(spec)
+
+
+def poisoned(spec: dict[str, Any]) -> dict[str, Any]:
+    """`whoami`, except in one worker process (the first to call it claims SYNTH_POISON), which fails every run
+    at once, as a GPU with a broken CUDA context does: with a CUDA error, or with SYNTH_POISON_ERROR=plain a
+    RuntimeError that only its pace gives away."""
+    poison = Path(os.environ["SYNTH_POISON"])
+    try:
+        with poison.open("x") as claim:
+            claim.write(str(os.getpid()))
+    except FileExistsError:
+        pass
+    if poison.read_text() == str(os.getpid()):
+        raise RuntimeError(CUDA_FAULT if os.environ.get("SYNTH_POISON_ERROR") != "plain" else "poisoned worker")
+    return whoami(spec)
+
+
+def hangs_once(spec: dict[str, Any]) -> dict[str, Any]:
+    """Reports one step, then hangs (no progress, never returns) on the first attempt at each config, as a run
+    stuck in a collective or a wedged kernel does; `whoami` on the retry. SYNTH_HANG=always: every attempt."""
+    from optsweep.live import report_progress
+
+    if _mark_first_attempt(spec) or os.environ.get("SYNTH_HANG") == "always":
+        report_progress(1, 4, 5.0, tokens_per_s=100.0)
+        time.sleep(30)  # far beyond the tests' stall timeouts, yet bounded: a watchdog that misses it fails the test
+    return whoami(spec)
+
+
+def steady(spec: dict[str, Any]) -> dict[str, Any]:
+    """`whoami` after 2 s of progress reports every 0.2 s: slow, but never stalled."""
+    from optsweep.live import report_progress
+
+    for step in range(1, 11):
+        time.sleep(0.2)
+        report_progress(step, 10, 5.0 - step / 10, tokens_per_s=100.0)
+    return whoami(spec)
+
+
+def cuda_fault(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fails every run with a CUDA error, in every worker (every GPU broken)."""
+    raise RuntimeError(CUDA_FAULT)
 
 
 # --- params files for these trainers ---------------------------------------------------------------------

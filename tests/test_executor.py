@@ -1,12 +1,14 @@
-"""The executor: persistent spawned workers, device pinning, retries of crashed runs and killed workers."""
+"""The executor: persistent spawned workers, device pinning, retries of crashed runs and killed workers, broken
+workers retired and the pool shrinking when a replacement cannot start."""
 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-from optsweep.config import ParamsError, StudySettings
+from optsweep.config import ParamsError, StudySettings, TrainSettings
 from optsweep.executor import Executor, Task, WaitingTasks, worker_environments
 
 
@@ -112,6 +114,88 @@ def test_an_interrupt_terminates_the_workers():
     assert all(gone(pid) for pid in pids)
 
 
+def stderr_lines(capsys, word: str) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if word in line]
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    ("device", "retired: a device error (RuntimeError: CUDA error: an illegal memory access"),
+    ("plain", "retired: 2 runs in a row failed within 60 s (RuntimeError: poisoned worker)"),
+])
+def test_a_poisoned_worker_is_retired_and_every_run_ends_ok(tmp_path, monkeypatch, capsys, error, reason):
+    """One worker of three fails every run at once (a broken GPU): its runs are retried on the others, and the
+    worker is retired (at once for a CUDA error, after study.train.retire_after_fast_failures otherwise)."""
+    monkeypatch.setenv("SYNTH_POISON", str(tmp_path / "poison"))
+    monkeypatch.setenv("SYNTH_POISON_ERROR", error)
+    monkeypatch.setenv("SYNTH_SLEEP", "0.1")
+    train = TrainSettings(device="cpu", retire_after_fast_failures=2)
+    with Executor("synthetic_trainers:poisoned", worker_environments(study(workers=3)), train) as executor:
+        outcomes = list(executor.run(tasks(12)))
+        pids_left = {worker.process.pid for worker in executor._workers}
+    poisoned = int((tmp_path / "poison").read_text())
+    assert sorted(outcome.key for outcome in outcomes) == sorted(task.key for task in tasks(12))
+    assert all(outcome.error is None for outcome in outcomes)
+    assert poisoned not in {outcome.result["pid"] for outcome in outcomes} | pids_left and len(pids_left) == 3
+    assert 2 in {outcome.attempts for outcome in outcomes}  # the poisoned worker's runs, retried elsewhere
+    (retired,) = stderr_lines(capsys, "retired")
+    assert f"pid {poisoned})" in retired and reason in retired and retired.endswith("starting a replacement")
+
+
+def test_a_slot_whose_replacement_cannot_start_is_dropped_and_the_smaller_pool_finishes(tmp_path, monkeypatch,
+                                                                                        capsys):
+    monkeypatch.setenv("SYNTH_POISON", str(tmp_path / "poison"))
+    monkeypatch.setenv("SYNTH_NO_START", str(tmp_path / "no-start"))
+    with Executor("synthetic_trainers:poisoned", worker_environments(study(workers=3))) as executor:
+        executor.start()
+        (tmp_path / "no-start").touch()  # from now on no worker can start: the GPU is gone
+        outcomes = list(executor.run(tasks(8)))
+        left = len(executor._workers)
+    assert len(outcomes) == 8 and all(outcome.error is None for outcome in outcomes)
+    assert left == 2
+    (dropped,) = stderr_lines(capsys, "dropped")
+    assert "dropped: its replacement cannot start: " in dropped and "the GPU fell off the bus" in dropped
+    assert dropped.endswith("the pool goes on with 2 of 3 workers")
+
+
+def test_the_sweep_stops_when_no_worker_is_left(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_NO_START", str(tmp_path / "no-start"))
+    with pytest.raises(ParamsError, match=r"no worker left: the last, worker \d \(cpu, pid \d+\), was dropped"):
+        with Executor("synthetic_trainers:cuda_fault", worker_environments(study(workers=2))) as executor:
+            executor.start()
+            (tmp_path / "no-start").touch()
+            list(executor.run(tasks(2)))
+
+
+@pytest.mark.parametrize("hang", ["once", "always"])
+def test_a_run_without_progress_is_killed_and_retried_and_a_second_stall_fails_it(tmp_path, monkeypatch, capsys,
+                                                                                  hang):
+    monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
+    monkeypatch.setenv("SYNTH_HANG", hang)
+    train = TrainSettings(device="cpu", stall_timeout_s=1.0)
+    with Executor("synthetic_trainers:hangs_once", worker_environments(study(workers=2)), train) as executor:
+        (outcome,) = list(executor.run(tasks(1)))
+        alive = [worker.process.is_alive() for worker in executor._workers]
+    assert outcome.attempts == 2 and alive == [True, True]
+    stalls = stderr_lines(capsys, "made no progress")
+    if hang == "once":
+        assert outcome.error is None
+        (stall,) = stalls
+        assert re.search(r"made no progress for \d+ s \(study.train.stall_timeout_s\): killed, retried from its "
+                         r"checkpoint$", stall)
+    else:
+        assert outcome.result is None and len(stalls) == 2 and stalls[1].endswith("killed, failed")
+        assert outcome.error == ("no progress for 1 s (study.train.stall_timeout_s): the watchdog killed its worker "
+                                 "while training this run")
+
+
+def test_a_run_that_keeps_reporting_progress_outlives_the_stall_timeout(capsys):
+    train = TrainSettings(device="cpu", stall_timeout_s=1.0)
+    with Executor("synthetic_trainers:steady", worker_environments(study(workers=2)), train) as executor:
+        outcomes = list(executor.run(tasks(2)))
+    assert all(outcome.error is None and outcome.attempts == 1 for outcome in outcomes)
+    assert stderr_lines(capsys, "made no progress") == []
+
+
 def drain(waiting: WaitingTasks) -> list[tuple[str, int]]:
     order = []
     while waiting:
@@ -134,6 +218,15 @@ def test_waiting_tasks_start_retries_then_the_nearest_finished_line_then_specula
     waiting.retry(first[0], 2)
     assert first == (Task("b1", {}), 1)
     assert drain(waiting) == [("b1", 2), ("b2", 1), ("c1", 1), ("c2", 1), ("a1", 1), ("a2", 1), ("a3", 1), ("s1", 1)]
+
+
+def test_a_retry_waits_for_a_worker_other_than_the_one_it_failed_on():
+    waiting = WaitingTasks(8, keyed("a1", "a2"))
+    failed, _ = waiting.pop(0)
+    waiting.retry(failed, 2, failed_on=0)
+    assert waiting.pop(0) == (Task("a2", {}), 1)
+    assert waiting.pop(0) is None and waiting  # only the retry is left, and worker 0 may not take it
+    assert waiting.pop(1) == (Task("a1", {}), 2)
 
 
 def test_a_line_passed_over_by_patience_tasks_of_younger_lines_goes_first():

@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 import synthetic_trainers as synth
@@ -269,3 +271,47 @@ def test_cuda_on_a_cluster_without_gpus_stops_before_any_run(cluster, tmp_path, 
     assert code == 2
     assert errors == ["optsweep: error: study.train.device: 'cuda' but the Ray cluster's 2 node(s) have no GPU"]
     assert not (tmp_path / "runs").exists()
+
+
+def lose_node(node_id: str, pause: Path) -> None:
+    """SIGKILL the raylet of one node (its actors die with it), then let the paused runs go on."""
+    flag = f"--node_id={node_id}"
+    (raylet,) = [process for process in psutil.process_iter(["name", "cmdline"])
+                 if "raylet" in (process.info["name"] or "") and flag in (process.info["cmdline"] or [])]
+    raylet.kill()
+    pause.unlink()
+
+
+def test_a_lost_node_leaves_a_smaller_pool_that_finishes_with_a_true_line(cluster, tmp_path, capsys):
+    """Last in this module: it takes the cluster's worker node away. Both actors are inside a run (paused) when
+    the worker node's raylet is killed; that run is retried on the head's actor, which finishes the sweep."""
+    import ray
+
+    from optsweep.executor import Task
+    from optsweep.ray_executor import RayExecutor
+
+    address, instruments = cluster
+    pause = instruments / "pause"
+    study = load_params(ray_study(tmp_path, address, "bowl")).study
+    tasks = [Task(f"n{i}", {"hparams": {"lr": 1e-3 * (i + 1), "weight_decay": 0.1, "beta2": 0.95}, "seed": 11})
+             for i in range(4)]
+    pause.touch()
+    try:
+        with RayExecutor(study) as executor:
+            executor.start()
+            head = ray.get_runtime_context().get_node_id()  # a driver on the head's machine joins the head
+            (far,) = [slot.node for slot in executor._slots if slot.node != head]
+            loss = threading.Timer(3.0, lose_node, args=(far, pause))  # once both actors are inside a run
+            loss.start()
+            outcomes = list(executor.run(tasks))
+            left = len(executor._slots)
+        loss.join()
+    finally:
+        pause.unlink(missing_ok=True)
+    assert sorted(outcome.key for outcome in outcomes) == ["n0", "n1", "n2", "n3"]
+    assert all(outcome.error is None for outcome in outcomes) and 2 in {outcome.attempts for outcome in outcomes}
+    assert left == 1
+    errors = capsys.readouterr().err
+    (dropped,) = [line for line in errors.splitlines() if line.startswith("optsweep: ") and " dropped: " in line]
+    assert f"dropped: its node 127.0.0.1 ({far[:6]}) was lost; the pool goes on with 1 of 2 workers" in dropped
+    assert "other jobs hold" not in errors

@@ -23,7 +23,7 @@ from conftest import small_study, write_params
 from optsweep import train as train_module
 from optsweep.config import ParamsError, load_params
 from optsweep.store import RunStatus, RunStore
-from optsweep.trainer_plugin import code_identity
+from optsweep.trainer_plugin import code_identity, make_run_spec
 
 OPTSWEEP = synth.OPTSWEEP
 REPO = Path(__file__).resolve().parents[1]
@@ -165,6 +165,19 @@ def test_workers_exit_when_their_driver_is_sigkilled(tmp_path):
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
 
 
+def test_a_sweep_with_one_poisoned_worker_stores_every_run_ok(tmp_path):
+    """One of three workers fails every run with a CUDA error: it is retired, and its runs are retried on the
+    others, so the search misses no run."""
+    params = synth.write_study(tmp_path, "poisoned", study_workers=3)
+    result = run_cli("sweep", "--params", str(params), "--scale", "a", "--out", str(tmp_path / "a.json"),
+                     env=synth.cli_env(SYNTH_POISON=str(tmp_path / "poison")))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("retired: a device error (RuntimeError: CUDA error") == 1, result.stderr
+    records = list(RunStore(tmp_path / "runs"))
+    assert records and {record.status for record in records} == {RunStatus.OK}
+    assert json.loads((tmp_path / "a.json").read_text())["failed"] == []
+
+
 def test_a_failed_run_is_trained_again_to_ok_by_the_next_sweep(tmp_path):
     params = synth.write_study(tmp_path, "broken_while_marked", grid={"lr": [1e-3, 3e-3, 1e-2]})
     marker = tmp_path / "broken"
@@ -266,6 +279,15 @@ def test_a_comment_only_edit_of_a_user_trainer_retrains_nothing(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["compute"]["runs_trained"] == 2
 
 
+def test_how_the_pool_treats_its_workers_does_not_move_the_run_spec(tmp_path):
+    raw = small_study(tmp_path / "data")
+    default = load_params(write_params(tmp_path / "default.yaml", raw))
+    raw["study"]["train"].update(retire_after_fast_failures=7, stall_timeout_s=60)
+    strict = load_params(write_params(tmp_path / "strict.yaml", raw))
+    assert (strict.study.train.retire_after_fast_failures, strict.study.train.stall_timeout_s) == (7, 60)
+    assert make_run_spec(strict, "a", strict.baseline, None) == make_run_spec(default, "a", default.baseline, None)
+
+
 def test_store_why_names_the_part_of_the_identity_that_differs(tmp_path):
     params = synth.write_study(tmp_path, "bowl", grid={"lr": [1e-3, 3e-3]})
     run_cli("sweep", "--params", str(params), "--scale", "a", "--out", str(tmp_path / "a.json"))
@@ -303,6 +325,10 @@ def test_noise_seeds_vary_the_initialisation_and_or_the_batch_order(tmp_path, mo
          "study.train.divergence.rise: Input should be greater than 0"),
         (lambda raw: raw["study"]["train"].update(divergence={"smoothing": 1.5}),
          "study.train.divergence.smoothing: Input should be less than or equal to 1"),
+        (lambda raw: raw["study"]["train"].update(retire_after_fast_failures=0),
+         "study.train.retire_after_fast_failures: Input should be greater than or equal to 1"),
+        (lambda raw: raw["study"]["train"].update(stall_timeout_s=-1),
+         "study.train.stall_timeout_s: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_survival_settings_fail_in_one_line(tmp_path, edit, message):

@@ -17,8 +17,7 @@ def make_executor(study: StudySettings) -> Executor | TrackedExecutor:
 
         executor: Executor = RayExecutor(study)
     else:
-        executor = Executor(study.trainer, worker_environments(study), threads=study.train.threads_per_worker,
-                            train_settings=study.train.model_dump())
+        executor = Executor(study.trainer, worker_environments(study), train=study.train)
     if study.tracker == "wandb":
         from .tracker import WandbTracker
 

@@ -134,6 +134,16 @@ class TrainSettings(Strict):
     decay_exclude: list[Literal["norm", "embedding", "bias"]] = Field(
         default_factory=lambda: ["norm", "embedding", "bias"]
     )
+    # How the pool treats its workers, not how a run trains: excluded from model_dump, so out of the run
+    # spec and the run key.
+    retire_after_fast_failures: int = Field(
+        3, ge=1, exclude=True,
+        description="a worker whose runs fail this many times in a row, each within a minute, is retired",
+    )
+    stall_timeout_s: float = Field(
+        1800, ge=0, exclude=True,
+        description="a run that reports no progress for this long is killed and retried (0 = never)",
+    )
 
 
 class RaySettings(Strict):

@@ -14,9 +14,18 @@ lasts. Devices:
 Before its first run each worker (and the inline trainer) runs the device preflight (optsweep.preflight):
 a worker that cannot compute on its device stops the sweep with one line, and nothing is stored.
 
-A run whose trainer raises is retried once; a worker that dies (killed, out of memory) is replaced and its
-run retried the same way, resuming from the run's checkpoint if it left one. After the second failed
-attempt the run comes back with its error text (a *failed* run, trained again by the next sweep).
+A run whose trainer raises is retried once, on another worker; a worker that dies (killed, out of memory)
+is replaced and its run retried the same way, resuming from the run's checkpoint if it left one. After the
+second failed attempt the run comes back with its error text (a *failed* run, trained again by the next
+sweep). A worker is retired (see `FailureStreak`) when a run fails with a device error, when its device
+fails the check a failed run is followed by, or after `study.train.retire_after_fast_failures` fast failures
+in a row: a broken GPU fails every run in milliseconds, and must not be fed the whole sweep. Its
+replacement runs the preflight again; a slot whose replacement cannot start is dropped, and the pool goes
+on smaller. The sweep stops only when no worker is left. Both executors (this pool and the Ray actors)
+apply the same rules, written once: `FailureStreak`, `settle` and `say_dropped`.
+The watchdog (pool only): a run that reports no progress (optsweep.live) for `study.train.stall_timeout_s`
+has its worker killed, and is retried like a run whose worker died, from its checkpoint: a hung run never
+holds its GPU for ever. A trainer that never reports is killed after that long too (0 turns it off).
 Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
 does not leave half of them training) and propagates as KeyboardInterrupt, after handing over the runs
 that had already finished, so that they reach the run store. It never lands in the middle of storing a run.
@@ -32,6 +41,7 @@ import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,11 +51,17 @@ import time
 import traceback
 from typing import Any, Iterator
 
-from .config import ParamsError, StudySettings
+from .config import ParamsError, StudySettings, TrainSettings
+from .live import RunProgress, reporting_to
 from .preflight import PreflightError, check_device
 from .trainer_plugin import Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
+FAST_FAILURE_S = 60.0  # a run that fails sooner never really trained: a streak of them is the worker's fault
+# What a broken device raises (torch's AcceleratorError and CUDA/cuDNN/cuBLAS/NCCL status texts, ECC and Xid
+# reports): the worker's CUDA context is lost, so whatever it trains next fails the same way.
+DEVICE_ERROR = re.compile(r"AcceleratorError|CUDA error|cuDNN error|CUBLAS_STATUS|CUDNN_STATUS|NCCL error"
+                          r"|illegal memory access|uncorrectable ECC|\bXid\b")
 PARENT_POLL_S = 1.0  # how often a worker checks that the main process is still alive
 INBOX_POLL_S = 0.05  # how often a serving pool looks for newly submitted tasks while its workers train
 # Fewer out-of-memory errors from fragmentation when a run halves its micro-batch (set before torch starts).
@@ -56,6 +72,16 @@ CUDA_ALLOCATOR = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 class Task:
     key: str
     spec: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One try at one run, as its worker reports it."""
+
+    result: dict[str, Any] | None
+    error: str | None  # the traceback when the trainer raised
+    wall_s: float
+    device_check: str | None = None  # after a failed try: why the device check failed, None if it passed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +143,21 @@ def _auto_workers(study: StudySettings, gpus: list[str]) -> int:
 # --- one attempt at one run ------------------------------------------------------------------------------
 
 
-def _attempt(trainer: Trainer, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, float]:
-    """Train once: (result, None, seconds), or (None, traceback text, seconds) when the trainer raised."""
+def _attempt(trainer: Trainer, spec: dict[str, Any], train_settings: dict[str, Any]) -> Attempt:
+    """Train once. When the trainer raises, check the device again: a failure there is the device's fault."""
     start = time.perf_counter()
     try:
         result = trainer(spec)
         if not isinstance(result, dict):
             raise TypeError(f"trainer returned {type(result).__name__}, expected a dict with 'loss'")
-        return result, None, time.perf_counter() - start
+        return Attempt(result, None, time.perf_counter() - start)
     except Exception:
-        return None, traceback.format_exc(limit=-8).strip(), time.perf_counter() - start
+        error, wall = traceback.format_exc(limit=-8).strip(), time.perf_counter() - start
+    try:
+        check_device(train_settings)
+    except PreflightError as failed:
+        return Attempt(None, error, wall, device_check=str(failed))
+    return Attempt(None, error, wall)
 
 
 def _limit_torch_threads(threads: int) -> None:
@@ -146,7 +177,12 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[str, Any],
-                 connection: multiprocessing.connection.Connection) -> None:
+                 connection: multiprocessing.connection.Connection, heartbeat: Any) -> None:
+    """Train the tasks the connection brings; `heartbeat` (shared with the main process) holds the time of the
+    run's latest progress report, which the watchdog reads."""
+    def beat(progress: RunProgress) -> None:
+        heartbeat.value = time.monotonic()
+
     _exit_with_parent(int(env["OPTSWEEP_DRIVER_PID"]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     os.environ.update(env)  # before the trainer imports torch, so device pinning and threads take effect
@@ -165,7 +201,9 @@ def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[st
             return
         if task is None:
             return
-        connection.send((task.key, *_attempt(trainer, task.spec)))
+        with reporting_to(beat):
+            attempt = _attempt(trainer, task.spec, train_settings)
+        connection.send((task.key, attempt))
 
 
 # --- tasks submitted while the pool runs -------------------------------------------------------------------
@@ -219,7 +257,7 @@ class _Batch:
 
 class WaitingTasks:
     """The tasks a pool has yet to start, in the order they start:
-    1. retries (their runs had started);
+    1. retries (their runs had started), each on a worker other than the one it failed on;
     2. a task of the batch with the fewest tasks still waiting, the oldest among equals: a search moves on only
        once its whole line is back, so finishing lines first keeps the most searches submitting work; but a
        batch passed over by `patience` tasks of younger batches goes first, so that no search starves behind
@@ -228,7 +266,7 @@ class WaitingTasks:
 
     def __init__(self, patience: int, tasks: list[Task] | None = None) -> None:
         self.patience = patience
-        self._retries: collections.deque[tuple[Task, int]] = collections.deque()
+        self._retries: list[tuple[Task, int, int | None]] = []  # (task, attempt, the worker it failed on)
         self._batches: list[_Batch] = []
         self._speculative: collections.deque[Task] = collections.deque()
         self.add(tasks or [])
@@ -245,16 +283,19 @@ class WaitingTasks:
             self.add(batch)
         self.add(speculative, speculative=True)
 
-    def retry(self, task: Task, attempt: int) -> None:
-        self._retries.append((task, attempt))
+    def retry(self, task: Task, attempt: int, failed_on: int | None = None) -> None:
+        self._retries.append((task, attempt, failed_on))
 
     def __bool__(self) -> bool:
         return bool(self._retries or self._batches or self._speculative)
 
-    def pop(self) -> tuple[Task, int]:
-        """The next task to start and its attempt number."""
-        if self._retries:
-            return self._retries.popleft()
+    def pop(self, worker: int | None = None) -> tuple[Task, int] | None:
+        """The next task for `worker` to start and its attempt number; None if only retries that failed on
+        it are waiting. Without a worker (a pool of one), any task."""
+        for index, (task, attempt, failed_on) in enumerate(self._retries):
+            if worker is None or failed_on != worker:
+                del self._retries[index]
+                return task, attempt
         if self._batches:
             chosen = next((i for i, batch in enumerate(self._batches) if batch.passed_over >= self.patience),
                           min(range(len(self._batches)), key=lambda i: len(self._batches[i].tasks)))
@@ -265,7 +306,62 @@ class WaitingTasks:
             if not batch.tasks:
                 del self._batches[chosen]
             return task, 1
-        return self._speculative.popleft(), 1
+        if self._speculative:
+            return self._speculative.popleft(), 1
+        return None
+
+
+# --- which workers go: the rules both executors apply -------------------------------------------------------
+
+
+def _line_of(error: str, pattern: re.Pattern[str] | None = None) -> str:
+    """The line of a traceback that says what happened: the one `pattern` matches, else the last."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or [""]
+    return next((line for line in lines if pattern is not None and pattern.search(line)), lines[-1])
+
+
+@dataclasses.dataclass
+class FailureStreak:
+    """The retire rule for one worker, which keeps count of its fast failures in a row."""
+
+    limit: int  # study.train.retire_after_fast_failures
+    fast_failures: int = 0
+
+    def retire_reason(self, attempt: Attempt) -> str | None:
+        """Why the worker that made `attempt` must be retired, or None while it may train on."""
+        if attempt.error is None:
+            self.fast_failures = 0
+            return None
+        if attempt.device_check is not None:
+            return f"its device failed the check after a failed run ({attempt.device_check})"
+        if DEVICE_ERROR.search(attempt.error):
+            return f"a device error ({_line_of(attempt.error, DEVICE_ERROR)})"
+        self.fast_failures = self.fast_failures + 1 if attempt.wall_s < FAST_FAILURE_S else 0
+        if self.fast_failures >= self.limit:
+            return (f"{self.fast_failures} runs in a row failed within {FAST_FAILURE_S:.0f} s "
+                    f"({_line_of(attempt.error)})")
+        return None
+
+
+def settle(task: Task, number: int, attempt: Attempt, waiting: WaitingTasks, worker: int) -> Outcome | None:
+    """The outcome of attempt `number` at `task` if it is final; a failed attempt with tries left waits to be
+    retried on a worker other than `worker`."""
+    if attempt.error is not None and number < ATTEMPTS:
+        waiting.retry(task, number + 1, failed_on=worker)
+        return None
+    return Outcome(task.key, task.spec, attempt.result, attempt.error, number, attempt.wall_s)
+
+
+def say_retired(place: str, reason: str) -> None:
+    print(f"optsweep: {place} retired: {reason}; starting a replacement", file=sys.stderr, flush=True)
+
+
+def say_dropped(place: str, reason: str, left: int, planned: int) -> None:
+    """One line for a worker slot that is gone for good; with none left the sweep cannot go on."""
+    if left == 0:
+        raise ParamsError(f"no worker left: the last, {place}, was dropped ({reason})")
+    print(f"optsweep: {place} dropped: {reason}; the pool goes on with {left} of {planned} workers",
+          file=sys.stderr, flush=True)
 
 
 # --- the pool --------------------------------------------------------------------------------------------
@@ -273,23 +369,35 @@ class WaitingTasks:
 
 @dataclasses.dataclass
 class _Worker:
+    slot: int  # its place in the pool, kept by its replacements: a retry avoids the slot it failed on
     process: multiprocessing.process.BaseProcess
     connection: multiprocessing.connection.Connection
     env: dict[str, str]
+    streak: FailureStreak
+    heartbeat: Any  # a shared double: when its run started or last reported progress (time.monotonic, which
+    # Linux keeps for the whole machine, so the main process can compare it with its own clock)
     task: Task | None = None
     attempts: int = 0
     started: float = 0.0
+    stalled: bool = False  # killed by the watchdog
+
+    @property
+    def place(self) -> str:
+        device = f"GPU {self.env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in self.env else "cpu"
+        return f"worker {self.slot} ({device}, pid {self.process.pid})"
 
 
 class Executor:
     """Trains tasks on persistent workers. Use as a context manager so that workers never outlive it."""
 
-    def __init__(self, trainer_name: str, environments: list[dict[str, str]], threads: int = 1,
-                 train_settings: dict[str, Any] | None = None):
+    def __init__(self, trainer_name: str, environments: list[dict[str, str]], train: TrainSettings | None = None):
+        train = train or TrainSettings(device="cpu")
         self.trainer_name = trainer_name
         self.environments = [{**env, "OPTSWEEP_DRIVER_PID": str(os.getpid())} for env in environments]
-        self.train_settings = train_settings or {"device": "cpu"}
-        self.threads = threads
+        self.train_settings = train.model_dump()
+        self.threads = train.threads_per_worker
+        self.retire_after = train.retire_after_fast_failures
+        self.stall_timeout_s = train.stall_timeout_s
         self.inline = len(environments) <= 1
         self._workers: list[_Worker] = []
         self._inline_trainer: Trainer | None = None
@@ -351,7 +459,7 @@ class Executor:
             except PreflightError as error:
                 raise ParamsError(f"preflight: {error}") from None
         elif not self.inline and not self._workers:
-            self._workers = [self._start_worker(env) for env in self.environments]  # they start concurrently
+            self._workers = [self._start_worker(slot) for slot in range(len(self.environments))]  # concurrently
             for worker in self._workers:
                 self._await_ready(worker)
 
@@ -377,28 +485,29 @@ class Executor:
     def _run_inline(self, tasks: list[Task]) -> Iterator[Outcome]:
         self.start()
         for task in tasks:
-            for attempt in range(1, ATTEMPTS + 1):
+            for number in range(1, ATTEMPTS + 1):
                 with self._interruptible_section():
-                    result, error, wall = _attempt(self._inline_trainer, task.spec)
-                if error is None:
+                    attempt = _attempt(self._inline_trainer, task.spec, self.train_settings)
+                if attempt.error is None:
                     break
-            yield Outcome(task.key, task.spec, result, error, attempt, wall)
+            yield Outcome(task.key, task.spec, attempt.result, attempt.error, number, attempt.wall_s)
 
     # pool: persistent spawned workers, one task each at a time
 
-    def _start_worker(self, env: dict[str, str]) -> _Worker:
+    def _start_worker(self, slot: int) -> _Worker:
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(
-            target=_worker_main, args=(self.trainer_name, env, self.train_settings, theirs), name="optsweep-worker"
-        )
+        env = self.environments[slot]
+        heartbeat = self._context.RawValue("d", 0.0)
+        process = self._context.Process(target=_worker_main, name="optsweep-worker",
+                                        args=(self.trainer_name, env, self.train_settings, theirs, heartbeat))
         process.start()
         theirs.close()  # so that a dead worker shows up as EOF on our end
-        return _Worker(process, ours, env)
+        return _Worker(slot, process, ours, env, FailureStreak(self.retire_after), heartbeat)
 
     @staticmethod
     def _await_ready(worker: _Worker) -> None:
-        """Wait until the worker has imported the trainer. A worker that cannot start is the setup's fault,
-        not the runs': stop the sweep rather than store every run as failed."""
+        """Wait until the worker has imported the trainer and passed the preflight. At the start of a sweep a
+        worker that cannot is the setup's fault, not the runs': the caller stops the sweep."""
         try:
             status, detail = worker.connection.recv()
         except (EOFError, OSError):
@@ -408,16 +517,32 @@ class Executor:
         if status == "error":
             raise ParamsError(f"{detail} (in a worker process, before any run)")
 
-    def _replace(self, worker: _Worker) -> _Worker:
+    @staticmethod
+    def _stop(worker: _Worker) -> None:
+        """End a retired or dead worker: asked to exit, killed if it does not."""
+        with contextlib.suppress(OSError):
+            worker.connection.send(None)
         worker.process.join(timeout=5)
         if worker.process.is_alive():  # alive but unreachable: it must not train on unseen
             worker.process.kill()
             worker.process.join()
         worker.connection.close()
-        fresh = self._start_worker(worker.env)
-        self._workers[self._workers.index(worker)] = fresh
-        self._await_ready(fresh)
-        return fresh
+
+    def _replace(self, worker: _Worker) -> None:
+        """A fresh process in the worker's slot, preflighted again; a slot whose replacement cannot start is
+        dropped, and the pool goes on without it."""
+        self._stop(worker)
+        fresh = self._start_worker(worker.slot)
+        index = self._workers.index(worker)
+        try:
+            self._await_ready(fresh)
+        except (ParamsError, RuntimeError) as error:
+            self._stop(fresh)
+            del self._workers[index]
+            say_dropped(worker.place, f"its replacement cannot start: {error}", len(self._workers),
+                        len(self.environments))
+            return
+        self._workers[index] = fresh
 
     def _run_pool(self, tasks: list[Task], inbox: TaskInbox | None = None) -> Iterator[Outcome]:
         """Train `tasks`, and with an inbox every task submitted to it until it is closed and drained."""
@@ -429,22 +554,23 @@ class Executor:
             if not waiting and not any(worker.task for worker in self._workers):
                 if inbox is None or inbox.finished():
                     return
-            for worker in list(self._workers):
-                if worker.task is None and waiting:
-                    self._dispatch(worker, *waiting.pop())
+            self._dispatch(waiting)
             busy = [worker for worker in self._workers if worker.task is not None]
             try:
                 with self._interruptible_section():
                     waited = [w.connection for w in busy] + [w.process.sentinel for w in busy]
+                    stall = self._until_stall(busy)  # None: no run can stall
                     if inbox is None:
-                        multiprocessing.connection.wait(waited)
+                        multiprocessing.connection.wait(waited, timeout=stall)
                     elif waited:
-                        multiprocessing.connection.wait(waited, timeout=INBOX_POLL_S)
+                        poll = INBOX_POLL_S if stall is None else min(INBOX_POLL_S, stall)
+                        multiprocessing.connection.wait(waited, timeout=poll)
                     else:
                         inbox.wait(INBOX_POLL_S)
             except KeyboardInterrupt:
                 yield from self._finished_before_interrupt(busy)
                 raise
+            self._kill_stalled(busy)
             for worker in busy:
                 outcome = self._collect(worker, waiting)
                 if outcome is not None:
@@ -464,35 +590,64 @@ class Executor:
             try:
                 if not worker.connection.poll(0.2):
                     continue
-                key, result, error, wall = worker.connection.recv()
+                key, attempt = worker.connection.recv()
             except (EOFError, OSError):
                 continue
-            if error is None:
-                yield Outcome(key, worker.task.spec, result, None, worker.attempts, wall)
+            if attempt.error is None:
+                yield Outcome(key, worker.task.spec, attempt.result, None, worker.attempts, attempt.wall_s)
 
-    def _dispatch(self, worker: _Worker, task: Task, attempt: int) -> None:
-        if not worker.process.is_alive():
-            worker = self._replace(worker)
-        worker.task, worker.attempts, worker.started = task, attempt, time.perf_counter()
-        worker.connection.send(task)
+    def _until_stall(self, busy: list[_Worker]) -> float | None:
+        """Seconds until the first run in flight passes `stall_timeout_s` without progress (None: never)."""
+        if not self.stall_timeout_s or not busy:
+            return None
+        earliest = min(worker.heartbeat.value for worker in busy)
+        return max(0.0, earliest + self.stall_timeout_s - time.monotonic())
+
+    def _kill_stalled(self, busy: list[_Worker]) -> None:
+        """The watchdog: kill the worker of a run without progress for `stall_timeout_s` (and no result
+        waiting); `_collect` then sees a dead worker, replaces it and retries the run from its checkpoint."""
+        for worker in busy:
+            silent = time.monotonic() - worker.heartbeat.value
+            if self.stall_timeout_s and silent > self.stall_timeout_s and not worker.connection.poll():
+                then = "retried from its checkpoint" if worker.attempts < ATTEMPTS else "failed"
+                print(f"optsweep: run {worker.task.key[:8]} on {worker.place} made no progress for {silent:.0f} s "
+                      f"(study.train.stall_timeout_s): killed, {then}", file=sys.stderr, flush=True)
+                worker.stalled = True
+                worker.process.kill()
+                worker.process.join()
+
+    def _dispatch(self, waiting: WaitingTasks) -> None:
+        """Hand each idle worker its next task (a worker that died while idle is replaced first)."""
+        for worker in [worker for worker in self._workers if worker.task is None and not worker.process.is_alive()]:
+            self._replace(worker)
+        for worker in self._workers:
+            if worker.task is None and (chosen := waiting.pop(worker.slot if len(self._workers) > 1 else None)):
+                worker.task, worker.attempts = chosen
+                worker.started = time.perf_counter()
+                worker.heartbeat.value = time.monotonic()  # the run's start counts as progress
+                worker.connection.send(worker.task)
 
     def _collect(self, worker: _Worker, waiting: WaitingTasks) -> Outcome | None:
-        """The worker's outcome if its task is final; a failed attempt with tries left waits to be retried."""
-        task, attempt = worker.task, worker.attempts
+        """The worker's outcome if its task is final; a failed attempt with tries left waits to be retried.
+        A worker that died is replaced, and one the retire rule condemns too."""
+        task, number = worker.task, worker.attempts
         try:
             if not worker.connection.poll():
                 if worker.process.is_alive():
                     return None  # still training
                 raise EOFError
-            key, result, error, wall = worker.connection.recv()
+            _, attempt = worker.connection.recv()
             worker.task = None
+            retire = worker.streak.retire_reason(attempt)
+            if retire is not None:
+                say_retired(worker.place, retire)
+                self._replace(worker)
         except (EOFError, OSError):
             wall = time.perf_counter() - worker.started
             worker.task = None
             self._replace(worker)
             code = worker.process.exitcode
-            result, error = None, f"worker process died (exit code {code}) while training this run"
-        if error is not None and attempt < ATTEMPTS:
-            waiting.retry(task, attempt + 1)
-            return None
-        return Outcome(task.key, task.spec, result, error, attempt, wall)
+            died = (f"no progress for {self.stall_timeout_s:g} s (study.train.stall_timeout_s): the watchdog "
+                    "killed its worker" if worker.stalled else f"worker process died (exit code {code})")
+            attempt = Attempt(None, f"{died} while training this run", wall)
+        return settle(task, number, attempt, waiting, worker.slot)

@@ -1,9 +1,12 @@
 """The Ray backend of the executor (`study.executor: ray`): runs trained by long-lived actors across a cluster.
 
 Same contract as the local pool (optsweep.executor.Executor): `run(tasks)` yields each outcome once final,
-a crashed run is retried once, an actor that dies (killed, out of memory, its node lost) is replaced and its
-run retried, and Ctrl-C hands over the runs that had finished before stopping. Only the driver writes the
-run store: actors return outcomes, the search stores them.
+a crashed run is retried once on another actor, an actor that dies (killed, out of memory) is replaced and
+its run retried, an actor the retire rule condemns (a device error, a failed device check, fast failures in
+a row) is replaced by one that runs the preflight again, and Ctrl-C hands over the runs that had finished
+before stopping. An actor whose node is lost, or whose replacement cannot start, is dropped with one line
+saying which and why; the sweep goes on with the others, and stops only when none is left. Only the driver
+writes the run store: actors return outcomes, the search stores them.
 
 Where the cluster comes from (`study.ray.address`):
 - `local`: a private cluster started in this process for this sweep, with `study.workers` x
@@ -37,13 +40,18 @@ from .config import ParamsError, StudySettings, TrainSettings
 from .executor import (
     ATTEMPTS,
     INBOX_POLL_S,
+    Attempt,
     Executor,
+    FailureStreak,
     Outcome,
     Task,
     TaskInbox,
     WaitingTasks,
     _attempt,
     _limit_torch_threads,
+    say_dropped,
+    say_retired,
+    settle,
     visible_gpus,
 )
 from .live import RunProgress, progress_line, reporting_to
@@ -51,7 +59,8 @@ from .preflight import PreflightError, check_device
 from .trainer_plugin import Trainer, load_trainer
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
-READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources other jobs hold
+READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources held elsewhere, or lost
+PLACEMENT_POLL_S = 1.0  # how often a replacement that is not placed yet looks whether its node was lost
 CONNECT_TIMEOUT_S = 10.0  # ray.init retries an unreachable head for minutes; a socket says so at once
 
 
@@ -128,6 +137,16 @@ def alive_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 
+def lost_nodes(node_ids: set[str]) -> list[str]:
+    """Which of these nodes the cluster has lost, as `ip (id)`."""
+    return [f"{node['NodeManagerAddress']} ({node['NodeID'][:6]})" for node in ray.nodes()
+            if node["NodeID"] in node_ids and not node["Alive"]]
+
+
+class NodeLost(RuntimeError):
+    """A slot's node is gone, so its replacement has no place to start; the message says which node."""
+
+
 # --- one actor: a long-lived worker on one device -----------------------------------------------------------
 
 
@@ -141,25 +160,26 @@ class TrainerActor:
         self.trainer: Trainer | None = None
         self.latest: RunProgress | None = None
 
-    def start(self) -> tuple[str, str]:
-        """("ready", where this actor runs), or ("params" | "preflight", the one-line error)."""
+    def start(self) -> tuple[str, str, str]:
+        """("ready", where this actor runs, its node id), or ("params" | "preflight", the one-line error, id)."""
+        context = ray.get_runtime_context()
         try:
             self.trainer = load_trainer(self.trainer_name)
             _limit_torch_threads(self.train_settings["threads_per_worker"])
             device = check_device(self.train_settings)
         except ParamsError as error:
-            return "params", str(error)
+            return "params", str(error), context.get_node_id()
         except PreflightError as error:
-            return "preflight", f"{error} (on node {ray.util.get_node_ip_address()})"
-        context = ray.get_runtime_context()
+            return "preflight", f"{error} (on node {ray.util.get_node_ip_address()})", context.get_node_id()
         gpus = context.get_accelerator_ids().get("GPU") or []
         where = f"GPU {','.join(gpus)}" if gpus else device
-        return "ready", f"{ray.util.get_node_ip_address()} node {context.get_node_id()[:6]} {where} (pid {os.getpid()})"
+        place = f"{ray.util.get_node_ip_address()} node {context.get_node_id()[:6]} {where} (pid {os.getpid()})"
+        return "ready", place, context.get_node_id()
 
-    def train(self, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, float]:
+    def train(self, spec: dict[str, Any]) -> Attempt:
         self.latest = None
         with reporting_to(self._note):
-            return _attempt(self.trainer, spec)
+            return _attempt(self.trainer, spec, self.train_settings)
 
     def _note(self, progress: RunProgress) -> None:
         self.latest = progress
@@ -175,11 +195,18 @@ RemoteTrainerActor = ray.remote(max_concurrency=2, max_restarts=0)(TrainerActor)
 
 @dataclasses.dataclass
 class _Slot:
+    number: int  # kept by its replacements: a retry avoids the slot it failed on
     actor: Any  # a Ray actor handle
+    streak: FailureStreak
     place: str = ""
+    node: str = ""  # the id of the node the actor runs on
     task: Task | None = None
     attempt: int = 0
     started: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"Ray worker {self.number} on {self.place}"
 
 
 # --- the pool ---------------------------------------------------------------------------------------------
@@ -189,7 +216,7 @@ class RayExecutor(Executor):
     """Trains tasks on Ray actors. Ctrl-C handling is the local pool's (inherited); the rest is Ray's."""
 
     def __init__(self, study: StudySettings):
-        super().__init__(study.trainer, environments=[], threads=study.train.threads_per_worker)
+        super().__init__(study.trainer, environments=[], train=study.train)
         self.inline = False  # actors, never the driver itself
         self.study = study
         self._slots: list[_Slot] = []
@@ -221,10 +248,10 @@ class RayExecutor(Executor):
             if not waiting and not running and (inbox is None or inbox.finished()):
                 return
             for slot in self._slots:
-                if slot.task is None and waiting:
-                    task, attempt = waiting.pop()
-                    slot.task, slot.attempt, slot.started = task, attempt, time.perf_counter()
-                    running[slot.actor.train.remote(task.spec)] = slot
+                if slot.task is None and (chosen := waiting.pop(slot.number if len(self._slots) > 1 else None)):
+                    slot.task, slot.attempt = chosen
+                    slot.started = time.perf_counter()
+                    running[slot.actor.train.remote(slot.task.spec)] = slot
             timeout = self._until_progress() if inbox is None else min(self._until_progress(), INBOX_POLL_S)
             try:
                 with self._interruptible_section():
@@ -257,7 +284,8 @@ class RayExecutor(Executor):
         connection = connect(self.study)
         self._owns_connection = connection.owned
         self._shape = plan_actors(self.study.train, self.study.workers_per_gpu, alive_nodes())
-        self._slots = [_Slot(self._new_actor()) for _ in range(self._shape.count)]  # they start concurrently
+        self._slots = [_Slot(number, self._new_actor(), FailureStreak(self.retire_after))
+                       for number in range(self._shape.count)]  # they start concurrently
         self._await_started(self._slots)
         self._last_progress = time.perf_counter()
         devices = collections.Counter(slot.place.rsplit(" (pid", 1)[0] for slot in self._slots)
@@ -275,11 +303,8 @@ class RayExecutor(Executor):
         for slot, start in zip(slots, starts):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
-                    status, detail = ray.get(start, timeout=READY_TIMEOUT_S)
+                    status, detail, node = self._start_answer(slot, start, len(slots))
                     break
-                except GetTimeoutError:
-                    raise ParamsError(f"study.ray.address: the cluster did not place {len(slots)} worker(s) "
-                                      f"within {READY_TIMEOUT_S:.0f} s; other jobs hold its resources") from None
                 except RayActorError as error:
                     if attempt == ATTEMPTS:
                         raise RuntimeError(f"Ray workers died before they were ready ({str(error).splitlines()[0]})"
@@ -290,29 +315,62 @@ class RayExecutor(Executor):
                 raise ParamsError(f"{detail} (in a Ray worker)")
             if status == "preflight":
                 raise PreflightError(detail)
-            slot.place = detail
+            slot.place, slot.node = detail, node
+
+    def _start_answer(self, slot: _Slot, start: Any, starting: int) -> tuple[str, str, str]:
+        """The actor's answer to start(). A replacement stops waiting once the node its slot had is known lost:
+        the cluster was sized to its nodes, so the lost node's share has nowhere else to go."""
+        deadline = time.perf_counter() + READY_TIMEOUT_S
+        while True:
+            try:
+                return ray.get(start, timeout=PLACEMENT_POLL_S)
+            except GetTimeoutError:
+                lost = lost_nodes({slot.node}) if slot.node else []  # no node yet at the start of the sweep
+                if lost:
+                    raise NodeLost(f"its node {lost[0]} was lost") from None
+                if time.perf_counter() > deadline:
+                    lost = lost_nodes({other.node for other in self._slots})
+                    why = f"node(s) {', '.join(lost)} lost" if lost else "other jobs hold its resources"
+                    raise ParamsError(f"study.ray.address: the cluster did not place {starting} worker(s) "
+                                      f"within {READY_TIMEOUT_S:.0f} s; {why}") from None
 
     def _replace(self, slot: _Slot) -> None:
-        ray.kill(slot.actor, no_restart=True)  # alive but unreachable: it must not train on unseen
-        slot.actor = self._new_actor()
-        self._await_started([slot])
+        """A fresh actor in the slot, preflighted again; a slot whose node is lost, or whose replacement cannot
+        start, is dropped."""
+        ray.kill(slot.actor, no_restart=True)  # retired, or alive but unreachable: it must not train on unseen
+        slot.actor, slot.streak = self._new_actor(), FailureStreak(self.retire_after)
+        try:
+            self._await_started([slot])
+        except NodeLost as lost:
+            self._drop(slot, str(lost))
+        except (ParamsError, PreflightError, RuntimeError) as error:
+            self._drop(slot, f"its replacement cannot start: {error}")
+
+    def _drop(self, slot: _Slot, reason: str) -> None:
+        """Give the slot up (its name still says where its last actor ran: a replacement that did not start
+        never set it)."""
+        ray.kill(slot.actor, no_restart=True)
+        self._slots.remove(slot)
+        say_dropped(slot.name, reason, len(self._slots), self._shape.count)
 
     # collecting outcomes
 
     def _collect(self, ref: Any, slot: _Slot, waiting: WaitingTasks) -> Outcome | None:
-        """The outcome if its task is final; a failed attempt with tries left waits to be retried."""
-        task, attempt, place = slot.task, slot.attempt, slot.place
+        """The outcome if its task is final; a failed attempt with tries left waits to be retried. An actor
+        that died is replaced (or dropped, with its node), and one the retire rule condemns too."""
+        task, number = slot.task, slot.attempt
         slot.task = None
         try:
-            result, error, wall = ray.get(ref)
+            attempt = ray.get(ref)
+            retire = slot.streak.retire_reason(attempt)
+            if retire is not None:
+                say_retired(slot.name, retire)
+                self._replace(slot)
         except RayActorError as died:
             wall = time.perf_counter() - slot.started
-            result, error = None, f"Ray worker on {place} died while training this run ({str(died).splitlines()[0]})"
+            attempt = Attempt(None, f"{slot.name} died while training this run ({str(died).splitlines()[0]})", wall)
             self._replace(slot)
-        if error is not None and attempt < ATTEMPTS:
-            waiting.retry(task, attempt + 1)
-            return None
-        return Outcome(task.key, task.spec, result, error, attempt, wall)
+        return settle(task, number, attempt, waiting, slot.number)
 
     @staticmethod
     def _finished_before_interrupt(running: dict[Any, _Slot]) -> Iterator[Outcome]:
@@ -323,11 +381,11 @@ class RayExecutor(Executor):
         for ref in done:
             slot = running[ref]
             try:
-                result, error, wall = ray.get(ref)
+                attempt = ray.get(ref)
             except RayActorError:
                 continue
-            if error is None:
-                yield Outcome(slot.task.key, slot.task.spec, result, None, slot.attempt, wall)
+            if attempt.error is None:
+                yield Outcome(slot.task.key, slot.task.spec, attempt.result, None, slot.attempt, attempt.wall_s)
 
     # progress lines
 
