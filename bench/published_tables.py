@@ -13,7 +13,14 @@ Sources (neither is redistributed here; get the files yourself, then run this sc
 
 Usage:
     python bench/published_tables.py steplaw dense_lr_bs_loss.csv --out steplaw.csv [--loss loss|smooth]
+    python bench/published_tables.py steplaw-own dense_lr_bs_loss.csv [--loss loss|smooth]
     python bench/published_tables.py marin RESULTS_DIR --out marin_adamw.csv
+
+`steplaw-own` refits the released runs the way Step Law's own code does (`code/fit_tool.py`,
+`query_optimal_lr_bs_data` and `get_bootstrap_lr_bs_scaling_models`): every run within 0.25% of its (N, D)
+cell's best smoothed loss, OLS of log lr on log N and log D (N non-embedding, as here), 1000 bootstrap
+resamples of those runs. It prints the exponents with their bootstrap 95% intervals, to compare with the
+published law (lr* = 1.79 N^-0.713 D^0.307) and with what `optsweep analyze` finds on the same runs.
 """
 
 from __future__ import annotations
@@ -25,11 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 
 STEPLAW_SEQ_LEN = 2048
 STEPLAW_COLUMNS = ("h", "lr", "bs", "ti", "loss", "smooth loss", "D", "N")
 STEPLAW_LOSS = {"loss": "loss", "smooth": "smooth loss"}
+STEPLAW_BAND = 0.0025  # Step Law's near-optimal band: runs within 0.25% of their cell's best
+STEPLAW_BOOTSTRAP = 1000
 
 MARIN_SEQ_LEN = 4096
 MARIN_LAYERS = 32
@@ -54,13 +65,7 @@ class InputError(Exception):
 
 def steplaw_table(csv_path: Path, loss: str) -> pd.DataFrame:
     """Every Step Law run as a row; each (N, D) cell is one scale; hyperparameters lr and batch_size."""
-    try:
-        runs = pd.read_csv(csv_path)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{csv_path}: not a readable CSV ({str(error).splitlines()[0]})") from None
-    missing = [c for c in STEPLAW_COLUMNS if c not in runs.columns]
-    if missing:
-        raise InputError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    runs = read_steplaw(csv_path)
     return pd.DataFrame(
         {
             "scale": [f"N{n / 1e6:.0f}M_D{d / 1e9:g}B" for n, d in zip(runs["N"], runs["D"])],
@@ -74,6 +79,33 @@ def steplaw_table(csv_path: Path, loss: str) -> pd.DataFrame:
             "steps": runs["ti"],
         }
     )
+
+
+def read_steplaw(csv_path: Path) -> pd.DataFrame:
+    try:
+        runs = pd.read_csv(csv_path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{csv_path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+    missing = [c for c in STEPLAW_COLUMNS if c not in runs.columns]
+    if missing:
+        raise InputError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    return runs
+
+
+def steplaw_own_fit(runs: pd.DataFrame, loss: str, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Step Law's own lr fit on these runs: per exponent, the estimate on the band's runs and the bootstrap
+    2.5% and 97.5% quantiles (their intervals: the runs of one cell are resampled as if independent)."""
+    column = STEPLAW_LOSS[loss]
+    best = runs.groupby(["N", "D"])[column].transform("min")
+    band = runs[(runs[column] / best - 1).abs() < STEPLAW_BAND]
+    design = sm.add_constant(np.log(band[["N", "D"]].to_numpy(float)))
+    log_lr = np.log(band["lr"].to_numpy(float))
+    estimate = sm.OLS(log_lr, design).fit().params
+    rng = np.random.default_rng(seed)
+    draws = np.array([sm.OLS(log_lr[i], design[i]).fit().params
+                      for i in (rng.integers(len(band), size=len(band)) for _ in range(STEPLAW_BOOTSTRAP))])
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    return {name: (float(estimate[k]), float(low[k]), float(high[k])) for k, name in ((1, "N"), (2, "D"))}
 
 
 def marin_table(results_dir: Path) -> pd.DataFrame:
@@ -133,6 +165,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     steplaw = sources.add_parser("steplaw", help="Step Law's dense_lr_bs_loss.csv")
     steplaw.add_argument("csv_path", type=Path)
     steplaw.add_argument("--loss", choices=sorted(STEPLAW_LOSS), default="loss", help="final or smoothed loss")
+    own = sources.add_parser("steplaw-own", help="Step Law's own lr fit on the released runs")
+    own.add_argument("csv_path", type=Path)
+    own.add_argument("--loss", choices=sorted(STEPLAW_LOSS), default="smooth", help="final or smoothed loss")
     marin = sources.add_parser("marin", help="Marin's Results/adamw folder")
     marin.add_argument("results_dir", type=Path)
     for sub in (steplaw, marin):
@@ -140,9 +175,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def print_own_fit(csv_path: Path, loss: str) -> None:
+    fit = steplaw_own_fit(read_steplaw(csv_path), loss)
+    print(f"Step Law's own fit on {csv_path} ({STEPLAW_LOSS[loss]!r} column): "
+          + "; ".join(f"{k} exponent {e:.3f} [{lo:.3f}, {hi:.3f}]" for k, (e, lo, hi) in fit.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.source == "steplaw-own":
+            print_own_fit(args.csv_path, args.loss)
+            return 0
         table = steplaw_table(args.csv_path, args.loss) if args.source == "steplaw" else marin_table(args.results_dir)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

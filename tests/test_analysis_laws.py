@@ -7,9 +7,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from optsweep.analysis import analyze_sensitivity, analyze_table, fit_scaling_laws, predict
+from optsweep.analysis.law_fit import fit_hparam_law
 from optsweep.cli import main
 from optsweep.config import ParamsError, load_params
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
@@ -120,6 +122,23 @@ def test_optima_at_the_grid_edge_enter_the_law_as_censored_observations():
     assert law["method"].startswith("censored") and "censored observations" in law["note"]
     assert law["coefficients"]["N_exponent"]["estimate"] == pytest.approx(STEP_LAW["N"], abs=0.03)
     assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(STEP_LAW["D"], abs=0.03)
+
+
+def test_a_weight_decay_optimum_censored_at_zero_enters_the_law_as_its_bound():
+    # weight_decay* = 0.1 (D / 4e9)^0.5; the smallest budget's best run is the grid's 0 (below the midpoint 0.06
+    # to the next value): log 0 has no value, but "at most 0.06" is a censored observation, never left out.
+    tokens = [1e9, 2e9, 4e9, 8e9, 1.6e10, 3.2e10]
+    rows = []
+    for i, d in enumerate(tokens):
+        edge = i == 0
+        true = 0.1 * (d / 4e9) ** 0.5
+        rows.append({"scale": f"s{i}", "n_params": 1e7 * (1 + i % 2), "tokens": d, "width": 128, "value": 0.0 if edge
+                     else true, "at_edge": edge, "edge": "below" if edge else None, "bound": 0.06 if edge else None,
+                     "estimate": "measured" if edge else "fitted", "natural_stderr": 0.01,
+                     "stderr": math.nan if edge else 0.01 / true})
+    law = fit_hparam_law("weight_decay", pd.DataFrame(rows))
+    assert law["n_censored"] == 1 and all(p["used"] for p in law["points"]) and "left out" not in law["note"]
+    assert law["forms"]["N_D"]["coefficients"]["D_exponent"]["estimate"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_loss_law_recovers_chinchilla_when_optima_lie_on_the_grid():

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from optsweep.analysis import analyze_sensitivity
+from optsweep.analysis.optimum import _quadratic
 from optsweep.config import AnalysisSettings
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
@@ -235,3 +236,18 @@ def test_diverged_runs_count_as_a_costly_step():
     lr = analyze_sensitivity(table)["hyperparameters"]["lr"]
     assert lr["loss_sensitive"]
     assert all(g["diverged_step"] for g in lr["evidence"]["loss_gaps"].values())
+
+
+@pytest.mark.parametrize("steps", [(-2, -1, 0, 1, 2), (-1, 0, 1), (-2, -1, 0)])
+def test_a_fitted_optimum_states_the_scatter_its_vertex_really_has(steps):
+    # Repeated noisy slices of one quadratic: the reported standard error of the vertex matches how far the
+    # vertices scatter (the median over draws: a ratio's tails make the plain std unstable).
+    rng = np.random.default_rng(0)
+    x = np.array(steps) * math.log(2)
+    vertices, stderrs = [], []
+    for _ in range(2000):
+        curve = _quadratic(x, 3.0 + 0.15 * x**2 + rng.normal(0.0, 0.006, len(x)), 0.006)
+        vertices.append(curve.vertex)
+        stderrs.append(curve.vertex_stderr())
+    spread = 1.4826 * np.median(np.abs(np.array(vertices) - np.median(vertices)))
+    assert np.median(stderrs) == pytest.approx(spread, rel=0.15)

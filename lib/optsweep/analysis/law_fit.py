@@ -18,7 +18,7 @@ import statsmodels.api as sm
 from scipy.stats import norm, t
 from statsmodels.base.model import GenericLikelihoodModel
 
-from ..axes import axis_of
+from ..axes import axis_of, from_axis, to_axis
 
 # |corr(log N, log D)| above this (variance inflation above ~20) makes the N and D exponents unidentifiable.
 COLLINEAR_CORR = 0.975
@@ -26,6 +26,9 @@ COLLINEAR_CORR = 0.975
 FORMS: dict[str, tuple[str, ...]] = {
     "compute": ("C_exponent",), "N": ("N_exponent",), "D": ("D_exponent",), "N_D": ("N_exponent", "D_exponent"),
 }
+# Natural axes that are the law's own axis (log h, log(1 - beta)): an optimum's error is the same on both.
+LAW_AXES = ("log", "log1m")
+REWEIGHTS = 2  # refits with the errors carried at the law's value (the weights settle after one or two)
 SIGMA_FLOOR = 1e-6  # residual std floor of a censored fit (on log h): noise-free optima would drive it to 0
 LOO_TOLERANCE = 0.10  # a simpler form within 10% of the best leave-one-out error is preferred
 
@@ -40,6 +43,25 @@ def transform(hparam: str, values: Any) -> np.ndarray:
 def untransform(hparam: str, y: Any) -> np.ndarray:
     y = np.asarray(y, dtype=float)
     return -np.expm1(y) if axis_of(hparam) == "log1m" else np.exp(y)
+
+
+def law_axis_stderr(hparam: str, value: Any, natural_stderr: Any) -> np.ndarray:
+    """A standard error on the hyperparameter's natural axis, carried to the law's axis at `value` (delta
+    method; NaN where the law's axis has no finite slope, e.g. weight decay 0)."""
+    x = to_axis(hparam, value)
+    h = 1e-6 * np.maximum(1.0, np.abs(x))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ends = transform(hparam, from_axis(hparam, x + h)), transform(hparam, from_axis(hparam, x - h))
+        slope = np.abs(ends[0] - ends[1]) / (2 * h)
+    return np.where(np.isfinite(slope), np.asarray(natural_stderr, dtype=float) * slope, np.nan)
+
+
+def law_axis_y(hparam: str, points: pd.DataFrame) -> np.ndarray:
+    """What each optimum says on the law's axis: its value, or for one censored at the grid edge its bound.
+    A weight decay optimum at the grid's 0 is a bound (below the midpoint to the next value), not a value
+    log cannot take: dropping it would leave out exactly the smallest optima and bias the law."""
+    censored = np.array([_censoring(hparam, e) for e in points["edge"]])
+    return transform(hparam, np.where(censored != 0, points["bound"], points["value"]))
 
 
 def _censoring(hparam: str, edge: str | float | None) -> int:
@@ -116,8 +138,23 @@ def _relative_stderr(points: pd.DataFrame) -> np.ndarray:
 
 
 def _fit_form(hparam: str, points: pd.DataFrame, kind: str) -> LawFit:
+    """The form's fit. Where the law's axis is not the natural one (log of a weight decay fitted on its linear
+    axis), an optimum's error on the law's axis depends on where it lies: carried at its own noisy estimate it
+    would give the optima that came out high the most weight (a low one's log has the larger error), so the
+    errors are carried at the fitted law's value instead and the fit repeated (reweighting as in IRLS)."""
+    fit = _fit_weighted(hparam, points, kind)
+    if axis_of(hparam) in LAW_AXES:
+        return fit
+    for _ in range(REWEIGHTS):
+        at_law = untransform(hparam, fit.predict(design_matrix(points, kind)))
+        fit = _fit_weighted(hparam, points.assign(stderr=law_axis_stderr(hparam, at_law, points["natural_stderr"])),
+                            kind)
+    return fit
+
+
+def _fit_weighted(hparam: str, points: pd.DataFrame, kind: str) -> LawFit:
     censored = np.array([_censoring(hparam, e) for e in points["edge"]])
-    y = transform(hparam, np.where(censored != 0, points["bound"], points["value"]))
+    y = law_axis_y(hparam, points)
     design = design_matrix(points, kind)
     rel = _relative_stderr(points)
     observed = censored == 0
@@ -205,10 +242,11 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
     """The law for one hyperparameter from its optima per scale, or the reason it cannot be fitted."""
     if points.empty:
         return f"{hparam} was not swept at any scale of the table"
-    used = points[np.isfinite(transform(hparam, points["value"]))].reset_index(drop=True)
+    used = points[np.isfinite(law_axis_y(hparam, points))].reset_index(drop=True)
     notes = []
     if len(used) < len(points):
-        notes.append(f"{len(points) - len(used)} optima <= 0 cannot enter a power law and were left out")
+        notes.append(f"{len(points) - len(used)} optima <= 0 inside the grid cannot enter a power law and were left "
+                     "out")
     observed = int(used["edge"].isna().sum())
     if not _enough(used, "compute") or len(used) < 3:
         return f"{hparam}: optima at {len(used)} scales ({observed} inside the grid); a law needs 3 or more, 2 inside"
@@ -237,7 +275,7 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
         notes.append(f"form {kind} chosen by leave-one-out error among {', '.join(kinds)}")
     y = transform(hparam, used["value"])
     predicted = fit.predict(design_matrix(used, kind))
-    residuals = dict(zip(used["scale"], map(float, y - predicted)))
+    residuals = {scale: float(r) for scale, r in zip(used["scale"], y - predicted) if np.isfinite(r)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-sample normality tests warn in the summary
         summary = fit.result.summary().as_text()
@@ -256,7 +294,7 @@ def fit_hparam_law(hparam: str, points: pd.DataFrame) -> dict[str, Any] | str:
         "points": [
             {**{k: row[k] for k in ("scale", "n_params", "tokens", "width", "value", "at_edge", "edge", "bound",
                                     "estimate", "stderr")},
-             "used": row["scale"] in residuals, "residual": residuals.get(row["scale"])}
+             "used": row["scale"] in set(used["scale"]), "residual": residuals.get(row["scale"])}
             for row in points.to_dict("records")
         ],
         "residuals": residuals,

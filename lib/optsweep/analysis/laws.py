@@ -5,16 +5,14 @@ correlated, so they would overstate the evidence), each with the standard error 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from ..axes import from_axis, to_axis
 from ..config import AnalysisSettings
-from .law_fit import fit_hparam_law, nearly_collinear, transform
+from .law_fit import fit_hparam_law, law_axis_stderr, nearly_collinear
 from .loss_law import fit_loss_law
 from .optimum import WIDTH_RULES, Landscape
 from .table import mark_blown_up, validate_runs_table
@@ -91,19 +89,14 @@ def optimum_points(land: Landscape, hparam: str) -> pd.DataFrame:
                 "scale": scale, "n_params": float(info["n_params"]), "tokens": float(info["tokens"]),
                 "width": int(info["width"]), "value": optimum.refined, "at_edge": optimum.at_edge,
                 "edge": optimum.edge, "bound": optimum.bound, "estimate": optimum.estimate,
-                "stderr": _stderr_on_law_axis(hparam, optimum.refined, optimum.stderr),
+                # a censored optimum enters the law as its bound, so its error is carried there
+                "stderr": float(law_axis_stderr(hparam, optimum.bound if optimum.edge else optimum.refined,
+                                                optimum.stderr)),
+                "natural_stderr": optimum.stderr,
             }
         )
     return pd.DataFrame(rows)
 
-
-def _stderr_on_law_axis(hparam: str, value: float, stderr: float) -> float:
-    """A standard error on the hyperparameter's natural axis, carried to the law's axis (delta method)."""
-    x = float(to_axis(hparam, value))
-    h = 1e-6 * max(1.0, abs(x))
-    ends = transform(hparam, from_axis(hparam, np.array([x - h, x + h])))
-    slope = abs(float(ends[1] - ends[0]) / (2 * h))
-    return stderr * slope if np.isfinite(slope) else math.nan
 
 
 def lr_against_width(land: Landscape, rule: str | None = None) -> dict[str, Any]:

@@ -162,7 +162,8 @@ class Curve:
         c = c1**2 - z**2 * cov[1, 1]
         if self.noise == 0 or a <= 0 or b * b - 4 * a * c < 0:
             return delta
-        return max(delta, math.sqrt(b * b - 4 * a * c) / a / z)
+        # the roots of a u^2 + b u + c are sqrt(b^2 - 4ac) / a apart: half of that is the interval's half-width
+        return max(delta, math.sqrt(b * b - 4 * a * c) / (2 * a) / z)
 
     def regret(self, x: float) -> tuple[float, float]:
         """Loss at x above the vertex (c2 (x - vertex)^2) and its standard error."""
