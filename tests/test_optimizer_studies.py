@@ -24,8 +24,8 @@ USER_SGD = {"optimizer": "user_optimizer:sgd", "baseline": {"lr": 0.3, "warmup":
 LION = {"baseline": {"lr": 1e-3, "warmup": 4}, "grid": {"lr": [3e-4, 1e-3], "beta2": [0.95, 0.99]}}
 
 
-def study_with(folder: Path, **optimizers: dict[str, Any]) -> dict[str, Any]:
-    raw = small_study(folder / "data")
+def study_with(folder: Path, data: Path | None = None, **optimizers: dict[str, Any]) -> dict[str, Any]:
+    raw = small_study(data or folder / "data")
     raw["study"]["store"] = str(folder / "runs")
     raw["optimizers"] = copy.deepcopy(optimizers)
     return raw
@@ -85,8 +85,10 @@ def sweep(params: Path, out: Path, *arguments: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def test_a_users_optimizer_runs_through_a_sweep_and_gets_adamws_optimum_carried_over(tmp_path):
-    params = write_params(tmp_path / "p.yaml", study_with(tmp_path, sgd=USER_SGD))
+def test_a_users_optimizer_runs_through_a_sweep_and_gets_adamws_optimum_carried_over(prepared_params,
+                                                                                     prepared_data, tmp_path):
+    data = Path(prepared_params.study.data.dir)  # the session's prepared data (the sweeps only read it)
+    params = write_params(tmp_path / "p.yaml", study_with(tmp_path, data, sgd=USER_SGD))
     adamw = sweep(params, tmp_path / "adamw" / "a.json")
     sgd = sweep(params, tmp_path / "sgd" / "a.json", "--optimizer", "sgd", "--transfer-from", str(tmp_path / "adamw"))
 

@@ -37,34 +37,15 @@ def run_cli(*arguments: str, env: dict | None = None, timeout: float = 300) -> s
 # --- checkpoints and resume ------------------------------------------------------------------------------
 
 
-def test_a_crashed_run_resumes_from_its_checkpoint_to_the_bitwise_same_loss(run_spec, tmp_path, monkeypatch):
-    uninterrupted = train_module.train(run_spec("a"))
-    spec = {**run_spec("a", train={"checkpoint_every_s": 1e-9}), "checkpoint_dir": str(tmp_path / "ckpt")}
-    real_step = train_module.TrainingRun.step
-
-    def crash_at_step_40(run):
-        if run.steps_done == 40:
-            raise RuntimeError("node lost (simulated)")
-        return real_step(run)
-
-    monkeypatch.setattr(train_module.TrainingRun, "step", crash_at_step_40)
-    with pytest.raises(RuntimeError, match="node lost"):
-        train_module.train(spec)
-    assert json.loads((tmp_path / "ckpt" / "progress.json").read_text())["step"] == 32  # the last sync point
-    monkeypatch.setattr(train_module.TrainingRun, "step", real_step)
-    resumed = train_module.train(spec)
-    assert resumed["resumed_from"] == [32]
-    assert resumed["loss"] == uninterrupted["loss"]  # bitwise
-    assert resumed["train_curve"] == uninterrupted["train_curve"]
-    assert resumed["eval_curve"] == uninterrupted["eval_curve"]
+@pytest.fixture(scope="module")
+def uninterrupted(run_spec):
+    """Scale a's run trained through without a checkpoint: what every resumed run must match bit for bit."""
+    return train_module.train(run_spec("a"))
 
 
-@pytest.mark.parametrize(("truncated", "resumes_from"), [((train_module.CHECKPOINT_FILE,), [16]),
-                                                         ((train_module.CHECKPOINT_FILE,
-                                                           train_module.PREVIOUS_CHECKPOINT_FILE), [])])
-def test_a_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous_one_or_step_0(
-        run_spec, tmp_path, monkeypatch, capfd, truncated, resumes_from):
-    uninterrupted = train_module.train(run_spec("a"))
+@pytest.fixture
+def crashed_at_step_40(run_spec, tmp_path, monkeypatch):
+    """Scale a's run, checkpointing at every sync point (16, 32), crashed at step 40: (its spec, its folder)."""
     folder = tmp_path / "ckpt"
     spec = {**run_spec("a", train={"checkpoint_every_s": 1e-9}), "checkpoint_dir": str(folder)}
     real_step = train_module.TrainingRun.step
@@ -77,11 +58,30 @@ def test_a_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_prev
     monkeypatch.setattr(train_module.TrainingRun, "step", crash_at_step_40)
     with pytest.raises(RuntimeError, match="node lost"):
         train_module.train(spec)  # checkpoints at the sync points 16 and 32: the newest and the previous
+    monkeypatch.setattr(train_module.TrainingRun, "step", real_step)
+    return spec, folder
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint_to_the_bitwise_same_loss(uninterrupted, crashed_at_step_40):
+    spec, folder = crashed_at_step_40
+    assert json.loads((folder / "progress.json").read_text())["step"] == 32  # the last sync point
+    resumed = train_module.train(spec)
+    assert resumed["resumed_from"] == [32]
+    assert resumed["loss"] == uninterrupted["loss"]  # bitwise
+    assert resumed["train_curve"] == uninterrupted["train_curve"]
+    assert resumed["eval_curve"] == uninterrupted["eval_curve"]
+
+
+@pytest.mark.parametrize(("truncated", "resumes_from"), [((train_module.CHECKPOINT_FILE,), [16]),
+                                                         ((train_module.CHECKPOINT_FILE,
+                                                           train_module.PREVIOUS_CHECKPOINT_FILE), [])])
+def test_a_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous_one_or_step_0(
+        uninterrupted, crashed_at_step_40, capfd, truncated, resumes_from):
+    spec, folder = crashed_at_step_40
     for name in truncated:  # a save cut short by a crash or a full disk
         data = (folder / name).read_bytes()
         (folder / name).write_bytes(data[: len(data) // 2])
     capfd.readouterr()
-    monkeypatch.setattr(train_module.TrainingRun, "step", real_step)
     resumed = train_module.train(spec)
     assert resumed["resumed_from"] == resumes_from
     assert resumed["loss"] == uninterrupted["loss"]  # bitwise
@@ -105,10 +105,11 @@ def test_simulated_cuda_out_of_memory_halves_the_micro_batch_and_finishes(run_sp
     assert (result["micro_batch_size"], result["oom_halvings"]) == (2, 2)  # 8 -> 4 -> 2
 
 
-def test_a_sigkilled_worker_resumes_its_run_from_the_checkpoint_through_the_cli(tmp_path):
+def test_a_sigkilled_worker_resumes_its_run_from_the_checkpoint_through_the_cli(prepared_params, prepared_data,
+                                                                                tmp_path):
     """A long run, its worker SIGKILLed mid-run: the retry resumes (the log says from which step) and ends
     with the loss of an uninterrupted run, bit for bit."""
-    raw = small_study(tmp_path / "data")
+    raw = small_study(Path(prepared_params.study.data.dir))  # the session's data: `prepare` finds it ready
     raw["study"].update(workers=2, store=str(tmp_path / "runs"))
     raw["study"]["train"].update(checkpoint_every_s=0.2, device="cpu")
     raw["scales"]["a"]["tokens"] = 16384 * 12  # 768 steps: several seconds on one thread
