@@ -430,7 +430,7 @@ def ensure_prepared(params: StudyParams, replace: bool = False) -> dict[str, Any
         "tokenizer": settings.model_dump(mode="json"),
         "corpus_hash": corpus_hash,
     })
-    target = Path(data.dir)
+    target = Path(os.path.abspath(data.dir))  # the identity's `dir` then means the same on every node
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and read_meta(target) is None):
         raise ParamsError(f"study.data.dir: {target} exists and is not a prepared data folder; name a new folder")
     meta = read_meta(target)
@@ -442,7 +442,7 @@ def ensure_prepared(params: StudyParams, replace: bool = False) -> dict[str, Any
     with locked(target.parent / f".{target.name}.lock"):
         meta = read_meta(target)
         if meta and meta["recipe"] == recipe_key:
-            return meta["identity"]
+            return {**meta["identity"], "dir": str(target)}  # where it is now (the folder may have moved)
         building = target.parent / f".{target.name}.build-{recipe_key}"
         for stale in target.parent.glob(f".{target.name}.build-*"):
             if stale != building:  # a build of other settings, never to be finished
