@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import optsweep.data
 import synthetic_trainers as synth
@@ -59,6 +62,51 @@ def test_identity_describes_the_prepared_shards(prepared_data, prepared_params):
     assert int(shards.train.max()) < 512
     text = shards.tokenizer.decode(shards.val[:200].tolist())
     assert "def " in text or "import " in text or "class " in text  # Python standard library source
+
+
+# Run in a project folder with that folder's own lib/ on PYTHONPATH: the key of one run, and its paths.
+CLONE_KEY = """
+import json
+import optsweep
+from optsweep.config import load_params
+from optsweep.data import ensure_prepared
+from optsweep.store import RunStore, run_key
+from optsweep.trainer_plugin import DEFAULT_TRAINER, code_identity, make_run_spec
+params = load_params("params/study.yaml")
+baseline, _ = params.scale_space("a")
+spec = make_run_spec(params, "a", baseline, ensure_prepared(params))
+spec["checkpoint_dir"] = str(RunStore(params.study.store).checkpoint_dir("k"))
+print(json.dumps({"key": run_key(spec, DEFAULT_TRAINER, code_identity(DEFAULT_TRAINER)), "data": spec["data"]["dir"],
+                  "checkpoints": spec["checkpoint_dir"], "code": optsweep.__file__}))
+"""
+
+
+def test_a_clone_elsewhere_has_absolute_paths_in_its_run_specs_and_the_same_run_keys(doc_corpus, tmp_path):
+    """A project (its library, params with relative data and store paths, its prepared data) copied to another
+    folder: the run specs name the copy's own folders, and every run key stays the same."""
+    raw = small_study(Path("data/prepared"))
+    raw["study"].update(store="runs", data={"source": "files", "paths": [str(doc_corpus / "*.txt")],
+                                            "dir": "data/prepared", "train_tokens": 4000, "val_tokens": 1500})
+    raw["study"]["tokenizer"] = {"kind": "train", "vocab_size": 300, "train_chars": 1_000_000}
+    first, clone = tmp_path / "first", tmp_path / "elsewhere" / "clone"
+    shutil.copytree(synth.REPO / "lib", first / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    (first / "params").mkdir()
+    (first / "params" / "study.yaml").write_text(yaml.safe_dump(raw))
+
+    def key_in(project: Path) -> dict[str, str]:
+        shown = subprocess.run([sys.executable, "-c", CLONE_KEY], cwd=project, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(project / "lib")}, timeout=300)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout.splitlines()[-1])
+
+    original = key_in(first)  # prepares the data in `first`
+    shutil.copytree(first, clone)
+    copied = key_in(clone)  # reuses the copied data
+    for project, seen in ((first, original), (clone, copied)):
+        assert seen["data"] == str(project / "data" / "prepared")
+        assert seen["checkpoints"] == str(project / "runs" / "checkpoints" / "k")
+        assert seen["code"] == str(project / "lib" / "optsweep" / "__init__.py")
+    assert copied["key"] == original["key"]
 
 
 def test_unchanged_settings_reuse_the_shards(prepared_data, prepared_params):
