@@ -267,6 +267,97 @@ def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_pat
     assert resumed["hash"] == fresh["hash"] and resumed["train_tokens"] == fresh["train_tokens"]
 
 
+def test_an_interrupted_hub_preparation_reads_no_hub_shard_it_had_finished(doc_corpus, tmp_path, monkeypatch):
+    """A hub dataset of 6 shards (10 documents each) stands in for the hub's files; the preparation is stopped
+    after 5 batches of 3 documents were written (the first shard and half the second). The resumed one never
+    opens the first shard again, and ends with the shards an uninterrupted preparation writes."""
+    texts = [p.read_text() for p in sorted(doc_corpus.glob("*.txt"))]
+    opened: list[int] = []
+
+    def rows(shards: list[int]):
+        for shard in shards:
+            opened.append(shard)  # a download of one of the hub's files
+            yield from ({"content": text} for text in texts[shard * 10:(shard + 1) * 10])
+
+    features = datasets.Features({"content": datasets.Value("string")})  # known, as the hub's are
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **options: datasets.IterableDataset.from_generator(
+        rows, features=features, gen_kwargs={"shards": list(range(6))}))
+    monkeypatch.setattr(optsweep.data, "ENCODE_BATCH", 3)
+    monkeypatch.setattr(optsweep.data, "CHECKPOINT_BATCHES", 1)
+
+    def hub_params(folder: Path) -> StudyParams:
+        raw = small_study(folder)
+        raw["study"]["data"] = {"source": "hub", "hub_dataset": "someone/corpus", "text_column": "content",
+                                "dir": str(folder), "train_tokens": 1_000_000, "val_tokens": 1500, "num_proc": 1}
+        raw["study"]["tokenizer"] = {"kind": "train", "vocab_size": 300, "train_chars": 1_000_000}
+        return validate_params(raw)
+
+    whole = ensure_prepared(hub_params(tmp_path / "whole"))
+    in_order = opened[len(opened) // 2:]  # the shards' pass (after the tokenizer's), one shard after the other
+    assert sorted(in_order) == list(range(6))
+    encode, batches = optsweep.data.DocumentEncoder.__call__, []
+
+    def stopping(self, texts):
+        batches.append(len(texts))
+        if len(batches) == 6:
+            raise KeyboardInterrupt  # while tokenizing the 6th batch: 5 batches (15 documents) written
+        return encode(self, texts)
+
+    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_prepared(hub_params(tmp_path / "data"))
+    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", encode)
+    opened.clear()
+    resumed = ensure_prepared(hub_params(tmp_path / "data"))
+    assert opened == in_order[1:]  # the tokenizer was kept; the shard finished is not read again
+    assert resumed["hash"] == whole["hash"] and resumed["train_tokens"] == whole["train_tokens"]
+
+
+RECIPE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from optsweep import data
+print(data.recipe_code())
+"""
+
+
+def test_the_data_recipe_changes_with_the_code_that_decides_the_shards_only(tmp_path, fresh_params_file):
+    """The library copied and edited: a comment and the lock's code keep the recipe; the shard writer's code
+    does not. `optsweep prepare --recipe` rewrites its file only when the recipe changed."""
+    shutil.copytree(synth.REPO / "lib", tmp_path / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    source = tmp_path / "lib" / "optsweep" / "data.py"
+
+    def recipe_code() -> str:
+        shown = subprocess.run([sys.executable, "-c", RECIPE_SCRIPT, str(tmp_path / "lib")], capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.strip()
+
+    def edit(old: str, new: str) -> None:
+        text = source.read_text()
+        assert text.count(old) == 1
+        source.write_text(text.replace(old, new))
+
+    original = recipe_code()
+    edit("def locked(path: Path)", "# a comment\ndef locked(path: Path)")
+    edit('with path.open("w") as handle:', 'with path.open("a") as handle:')
+    assert recipe_code() == original
+    edit("progress_path = folder / \"shards.json\"", "progress_path = folder / \"progress.json\"")
+    assert recipe_code() != original
+
+    recipe = tmp_path / "recipe.json"
+    command = [synth.OPTSWEEP, "prepare", "--params", str(fresh_params_file()), "--recipe", str(recipe)]
+
+    def write_recipe() -> int:
+        written = subprocess.run(command, env=synth.cli_env(), capture_output=True, text=True, timeout=300)
+        assert written.returncode == 0, written.stderr
+        return recipe.stat().st_mtime_ns
+
+    assert write_recipe() == write_recipe()  # unchanged: DVC sees nothing to rebuild
+    assert json.loads(recipe.read_text())["code"] == optsweep.data.recipe_code()
+    assert not (tmp_path / "data").exists()  # only the recipe was written
+
+
 def test_several_processes_write_the_same_shards_as_one(doc_corpus, tmp_path):
     one = ensure_prepared(files_params(doc_corpus, tmp_path / "one", num_proc=1))
     two = ensure_prepared(files_params(doc_corpus, tmp_path / "two", num_proc=2))

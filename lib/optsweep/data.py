@@ -14,8 +14,8 @@ only from the documents after it, so no held-out text is ever seen by the tokeni
 (`ensure_prepared`'s return value) goes into every run spec: its `hash` covers the shards and tokenizer.
 
 An interrupted preparation resumes: every `CHECKPOINT_BATCHES` batches the shards are synced and the corpus
-stream's position saved (a `datasets` stream state), and the next call continues the stream from there,
-reading (for the hub: downloading) nothing it had already tokenized.
+stream's position saved (a `datasets` stream state), and the next call continues the stream from there: it
+never reads (for the hub: downloads) again a file before the one it stopped in, and tokenizes nothing twice.
 """
 
 from __future__ import annotations
@@ -56,9 +56,6 @@ FORMAT_VERSION = 3
 END_OF_TEXT = "<|endoftext|>"
 ENCODE_BATCH = 256  # documents per tokenizer call
 CHECKPOINT_BATCHES = 64  # batches between checkpoints of an interruptible preparation
-# The hub stream is shuffled by shard order only: a shuffle buffer's contents are not part of a stream's saved
-# state, so a resumed preparation would silently drop them and differ from an uninterrupted one.
-HUB_SHUFFLE_BUFFER = 1
 # Tokens per tokenizing process by default. One process already tokenizes on every core (the Rust tokenizer's
 # thread pool); more pay only when reading and converting documents in Python is the bottleneck. A spawned
 # process costs seconds of imports and finishes up to two batches nobody needs: for the tests' 120k-token
@@ -105,9 +102,13 @@ def corpus_rows(data: DataSettings, files: list[Path]) -> IterableDataset:
     import datasets
 
     if data.source == "hub":
-        return datasets.load_dataset(
-            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True, revision=data.hub_revision
-        ).shuffle(seed=data.seed, buffer_size=HUB_SHUFFLE_BUFFER)
+        rows = datasets.load_dataset(
+            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True, revision=data.hub_revision)
+        # The hub's files (its shards) in an order fixed by the seed, read one after the other. Not datasets'
+        # `shuffle`: it reads every file at once, interleaved, and keeps a buffer that a saved state lacks, so
+        # a resumed preparation would read every file again and lose the buffer's documents.
+        order = np.random.default_rng(data.seed).permutation(rows.num_shards)
+        return datasets.concatenate_datasets([rows.shard(rows.num_shards, int(shard)) for shard in order])
     order = np.random.default_rng(data.seed).permutation(len(files))
     return datasets.load_dataset(
         "text", data_files=[str(files[i]) for i in order], sample_by="document",
@@ -328,7 +329,7 @@ def write_shards(
 
     Batches of `ENCODE_BATCH` documents are tokenized by `processes` processes. Every `CHECKPOINT_BATCHES`
     batches the shards are synced and the progress saved, with the stream's state after the last batch
-    written; a rerun continues the stream from that state, so nothing before it is read again.
+    written; a rerun continues the stream from that state (reading again only the part of the file it was in).
     """
     progress_path = folder / "shards.json"
     progress = ShardProgress.load(progress_path)
@@ -455,8 +456,7 @@ def corpus_identity(data: DataSettings, files: list[Path]) -> str:
 # the layout or of anything else in this module (locking, resuming, the process pool) keeps every prepared folder.
 RECIPE_CODE = (corpus_rows, documents, corpus_texts, held_out_flags, after_held_out, train_bpe, make_tokenizer,
                DocumentEncoder, ShardWriter, write_shards)
-RECIPE_CONSTANTS = {"end_of_text": END_OF_TEXT, "hub_shuffle_buffer": HUB_SHUFFLE_BUFFER,
-                    "held_out_chars_per_token": HELD_OUT_CHARS_PER_TOKEN}
+RECIPE_CONSTANTS = {"end_of_text": END_OF_TEXT, "held_out_chars_per_token": HELD_OUT_CHARS_PER_TOKEN}
 
 
 def recipe_code() -> str:
