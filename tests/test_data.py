@@ -22,7 +22,7 @@ import optsweep.data
 import synthetic_trainers as synth
 from conftest import small_study
 from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import DataSettings, ParamsError, StudyParams, validate_params
+from optsweep.config import DataSettings, ParamsError, StudyParams, load_params, validate_params
 from optsweep.data import ensure_prepared, tokenizing_processes
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
@@ -408,6 +408,27 @@ def test_pinned_revisions_reach_the_loaders_and_the_data_hash(doc_corpus, tmp_pa
     assert "abc123" in revisions
     assert "revisions" not in identities[None] and identities["abc123"]["revisions"] == {"tokenizer": "abc123"}
     assert identities[None]["hash"] != identities["abc123"]["hash"]  # same tokens, another pin
+
+
+def test_required_revisions_are_commits_checked_before_anything_is_downloaded(tmp_path, monkeypatch):
+    def no_download(*args, **options):
+        raise AssertionError("nothing may be downloaded before the pins are checked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
+    paper = load_params(synth.REPO / "params" / "presets" / "paper.yaml").model_dump(mode="json")
+
+    def paper_with(hub_revision: str | None) -> StudyParams:
+        paper["study"]["data"].update(hub_revision=hub_revision, dir=str(tmp_path / "data"))
+        return validate_params(paper)
+
+    with pytest.raises(ParamsError, match=r"^study\.data\.hub_revision: unset; study\.data\.require_revisions asks "
+                                          r"for the commit of HuggingFaceFW/fineweb-edu on the hub"):
+        ensure_prepared(paper_with(None))
+    with pytest.raises(ParamsError, match=r"^study\.data\.hub_revision: main; "):  # a branch: it moves
+        ensure_prepared(paper_with("main"))
+    with pytest.raises(ParamsError, match=r"^study\.tokenizer\.revision: unset; .* NousResearch/Llama-2-7b-hf"):
+        ensure_prepared(paper_with("0123456789abcdef0123456789abcdef01234567"))
+    assert not (tmp_path / "data").exists()
 
 
 def test_small_corpora_tokenize_in_one_process_and_large_ones_on_every_core():

@@ -30,6 +30,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -65,6 +66,7 @@ TOKENS_PER_PROCESS = 50_000_000
 # tokenizers compress text to 2-5 characters per token, so 8 fills the validation shard with room to spare
 # (a build that falls short says so); the prefix's surplus documents are dropped, never trained on.
 HELD_OUT_CHARS_PER_TOKEN = 8
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a hub repository's commit hash
 
 
 # --- corpus sources ----------------------------------------------------------------------------------------
@@ -463,15 +465,28 @@ def recipe_code() -> str:
     return stable_hash([normalised_code(inspect.getsource(part)) for part in RECIPE_CODE])
 
 
+def check_pinned(data: DataSettings, tokenizer: TokenizerSettings) -> None:
+    """With `study.data.require_revisions`, what comes from the hub must name its commit (a branch or tag moves)."""
+    if not data.require_revisions:
+        return
+    pins = {"study.data.hub_revision": (data.hub_revision, data.source == "hub", data.hub_dataset),
+            "study.tokenizer.revision": (tokenizer.revision, tokenizer.kind == "pretrained", tokenizer.name)}
+    for key, (revision, from_hub, name) in pins.items():
+        if from_hub and not (revision and COMMIT.fullmatch(revision)):
+            raise ParamsError(f"{key}: {revision or 'unset'}; study.data.require_revisions asks for the commit of "
+                              f"{name} on the hub (40 hex digits, its 'Files and versions' history)")
+
+
 def recipe_identity(params: StudyParams, files: list[Path]) -> dict[str, Any]:
     """What the prepared data is a function of: its settings (not where it goes), the corpus, the recipe's
     code. Prepared data is rebuilt only when this changes; `optsweep prepare --recipe` writes it, for dvc.yaml."""
     data = params.study.data
+    check_pinned(data, params.study.tokenizer)
     return {
         "format": FORMAT_VERSION,
         "code": recipe_code(),
         "constants": RECIPE_CONSTANTS,
-        "data": data.model_dump(mode="json", exclude={"dir", "num_proc"}),
+        "data": data.model_dump(mode="json", exclude={"dir", "num_proc", "require_revisions"}),
         "tokenizer": params.study.tokenizer.model_dump(mode="json"),
         "corpus_hash": corpus_identity(data, files),
     }
