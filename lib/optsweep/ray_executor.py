@@ -7,8 +7,8 @@ a row) is replaced by one that runs the preflight again, the watchdog kills the 
 no progress for `study.train.stall_timeout_s` (the run is retried from its checkpoint; a second stall fails
 it), and Ctrl-C hands over the runs that had finished before stopping. An actor whose node is lost, or
 whose replacement cannot start, is dropped with one line saying which and why; the sweep goes on with the
-others, and stops only when none is left. Only the driver
-writes the run store: actors return outcomes, the search stores them.
+others, and stops only when none is left. Only the driver writes the run store: actors return outcomes, the
+search stores them.
 
 Where the cluster comes from (`study.ray.address`):
 - `local`: a private cluster started in this process for this sweep, with `study.workers` x
@@ -37,7 +37,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -270,7 +270,7 @@ class RayExecutor(Executor):
                 if slot.task is None and (chosen := waiting.pop(slot.number if len(self._slots) > 1 else None)):
                     slot.dispatch(chosen)
                     running[slot.actor.train.remote(slot.task.spec)] = slot
-            stall = self.watchdog.until_stall([slot.heard for slot in running.values()])
+            stall = self._until_stall(running.values())
             timeout = min(self._until_progress(), INBOX_POLL_S if inbox is not None else math.inf,
                           math.inf if stall is None else stall)
             try:
@@ -285,8 +285,8 @@ class RayExecutor(Executor):
                 raise
             if running and self._until_progress() == 0:
                 self._print_progress(running.values())
-            if self.watchdog.until_stall([slot.heard for slot in running.values()]) == 0:
-                self._kill_stalled(list(running.values()))
+            if self._until_stall(running.values()) == 0:
+                self._kill_stalled([slot for slot in running.values() if not slot.stalled])
             for ref in done:
                 outcome = self._collect(ref, running.pop(ref), waiting)
                 if outcome is not None:
@@ -432,13 +432,17 @@ class RayExecutor(Executor):
             reports.append(report)
         return reports
 
+    def _until_stall(self, busy: Iterable[_Slot]) -> float | None:
+        """Seconds until a run in flight may have stalled (None: none can); runs already killed are not watched."""
+        return self.watchdog.until_stall([slot.heard for slot in busy if not slot.stalled])
+
     def _kill_stalled(self, busy: list[_Slot]) -> None:
         """The watchdog: kill the actor of a run without progress for `stall_timeout_s`; its train() call then
         fails, and `_collect` replaces the actor and retries the run from its checkpoint."""
         self._reports(busy)  # the latest reports first: a run may have progressed since the driver last looked
         for slot in busy:
             silent = self.watchdog.stalled_for(slot.heard)
-            if silent is not None and not slot.stalled:
+            if silent is not None:
                 self.watchdog.say_killed(slot.task.key, slot.name, silent, slot.attempt)
                 slot.stalled = True
                 ray.kill(slot.actor, no_restart=True)
