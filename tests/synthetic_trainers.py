@@ -173,6 +173,16 @@ def whoami(spec: dict[str, Any]) -> dict[str, Any]:
     })
 
 
+def checkpointing(spec: dict[str, Any]) -> dict[str, Any]:
+    """`whoami` that first writes a checkpoint file into its run's `checkpoint_dir`, and reports that folder,
+    its working directory and the CUDA allocator setting it got."""
+    folder = Path(spec["checkpoint_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoint.txt").write_text("step 1")
+    return {**whoami(spec), "checkpoint_dir": str(folder), "cwd": os.getcwd(),
+            "cuda_allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+
+
 def reporter(spec: dict[str, Any]) -> dict[str, Any]:
     """The bowl after reporting 2 of 4 steps done (optsweep.live), then sleeping SYNTH_SLEEP seconds; its
     result carries curves like the default trainer's."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +16,13 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import optsweep.data
 import synthetic_trainers as synth
 from conftest import small_study
 from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import DataSettings, ParamsError, StudyParams, validate_params
+from optsweep.config import DataSettings, ParamsError, StudyParams, load_params, validate_params
 from optsweep.data import ensure_prepared, tokenizing_processes
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
@@ -59,6 +62,51 @@ def test_identity_describes_the_prepared_shards(prepared_data, prepared_params):
     assert int(shards.train.max()) < 512
     text = shards.tokenizer.decode(shards.val[:200].tolist())
     assert "def " in text or "import " in text or "class " in text  # Python standard library source
+
+
+# Run in a project folder with that folder's own lib/ on PYTHONPATH: the key of one run, and its paths.
+CLONE_KEY = """
+import json
+import optsweep
+from optsweep.config import load_params
+from optsweep.data import ensure_prepared
+from optsweep.store import RunStore, run_key
+from optsweep.trainer_plugin import DEFAULT_TRAINER, code_identity, make_run_spec
+params = load_params("params/study.yaml")
+baseline, _ = params.scale_space("a")
+spec = make_run_spec(params, "a", baseline, ensure_prepared(params))
+spec["checkpoint_dir"] = str(RunStore(params.study.store).checkpoint_dir("k"))
+print(json.dumps({"key": run_key(spec, DEFAULT_TRAINER, code_identity(DEFAULT_TRAINER)), "data": spec["data"]["dir"],
+                  "checkpoints": spec["checkpoint_dir"], "code": optsweep.__file__}))
+"""
+
+
+def test_a_clone_elsewhere_has_absolute_paths_in_its_run_specs_and_the_same_run_keys(doc_corpus, tmp_path):
+    """A project (its library, params with relative data and store paths, its prepared data) copied to another
+    folder: the run specs name the copy's own folders, and every run key stays the same."""
+    raw = small_study(Path("data/prepared"))
+    raw["study"].update(store="runs", data={"source": "files", "paths": [str(doc_corpus / "*.txt")],
+                                            "dir": "data/prepared", "train_tokens": 4000, "val_tokens": 1500})
+    raw["study"]["tokenizer"] = {"kind": "train", "vocab_size": 300, "train_chars": 1_000_000}
+    first, clone = tmp_path / "first", tmp_path / "elsewhere" / "clone"
+    shutil.copytree(synth.REPO / "lib", first / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    (first / "params").mkdir()
+    (first / "params" / "study.yaml").write_text(yaml.safe_dump(raw))
+
+    def key_in(project: Path) -> dict[str, str]:
+        shown = subprocess.run([sys.executable, "-c", CLONE_KEY], cwd=project, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(project / "lib")}, timeout=300)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout.splitlines()[-1])
+
+    original = key_in(first)  # prepares the data in `first`
+    shutil.copytree(first, clone)
+    copied = key_in(clone)  # reuses the copied data
+    for project, seen in ((first, original), (clone, copied)):
+        assert seen["data"] == str(project / "data" / "prepared")
+        assert seen["checkpoints"] == str(project / "runs" / "checkpoints" / "k")
+        assert seen["code"] == str(project / "lib" / "optsweep" / "__init__.py")
+    assert copied["key"] == original["key"]
 
 
 def test_unchanged_settings_reuse_the_shards(prepared_data, prepared_params):
@@ -219,6 +267,97 @@ def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_pat
     assert resumed["hash"] == fresh["hash"] and resumed["train_tokens"] == fresh["train_tokens"]
 
 
+def test_an_interrupted_hub_preparation_reads_no_hub_shard_it_had_finished(doc_corpus, tmp_path, monkeypatch):
+    """A hub dataset of 6 shards (10 documents each) stands in for the hub's files; the preparation is stopped
+    after 5 batches of 3 documents were written (the first shard and half the second). The resumed one never
+    opens the first shard again, and ends with the shards an uninterrupted preparation writes."""
+    texts = [p.read_text() for p in sorted(doc_corpus.glob("*.txt"))]
+    opened: list[int] = []
+
+    def rows(shards: list[int]):
+        for shard in shards:
+            opened.append(shard)  # a download of one of the hub's files
+            yield from ({"content": text} for text in texts[shard * 10:(shard + 1) * 10])
+
+    features = datasets.Features({"content": datasets.Value("string")})  # known, as the hub's are
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **options: datasets.IterableDataset.from_generator(
+        rows, features=features, gen_kwargs={"shards": list(range(6))}))
+    monkeypatch.setattr(optsweep.data, "ENCODE_BATCH", 3)
+    monkeypatch.setattr(optsweep.data, "CHECKPOINT_BATCHES", 1)
+
+    def hub_params(folder: Path) -> StudyParams:
+        raw = small_study(folder)
+        raw["study"]["data"] = {"source": "hub", "hub_dataset": "someone/corpus", "text_column": "content",
+                                "dir": str(folder), "train_tokens": 1_000_000, "val_tokens": 1500, "num_proc": 1}
+        raw["study"]["tokenizer"] = {"kind": "train", "vocab_size": 300, "train_chars": 1_000_000}
+        return validate_params(raw)
+
+    whole = ensure_prepared(hub_params(tmp_path / "whole"))
+    in_order = opened[len(opened) // 2:]  # the shards' pass (after the tokenizer's), one shard after the other
+    assert sorted(in_order) == list(range(6))
+    encode, batches = optsweep.data.DocumentEncoder.__call__, []
+
+    def stopping(self, texts):
+        batches.append(len(texts))
+        if len(batches) == 6:
+            raise KeyboardInterrupt  # while tokenizing the 6th batch: 5 batches (15 documents) written
+        return encode(self, texts)
+
+    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_prepared(hub_params(tmp_path / "data"))
+    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", encode)
+    opened.clear()
+    resumed = ensure_prepared(hub_params(tmp_path / "data"))
+    assert opened == in_order[1:]  # the tokenizer was kept; the shard finished is not read again
+    assert resumed["hash"] == whole["hash"] and resumed["train_tokens"] == whole["train_tokens"]
+
+
+RECIPE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from optsweep import data
+print(data.recipe_code())
+"""
+
+
+def test_the_data_recipe_changes_with_the_code_that_decides_the_shards_only(tmp_path, fresh_params_file):
+    """The library copied and edited: a comment and the lock's code keep the recipe; the shard writer's code
+    does not. `optsweep prepare --recipe` rewrites its file only when the recipe changed."""
+    shutil.copytree(synth.REPO / "lib", tmp_path / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    source = tmp_path / "lib" / "optsweep" / "data.py"
+
+    def recipe_code() -> str:
+        shown = subprocess.run([sys.executable, "-c", RECIPE_SCRIPT, str(tmp_path / "lib")], capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.strip()
+
+    def edit(old: str, new: str) -> None:
+        text = source.read_text()
+        assert text.count(old) == 1
+        source.write_text(text.replace(old, new))
+
+    original = recipe_code()
+    edit("def locked(path: Path)", "# a comment\ndef locked(path: Path)")
+    edit('with path.open("w") as handle:', 'with path.open("a") as handle:')
+    assert recipe_code() == original
+    edit("progress_path = folder / \"shards.json\"", "progress_path = folder / \"progress.json\"")
+    assert recipe_code() != original
+
+    recipe = tmp_path / "recipe.json"
+    command = [synth.OPTSWEEP, "prepare", "--params", str(fresh_params_file()), "--recipe", str(recipe)]
+
+    def write_recipe() -> int:
+        written = subprocess.run(command, env=synth.cli_env(), capture_output=True, text=True, timeout=300)
+        assert written.returncode == 0, written.stderr
+        return recipe.stat().st_mtime_ns
+
+    assert write_recipe() == write_recipe()  # unchanged: DVC sees nothing to rebuild
+    assert json.loads(recipe.read_text())["code"] == optsweep.data.recipe_code()
+    assert not (tmp_path / "data").exists()  # only the recipe was written
+
+
 def test_several_processes_write_the_same_shards_as_one(doc_corpus, tmp_path):
     one = ensure_prepared(files_params(doc_corpus, tmp_path / "one", num_proc=1))
     two = ensure_prepared(files_params(doc_corpus, tmp_path / "two", num_proc=2))
@@ -269,6 +408,27 @@ def test_pinned_revisions_reach_the_loaders_and_the_data_hash(doc_corpus, tmp_pa
     assert "abc123" in revisions
     assert "revisions" not in identities[None] and identities["abc123"]["revisions"] == {"tokenizer": "abc123"}
     assert identities[None]["hash"] != identities["abc123"]["hash"]  # same tokens, another pin
+
+
+def test_required_revisions_are_commits_checked_before_anything_is_downloaded(tmp_path, monkeypatch):
+    def no_download(*args, **options):
+        raise AssertionError("nothing may be downloaded before the pins are checked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
+    paper = load_params(synth.REPO / "params" / "presets" / "paper.yaml").model_dump(mode="json")
+
+    def paper_with(hub_revision: str | None) -> StudyParams:
+        paper["study"]["data"].update(hub_revision=hub_revision, dir=str(tmp_path / "data"))
+        return validate_params(paper)
+
+    with pytest.raises(ParamsError, match=r"^study\.data\.hub_revision: unset; study\.data\.require_revisions asks "
+                                          r"for the commit of HuggingFaceFW/fineweb-edu on the hub"):
+        ensure_prepared(paper_with(None))
+    with pytest.raises(ParamsError, match=r"^study\.data\.hub_revision: main; "):  # a branch: it moves
+        ensure_prepared(paper_with("main"))
+    with pytest.raises(ParamsError, match=r"^study\.tokenizer\.revision: unset; .* NousResearch/Llama-2-7b-hf"):
+        ensure_prepared(paper_with("0123456789abcdef0123456789abcdef01234567"))
+    assert not (tmp_path / "data").exists()
 
 
 def test_small_corpora_tokenize_in_one_process_and_large_ones_on_every_core():

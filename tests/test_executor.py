@@ -104,6 +104,24 @@ def test_a_worker_that_cannot_import_the_trainer_stops_the_pool():
             list(executor.run(tasks(2)))
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # inline, and a pool of worker processes
+def test_a_worker_that_cannot_read_the_data_stops_the_sweep_before_any_run_naming_the_path(tmp_path, workers):
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    for name in ("meta.json", "val.bin"):
+        (folder / name).write_text("x")
+    named = (rf"study.data.dir: cannot read {re.escape(str(folder / 'train.bin'))} on this worker \(No such file "
+             r"or directory\); every node must see the prepared data at the same absolute path")
+    with pytest.raises(ParamsError, match=named):
+        with Executor("synthetic_trainers:whoami", worker_environments(study(workers=workers)),
+                      data_dir=str(folder)) as executor:
+            list(executor.run(tasks(2)))
+    (folder / "train.bin").write_text("x")
+    with Executor("synthetic_trainers:whoami", worker_environments(study(workers=workers)),
+                  data_dir=str(folder)) as executor:
+        assert all(outcome.error is None for outcome in executor.run(tasks(2)))
+
+
 def test_an_interrupt_terminates_the_workers():
     environments = worker_environments(study(workers=2))
     with pytest.raises(KeyboardInterrupt):

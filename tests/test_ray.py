@@ -143,8 +143,9 @@ def test_a_local_ray_cluster_finds_the_local_backends_best_training_each_config_
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two Ray nodes (head + worker) of 1 CPU each on 127.0.0.1, with the synthetic trainers' instrumentation
-    files in one folder (Ray workers see the environment of `ray start`, not the driver's)."""
+    """Two Ray nodes (head + worker) of 1 CPU each on 127.0.0.1, started in a folder of their own (not the
+    repository: nothing may depend on where `ray start` ran), with the synthetic trainers' instrumentation
+    files in that folder (Ray workers see the environment of `ray start`, not the driver's)."""
     folder = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths live under it
     # No token authentication on a loopback test cluster (its drivers, in this process or not, agree).
     patch = pytest.MonkeyPatch()
@@ -156,9 +157,10 @@ def cluster():
               f"--object-store-memory={OBJECT_STORE}"]
     try:
         subprocess.run([RAY, "start", "--head", f"--port={address.rpartition(':')[2]}", "--include-dashboard=false",
-                        f"--temp-dir={folder / 't'}", *common], env=env, check=True, capture_output=True, timeout=240)
-        subprocess.run([RAY, "start", f"--address={address}", *common], env=env, check=True, capture_output=True,
+                        f"--temp-dir={folder / 't'}", *common], env=env, cwd=folder, check=True, capture_output=True,
                        timeout=240)
+        subprocess.run([RAY, "start", f"--address={address}", *common], env=env, cwd=folder, check=True,
+                       capture_output=True, timeout=240)
         yield address, folder
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
@@ -262,6 +264,47 @@ def test_a_sigkilled_driver_loses_nothing_and_a_rerun_retrains_nothing_finished(
     assert result["compute"]["runs_reused"] == finished_before_kill
     counts = new_calls(instruments, before)
     assert set(counts.values()) == {1} and len(counts) == result["compute"]["runs_planned"]
+
+
+def test_a_head_started_in_another_folder_runs_a_sweep_from_the_repository(cluster, tmp_path):
+    """The nodes run in the fixture's folder; the sweep runs in a project whose params name the store
+    relatively. Every run is ok, wrote its checkpoint under the project's store (the spec's absolute path), and
+    its actor had the thread limit and the CUDA allocator setting, which `ray start`'s environment lacks."""
+    address, instruments = cluster
+    project = tmp_path / "project"
+    params = ray_study(project, address, "checkpointing", study_store="runs")
+    sweep = subprocess.run(sweep_command(params, project / "a.json"), cwd=project, env=synth.cli_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stderr
+    records = list(RunStore(project / "runs"))
+    assert records and {record.status.value for record in records} == {"ok"}
+    for record in records:
+        checkpoints = str(project / "runs" / "checkpoints" / record.key)
+        assert record.spec["checkpoint_dir"] == record.result["checkpoint_dir"] == checkpoints
+        assert record.result["cwd"] != str(project)  # the actor did not run where the driver did
+        assert (record.result["omp_num_threads"], record.result["cuda_allocator"]) == ("1", "expandable_segments:True")
+    assert list(instruments.rglob("checkpoint.txt")) == []  # nothing landed where the nodes were started
+
+
+def test_a_run_without_progress_on_ray_is_killed_and_retried_from_its_checkpoint(cluster, tmp_path, capsys):
+    """The watchdog's rule on actors: both runs hang once; each actor is killed, replaced, and the run retried."""
+    from optsweep.executor import Task
+    from optsweep.ray_executor import RayExecutor
+
+    address, _ = cluster
+    study = load_params(ray_study(tmp_path, address, "hangs_once", study_train={"device": "cpu",
+                                                                                "stall_timeout_s": 2})).study
+    tasks = [Task(f"h{i}", {"hparams": {"lr": 1e-3 * (i + 1), "weight_decay": 0.1, "beta2": 0.95}, "seed": 13})
+             for i in range(2)]
+    with RayExecutor(study) as executor:
+        outcomes = list(executor.run(tasks))
+        left = len(executor._slots)
+    assert sorted(outcome.key for outcome in outcomes) == ["h0", "h1"]
+    assert all(outcome.error is None and outcome.attempts == 2 for outcome in outcomes) and left == 2
+    stalls = [line for line in capsys.readouterr().err.splitlines() if "made no progress" in line]
+    assert len(stalls) == 2 and all(re.search(r"on Ray worker \d on .* made no progress for \d+ s "
+                                              r"\(study.train.stall_timeout_s\): killed, retried from its checkpoint$",
+                                              line) for line in stalls), stalls
 
 
 def test_cuda_on_a_cluster_without_gpus_stops_before_any_run(cluster, tmp_path, capsys):

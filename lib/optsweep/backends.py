@@ -6,7 +6,7 @@ Ray is imported only when `study.executor` is `ray`, and wandb only when `study.
 from __future__ import annotations
 
 from .config import StudySettings
-from .executor import Executor, worker_environments
+from .executor import Executor, data_dir_read_by, worker_environments
 from .tracker import TrackedExecutor
 
 
@@ -17,7 +17,8 @@ def make_executor(study: StudySettings) -> Executor | TrackedExecutor:
 
         executor: Executor = RayExecutor(study)
     else:
-        executor = Executor(study.trainer, worker_environments(study), train=study.train)
+        executor = Executor(study.trainer, worker_environments(study), train=study.train,
+                            data_dir=data_dir_read_by(study))
     if study.tracker == "wandb":
         from .tracker import WandbTracker
 

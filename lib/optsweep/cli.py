@@ -26,9 +26,12 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from .data import ensure_prepared
+    from .data import ensure_prepared, write_recipe
 
     params = load_params(args.params, args.set)
+    if args.recipe:
+        write_recipe(params, Path(args.recipe))
+        return
     _print_json(ensure_prepared(params, replace=True))  # the study's data follows its params
 
 
@@ -230,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
         return sub
 
-    add("prepare", cmd_prepare, "build the corpus, tokenizer and token shards named in params")
+    prepare = add("prepare", cmd_prepare, "build the corpus, tokenizer and token shards named in params")
+    prepare.add_argument("--recipe", metavar="PATH", help="only write the data recipe's identity to PATH "
+                         "(what the shards are a function of; dvc.yaml's prepare stage depends on it)")
 
     train = add("train", cmd_train, "train one run at a scale and print its result JSON")
     train.add_argument("--scale", required=True, help="a scale name from params")

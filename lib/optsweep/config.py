@@ -63,6 +63,10 @@ class DataSettings(Strict):
     num_proc: int | None = Field(
         None, ge=1, description="tokenizing processes (default: one per 50M tokens, at most one per core)"
     )
+    require_revisions: bool = Field(
+        False, description="a hub dataset and a pretrained tokenizer must name their commit (hub_revision, "
+                           "tokenizer.revision: 40 hex digits), checked before anything is downloaded",
+    )
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSettings:

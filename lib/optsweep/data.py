@@ -5,12 +5,17 @@ A prepared data folder (`study.data.dir`) holds:
     tokenizer/   a transformers tokenizer (a byte-level BPE trained here, or a pretrained one)
     val.bin      the held-out tokens: whole documents, never in the training shard
     train.bin    the training tokens
-    meta.json    the recipe hash (settings + corpus content) and the data identity below
+    meta.json    the recipe hash (`recipe_identity`: settings, corpus content, the recipe's code) and the data
+                 identity below
 
 Documents are read in an order fixed by `study.data.seed`, separated by the end-of-text token. A held-out
 prefix of the documents fills the validation shard; the tokenizer is trained and the training shard written
 only from the documents after it, so no held-out text is ever seen by the tokenizer or the model. The identity
 (`ensure_prepared`'s return value) goes into every run spec: its `hash` covers the shards and tokenizer.
+
+An interrupted preparation resumes: every `CHECKPOINT_BATCHES` batches the shards are synced and the corpus
+stream's position saved (a `datasets` stream state), and the next call continues the stream from there: it
+never reads (for the hub: downloads) again a file before the one it stopped in, and tokenizes nothing twice.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import fcntl
 import functools
 import glob
 import hashlib
+import inspect
 import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -34,21 +41,22 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from .codehash import normalised_code
 from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
 from .provenance import stable_hash
 
 if TYPE_CHECKING:
+    from datasets import IterableDataset
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # datasets, tokenizers, transformers and torch are imported where they are used: checking that prepared data
 # is up to date (every pipeline stage does) then costs milliseconds instead of seconds of imports.
 
-# Bump when the shard format or the preparation recipe changes, so old folders are rebuilt.
-FORMAT_VERSION = 2
+# Bump when the shard format changes, or the recipe in code outside `RECIPE_CODE`, so old folders are rebuilt.
+FORMAT_VERSION = 3
 END_OF_TEXT = "<|endoftext|>"
 ENCODE_BATCH = 256  # documents per tokenizer call
 CHECKPOINT_BATCHES = 64  # batches between checkpoints of an interruptible preparation
-HUB_SHUFFLE_BUFFER = 10_000
 # Tokens per tokenizing process by default. One process already tokenizes on every core (the Rust tokenizer's
 # thread pool); more pay only when reading and converting documents in Python is the bottleneck. A spawned
 # process costs seconds of imports and finishes up to two batches nobody needs: for the tests' 120k-token
@@ -58,6 +66,7 @@ TOKENS_PER_PROCESS = 50_000_000
 # tokenizers compress text to 2-5 characters per token, so 8 fills the validation shard with room to spare
 # (a build that falls short says so); the prefix's surplus documents are dropped, never trained on.
 HELD_OUT_CHARS_PER_TOKEN = 8
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a hub repository's commit hash
 
 
 # --- corpus sources ----------------------------------------------------------------------------------------
@@ -89,22 +98,29 @@ def files_hash(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
-    """Documents in the order fixed by `data.seed`, streamed through `datasets` (nothing is cached)."""
+def corpus_rows(data: DataSettings, files: list[Path]) -> IterableDataset:
+    """The corpus as a `datasets` stream of rows in the order fixed by `data.seed` (nothing is cached). Its
+    `state_dict()` after any row is where a stream opened again with `load_state_dict` continues."""
     import datasets
 
     if data.source == "hub":
         rows = datasets.load_dataset(
-            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True, revision=data.hub_revision
-        ).shuffle(seed=data.seed, buffer_size=HUB_SHUFFLE_BUFFER)
-        column = data.text_column
-    else:
-        order = np.random.default_rng(data.seed).permutation(len(files))
-        rows = datasets.load_dataset(
-            "text", data_files=[str(files[i]) for i in order], sample_by="document",
-            keep_linebreaks=True, encoding_errors="replace", split="train", streaming=True,
-        )
-        column = "text"
+            data.hub_dataset, data.hub_config, split=data.hub_split, streaming=True, revision=data.hub_revision)
+        # The hub's files (its shards) in an order fixed by the seed, read one after the other. Not datasets'
+        # `shuffle`: it reads every file at once, interleaved, and keeps a buffer that a saved state lacks, so
+        # a resumed preparation would read every file again and lose the buffer's documents.
+        order = np.random.default_rng(data.seed).permutation(rows.num_shards)
+        return datasets.concatenate_datasets([rows.shard(rows.num_shards, int(shard)) for shard in order])
+    order = np.random.default_rng(data.seed).permutation(len(files))
+    return datasets.load_dataset(
+        "text", data_files=[str(files[i]) for i in order], sample_by="document",
+        keep_linebreaks=True, encoding_errors="replace", split="train", streaming=True,
+    )
+
+
+def documents(rows: IterableDataset, data: DataSettings) -> Iterator[str]:
+    """The non-empty texts of a corpus stream's rows."""
+    column = data.text_column if data.source == "hub" else "text"
     for row in rows:
         if column not in row:
             raise ParamsError(f"study.data.text_column: no column {column!r}; the rows have {', '.join(row)}")
@@ -112,9 +128,15 @@ def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
             yield row[column]
 
 
-def held_out_flags(texts: Iterator[str], val_tokens: int) -> Iterator[tuple[bool, str]]:
-    """Each document with whether it belongs to the held-out prefix (`HELD_OUT_CHARS_PER_TOKEN` x val_tokens)."""
-    budget, seen = HELD_OUT_CHARS_PER_TOKEN * val_tokens, 0
+def corpus_texts(data: DataSettings, files: list[Path]) -> Iterator[str]:
+    """Documents in the order fixed by `data.seed`, from the start of the corpus."""
+    return documents(corpus_rows(data, files), data)
+
+
+def held_out_flags(texts: Iterator[str], val_tokens: int, seen: int = 0) -> Iterator[tuple[bool, str]]:
+    """Each document with whether it belongs to the held-out prefix (`HELD_OUT_CHARS_PER_TOKEN` x val_tokens);
+    `seen`: the characters of the documents before these (a resumed stream)."""
+    budget = HELD_OUT_CHARS_PER_TOKEN * val_tokens
     for text in texts:
         yield seen < budget, text
         seen += len(text)
@@ -231,29 +253,40 @@ def _one_thread_per_process() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism; no nested thread pools
 
 
+@dataclass(frozen=True)
+class TextBatch:
+    """`ENCODE_BATCH` documents with their held-out flags, and the corpus stream's state right after them."""
+
+    documents: list[tuple[bool, str]]
+    stream_state: dict[str, Any]
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for _, text in self.documents]
+
+
 def encoded_batches(
-    batches: Iterator[list[tuple[bool, str]]], encode: DocumentEncoder, processes: int
-) -> Iterator[tuple[list[bool], list[np.ndarray]]]:
-    """Each batch's held-out flags and token ids, in corpus order. With several processes, each works on
-    up to two batches ahead of the writer (never the whole corpus: reading stops once the shards are full).
-    One process tokenizes in the Rust tokenizer's own thread pool."""
+    batches: Iterator[TextBatch], encode: DocumentEncoder, processes: int
+) -> Iterator[tuple[TextBatch, list[np.ndarray]]]:
+    """Each batch with its token ids, in corpus order. With several processes, each works on up to two
+    batches ahead of the writer (never the whole corpus: reading stops once the shards are full). One process
+    tokenizes in the Rust tokenizer's own thread pool."""
     if processes <= 1:
         for batch in batches:
-            yield [held_out for held_out, _ in batch], encode([text for _, text in batch])
+            yield batch, encode(batch.texts)
         return
     context = multiprocessing.get_context("spawn")  # never fork a process whose tokenizer threads are running
     pool = context.Pool(processes, _one_thread_per_process)
-    pending: collections.deque[tuple[list[bool], Any]] = collections.deque()
+    pending: collections.deque[tuple[TextBatch, Any]] = collections.deque()
     try:
         for batch in batches:
-            texts = [text for _, text in batch]
-            pending.append(([held_out for held_out, _ in batch], pool.apply_async(encode, (texts,))))
+            pending.append((batch, pool.apply_async(encode, (batch.texts,))))
             if len(pending) > 2 * processes:
-                flags, encoded = pending.popleft()
-                yield flags, encoded.get()
+                batch, encoded = pending.popleft()
+                yield batch, encoded.get()
         while pending:
-            flags, encoded = pending.popleft()
-            yield flags, encoded.get()
+            batch, encoded = pending.popleft()
+            yield batch, encoded.get()
     finally:
         # Shut down by letting the few batches in flight finish, never by `terminate`: it kills the workers
         # while the pool's feeder thread may be half-way through sending a batch larger than the pipe
@@ -268,9 +301,10 @@ def encoded_batches(
 class ShardProgress:
     """How far `write_shards` got: saved at each checkpoint, so an interrupted preparation resumes there."""
 
-    documents: int = 0  # documents of the corpus stream consumed
     val_tokens: int = 0
     train_tokens: int = 0
+    chars: int = 0  # characters of the documents written (the held-out prefix is measured in them)
+    stream_state: dict[str, Any] | None = None  # the corpus stream's state after them; None: at its start
 
     @classmethod
     def load(cls, path: Path) -> ShardProgress:
@@ -282,26 +316,35 @@ class ShardProgress:
         partial.rename(path)
 
 
+def text_batches(rows: IterableDataset, data: DataSettings, chars_before: int) -> Iterator[TextBatch]:
+    """The stream's documents (after the `chars_before` characters already written) in batches."""
+    flagged = held_out_flags(documents(rows, data), data.val_tokens, chars_before)
+    while batch := list(itertools.islice(flagged, ENCODE_BATCH)):
+        yield TextBatch(batch, rows.state_dict())  # taken right after the batch's last row, before any further
+
+
 def write_shards(
-    texts: Iterator[str], encode: DocumentEncoder, folder: Path, data: DataSettings, dtype: np.dtype, processes: int
+    rows: IterableDataset, encode: DocumentEncoder, folder: Path, data: DataSettings, dtype: np.dtype, processes: int
 ) -> dict[str, Any]:
-    """Tokenize documents in order: the held-out prefix into val.bin (cut at its budget, the surplus
-    dropped), every later document into train.bin. Stops reading the corpus once train.bin is full.
+    """Tokenize the corpus stream's documents in order: the held-out prefix into val.bin (cut at its budget,
+    the surplus dropped), every later document into train.bin. Stops reading the corpus once train.bin is full.
 
     Batches of `ENCODE_BATCH` documents are tokenized by `processes` processes. Every `CHECKPOINT_BATCHES`
-    batches the shards are synced and the progress saved; a rerun skips the documents already written.
+    batches the shards are synced and the progress saved, with the stream's state after the last batch
+    written; a rerun continues the stream from that state (reading again only the part of the file it was in).
     """
     progress_path = folder / "shards.json"
     progress = ShardProgress.load(progress_path)
+    if progress.stream_state is not None:
+        rows.load_state_dict(progress.stream_state)
     val = ShardWriter(folder / "val.bin", data.val_tokens, dtype, progress.val_tokens)
     train = ShardWriter(folder / "train.bin", data.train_tokens, dtype, progress.train_tokens)
-    documents = itertools.islice(held_out_flags(texts, data.val_tokens), progress.documents, None)
-    batches = iter(lambda: list(itertools.islice(documents, ENCODE_BATCH)), [])
-    with closing(encoded_batches(batches, encode, processes)) as encoded:
-        for done, (flags, ids) in enumerate(encoded, start=1):
-            for held_out, document in zip(flags, ids):
+    with closing(encoded_batches(text_batches(rows, data, progress.chars), encode, processes)) as encoded:
+        for done, (batch, ids) in enumerate(encoded, start=1):
+            for (held_out, _), document in zip(batch.documents, ids):
                 (val if held_out else train).write(document)
-            progress.documents += len(ids)
+            progress.chars += sum(len(text) for text in batch.texts)
+            progress.stream_state = batch.stream_state
             if train.full or done % CHECKPOINT_BATCHES == 0:
                 val.sync(), train.sync()
                 progress.val_tokens, progress.train_tokens = val.written, train.written
@@ -370,7 +413,7 @@ def build(params: StudyParams, files: list[Path], folder: Path, target: Path, re
     vocab_size = len(tokenizer)
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     encode = DocumentEncoder(str(folder / "tokenizer" / "tokenizer.json"), tokenizer.eos_token_id)
-    written = write_shards(corpus_texts(data, files), encode, folder, data, dtype, tokenizing_processes(data))
+    written = write_shards(corpus_rows(data, files), encode, folder, data, dtype, tokenizing_processes(data))
     revisions = pinned_revisions(data, settings)
     identity = {
         "dir": str(target),
@@ -411,6 +454,53 @@ def corpus_identity(data: DataSettings, files: list[Path]) -> str:
                                                             "hub_revision", "text_column")})
 
 
+# What decides the shards' content, counted by what it computes (optsweep.codehash): an edit of a comment, of
+# the layout or of anything else in this module (locking, resuming, the process pool) keeps every prepared folder.
+RECIPE_CODE = (corpus_rows, documents, corpus_texts, held_out_flags, after_held_out, train_bpe, make_tokenizer,
+               DocumentEncoder, ShardWriter, write_shards)
+RECIPE_CONSTANTS = {"end_of_text": END_OF_TEXT, "held_out_chars_per_token": HELD_OUT_CHARS_PER_TOKEN}
+
+
+def recipe_code() -> str:
+    return stable_hash([normalised_code(inspect.getsource(part)) for part in RECIPE_CODE])
+
+
+def check_pinned(data: DataSettings, tokenizer: TokenizerSettings) -> None:
+    """With `study.data.require_revisions`, what comes from the hub must name its commit (a branch or tag moves)."""
+    if not data.require_revisions:
+        return
+    pins = {"study.data.hub_revision": (data.hub_revision, data.source == "hub", data.hub_dataset),
+            "study.tokenizer.revision": (tokenizer.revision, tokenizer.kind == "pretrained", tokenizer.name)}
+    for key, (revision, from_hub, name) in pins.items():
+        if from_hub and not (revision and COMMIT.fullmatch(revision)):
+            raise ParamsError(f"{key}: {revision or 'unset'}; study.data.require_revisions asks for the commit of "
+                              f"{name} on the hub (40 hex digits, its 'Files and versions' history)")
+
+
+def recipe_identity(params: StudyParams, files: list[Path]) -> dict[str, Any]:
+    """What the prepared data is a function of: its settings (not where it goes), the corpus, the recipe's
+    code. Prepared data is rebuilt only when this changes; `optsweep prepare --recipe` writes it, for dvc.yaml."""
+    data = params.study.data
+    check_pinned(data, params.study.tokenizer)
+    return {
+        "format": FORMAT_VERSION,
+        "code": recipe_code(),
+        "constants": RECIPE_CONSTANTS,
+        "data": data.model_dump(mode="json", exclude={"dir", "num_proc", "require_revisions"}),
+        "tokenizer": params.study.tokenizer.model_dump(mode="json"),
+        "corpus_hash": corpus_identity(data, files),
+    }
+
+
+def write_recipe(params: StudyParams, path: Path) -> None:
+    """Write the recipe identity (a small file that dvc.yaml's `prepare` stage depends on), only if it changed:
+    an unchanged file keeps its timestamp, and DVC then sees nothing to rebuild."""
+    text = json.dumps(recipe_identity(params, source_files(params.study.data)), indent=2, sort_keys=True) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def ensure_prepared(params: StudyParams, replace: bool = False) -> dict[str, Any]:
     """Prepare the token shards named by `params` (or reuse them when nothing changed); return the identity.
 
@@ -421,16 +511,11 @@ def ensure_prepared(params: StudyParams, replace: bool = False) -> dict[str, Any
     The folder is built under a temporary name (one per recipe) and renamed into place, so a killed
     preparation never leaves a half-written shard that a later call would reuse; the next call resumes it.
     """
-    data, settings = params.study.data, params.study.tokenizer
+    data = params.study.data
     files = source_files(data)
-    corpus_hash = corpus_identity(data, files)
-    recipe_key = stable_hash({
-        "format": FORMAT_VERSION,
-        "data": data.model_dump(mode="json", exclude={"dir", "num_proc"}),
-        "tokenizer": settings.model_dump(mode="json"),
-        "corpus_hash": corpus_hash,
-    })
-    target = Path(data.dir)
+    recipe = recipe_identity(params, files)
+    recipe_key = stable_hash(recipe)
+    target = Path(os.path.abspath(data.dir))  # the identity's `dir` then means the same on every node
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and read_meta(target) is None):
         raise ParamsError(f"study.data.dir: {target} exists and is not a prepared data folder; name a new folder")
     meta = read_meta(target)
@@ -442,13 +527,13 @@ def ensure_prepared(params: StudyParams, replace: bool = False) -> dict[str, Any
     with locked(target.parent / f".{target.name}.lock"):
         meta = read_meta(target)
         if meta and meta["recipe"] == recipe_key:
-            return meta["identity"]
+            return {**meta["identity"], "dir": str(target)}  # where it is now (the folder may have moved)
         building = target.parent / f".{target.name}.build-{recipe_key}"
         for stale in target.parent.glob(f".{target.name}.build-*"):
             if stale != building:  # a build of other settings, never to be finished
                 shutil.rmtree(stale)
         building.mkdir(exist_ok=True)
-        identity = build(params, files, building, target, recipe_key, corpus_hash)
+        identity = build(params, files, building, target, recipe_key, recipe["corpus_hash"])
         if target.exists():
             retired = target.parent / f".{target.name}.old-{os.getpid()}"
             target.rename(retired)

@@ -11,8 +11,9 @@ lasts. Devices:
   spread over all GPUs before any GPU gets a second one.
 - One worker in total: runs are trained inline in the main process, which is easiest to debug.
 
-Before its first run each worker (and the inline trainer) runs the device preflight (optsweep.preflight):
-a worker that cannot compute on its device stops the sweep with one line, and nothing is stored.
+Before its first run each worker (and the inline trainer) runs the preflight (optsweep.preflight): a worker
+that cannot compute on its device, or cannot read the prepared data (`data_dir`, an absolute path), stops the
+sweep with one line, and nothing is stored.
 
 A run whose trainer raises is retried once, on another worker; a worker that dies (killed, out of memory)
 is replaced and its run retried the same way, resuming from the run's checkpoint if it left one. After the
@@ -21,11 +22,12 @@ sweep). A worker is retired (see `FailureStreak`) when a run fails with a device
 fails the check a failed run is followed by, or after `study.train.retire_after_fast_failures` fast failures
 in a row: a broken GPU fails every run in milliseconds, and must not be fed the whole sweep. Its
 replacement runs the preflight again; a slot whose replacement cannot start is dropped, and the pool goes
-on smaller. The sweep stops only when no worker is left. Both executors (this pool and the Ray actors)
-apply the same rules, written once: `FailureStreak`, `settle` and `say_dropped`.
-The watchdog (pool only): a run that reports no progress (optsweep.live) for `study.train.stall_timeout_s`
-has its worker killed, and is retried like a run whose worker died, from its checkpoint: a hung run never
-holds its GPU for ever. A trainer that never reports is killed after that long too (0 turns it off).
+on smaller. The sweep stops only when no worker is left.
+The watchdog: a run that reports no progress (optsweep.live) for `study.train.stall_timeout_s` has its
+worker killed, and is retried like a run whose worker died, from its checkpoint; a second stall fails it.
+A hung run never holds its GPU for ever. A trainer that never reports is killed after that long too (0
+turns it off). Both executors (this pool and the Ray actors) apply the same rules, written once:
+`FailureStreak`, `Watchdog`, `settle` and `say_dropped`.
 Ctrl-C in the main process terminates the workers (they ignore SIGINT themselves, so that one key press
 does not leave half of them training) and propagates as KeyboardInterrupt, after handing over the runs
 that had already finished, so that they reach the run store. It never lands in the middle of storing a run.
@@ -53,8 +55,8 @@ from typing import Any, Iterator
 
 from .config import ParamsError, StudySettings, TrainSettings
 from .live import RunProgress, reporting_to
-from .preflight import PreflightError, check_device
-from .trainer_plugin import Trainer, load_trainer
+from .preflight import PreflightError, check_device, preflight
+from .trainer_plugin import DEFAULT_TRAINER, Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
 FAST_FAILURE_S = 60.0  # a run that fails sooner never really trained: a streak of them is the worker's fault
@@ -118,14 +120,24 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in listed.splitlines() if line.strip()]
 
 
+def thread_limits(threads: int) -> dict[str, str]:
+    """The environment that limits a worker's math libraries to `threads` threads (read when torch starts)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def data_dir_read_by(study: StudySettings) -> str | None:
+    """The absolute path of the prepared data the study's runs read (None: its trainer reads none). Absolute,
+    so that a worker started elsewhere (a Ray node) opens the same folder as the driver."""
+    return os.path.abspath(study.data.dir) if study.trainer == DEFAULT_TRAINER else None
+
+
 def worker_environments(study: StudySettings, gpus: list[str] | None = None) -> list[dict[str, str]]:
     """The environment each worker starts with; one entry per worker (see the module docstring)."""
     device = study.train.device
     gpus = [] if device == "cpu" else (visible_gpus() if gpus is None else gpus)
     if device == "cuda" and not gpus:
         raise ParamsError("study.train.device: 'cuda' but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi)")
-    threads = str(study.train.threads_per_worker)
-    cpu_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    cpu_env = thread_limits(study.train.threads_per_worker)
     count = study.workers if study.workers != "auto" else _auto_workers(study, gpus)
     if not gpus:
         return [dict(cpu_env) for _ in range(count)]
@@ -176,7 +188,7 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="optsweep-parent-watch", daemon=True).start()
 
 
-def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[str, Any],
+def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[str, Any], data_dir: str | None,
                  connection: multiprocessing.connection.Connection, heartbeat: Any) -> None:
     """Train the tasks the connection brings; `heartbeat` (shared with the main process) holds the time of the
     run's latest progress report, which the watchdog reads."""
@@ -189,7 +201,7 @@ def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[st
     try:
         trainer = load_trainer(trainer_name)
         _limit_torch_threads(int(env["OMP_NUM_THREADS"]))
-        device = check_device(train_settings)
+        device = preflight(train_settings, data_dir)
     except (ParamsError, PreflightError) as error:
         connection.send(("error", str(error)))
         return
@@ -352,6 +364,37 @@ def settle(task: Task, number: int, attempt: Attempt, waiting: WaitingTasks, wor
     return Outcome(task.key, task.spec, attempt.result, attempt.error, number, attempt.wall_s)
 
 
+@dataclasses.dataclass(frozen=True)
+class Watchdog:
+    """The stall rule: a run whose latest progress (time.monotonic of the run's start or its latest report)
+    is more than `timeout_s` ago is stalled (`timeout_s` 0: never). Its executor kills its worker, and the run
+    is retried like one whose worker died."""
+
+    timeout_s: float  # study.train.stall_timeout_s
+
+    def until_stall(self, latest_progress: list[float]) -> float | None:
+        """Seconds until the first of these runs stalls (None: none can)."""
+        if not self.timeout_s or not latest_progress:
+            return None
+        return max(0.0, min(latest_progress) + self.timeout_s - time.monotonic())
+
+    def stalled_for(self, latest_progress: float) -> float | None:
+        """How long the run has been silent, if that is past the timeout; None while it is not stalled."""
+        silent = time.monotonic() - latest_progress
+        return silent if self.timeout_s and silent > self.timeout_s else None
+
+    @staticmethod
+    def say_killed(key: str, place: str, silent: float, attempt: int) -> None:
+        then = "retried from its checkpoint" if attempt < ATTEMPTS else "failed"
+        print(f"optsweep: run {key[:8]} on {place} made no progress for {silent:.0f} s "
+              f"(study.train.stall_timeout_s): killed, {then}", file=sys.stderr, flush=True)
+
+    def reason(self, killed: str) -> str:
+        """The error text of a killed attempt; `killed` names what was killed."""
+        return (f"no progress for {self.timeout_s:g} s (study.train.stall_timeout_s): the watchdog killed "
+                f"{killed} while training this run")
+
+
 def say_retired(place: str, reason: str) -> None:
     print(f"optsweep: {place} retired: {reason}; starting a replacement", file=sys.stderr, flush=True)
 
@@ -390,14 +433,17 @@ class _Worker:
 class Executor:
     """Trains tasks on persistent workers. Use as a context manager so that workers never outlive it."""
 
-    def __init__(self, trainer_name: str, environments: list[dict[str, str]], train: TrainSettings | None = None):
+    def __init__(self, trainer_name: str, environments: list[dict[str, str]], train: TrainSettings | None = None,
+                 data_dir: str | None = None):
+        """`data_dir`: the prepared data folder the runs read, which the preflight opens (None: none)."""
         train = train or TrainSettings(device="cpu")
         self.trainer_name = trainer_name
+        self.data_dir = data_dir
         self.environments = [{**env, "OPTSWEEP_DRIVER_PID": str(os.getpid())} for env in environments]
         self.train_settings = train.model_dump()
         self.threads = train.threads_per_worker
         self.retire_after = train.retire_after_fast_failures
-        self.stall_timeout_s = train.stall_timeout_s
+        self.watchdog = Watchdog(train.stall_timeout_s)
         self.inline = len(environments) <= 1
         self._workers: list[_Worker] = []
         self._inline_trainer: Trainer | None = None
@@ -455,7 +501,7 @@ class Executor:
             self._inline_trainer = load_trainer(self.trainer_name)
             _limit_torch_threads(self.threads)
             try:
-                check_device(self.train_settings)
+                preflight(self.train_settings, self.data_dir)
             except PreflightError as error:
                 raise ParamsError(f"preflight: {error}") from None
         elif not self.inline and not self._workers:
@@ -498,8 +544,8 @@ class Executor:
         ours, theirs = self._context.Pipe()
         env = self.environments[slot]
         heartbeat = self._context.RawValue("d", 0.0)
-        process = self._context.Process(target=_worker_main, name="optsweep-worker",
-                                        args=(self.trainer_name, env, self.train_settings, theirs, heartbeat))
+        args = (self.trainer_name, env, self.train_settings, self.data_dir, theirs, heartbeat)
+        process = self._context.Process(target=_worker_main, name="optsweep-worker", args=args)
         process.start()
         theirs.close()  # so that a dead worker shows up as EOF on our end
         return _Worker(slot, process, ours, env, FailureStreak(self.retire_after), heartbeat)
@@ -559,7 +605,7 @@ class Executor:
             try:
                 with self._interruptible_section():
                     waited = [w.connection for w in busy] + [w.process.sentinel for w in busy]
-                    stall = self._until_stall(busy)  # None: no run can stall
+                    stall = self.watchdog.until_stall([worker.heartbeat.value for worker in busy])  # None: never
                     if inbox is None:
                         multiprocessing.connection.wait(waited, timeout=stall)
                     elif waited:
@@ -596,22 +642,13 @@ class Executor:
             if attempt.error is None:
                 yield Outcome(key, worker.task.spec, attempt.result, None, worker.attempts, attempt.wall_s)
 
-    def _until_stall(self, busy: list[_Worker]) -> float | None:
-        """Seconds until the first run in flight passes `stall_timeout_s` without progress (None: never)."""
-        if not self.stall_timeout_s or not busy:
-            return None
-        earliest = min(worker.heartbeat.value for worker in busy)
-        return max(0.0, earliest + self.stall_timeout_s - time.monotonic())
-
     def _kill_stalled(self, busy: list[_Worker]) -> None:
         """The watchdog: kill the worker of a run without progress for `stall_timeout_s` (and no result
         waiting); `_collect` then sees a dead worker, replaces it and retries the run from its checkpoint."""
         for worker in busy:
-            silent = time.monotonic() - worker.heartbeat.value
-            if self.stall_timeout_s and silent > self.stall_timeout_s and not worker.connection.poll():
-                then = "retried from its checkpoint" if worker.attempts < ATTEMPTS else "failed"
-                print(f"optsweep: run {worker.task.key[:8]} on {worker.place} made no progress for {silent:.0f} s "
-                      f"(study.train.stall_timeout_s): killed, {then}", file=sys.stderr, flush=True)
+            silent = self.watchdog.stalled_for(worker.heartbeat.value)
+            if silent is not None and not worker.connection.poll():
+                self.watchdog.say_killed(worker.task.key, worker.place, silent, worker.attempts)
                 worker.stalled = True
                 worker.process.kill()
                 worker.process.join()
@@ -647,7 +684,7 @@ class Executor:
             worker.task = None
             self._replace(worker)
             code = worker.process.exitcode
-            died = (f"no progress for {self.stall_timeout_s:g} s (study.train.stall_timeout_s): the watchdog "
-                    "killed its worker" if worker.stalled else f"worker process died (exit code {code})")
-            attempt = Attempt(None, f"{died} while training this run", wall)
+            died = (self.watchdog.reason("its worker") if worker.stalled
+                    else f"worker process died (exit code {code}) while training this run")
+            attempt = Attempt(None, died, wall)
         return settle(task, number, attempt, waiting, worker.slot)

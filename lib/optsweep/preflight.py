@@ -3,7 +3,8 @@
 A worker that cannot (no GPU visible to torch, a driver too old for this torch's CUDA build, a compile
 toolchain that fails, a GPU already full) would otherwise fail every run it is given, and every one of
 those runs would be stored as `failed`. The preflight turns that into one line that stops the sweep
-before anything is trained or stored.
+before anything is trained or stored. It also opens the prepared shards the runs will read: a Ray node
+that does not mount the data folder, or sees it under another path, fails here, naming the path.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 MIN_FREE_BYTES = 1 << 30  # a GPU with less than 1 GiB free is taken by something else
+DATA_FILES = ("meta.json", "val.bin", "train.bin")  # what every run of the default trainer opens
 
 
 class PreflightError(RuntimeError):
@@ -68,3 +71,23 @@ def check_device(train_settings: dict[str, Any]) -> str:
         raise PreflightError(f"{name}: only {free / 2**30:.2f} GiB of {total / 2**30:.0f} GiB free; "
                              "another process holds the GPU (a sweep still running?)")
     return f"{name} ({free / 2**30:.0f} GiB free, torch {torch.__version__}, CUDA {torch.version.cuda})"
+
+
+def check_data(folder: str) -> None:
+    """Read the first byte of each file the runs open in the prepared data `folder`, or raise `PreflightError`."""
+    for name in DATA_FILES:
+        path = Path(folder) / name
+        try:
+            with path.open("rb") as file:
+                file.read(1)
+        except OSError as error:
+            raise PreflightError(f"study.data.dir: cannot read {path} on this worker ({error.strerror or error}); "
+                                 "every node must see the prepared data at the same absolute path") from None
+
+
+def preflight(train_settings: dict[str, Any], data_dir: str | None) -> str:
+    """The checks a worker passes before its first run: the prepared data (if its runs read any), then the
+    device; returns the device's description."""
+    if data_dir is not None:
+        check_data(data_dir)
+    return check_device(train_settings)

@@ -3,10 +3,12 @@
 Same contract as the local pool (optsweep.executor.Executor): `run(tasks)` yields each outcome once final,
 a crashed run is retried once on another actor, an actor that dies (killed, out of memory) is replaced and
 its run retried, an actor the retire rule condemns (a device error, a failed device check, fast failures in
-a row) is replaced by one that runs the preflight again, and Ctrl-C hands over the runs that had finished
-before stopping. An actor whose node is lost, or whose replacement cannot start, is dropped with one line
-saying which and why; the sweep goes on with the others, and stops only when none is left. Only the driver
-writes the run store: actors return outcomes, the search stores them.
+a row) is replaced by one that runs the preflight again, the watchdog kills the actor of a run that makes
+no progress for `study.train.stall_timeout_s` (the run is retried from its checkpoint; a second stall fails
+it), and Ctrl-C hands over the runs that had finished before stopping. An actor whose node is lost, or
+whose replacement cannot start, is dropped with one line saying which and why; the sweep goes on with the
+others, and stops only when none is left. Only the driver writes the run store: actors return outcomes, the
+search stores them.
 
 Where the cluster comes from (`study.ray.address`):
 - `local`: a private cluster started in this process for this sweep, with `study.workers` x
@@ -18,20 +20,24 @@ How many actors, of what shape (the cluster's size decides, not `study.workers`)
 - GPUs in the cluster (and `study.train.device` not `cpu`): `workers_per_gpu` actors per GPU, each with
   1/workers_per_gpu of a GPU (Ray sets CUDA_VISIBLE_DEVICES) and `threads_per_worker` CPUs.
 - CPU only: as many actors of `threads_per_worker` CPUs as the nodes hold.
-Each actor imports the trainer once and runs the device preflight (optsweep.preflight) before its first run;
-a failure stops the sweep with one line before any run is dispatched. Every node must see the same code and
-environment (the same venv and PYTHONPATH when `ray start` runs) and the prepared data at the same path.
+Each actor imports the trainer once and runs the preflight (optsweep.preflight: its device, and the prepared
+data at the driver's absolute path) before its first run; a failure stops the sweep with one line before any
+run is dispatched. Every node must see the same code and Python environment (the same venv and PYTHONPATH
+when `ray start` runs) and the prepared data and run store at the same absolute paths. Nothing depends on the
+folder `ray start` ran in: run specs carry absolute paths, and each actor gets its thread limits and the CUDA
+allocator settings through its runtime environment, not from the environment of `ray start`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import socket
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -39,6 +45,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from .config import ParamsError, StudySettings, TrainSettings
 from .executor import (
     ATTEMPTS,
+    CUDA_ALLOCATOR,
     INBOX_POLL_S,
     Attempt,
     Executor,
@@ -49,13 +56,15 @@ from .executor import (
     WaitingTasks,
     _attempt,
     _limit_torch_threads,
+    data_dir_read_by,
     say_dropped,
     say_retired,
     settle,
+    thread_limits,
     visible_gpus,
 )
 from .live import RunProgress, progress_line, reporting_to
-from .preflight import PreflightError, check_device
+from .preflight import PreflightError, preflight
 from .trainer_plugin import Trainer, load_trainer
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
@@ -151,12 +160,11 @@ class NodeLost(RuntimeError):
 
 
 class TrainerActor:
-    """Imports the trainer once, proves its device, then trains one run at a time and reports its progress."""
+    """Imports the trainer once, proves its device and data, then trains one run at a time and reports its
+    progress. Its thread limits come with its runtime environment (see `RayExecutor._new_actor`)."""
 
-    def __init__(self, trainer_name: str, train_settings: dict[str, Any]):
-        self.trainer_name, self.train_settings = trainer_name, train_settings
-        threads = str(train_settings["threads_per_worker"])
-        os.environ.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})  # before torch is imported
+    def __init__(self, trainer_name: str, train_settings: dict[str, Any], data_dir: str | None):
+        self.trainer_name, self.train_settings, self.data_dir = trainer_name, train_settings, data_dir
         self.trainer: Trainer | None = None
         self.latest: RunProgress | None = None
 
@@ -166,7 +174,7 @@ class TrainerActor:
         try:
             self.trainer = load_trainer(self.trainer_name)
             _limit_torch_threads(self.train_settings["threads_per_worker"])
-            device = check_device(self.train_settings)
+            device = preflight(self.train_settings, self.data_dir)
         except ParamsError as error:
             return "params", str(error), context.get_node_id()
         except PreflightError as error:
@@ -178,8 +186,11 @@ class TrainerActor:
 
     def train(self, spec: dict[str, Any]) -> Attempt:
         self.latest = None
-        with reporting_to(self._note):
-            return _attempt(self.trainer, spec, self.train_settings)
+        try:
+            with reporting_to(self._note):
+                return _attempt(self.trainer, spec, self.train_settings)
+        finally:
+            self.latest = None  # between runs there is no progress: the next run's watchdog starts afresh
 
     def _note(self, progress: RunProgress) -> None:
         self.latest = progress
@@ -203,6 +214,14 @@ class _Slot:
     task: Task | None = None
     attempt: int = 0
     started: float = 0.0
+    heard: float = 0.0  # when the driver last saw its run progress (time.monotonic): the watchdog's clock
+    seen: RunProgress | None = None  # the run's latest report the driver saw
+    stalled: bool = False  # killed by the watchdog
+
+    def dispatch(self, chosen: tuple[Task, int]) -> None:
+        """Take a task; its start counts as progress."""
+        (self.task, self.attempt), self.seen, self.stalled = chosen, None, False
+        self.started, self.heard = time.perf_counter(), time.monotonic()
 
     @property
     def name(self) -> str:
@@ -249,10 +268,11 @@ class RayExecutor(Executor):
                 return
             for slot in self._slots:
                 if slot.task is None and (chosen := waiting.pop(slot.number if len(self._slots) > 1 else None)):
-                    slot.task, slot.attempt = chosen
-                    slot.started = time.perf_counter()
+                    slot.dispatch(chosen)
                     running[slot.actor.train.remote(slot.task.spec)] = slot
-            timeout = self._until_progress() if inbox is None else min(self._until_progress(), INBOX_POLL_S)
+            stall = self._until_stall(running.values())
+            timeout = min(self._until_progress(), INBOX_POLL_S if inbox is not None else math.inf,
+                          math.inf if stall is None else stall)
             try:
                 with self._interruptible_section():
                     if running:
@@ -265,6 +285,8 @@ class RayExecutor(Executor):
                 raise
             if running and self._until_progress() == 0:
                 self._print_progress(running.values())
+            if self._until_stall(running.values()) == 0:
+                self._kill_stalled([slot for slot in running.values() if not slot.stalled])
             for ref in done:
                 outcome = self._collect(ref, running.pop(ref), waiting)
                 if outcome is not None:
@@ -293,8 +315,11 @@ class RayExecutor(Executor):
               f"Ray dashboard: {connection.dashboard_url or 'none'}", file=sys.stderr, flush=True)
 
     def _new_actor(self) -> Any:
-        return RemoteTrainerActor.options(num_cpus=self._shape.num_cpus, num_gpus=self._shape.num_gpus).remote(
-            self.trainer_name, self.study.train.model_dump(mode="json"))
+        # Set as the actor's process starts, before torch is imported: a node's `ray start` environment has none.
+        env = {**thread_limits(self.study.train.threads_per_worker), **CUDA_ALLOCATOR}
+        return RemoteTrainerActor.options(num_cpus=self._shape.num_cpus, num_gpus=self._shape.num_gpus,
+                                          runtime_env={"env_vars": env}).remote(
+            self.trainer_name, self.study.train.model_dump(mode="json"), data_dir_read_by(self.study))
 
     def _await_started(self, slots: list[_Slot]) -> None:
         """Wait for the actors to import the trainer and pass the preflight; a failure there stops the sweep.
@@ -368,7 +393,9 @@ class RayExecutor(Executor):
                 self._replace(slot)
         except RayActorError as died:
             wall = time.perf_counter() - slot.started
-            attempt = Attempt(None, f"{slot.name} died while training this run ({str(died).splitlines()[0]})", wall)
+            error = (self.watchdog.reason(slot.name) if slot.stalled
+                     else f"{slot.name} died while training this run ({str(died).splitlines()[0]})")
+            attempt = Attempt(None, error, wall)
             self._replace(slot)
         return settle(task, number, attempt, waiting, slot.number)
 
@@ -387,7 +414,38 @@ class RayExecutor(Executor):
             if attempt.error is None:
                 yield Outcome(slot.task.key, slot.task.spec, attempt.result, None, slot.attempt, attempt.wall_s)
 
-    # progress lines
+    # progress: lines, and the watchdog
+
+    def _reports(self, busy: list[_Slot]) -> list[RunProgress | None]:
+        """Each busy actor's latest report (None: none yet, or the actor did not answer in time); a new one
+        resets its run's watchdog clock. An actor too stuck to answer counts as making no progress."""
+        asked = [slot.actor.progress.remote() for slot in busy]
+        answered, _ = ray.wait(asked, num_returns=len(asked), timeout=CONNECT_TIMEOUT_S)
+        reports = []
+        for slot, ref in zip(busy, asked):
+            try:
+                report = ray.get(ref) if ref in answered else None
+            except RayActorError:
+                report = None  # a dying actor shows up as a failed run, not here
+            if report is not None and report != slot.seen:
+                slot.seen, slot.heard = report, time.monotonic()
+            reports.append(report)
+        return reports
+
+    def _until_stall(self, busy: Iterable[_Slot]) -> float | None:
+        """Seconds until a run in flight may have stalled (None: none can); runs already killed are not watched."""
+        return self.watchdog.until_stall([slot.heard for slot in busy if not slot.stalled])
+
+    def _kill_stalled(self, busy: list[_Slot]) -> None:
+        """The watchdog: kill the actor of a run without progress for `stall_timeout_s`; its train() call then
+        fails, and `_collect` replaces the actor and retries the run from its checkpoint."""
+        self._reports(busy)  # the latest reports first: a run may have progressed since the driver last looked
+        for slot in busy:
+            silent = self.watchdog.stalled_for(slot.heard)
+            if silent is not None:
+                self.watchdog.say_killed(slot.task.key, slot.name, silent, slot.attempt)
+                slot.stalled = True
+                ray.kill(slot.actor, no_restart=True)
 
     def _until_progress(self) -> float:
         return max(0.0, self._last_progress + self.study.ray.progress_every_s - time.perf_counter())
@@ -395,9 +453,5 @@ class RayExecutor(Executor):
     def _print_progress(self, busy: Any) -> None:
         self._last_progress = time.perf_counter()
         busy = list(busy)
-        try:
-            reports = ray.get([slot.actor.progress.remote() for slot in busy], timeout=CONNECT_TIMEOUT_S)
-        except (GetTimeoutError, RayActorError):
-            return  # a dying actor shows up as a failed run, not here
-        for slot, report in zip(busy, reports):
+        for slot, report in zip(busy, self._reports(busy)):
             print(progress_line(slot.task.key, slot.place, report), file=sys.stderr, flush=True)

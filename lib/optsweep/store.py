@@ -115,7 +115,9 @@ class RunStore:
     """A folder of `<key>.json` run records, and `checkpoints/<key>/` for runs in progress."""
 
     def __init__(self, root: Path | str):
-        self.root = Path(root)
+        # Absolute (a relative `study.store` means relative to where the driver runs, the project root): the
+        # checkpoint folders in run specs then mean the same to a worker started in another folder (a Ray node).
+        self.root = Path(os.path.abspath(root))
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
