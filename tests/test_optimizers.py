@@ -165,6 +165,20 @@ def test_lr_transfer_moves_muons_ratio_tied_adamw_lr_with_its_lr(tmp_path, tiny)
         assert rest.param_groups[0]["initial_lr"] == pytest.approx(0.2 * 0.02 * factor)
 
 
+@pytest.mark.parametrize("block_size", [16, 256])
+def test_soap_preconditions_blocks_of_its_block_size(block_size, tiny):
+    """The output head (vocab x width) is cut into blocks of at most `block_size` along each dimension."""
+    assert resolve_hparams("soap", {})["precondition_frequency"] == 1  # the paper's best
+    model = build_model(tiny[0], seed=0)
+    optimizer, _ = build("soap", model, {"lr": 1e-2, "block_size": block_size}, steps=10)
+    batch = TrainBatches(tiny[1].train, 8, 32, seed=0).batch(0)
+    next_token_loss(model, batch).backward()
+    optimizer.step()
+    rows, columns = model.lm_head.weight.shape
+    blocks = math.ceil(rows / block_size) * math.ceil(columns / block_size)
+    assert len(optimizer.state[model.lm_head.weight]) == blocks
+
+
 def train_steps(model: torch.nn.Module, optimizer, schedule, batches: TrainBatches, steps: range) -> None:
     for step in steps:
         next_token_loss(model, batches.batch(step)).backward()
@@ -362,8 +376,8 @@ def test_batch_size_is_a_run_setting_every_optimizer_accepts():
 
 
 def test_identity_names_the_plugin_its_libraries_and_code():
-    identity = optimizer_identity("soap")
-    assert identity["name"] == "soap"
+    identity = optimizer_identity("lion")
+    assert identity["name"] == "lion"
     assert identity["libraries"] == {"pytorch-optimizer": "4.1.0"} and len(identity["code"]) == 16
     user = optimizer_identity("user_optimizer:sgd")
     assert user["name"] == "user_optimizer:sgd" and user["libraries"] == {} and user["code"] != identity["code"]

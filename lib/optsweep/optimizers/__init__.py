@@ -10,8 +10,8 @@ group) and `build` puts the declared schedule on top, so no optimizer can get th
 optimizer names the parts `clip` bounds (Muon's AdamW part).
 
 Built in, one module each: `adamw` (the study's AdamW, unchanged), `muon` (torch.optim.Muon on the hidden
-matrices, AdamW on the rest at a ratio of its lr), `lion` and `soap` (both from pytorch-optimizer), and the
-follow-up study's:
+matrices, AdamW on the rest at a ratio of its lr), `lion` (pytorch-optimizer), `soap` (heavyball's, on blocks), and
+the follow-up study's:
 - `nadamw`: torch's NAdam, decoupled decay, constant Nesterov momentum (the paper's NAdamW);
 - `cautious`: heavyball's AdamW with `caution` (C-AdamW);
 - `adam_mini`: the authors' Adam-mini, with the study's decay exclusion;
