@@ -22,12 +22,12 @@ def momentum_by_data(scale) -> float:
 
 
 # Muon's names: its lr follows 1/width, its momentum moves with data (on the log(1 - x) axis), the AdamW
-# part's lr has a fixed optimum the loss cares about.
+# part's lr ratio has a fixed optimum the loss cares about (on the linear axis).
 MUON = Truth(
-    optimum={"lr": lambda s: 8.0 / s.width, "momentum": momentum_by_data, "adam_lr": constant(3e-3)},
-    curvature={"lr": 0.2, "momentum": 0.2, "adam_lr": 0.1},
+    optimum={"lr": lambda s: 8.0 / s.width, "momentum": momentum_by_data, "muon_to_adam_lr": constant(0.2)},
+    curvature={"lr": 0.2, "momentum": 0.2, "muon_to_adam_lr": 5.0},
     grid={"lr": sqrt2_grid(4e-3, 1e-1), "momentum": [0.8, 0.9, 0.95, 0.98, 0.99],
-          "adam_lr": sqrt2_grid(1e-3, 1e-2)},
+          "muon_to_adam_lr": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]},
 )
 
 
@@ -37,18 +37,19 @@ def muon() -> dict:
 
 
 def test_muon_names_are_judged_on_their_natural_axes(muon):
-    assert list(muon["hyperparameters"]) == ["lr", "adam_lr", "momentum"]  # AdamW's order first, then the others
+    # AdamW's order first, then the others
+    assert list(muon["hyperparameters"]) == ["lr", "momentum", "muon_to_adam_lr"]
     assert muon["sensitive"] == ["momentum"]
     momentum = muon["hyperparameters"]["momentum"]
     assert momentum["shift_cause"] == "data"
     # exact only when the quadratic is fitted on log(1 - momentum), the axis the truth is a parabola on
     for scale in SCALES:
         assert momentum["optimum"][scale.name]["refined"] == pytest.approx(momentum_by_data(scale), abs=1e-9)
-    adam_lr = muon["hyperparameters"]["adam_lr"]
-    assert adam_lr["loss_sensitive"] and not adam_lr["sensitive"]
-    for optimum in adam_lr["optimum"].values():
-        assert optimum["refined"] == pytest.approx(3e-3, rel=1e-6)
-    assert muon["recommended"]["adam_lr"]["value"] == pytest.approx(3e-3, rel=0.2)
+    ratio = muon["hyperparameters"]["muon_to_adam_lr"]
+    assert ratio["loss_sensitive"] and not ratio["sensitive"]
+    for optimum in ratio["optimum"].values():
+        assert optimum["refined"] == pytest.approx(0.2, rel=1e-6)
+    assert muon["recommended"]["muon_to_adam_lr"]["value"] == pytest.approx(0.2, rel=0.2)
 
 
 def test_a_momentum_law_is_fitted_on_one_minus_momentum(muon):
@@ -56,7 +57,7 @@ def test_a_momentum_law_is_fitted_on_one_minus_momentum(muon):
     law = laws["laws"]["momentum"]
     assert law["transform"] == "log(1 - h)"
     assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(-0.5, abs=1e-6)
-    assert set(laws["constants"]) == {"lr", "adam_lr"}
+    assert set(laws["constants"]) == {"lr", "muon_to_adam_lr"}
 
 
 def test_hypotheses_about_names_muon_lacks_are_inconclusive(muon):

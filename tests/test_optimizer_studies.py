@@ -115,5 +115,5 @@ def test_laws_may_be_asked_for_any_compared_optimizers_hyperparameter(tmp_path):
     raw["analysis"] = {"laws_for": ["momentum"]}
     assert load_params(write_params(tmp_path / "p.yaml", raw)).analysis.laws_for == ["momentum"]
     raw["analysis"] = {"laws_for": ["moment"]}
-    with pytest.raises(ParamsError, match=r"analysis\.laws_for: unknown hyperparameter 'moment'; allowed: adam_lr, "):
+    with pytest.raises(ParamsError, match=r"unknown hyperparameter 'moment'; allowed: batch_size, .*muon_to_adam_lr"):
         load_params(write_params(tmp_path / "p.yaml", raw))

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import small_study, write_params
 from optsweep.axes import axis_of, to_axis
 from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import ParamsError
+from optsweep.config import ParamsError, load_params
 from optsweep.model import build_model
-from optsweep.optim import JointOptimizer, adamw, clip_gradients, lr_schedule
+from optsweep.optim import JointOptimizer, adamw, clip_gradients, clipped_parameters, lr_schedule
 from optsweep.optimizers import (
     BUILT_IN,
     build,
@@ -28,12 +29,12 @@ from optsweep.optimizers import (
 from optsweep.train import Runtime, configure_determinism
 
 STEPS = 40
-# Settings that train the tiny model quickly; warmup 4 and the default cosine to 0 are shared by all.
+# Settings that train the tiny model quickly; warmup 4 and each optimizer's declared schedule (to 0).
 TRAIN_HPARAMS: dict[str, dict[str, Any]] = {
     "adamw": {"lr": 1e-2, "warmup": 4},
     "nadamw": {"lr": 1e-2, "warmup": 4},
     "cautious": {"lr": 1e-2, "warmup": 4},
-    "muon": {"lr": 0.02, "adam_lr": 1e-2, "warmup": 4},
+    "muon": {"lr": 0.02, "muon_to_adam_lr": 0.5, "warmup": 4},
     "scion": {"lr": 0.02, "warmup": 4},
     "lion": {"lr": 3e-3, "warmup": 4},
     "adam_mini": {"lr": 1e-2, "warmup": 4},
@@ -65,7 +66,7 @@ def train_tiny(name: str, tiny, steps: int = STEPS) -> tuple[float, list[torch.T
     batches = TrainBatches(shards.train, scale["batch_size"], scale["seq_len"], seed=0)
     for step in range(steps):
         next_token_loss(model, batches.batch(step)).backward()
-        clip_gradients(model, resolve_hparams(name, hparams)["clip"])
+        clip_gradients(clipped_parameters(optimizer, model), resolve_hparams(name, hparams)["clip"])
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -110,7 +111,7 @@ def parameter_names(model: torch.nn.Module, params) -> set[str]:
 def test_muon_gets_the_hidden_matrices_and_adamw_the_rest(tiny):
     scale = {**tiny[0], "depth": 2}
     model = build_model(scale, seed=0)
-    optimizer, _ = build("muon", model, {"lr": 0.05, "adam_lr": 4e-3, "weight_decay": 0.2}, steps=10)
+    optimizer, _ = build("muon", model, {"lr": 0.05, "muon_to_adam_lr": 0.08, "weight_decay": 0.2}, steps=10)
     assert isinstance(optimizer, JointOptimizer)
     muon, adam = optimizer.parts
     assert type(muon) is torch.optim.Muon and type(adam) is torch.optim.AdamW
@@ -121,13 +122,14 @@ def test_muon_gets_the_hidden_matrices_and_adamw_the_rest(tiny):
     assert decayed == {"lm_head.weight"}
     assert "model.embed_tokens.weight" in plain and "model.norm.weight" in plain
     assert len(hidden) + len(decayed) + len(plain) == len(list(model.parameters()))
-    assert [g["initial_lr"] for g in optimizer.param_groups] == [0.05, 4e-3, 4e-3]
+    assert [g["initial_lr"] for g in optimizer.param_groups] == pytest.approx([0.05, 4e-3, 4e-3])
+    assert [g["ns_steps"] for g in muon.param_groups] == [10]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.2, 0.0]
 
 
 def test_muon_schedule_and_checkpoint_cover_both_parts(tiny):
     model = build_model(tiny[0], seed=0)
-    hparams = {"lr": 0.05, "adam_lr": 4e-3, "warmup": 2, "min_lr_ratio": 0.1}
+    hparams = {"lr": 0.05, "muon_to_adam_lr": 0.08, "warmup": 2, "min_lr_ratio": 0.1}
     optimizer, schedule = build("muon", model, hparams, steps=10)
     batch = TrainBatches(tiny[1].train, 8, 32, seed=0).batch(0)
     for _ in range(9):
@@ -145,6 +147,36 @@ def test_muon_schedule_and_checkpoint_cover_both_parts(tiny):
     assert [g["lr"] for g in restored.param_groups] == [g["lr"] for g in optimizer.param_groups]
     assert restored.param_groups[0] is restored.parts[0].param_groups[0]  # the schedule still moves the parts
     assert set(restored.parts[0].state_dict()["state"]) == set(saved["parts"][0]["state"])
+
+
+def test_lr_transfer_moves_muons_ratio_tied_adamw_lr_with_its_lr(tmp_path, tiny):
+    raw = small_study(tmp_path / "data")
+    raw["study"]["lr_transfer"] = {"rule": "inverse_width", "reference_width": 32}
+    raw["optimizers"] = {"muon": {"baseline": {"lr": 0.02, "muon_to_adam_lr": 0.2}, "grid": {"lr": [0.01, 0.02]}}}
+    muon = load_params(write_params(tmp_path / "p.yaml", raw)).for_optimizer("muon")
+    factors = {name: muon.study.lr_transfer.factor(muon.scale(name).width) for name in muon.scales}
+    assert len(set(factors.values())) == 2  # widths 32 and 64: the lr moves at one of them
+    for name, factor in factors.items():
+        baseline, _ = muon.scale_space(name)
+        assert baseline["muon_to_adam_lr"] == 0.2  # the ratio stays, the lr moves
+        optimizer, _ = build("muon", build_model(tiny[0], seed=0), baseline, steps=10)
+        matrices, rest = optimizer.parts
+        assert matrices.param_groups[0]["initial_lr"] == pytest.approx(0.02 * factor)
+        assert rest.param_groups[0]["initial_lr"] == pytest.approx(0.2 * 0.02 * factor)
+
+
+@pytest.mark.parametrize("block_size", [16, 256])
+def test_soap_preconditions_blocks_of_its_block_size(block_size, tiny):
+    """The output head (vocab x width) is cut into blocks of at most `block_size` along each dimension."""
+    assert resolve_hparams("soap", {})["precondition_frequency"] == 1  # the paper's best
+    model = build_model(tiny[0], seed=0)
+    optimizer, _ = build("soap", model, {"lr": 1e-2, "block_size": block_size}, steps=10)
+    batch = TrainBatches(tiny[1].train, 8, 32, seed=0).batch(0)
+    next_token_loss(model, batch).backward()
+    optimizer.step()
+    rows, columns = model.lm_head.weight.shape
+    blocks = math.ceil(rows / block_size) * math.ceil(columns / block_size)
+    assert len(optimizer.state[model.lm_head.weight]) == blocks
 
 
 def train_steps(model: torch.nn.Module, optimizer, schedule, batches: TrainBatches, steps: range) -> None:
@@ -344,8 +376,8 @@ def test_batch_size_is_a_run_setting_every_optimizer_accepts():
 
 
 def test_identity_names_the_plugin_its_libraries_and_code():
-    identity = optimizer_identity("soap")
-    assert identity["name"] == "soap"
+    identity = optimizer_identity("lion")
+    assert identity["name"] == "lion"
     assert identity["libraries"] == {"pytorch-optimizer": "4.1.0"} and len(identity["code"]) == 16
     user = optimizer_identity("user_optimizer:sgd")
     assert user["name"] == "user_optimizer:sgd" and user["libraries"] == {} and user["code"] != identity["code"]

@@ -25,12 +25,13 @@ FROM_AXIS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 # The hyperparameters of the built-in optimizers (optsweep.optimizers) and `batch_size`.
 KNOWN_AXES: dict[str, Axis] = {
-    "lr": "log", "eps": "log", "batch_size": "log", "adam_lr": "log",
-    "precondition_frequency": "log", "max_precondition_dim": "log",
+    "lr": "log", "eps": "log", "batch_size": "log",
+    "precondition_frequency": "log", "block_size": "log",
     "gamma": "log", "preconditioner_lr": "log", "update_probability": "log",
     "warmup": "log1p", "update_prob_flat_start": "log1p",
     "beta1": "log1m", "beta2": "log1m", "momentum": "log1m", "shampoo_beta": "log1m",
-    "min_lr_ratio": "linear", "weight_decay": "linear", "clip": "linear",
+    "min_lr_ratio": "linear", "weight_decay": "linear", "clip": "linear", "decay": "linear",
+    "muon_to_adam_lr": "linear", "scion_to_signum_lr": "linear", "ns_steps": "linear",
 }
 _declared: dict[str, Axis] = {}  # axes read from sweep results: a user optimizer's declarations
 

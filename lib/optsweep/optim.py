@@ -1,10 +1,11 @@
 """AdamW as the study defines it, and the parts every optimizer shares: parameter groups for weight decay,
-the lr schedule, gradient clipping.
+the lr schedules, gradient clipping.
 
 AdamW's eight hyperparameters (`lr, min_lr_ratio, warmup, beta1, beta2, weight_decay, eps, clip`) map onto
-torch's AdamW, a `LambdaLR` schedule and `clip_grad_norm_`; nothing else about the optimizer is tuned.
+torch's AdamW, a `LambdaLR` cosine schedule and `clip_grad_norm_`; nothing else about the optimizer is tuned.
 Every optimizer (optsweep.optimizers, whose `build` puts optimizer and schedule together) reuses the
-groups, the schedule and the clipping.
+groups, the schedule of the kind it declares (cosine or linear, with a `decay` fraction) and the clipping,
+over every parameter or over the part a joint optimizer names (Muon's AdamW branch).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable, Collection, Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .optimizers.base import DECAY_KINDS
+from .optimizers.base import DECAY_KINDS, FULL_DECAY, ScheduleKind
 
 
 def param_kind(module: torch.nn.Module, name: str) -> str:
@@ -56,21 +57,37 @@ def param_groups(
     ]
 
 
-def lr_factor(step: int, steps: int, warmup: int, min_lr_ratio: float) -> float:
+def lr_factor(
+    step: int, steps: int, warmup: int, min_lr_ratio: float, kind: ScheduleKind = "cosine", decay: float = FULL_DECAY
+) -> float:
     """Multiplier of the peak lr for optimizer step `step` (0-based) of a run of `steps` steps.
 
-    Linear warmup from 0 at step 0 to 1 at step `warmup`, then a cosine down to `min_lr_ratio` at the last
-    step (`steps - 1`), so the run ends exactly at the minimum.
+    Linear warmup from 0 at step 0 to 1 at step `warmup`; constant (the stable phase of WSD) until the last
+    `decay` fraction of the run, never before warmup ends; then a cosine or linear decay down to
+    `min_lr_ratio` at the last step (`steps - 1`), so the run ends exactly at the minimum. At `decay` 1 the
+    decay starts where warmup ends (the study's cosine).
     """
     if step < warmup:
         return step / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - 1 - warmup))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    start = max(warmup, round((1.0 - decay) * (steps - 1)))
+    if step < start:
+        return 1.0
+    progress = min(1.0, (step - start) / max(1, steps - 1 - start))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int, min_lr_ratio: float) -> LambdaLR:
-    """The shared schedule: every param group's lr follows `lr_factor` times the lr it was created with."""
-    return LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup, min_lr_ratio))
+def lr_schedule(
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    warmup: int,
+    min_lr_ratio: float,
+    kind: ScheduleKind = "cosine",
+    decay: float = FULL_DECAY,
+) -> LambdaLR:
+    """The schedule: every param group's lr follows `lr_factor` times the lr it was created with (so lrs tied
+    as ratios, like Muon's AdamW part, move together)."""
+    return LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup, min_lr_ratio, kind, decay))
 
 
 def adamw(
@@ -86,27 +103,40 @@ def adamw(
     )
 
 
-def clip_gradients(model: torch.nn.Module, clip: float) -> torch.Tensor | None:
-    """Scale all gradients so that their global norm is at most `clip` (0 = off).
+def clip_gradients(params: Iterable[torch.nn.Parameter], clip: float) -> torch.Tensor | None:
+    """Scale the gradients of `params` so that their global norm is at most `clip` (0 = off).
 
     Returns the norm before clipping as a device tensor (reading it would force a host sync), or None.
     """
     if clip <= 0:
         return None
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return torch.nn.utils.clip_grad_norm_(params, clip)
+
+
+def clipped_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters whose gradients `clip` bounds: a joint optimizer's clipped parts (Muon's and Scion's
+    AdamW/Signum branch, as the paper clips), else every parameter of the model."""
+    if isinstance(optimizer, JointOptimizer):
+        return optimizer.clipped_parameters()
+    return list(model.parameters())
 
 
 class JointOptimizer(torch.optim.Optimizer):
     """Optimizers over disjoint parameters that step as one (Muon's matrices and AdamW's rest).
 
     Its `param_groups` are the very group dicts of the parts, so one schedule moves every part's lr, and its
-    state dict holds every part's, so one checkpoint restores them all.
+    state dict holds every part's, so one checkpoint restores them all. `clipped` names the parts whose
+    gradients the `clip` hyperparameter bounds (default: all).
     """
 
-    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+    def __init__(self, parts: list[torch.optim.Optimizer], clipped: list[torch.optim.Optimizer] | None = None) -> None:
         self.parts = parts
+        self.clipped = parts if clipped is None else clipped
         super().__init__([p for part in parts for group in part.param_groups for p in group["params"]], {})
         self._link_groups()
+
+    def clipped_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for part in self.clipped for group in part.param_groups for p in group["params"]]
 
     def _link_groups(self) -> None:
         self.param_groups = [group for part in self.parts for group in part.param_groups]

@@ -44,7 +44,7 @@ from .divergence import Divergence, DivergenceMonitor
 from .jsonio import to_strict, write_json
 from .live import report_progress
 from .model import build_model, count_params
-from .optim import clip_gradients
+from .optim import clip_gradients, clipped_parameters
 from .optimizers import build as build_optimizer
 from .trainer_plugin import DEFAULT_TRAINER, code_identity
 
@@ -105,6 +105,7 @@ class TrainingRun:
             spec["optimizer"]["name"], self.model, hparams, scale["steps"], settings["decay_exclude"],
             fused=runtime.device.type == "cuda",
         )
+        self.clipped = clipped_parameters(self.optimizer, self.model)
         if settings["compile"]:
             allow_recompiles()
             self.model.compile(dynamic=False)  # fixed shapes: one graph per batch shape
@@ -153,7 +154,7 @@ class TrainingRun:
             loss = self.loss(micro[:, :-1], micro[:, 1:]) * (len(micro) / len(batch))
             loss.backward()
             total += loss.detach()
-        clip_gradients(self.model, self.clip)
+        clip_gradients(self.clipped, self.clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

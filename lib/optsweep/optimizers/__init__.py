@@ -1,16 +1,17 @@
 """Optimizers as plug-ins: a name, typed hyperparameter declarations and a function that builds it.
 
-    optimizer, schedule = build("muon", model, {"lr": 0.02, "adam_lr": 3e-3}, steps=1000)
+    optimizer, schedule = build("muon", model, {"lr": 0.02, "muon_to_adam_lr": 0.2}, steps=1000)
     identity = optimizer_identity("muon")   # for the run key, next to the hyperparameters
 
-Every optimizer shares the schedule (linear warmup from 0, cosine to `min_lr_ratio * lr` at the last step,
-see optsweep.optim) and gradient clipping, so `min_lr_ratio`, `warmup` and `clip` are hyperparameters of
-every optimizer; a plug-in declares only its own. Its build function returns the optimizer at its peak
-learning rates (one per param group) and `build` puts the shared schedule on top, so no optimizer can get
-the schedule wrong.
+Every optimizer has `min_lr_ratio`, `warmup` and `clip`, and runs under the schedule it declares
+(`Schedule`: cosine or linear, with a `decay` fraction, see optsweep.optim.lr_factor); a plug-in declares only
+its own hyperparameters. Its build function returns the optimizer at its peak learning rates (one per param
+group) and `build` puts the declared schedule on top, so no optimizer can get the schedule wrong. A joint
+optimizer names the parts `clip` bounds (Muon's AdamW part).
 
 Built in, one module each: `adamw` (the study's AdamW, unchanged), `muon` (torch.optim.Muon on the hidden
-matrices, AdamW on the rest), `lion` and `soap` (both from pytorch-optimizer), and the follow-up study's:
+matrices, AdamW on the rest at a ratio of its lr), `lion` (pytorch-optimizer), `soap` (heavyball's, on blocks), and
+the follow-up study's:
 - `nadamw`: torch's NAdam, decoupled decay, constant Nesterov momentum (the paper's NAdamW);
 - `cautious`: heavyball's AdamW with `caution` (C-AdamW);
 - `adam_mini`: the authors' Adam-mini, with the study's decay exclusion;
@@ -39,6 +40,8 @@ from .base import (
     Domain,
     Hparam,
     OptimizerPlugin,
+    Schedule,
+    ScheduleKind,
     beta_hparam,
     declare_optimizer,
     hidden_matrices,
@@ -80,6 +83,8 @@ __all__ = [
     "Domain",
     "Hparam",
     "OptimizerPlugin",
+    "Schedule",
+    "ScheduleKind",
     "beta_hparam",
     "build",
     "build_adam_mini",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 import numpy as np
 
@@ -82,12 +82,39 @@ class Hparam:
         return None
 
 
-# Every optimizer runs under the shared schedule and clipping (optsweep.optim).
+# Every optimizer runs under a schedule of these knobs and the clipping (optsweep.optim).
 SHARED_HPARAMS: tuple[Hparam, ...] = (
     Hparam("min_lr_ratio", 0.0, FRACTION, "linear", help="lr at the last step, as a fraction of the peak"),
     Hparam("warmup", 0, NON_NEGATIVE, "log1p", integer=True, help="optimizer steps of linear warmup from 0"),
     Hparam("clip", 1.0, NON_NEGATIVE, "linear", help="max global gradient norm (0 = off)"),
 )
+
+
+ScheduleKind = Literal["cosine", "linear"]
+FULL_DECAY = 1.0  # the decay phase spans the whole run after warmup
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The lr schedule an optimizer declares (optsweep.optim.lr_factor): linear warmup from 0 over `warmup`
+    steps, constant, then a `kind`-shaped decay to `min_lr_ratio * lr` over the last `decay` fraction of the
+    run. `decay` 1 decays from the end of warmup (the study's cosine); below 1 it is warmup-stable-decay (WSD).
+
+    `decay` is the default of the optimizer's `decay` hyperparameter, which only optimizers that declare a
+    default have (so AdamW's hyperparameters, and run keys, stay the study's); None means a fixed 1.
+    """
+
+    kind: ScheduleKind = "cosine"
+    decay: float | None = None
+
+    def hparams(self) -> tuple[Hparam, ...]:
+        if self.decay is None:
+            return ()
+        return (Hparam("decay", self.decay, Domain(0, 1, low_open=True), "linear",
+                       help="fraction of the run spent decaying, at its end (< 1: warmup-stable-decay)"),)
+
+    def decay_of(self, hparams: dict[str, Any]) -> float:
+        return hparams["decay"] if self.decay is not None else FULL_DECAY
 
 
 BATCH_SIZE = Hparam("batch_size", 1, AT_LEAST_ONE, "log", integer=True, help="sequences per optimizer step")
@@ -114,28 +141,32 @@ class OptimizerPlugin:
     own_hparams: tuple[Hparam, ...]
     make: BuildFunction
     libraries: tuple[str, ...] = ()  # distributions whose version decides its results
+    schedule: Schedule = Schedule()
 
     def __post_init__(self) -> None:
-        if len(self.hparams) != len(self.own_hparams) + len(SHARED_HPARAMS):
+        declared = (*self.own_hparams, *SHARED_HPARAMS, *self.schedule.hparams())
+        if len(self.hparams) != len(declared):
             raise ValueError(f"optimizer {self.name!r}: a hyperparameter is declared twice (or shadows a shared one)")
 
     @property
     def hparams(self) -> dict[str, Hparam]:
-        """Its own hyperparameters, then the shared ones."""
-        return {h.name: h for h in (*self.own_hparams, *SHARED_HPARAMS)}
+        """Its own hyperparameters, then the shared ones, then its schedule's `decay` when it declares one."""
+        return {h.name: h for h in (*self.own_hparams, *SHARED_HPARAMS, *self.schedule.hparams())}
 
 
 def declare_optimizer(
-    hparams: Iterable[Hparam], libraries: Iterable[str] = (), name: str | None = None
+    hparams: Iterable[Hparam], libraries: Iterable[str] = (), name: str | None = None, schedule: Schedule = Schedule()
 ) -> Callable[[BuildFunction], OptimizerPlugin]:
     """Decorator that turns a build function `f(model, hparams, context) -> Optimizer` into a plug-in.
 
-    `hparams` are the optimizer's own (the shared `min_lr_ratio`, `warmup`, `clip` come with it); the plug-in
-    is named "module:function" unless `name` is given, which is how params refer to it.
+    `hparams` are the optimizer's own (the shared `min_lr_ratio`, `warmup`, `clip` come with it, and `decay`
+    when `schedule` declares a default for it); the plug-in is named "module:function" unless `name` is given,
+    which is how params refer to it.
     """
 
     def wrap(make: BuildFunction) -> OptimizerPlugin:
-        return OptimizerPlugin(name or f"{make.__module__}:{make.__name__}", tuple(hparams), make, tuple(libraries))
+        plugin_name = name or f"{make.__module__}:{make.__name__}"
+        return OptimizerPlugin(plugin_name, tuple(hparams), make, tuple(libraries), schedule)
 
     return wrap
 

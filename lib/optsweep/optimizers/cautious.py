@@ -49,5 +49,5 @@ def build_cautious(model: torch.nn.Module, hparams: dict[str, Any], context: Bui
         gradient_clipping=None,
         update_clipping=None,
         compile_step=False,
-        warmup_steps=0,  # the shared schedule warms up
+        warmup_steps=0,  # the declared schedule warms up
     )

@@ -102,14 +102,18 @@ def build(
     decay_exclude: Iterable[str] = DECAY_KINDS,
     fused: bool = False,
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
-    """The optimizer over `model` and the shared schedule; call `schedule.step()` after every
-    `optimizer.step()`, and `optim.clip_gradients(model, hparams["clip"])` before it."""
+    """The optimizer over `model` and the schedule its plug-in declares; call `schedule.step()` after every
+    `optimizer.step()`, and `optim.clip_gradients(optim.clipped_parameters(optimizer, model), hparams["clip"])`
+    before it."""
     from ..optim import lr_schedule
 
     plugin = load_optimizer(name)
     resolved = resolve_hparams(name, hparams)
     optimizer = plugin.make(model, resolved, BuildContext(steps, tuple(decay_exclude), fused))
-    return optimizer, lr_schedule(optimizer, steps, resolved["warmup"], resolved["min_lr_ratio"])
+    schedule = plugin.schedule
+    return optimizer, lr_schedule(
+        optimizer, steps, resolved["warmup"], resolved["min_lr_ratio"], schedule.kind, schedule.decay_of(resolved)
+    )
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,7 +30,7 @@ class Scale:
 
 def natural_axis(hparam: str, value: float) -> float:
     """Written independently of the library on purpose: the truth defines what "natural" means here."""
-    if hparam in ("lr", "eps", "batch_size", "adam_lr"):
+    if hparam in ("lr", "eps", "batch_size"):
         return math.log(value)
     if hparam == "warmup":
         return math.log1p(value)
