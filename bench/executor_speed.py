@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic trainers; workers inherit it
 
-import synthetic_trainers as synth  # noqa: E402
-from optsweep.config import load_params  # noqa: E402
+import optsweep.testing.trainers as synth  # noqa: E402
+from optsweep.params.settings import load_params  # noqa: E402
 from optsweep.search import run_sweep  # noqa: E402
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from optsweep.bench import attention_kernels, peak_flops, run_bench, run_suite
 from optsweep.cli import main
-from optsweep.config import ParamsError
+from optsweep.params.settings import ParamsError
+from optsweep.train.bench import attention_kernels, peak_flops, run_bench, run_suite
 
 
 def test_bench_rows(prepared_params):

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import synthetic_trainers as synth
-from optsweep.config import load_params
+import optsweep.testing.trainers as synth
 from optsweep.optimizers import BUILT_IN
+from optsweep.params.settings import load_params
+from optsweep.runs.store import RunRecord, RunStore, run_key
+from optsweep.runs.trainer import code_identity
+from optsweep.runs.view import rekey
 from optsweep.search import run_sweep
-from optsweep.store import RunRecord, RunStore, run_key
-from optsweep.store_view import rekey
-from optsweep.trainer_plugin import code_identity
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER_SOURCE = (REPO / "lib" / "optsweep" / "train.py").read_text()  # a real module: imports, docstrings
@@ -225,7 +225,7 @@ def test_rekeyed_records_carry_the_current_code_identity(swept, tmp_path):
     params, _, _ = swept
     store = RunStore(tmp_path / "runs")
     rekey(store)
-    trainer_code = code_identity("synthetic_trainers:bowl")
+    trainer_code = code_identity("optsweep.testing.trainers:bowl")
     records: list[RunRecord] = [record for record in store if record.is_result]
     assert records and all(record.trainer_code == trainer_code for record in records)
     assert all(record.spec["optimizer"]["code"] != "0ld0ptimizerc0de" for record in records)

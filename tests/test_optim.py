@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from optsweep.config import Scale
-from optsweep.model import build_model
-from optsweep.optim import clip_gradients, param_groups
 from optsweep.optimizers import build
+from optsweep.optimizers.parts import clip_gradients, param_groups
+from optsweep.params.settings import Scale
+from optsweep.train.model import build_model
 
 HPARAMS = {"lr": 0.01, "min_lr_ratio": 0.1, "warmup": 5, "beta1": 0.9, "beta2": 0.95,
            "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0}

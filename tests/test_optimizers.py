@@ -12,10 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from optsweep.axes import axis_of, to_axis
-from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import ParamsError
-from optsweep.model import build_model
-from optsweep.optim import JointOptimizer, adamw, clip_gradients, lr_schedule
+from optsweep.data.batches import TrainBatches, load_shards, val_batches
 from optsweep.optimizers import (
     BUILT_IN,
     build,
@@ -25,7 +22,10 @@ from optsweep.optimizers import (
     optimizer_identity,
     resolve_hparams,
 )
+from optsweep.optimizers.parts import JointOptimizer, adamw, clip_gradients, lr_schedule
+from optsweep.params.settings import ParamsError
 from optsweep.train import Runtime, configure_determinism
+from optsweep.train.model import build_model
 
 STEPS = 40
 # Settings that train the tiny model quickly; warmup 4 and the default cosine to 0 are shared by all.

@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-import synthetic_trainers as synth
+import optsweep.testing.trainers as synth
 from conftest import small_study, write_params
-from optsweep import train as train_module
-from optsweep.config import ParamsError, load_params
-from optsweep.store import RunStatus, RunStore
-from optsweep.trainer_plugin import code_identity, make_run_spec
+from optsweep.params.settings import ParamsError, load_params
+from optsweep.runs.store import RunStatus, RunStore
+from optsweep.runs.trainer import code_identity, make_run_spec
+from optsweep.train import loop as train_module
 
 OPTSWEEP = synth.OPTSWEEP
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.stats import chi2
 
 from ..axes import from_axis, to_axis
-from ..config import AnalysisSettings
+from ..params.settings import AnalysisSettings
 from .noise import ROUND_OFF, Noise, measure_noise
 from .table import config_losses, scales_frame, swept_hparams
 

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..axes import axis_of, declare_axes, known_hparams
-from ..config import ALL_HPARAMS, SCALE_NAME, ParamsError
-from ..divergence import DEFAULT_RISE, blown_up
+from ..params.settings import ALL_HPARAMS, SCALE_NAME, ParamsError
+from ..train.divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
 SCALE_COLUMNS = ("n_params", "tokens", "width", "steps")

@@ -164,7 +164,7 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     Left out, as is standard practice: the input embedding (a lookup table, not a linear map), the output
     head (found by the transformers API `get_output_embeddings`), norms and biases.
     """
-    from ..optim import param_kind
+    from .parts import param_kind
 
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head else None

@@ -36,7 +36,7 @@ def build_muon(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     """torch.optim.Muon on the hidden matrices, AdamW (same weight decay, eps 1e-8) on everything else."""
     import torch
 
-    from ..optim import JointOptimizer, param_groups
+    from .parts import JointOptimizer, param_groups
 
     matrices = hidden_matrices(model)
     muon = torch.optim.Muon(

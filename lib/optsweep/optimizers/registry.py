@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from torch.optim.lr_scheduler import LambdaLR
 
-_NOT_OPTIMIZERS = ("base", "registry")  # this package's modules that declare no optimizer
+_NOT_OPTIMIZERS = ("base", "parts", "registry")  # this package's modules that declare no optimizer
 
 
 def _built_in_plugins() -> dict[str, OptimizerPlugin]:
@@ -104,7 +104,7 @@ def build(
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """The optimizer over `model` and the shared schedule; call `schedule.step()` after every
     `optimizer.step()`, and `optim.clip_gradients(model, hparams["clip"])` before it."""
-    from ..optim import lr_schedule
+    from .parts import lr_schedule
 
     plugin = load_optimizer(name)
     resolved = resolve_hparams(name, hparams)

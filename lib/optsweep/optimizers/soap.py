@@ -40,7 +40,7 @@ def build_soap(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     """pytorch-optimizer's SOAP: Adam in the eigenbasis of a Shampoo preconditioner, on every parameter."""
     import pytorch_optimizer
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     return pytorch_optimizer.SOAP(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import StudyParams
-from ..presets import ASSUMED_MFU, planned_runs, scale_plans
+from ..params.settings import StudyParams
+from ..runs.trainer import invalid_reason, make_run_spec
 from ..search import next_value_past_edge
-from ..trainer_plugin import invalid_reason, make_run_spec
+from ..search.plan import ASSUMED_MFU, planned_runs, scale_plans
 from .tables import grid_edges
 
 WIDER_GRID, LONGER_RUNS, MORE_OR_LONGER_RUNS = "a wider grid", "longer runs", "more seeds or longer runs"

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.speedup import Interval, SpeedupResult
-from ..config import StudyParams
-from ..paths import SWEEP_FOLDERS, ProjectPaths
+from ..params.paths import SWEEP_FOLDERS, ProjectPaths
+from ..params.settings import StudyParams
 from .study import study_sweeps
 
 

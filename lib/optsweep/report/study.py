@@ -9,10 +9,10 @@ from typing import Any
 import pandas as pd
 
 from ..analysis.table import hparam_names
-from ..config import StudyParams, load_params
-from ..documents import require_one_identity
 from ..jsonio import read_json
-from ..paths import ProjectPaths, enter_root
+from ..params.paths import ProjectPaths, enter_root
+from ..params.settings import StudyParams, load_params
+from ..results.documents import require_one_identity
 from .tables import short_reason
 
 RESULTS = Path("results")

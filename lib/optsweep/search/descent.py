@@ -13,8 +13,8 @@ import dataclasses
 import math
 from typing import Any
 
-from ..config import SearchSettings
-from ..documents import beats_under_common_seeds
+from ..params.settings import SearchSettings
+from ..results.documents import beats_under_common_seeds
 from .evaluator import EvaluatedRun, RunEvaluator
 from .space import Config, SearchSpace
 

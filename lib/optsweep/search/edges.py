@@ -6,8 +6,8 @@ import dataclasses
 from typing import Any
 
 from ..axes import axis_of
-from ..config import ParamsError, StudyParams, round_sig
-from ..store import RunStatus
+from ..params.settings import ParamsError, StudyParams, round_sig
+from ..runs.store import RunStatus
 from .descent import Descent, descend
 from .evaluator import EvaluatedRun, RunEvaluator
 from .space import SearchSpace

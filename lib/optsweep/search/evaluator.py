@@ -13,10 +13,10 @@ import threading
 import time
 from typing import Any, Iterator
 
-from ..config import StudyParams
-from ..executor import Executor, Outcome, Task
-from ..store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
-from ..trainer_plugin import invalid_reason, is_diverged, make_run_spec
+from ..execution.pool import Executor, Outcome, Task
+from ..params.settings import StudyParams
+from ..runs.store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
+from ..runs.trainer import invalid_reason, is_diverged, make_run_spec
 from .progress import Progress
 from .shared_pool import SharedPoolClient
 from .space import Config

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..config import SearchSettings
-from ..documents import tolerance_margin
-from ..store import RunStatus
+from ..params.settings import SearchSettings
+from ..results.documents import tolerance_margin
+from ..runs.store import RunStatus
 from .evaluator import EvaluatedRun, RunEvaluator
 from .space import SearchSpace
 

@@ -6,11 +6,11 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from ..backends import make_executor
-from ..config import ParamsError, StudyParams
-from ..documents import SweepResult, read_document, write_document
-from ..executor import Executor, TaskInbox
-from ..trainer_plugin import code_identity
+from ..execution.backends import make_executor
+from ..execution.pool import Executor, TaskInbox
+from ..params.settings import ParamsError, StudyParams
+from ..results.documents import SweepResult, read_document, write_document
+from ..runs.trainer import code_identity
 from .shared_pool import SharedPoolClient
 from .sweep import FailedRuns, failures_message, search_scale, study_data
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..config import LrTransfer, ParamsError, StudyParams, round_sig
+from ..params.settings import LrTransfer, ParamsError, StudyParams, round_sig
 
 Config = dict[str, float | int]
 

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from ..axes import axis_of
-from ..backends import make_executor
-from ..config import StudyParams
-from ..documents import SweepResult, as_json, write_document
-from ..executor import Executor
+from ..execution.backends import make_executor
+from ..execution.pool import Executor
 from ..jsonio import to_strict
 from ..optimizers import load_optimizer
+from ..params.settings import StudyParams
 from ..provenance import provenance
-from ..store import RunStatus, RunStore
-from ..trainer_plugin import DEFAULT_TRAINER, code_identity, make_run_spec
+from ..results.documents import SweepResult, as_json, write_document
+from ..runs.store import RunStatus, RunStore
+from ..runs.trainer import DEFAULT_TRAINER, code_identity, make_run_spec
 from .evaluator import RunEvaluator, heartbeat
 from .lowest import search_to_lowest_run
 from .measurements import compute_used, near_best

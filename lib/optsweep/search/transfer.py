@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..config import ParamsError, StudyParams
-from ..documents import SweepResult, read_document
-from ..store import RunStatus
+from ..params.settings import ParamsError, StudyParams
+from ..results.documents import SweepResult, read_document
+from ..runs.store import RunStatus
 from .evaluator import EvaluatedRun, RunEvaluator
 from .space import Config
 

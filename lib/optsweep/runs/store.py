@@ -4,7 +4,7 @@ A run's key is a hash of what decides its result: the run spec (scale, hyperpara
 identity, train settings, and the optimizer's name, libraries and code), the trainer's name and the identity
 of the trainer's code. Code counts by what it computes alone (optsweep.codehash): comments, docstrings,
 layout, import lines and the modules' paths do not, and one optimizer's code is in its runs' keys only
-(`optimizers.optimizer_identity`, `trainer_plugin.code_identity`). What cannot change the result
+(`optimizers.optimizer_identity`, `runs.trainer.code_identity`). What cannot change the result
 is left out of the key (the scale's name, where the prepared data lives, threads, micro-batches, the
 checkpoint interval and folder), so that renaming a scale, moving the data or changing the thread count
 reuses every stored run.
@@ -25,7 +25,7 @@ Each record is written to a temporary file in the store folder and moved into pl
 which is atomic on POSIX: a reader sees either no file or a whole one, however many processes write at
 once and wherever a writer is killed. A file that is still unreadable (copied in half, edited by hand, or
 written by another tool) is skipped with a warning and its run is trained again. A store keyed by an older
-identity rule is carried over by `optsweep store rekey` (`store_view.rekey`).
+identity rule is carried over by `optsweep store rekey` (`runs.view.rekey`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .jsonio import write_json
-from .provenance import stable_hash
+from ..jsonio import write_json
+from ..provenance import stable_hash
 
 log = logging.getLogger(__name__)
 

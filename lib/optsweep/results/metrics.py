@@ -24,10 +24,10 @@ from typing import Any, Callable
 import pandas as pd
 from pydantic import BaseModel
 
-from .config import ParamsError, load_params
-from .jsonio import read_json
-from .paths import PHASES, ProjectPaths, project
-from .store import RunStore
+from ..jsonio import read_json
+from ..params.paths import PHASES, ProjectPaths, project
+from ..params.settings import ParamsError, load_params
+from ..runs.store import RunStore
 
 SCALE_COLUMNS = ("width", "depth", "n_params", "tokens", "steps")
 

@@ -1,5 +1,5 @@
-"""`optsweep store`: what the run store holds, why a spec is not in it, retrying failed runs, and re-keying
-a store whose keys an older identity rule made."""
+"""`optsweep store`: what the run store holds, why a spec is not in it, and re-keying a store whose keys an older
+identity rule made. (Retrying failed runs trains: optsweep.search.retry.)"""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import functools
 import json
 from typing import Any, Callable, Iterator
 
-from .config import ParamsError, StudyParams
-from .optimizers import optimizer_code
+from ..optimizers import optimizer_code
+from ..params.settings import ParamsError, StudyParams
 from .store import LAYOUT_SETTINGS, RunRecord, RunStatus, RunStore, run_key
-from .trainer_plugin import code_identity, make_run_spec
+from .trainer import code_identity, make_run_spec
 
 IN_PROGRESS = "in_progress"
 
@@ -102,24 +102,6 @@ def failed_runs_to_retry(params: StudyParams, store: RunStore) -> tuple[list[Run
     code = code_identity(trainer)
     failed = [r for r in store if r.status == RunStatus.FAILED and r.trainer == trainer]
     return [r for r in failed if r.trainer_code == code], [r for r in failed if r.trainer_code != code]
-
-
-def retry_failed(params: StudyParams, store: RunStore) -> tuple[list[RunRecord], list[RunRecord]]:
-    """Train the retryable failed runs again now (resuming from their checkpoints); returns (new records, stale)."""
-    from .backends import make_executor
-    from .executor import Task
-    from .search import outcome_record
-
-    ready, stale = failed_runs_to_retry(params, store)
-    tasks = [Task(r.key, {**r.spec, "checkpoint_dir": str(store.checkpoint_dir(r.key))}) for r in ready]
-    trainer, code = params.study.trainer, code_identity(params.study.trainer)
-    records = []
-    with make_executor(params.study) as executor:  # the study's backend: the local pool or Ray
-        for outcome in executor.run(tasks):
-            record = outcome_record(outcome, trainer, code)
-            store.put(outcome.key, record)
-            records.append(record)
-    return records, stale
 
 
 @dataclasses.dataclass(frozen=True)

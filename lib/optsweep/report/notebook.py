@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ParamsError
-from .paths import project
+from ..params.paths import project
+from ..params.settings import ParamsError
 
 KERNEL = "python3"
 TEMPLATES = Path(__file__).parent / "templates"  # "offline": nbconvert's lab template without CDN scripts

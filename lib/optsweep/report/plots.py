@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .axes import axis_of
+from ..axes import axis_of
 
 sns.set_theme(style="whitegrid", context="notebook")
 

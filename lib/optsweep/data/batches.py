@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .data import read_meta
+from .prepare import read_meta
 
 if TYPE_CHECKING:
     import torch

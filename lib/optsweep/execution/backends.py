@@ -5,15 +5,15 @@ Ray is imported only when `study.executor` is `ray`, and wandb only when `study.
 
 from __future__ import annotations
 
-from .config import StudySettings
-from .executor import Executor, worker_environments
+from ..params.settings import StudySettings
+from .pool import Executor, worker_environments
 from .tracker import TrackedExecutor
 
 
 def make_executor(study: StudySettings) -> Executor | TrackedExecutor:
     """A context manager with `run(tasks) -> Iterator[Outcome]`. Checks what it can before any import."""
     if study.executor == "ray":
-        from .ray_executor import RayExecutor
+        from .ray_cluster import RayExecutor
 
         executor: Executor = RayExecutor(study)
     else:

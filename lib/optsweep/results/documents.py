@@ -12,10 +12,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ParamsError
-from .jsonio import read_json, to_strict, write_json
-from .provenance import provenance
-from .store import RunStatus
+from ..jsonio import read_json, to_strict, write_json
+from ..params.settings import ParamsError
+from ..provenance import provenance
+from ..runs.store import RunStatus
 
 Number = float | int
 # What a sweep was trained with: sweeps that feed one analysis must agree on these.

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
-from .provenance import stable_hash
+from ..params.settings import DataSettings, ParamsError, StudyParams, TokenizerSettings
+from ..provenance import stable_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ParamsError
-from .optimizers import OPTIONAL_HPARAMS, load_optimizer, resolve_hparams
-from .provenance import stable_hash
+from ..errors import ParamsError
+from ..optimizers import OPTIONAL_HPARAMS, load_optimizer, resolve_hparams
+from ..provenance import stable_hash
 
 # AdamW's hyperparameters, in the order coordinate descent visits them by default. Another optimizer
 # (optsweep.optimizers) declares its own names; those it shares with AdamW keep this order, the rest follow.

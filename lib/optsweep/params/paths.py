@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from .config import ParamsError
+from .settings import ParamsError
 
 ROOT_VARIABLE = "OPTSWEEP_ROOT"
 PARAMS_FILE = Path("params/study.yaml")  # the active params, relative to the root

@@ -36,8 +36,10 @@ from typing import Any, Iterator
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from .config import ParamsError, StudySettings, TrainSettings
-from .executor import (
+from ..live import RunProgress, progress_line, reporting_to
+from ..params.settings import ParamsError, StudySettings, TrainSettings
+from ..runs.trainer import Trainer, load_trainer
+from .pool import (
     ATTEMPTS,
     INBOX_POLL_S,
     Attempt,
@@ -54,9 +56,7 @@ from .executor import (
     settle,
     visible_gpus,
 )
-from .live import RunProgress, progress_line, reporting_to
 from .preflight import PreflightError, check_device
-from .trainer_plugin import Trainer, load_trainer
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
 READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources held elsewhere, or lost

@@ -31,9 +31,9 @@ import importlib
 import math
 from typing import Any, Callable
 
-from .codehash import code_hash
-from .config import ParamsError, StudyParams
-from .optimizers import optimizer_identity
+from ..codehash import code_hash
+from ..optimizers import optimizer_identity
+from ..params.settings import ParamsError, StudyParams
 
 DEFAULT_TRAINER = "optsweep.train:train"
 Trainer = Callable[[dict[str, Any]], dict[str, Any]]
@@ -41,9 +41,9 @@ Trainer = Callable[[dict[str, Any]], dict[str, Any]]
 # The modules whose code decides the default trainer's result, besides its optimizer's own module (which the
 # optimizer's identity in the spec covers, so that editing one optimizer re-keys only its runs). How the data
 # was prepared (data.py) is covered by the data hash in the spec instead.
-_DEFAULT_TRAINER_MODULES = tuple(
-    f"{__package__}.{module}"
-    for module in ("model", "loss", "batches", "optim", "divergence", "train", "optimizers.base", "optimizers.registry")
+_DEFAULT_TRAINER_MODULES = (
+    "optsweep.train.model", "optsweep.train.loss", "optsweep.train.divergence", "optsweep.train.loop",
+    "optsweep.data.batches", "optsweep.optimizers.parts", "optsweep.optimizers.base", "optsweep.optimizers.registry",
 )
 
 

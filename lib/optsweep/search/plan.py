@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from .config import ParamsError, SearchSettings, StudyParams, StudySettings, load_params
+from ..params.settings import ParamsError, SearchSettings, StudyParams, StudySettings, load_params
 
 PRESETS_DIR = Path("params/presets")
 # Planning assumptions for GPU-hours: an H100/H200 bf16 dense peak and a model-FLOPs utilization a tuned
@@ -247,7 +247,7 @@ class GpuCount:
 def default_gpus(study: StudySettings) -> GpuCount:
     """What the study's executor would train on: the Ray cluster's GPUs with `study.executor: ray` on a running
     cluster, else this machine's visible GPUs (as the local pool pins them); one on a box without any."""
-    from .executor import visible_gpus  # nvidia-smi, not a seconds-long torch import
+    from ..execution.pool import visible_gpus  # nvidia-smi, not a seconds-long torch import
 
     if study.train.device == "cpu":
         return GpuCount(1, "study.train.device is cpu: one worker; --gpus G plans for G")
@@ -262,7 +262,7 @@ def default_gpus(study: StudySettings) -> GpuCount:
 def _ray_gpus(study: StudySettings) -> GpuCount:
     import ray
 
-    from .ray_executor import alive_nodes, connect
+    from ..execution.ray_cluster import alive_nodes, connect
 
     connection = connect(study)
     try:

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 import transformers
 
-from .batches import TrainBatches, load_shards
-from .config import ParamsError, Scale, StudyParams, round_sig
-from .data import ensure_prepared
+from ..data.batches import TrainBatches, load_shards
+from ..data.prepare import ensure_prepared
+from ..params.settings import ParamsError, Scale, StudyParams, round_sig
+from ..runs.trainer import make_run_spec
+from .loop import Runtime, TrainingRun, configure_determinism, resolve_runtime
 from .model import build_hf_model, count_params
-from .train import Runtime, TrainingRun, configure_determinism, resolve_runtime
-from .trainer_plugin import make_run_spec
 
 WARMUP_STEPS = 3  # untimed steps first: CUDA context, kernel autotuning, torch.compile
 ROUNDS = 3  # timed rounds per loop; rows report the median round and the range

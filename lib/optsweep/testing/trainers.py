@@ -1,7 +1,7 @@
 """Synthetic trainers with known loss surfaces, for testing the search, the run store and the executor.
 
 Each obeys the trainer contract (`spec -> {"loss": ...}`) and is named in params as
-`study.trainer: "synthetic_trainers:<function>"`. Worker processes import this module by name: pytest puts
+`study.trainer: "optsweep.testing.trainers:<function>"`. Worker processes import this module by name: pytest puts
 tests/ on sys.path (rootdir-relative imports) and spawned workers inherit the parent's sys.path; a CLI
 subprocess gets it through PYTHONPATH (see `cli_env`).
 
@@ -176,7 +176,7 @@ def whoami(spec: dict[str, Any]) -> dict[str, Any]:
 def reporter(spec: dict[str, Any]) -> dict[str, Any]:
     """The bowl after reporting 2 of 4 steps done (optsweep.live), then sleeping SYNTH_SLEEP seconds; its
     result carries curves like the default trainer's."""
-    from optsweep.live import report_progress
+    from ..live import report_progress
 
     loss = bowl_loss(spec["hparams"])
     for step in (1, 2):
@@ -226,7 +226,7 @@ def poisoned(spec: dict[str, Any]) -> dict[str, Any]:
 def hangs_once(spec: dict[str, Any]) -> dict[str, Any]:
     """Reports one step, then hangs (no progress, never returns) on the first attempt at each config, as a run
     stuck in a collective or a wedged kernel does; `whoami` on the retry. SYNTH_HANG=always: every attempt."""
-    from optsweep.live import report_progress
+    from ..live import report_progress
 
     if _mark_first_attempt(spec) or os.environ.get("SYNTH_HANG") == "always":
         report_progress(1, 4, 5.0, tokens_per_s=100.0)
@@ -236,7 +236,7 @@ def hangs_once(spec: dict[str, Any]) -> dict[str, Any]:
 
 def steady(spec: dict[str, Any]) -> dict[str, Any]:
     """`whoami` after 2 s of progress reports every 0.2 s: slow, but never stalled."""
-    from optsweep.live import report_progress
+    from ..live import report_progress
 
     for step in range(1, 11):
         time.sleep(0.2)
@@ -258,7 +258,7 @@ def write_study(folder: Path, trainer: str, **sections: Any) -> Path:
     `sections` replace top-level sections (`grid`, `search`, `baseline`, ...); `study_*` keywords set keys
     of the `study` section, e.g. `study_workers=2`. The run store defaults to `folder/runs`.
     """
-    study = {"name": "synthetic", "seed": 0, "trainer": f"synthetic_trainers:{trainer}", "workers": 1,
+    study = {"name": "synthetic", "seed": 0, "trainer": f"optsweep.testing.trainers:{trainer}", "workers": 1,
              "store": str(folder / "runs"), "train": {"device": "cpu"}}
     study.update({key.removeprefix("study_"): value for key, value in sections.items() if key.startswith("study_")})
     raw = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .executor import Executor, Outcome, Task, TaskInbox
+from .pool import Executor, Outcome, Task, TaskInbox
 
 
 class WandbTracker:

@@ -51,10 +51,10 @@ import time
 import traceback
 from typing import Any, Iterator
 
-from .config import ParamsError, StudySettings, TrainSettings
-from .live import RunProgress, reporting_to
+from ..live import RunProgress, reporting_to
+from ..params.settings import ParamsError, StudySettings, TrainSettings
+from ..runs.trainer import Trainer, load_trainer
 from .preflight import PreflightError, check_device
-from .trainer_plugin import Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
 FAST_FAILURE_S = 60.0  # a run that fails sooner never really trained: a streak of them is the worker's fault

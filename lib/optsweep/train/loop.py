@@ -1,4 +1,4 @@
-"""The default trainer: one run spec (see trainer_plugin.py) -> one result.
+"""The default trainer: one run spec (see optsweep.runs.trainer) -> one result.
 
 A run trains the scale's Llama-2 on exactly `scale.steps` batches of `batch_size x seq_len` tokens from
 the prepared shards, evaluates the held-out loss at `train.eval_points` evenly spaced steps (the last at
@@ -38,15 +38,15 @@ from typing import Any
 import torch
 import transformers
 
-from .batches import Shards, TrainBatches, load_shards, val_batches
-from .config import ParamsError
+from ..data.batches import Shards, TrainBatches, load_shards, val_batches
+from ..jsonio import to_strict, write_json
+from ..live import report_progress
+from ..optimizers import build as build_optimizer
+from ..optimizers.parts import clip_gradients
+from ..params.settings import ParamsError
+from ..runs.trainer import DEFAULT_TRAINER, code_identity
 from .divergence import Divergence, DivergenceMonitor
-from .jsonio import to_strict, write_json
-from .live import report_progress
 from .model import build_model, count_params
-from .optim import clip_gradients
-from .optimizers import build as build_optimizer
-from .trainer_plugin import DEFAULT_TRAINER, code_identity
 
 # Bump when a change alters results in a way the code itself does not show (a data-order convention, say):
 # it is part of the code identity, so every stored run is trained again.
