@@ -23,7 +23,7 @@ from optsweep.runs.view import rekey
 from optsweep.search import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER_SOURCE = (REPO / "lib" / "optsweep" / "train.py").read_text()  # a real module: imports, docstrings
+TRAINER_SOURCE = (REPO / "lib" / "optsweep" / "train" / "loop.py").read_text()  # a real module: imports, docstrings
 
 
 def identity_of(folder: Path, module: str, source: str, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -84,7 +84,7 @@ def test_a_change_of_code_changes_the_identity(tmp_path, monkeypatch, edit):
 IDENTITIES = """
 import json
 from optsweep.optimizers import BUILT_IN, optimizer_identity
-from optsweep.trainer_plugin import code_identity
+from optsweep.runs.trainer import code_identity
 print(json.dumps({"trainer": code_identity("optsweep.train:train"),
                   **{name: optimizer_identity(name)["code"] for name in BUILT_IN}}))
 """

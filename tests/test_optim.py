@@ -1,4 +1,4 @@
-"""AdamW's schedule, weight-decay groups and gradient clipping, through optsweep.optim."""
+"""AdamW's schedule, weight-decay groups and gradient clipping, through optsweep.optimizers.parts."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def test_a_bad_address_setting_names_what_is_allowed():
 
 def test_the_local_backend_never_imports_ray(tmp_path):
     params = synth.write_study(tmp_path, "bowl", study_workers=2)
-    script = ("import sys; from optsweep.config import load_params; from optsweep.search import run_sweep; "
+    script = ("import sys; from optsweep.params.settings import load_params; from optsweep.search import run_sweep; "
               f"run_sweep(load_params({str(params)!r}), 'a', {str(tmp_path / 'a.json')!r}, progress=False); "
               "print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", script], env=synth.cli_env(), capture_output=True, text=True,

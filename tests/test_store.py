@@ -123,7 +123,7 @@ def test_a_writer_dying_before_the_rename_leaves_the_old_record_whole(tmp_path, 
 WRITER = textwrap.dedent(
     """
     import sys
-    from optsweep.store import RunRecord, RunStore
+    from optsweep.runs.store import RunRecord, RunStore
     store, writer = RunStore(sys.argv[1]), int(sys.argv[2])
     for i in range(150):
         key = f"shared{(i // 2) % 30}" if i % 2 else f"w{writer}-{i}"

@@ -12,7 +12,7 @@ duration are their medians. An empty loss must say why in `status`. Any other co
 table exported from another codebase works as it is.
 
 Runs that blew up but finished at a finite loss are marked by `mark_blown_up` with the same rule the
-trainer uses (`optsweep.divergence.blown_up`), so they never enter an optimum fit.
+trainer uses (`optsweep.train.divergence.blown_up`), so they never enter an optimum fit.
 """
 
 from __future__ import annotations

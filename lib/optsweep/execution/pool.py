@@ -11,7 +11,7 @@ lasts. Devices:
   spread over all GPUs before any GPU gets a second one.
 - One worker in total: runs are trained inline in the main process, which is easiest to debug.
 
-Before its first run each worker (and the inline trainer) runs the device preflight (optsweep.preflight):
+Before its first run each worker (and the inline trainer) runs the device preflight (optsweep.execution.preflight):
 a worker that cannot compute on its device stops the sweep with one line, and nothing is stored.
 
 A run whose trainer raises is retried once, on another worker; a worker that dies (killed, out of memory)

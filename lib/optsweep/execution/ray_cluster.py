@@ -1,6 +1,6 @@
 """The Ray backend of the executor (`study.executor: ray`): runs trained by long-lived actors across a cluster.
 
-Same contract as the local pool (optsweep.executor.Executor): `run(tasks)` yields each outcome once final,
+Same contract as the local pool (optsweep.execution.pool.Executor): `run(tasks)` yields each outcome once final,
 a crashed run is retried once on another actor, an actor that dies (killed, out of memory) is replaced and
 its run retried, an actor the retire rule condemns (a device error, a failed device check, fast failures in
 a row) is replaced by one that runs the preflight again, and Ctrl-C hands over the runs that had finished
@@ -18,7 +18,7 @@ How many actors, of what shape (the cluster's size decides, not `study.workers`)
 - GPUs in the cluster (and `study.train.device` not `cpu`): `workers_per_gpu` actors per GPU, each with
   1/workers_per_gpu of a GPU (Ray sets CUDA_VISIBLE_DEVICES) and `threads_per_worker` CPUs.
 - CPU only: as many actors of `threads_per_worker` CPUs as the nodes hold.
-Each actor imports the trainer once and runs the device preflight (optsweep.preflight) before its first run;
+Each actor imports the trainer once and runs the device preflight (optsweep.execution.preflight) before its first run;
 a failure stops the sweep with one line before any run is dispatched. Every node must see the same code and
 environment (the same venv and PYTHONPATH when `ray start` runs) and the prepared data at the same path.
 """

@@ -4,7 +4,7 @@
     identity = optimizer_identity("muon")   # for the run key, next to the hyperparameters
 
 Every optimizer shares the schedule (linear warmup from 0, cosine to `min_lr_ratio * lr` at the last step,
-see optsweep.optim) and gradient clipping, so `min_lr_ratio`, `warmup` and `clip` are hyperparameters of
+see optsweep.optimizers.parts) and gradient clipping, so `min_lr_ratio`, `warmup` and `clip` are hyperparameters of
 every optimizer; a plug-in declares only its own. Its build function returns the optimizer at its peak
 learning rates (one per param group) and `build` puts the shared schedule on top, so no optimizer can get
 the schedule wrong.

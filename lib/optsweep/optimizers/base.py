@@ -2,8 +2,8 @@
 context, the plug-in itself and `declare_optimizer`; plus the declarations and helpers the built-ins share.
 
 Near a leaf: at import it needs only the axes, not torch, so that params validation, which reads these
-declarations, stays light (`hidden_matrices` imports optsweep.optim when called). Its code is part of every
-optimizer's identity (see `registry.optimizer_identity`).
+declarations, stays light (`hidden_matrices` imports optsweep.optimizers.parts when called). Its code is part
+of every optimizer's identity (see `registry.optimizer_identity`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Hparam:
         return None
 
 
-# Every optimizer runs under the shared schedule and clipping (optsweep.optim).
+# Every optimizer runs under the shared schedule and clipping (optsweep.optimizers.parts).
 SHARED_HPARAMS: tuple[Hparam, ...] = (
     Hparam("min_lr_ratio", 0.0, FRACTION, "linear", help="lr at the last step, as a fraction of the peak"),
     Hparam("warmup", 0, NON_NEGATIVE, "log1p", integer=True, help="optimizer steps of linear warmup from 0"),

@@ -104,7 +104,7 @@ class LrTransfer(Strict):
 
 
 class DivergenceRule(Strict):
-    """When a run has blown up (see optsweep.divergence): its smoothed train loss, after warmup, stays more
+    """When a run has blown up (see optsweep.train.divergence): its smoothed train loss, after warmup, stays more
     than `rise` above its own best for `patience` steps."""
 
     rise: float = Field(0.5, gt=0, description="relative rise over the best smoothed loss that counts as blown up")
@@ -147,7 +147,7 @@ class TrainSettings(Strict):
 
 
 class RaySettings(Strict):
-    """Where the Ray backend (`study.executor: ray`) finds its cluster; see optsweep.ray_executor."""
+    """Where the Ray backend (`study.executor: ray`) finds its cluster; see optsweep.execution.ray_cluster."""
 
     address: str = Field(
         "local", description="'local' (a private cluster here), 'auto' (the cluster of this node) or a head's host:port"

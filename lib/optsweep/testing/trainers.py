@@ -1,9 +1,9 @@
 """Synthetic trainers with known loss surfaces, for testing the search, the run store and the executor.
 
 Each obeys the trainer contract (`spec -> {"loss": ...}`) and is named in params as
-`study.trainer: "optsweep.testing.trainers:<function>"`. Worker processes import this module by name: pytest puts
-tests/ on sys.path (rootdir-relative imports) and spawned workers inherit the parent's sys.path; a CLI
-subprocess gets it through PYTHONPATH (see `cli_env`).
+`study.trainer: "optsweep.testing.trainers:<function>"`. Worker processes import this module by name, as any
+trainer; a CLI subprocess also gets the tests' folder on PYTHONPATH (see `cli_env`), for the user plug-ins
+(tests/user_optimizer.py) that the tests name.
 
 Instrumentation for the tests, through environment variables (inherited by workers):
 - SYNTH_CALLS: a file; every finished call appends one line `<hparams+seed as JSON>\t<pid>`, so tests can
@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[3] / "tests"  # the repository's tests: the user plug-ins they name
 CUDA_FAULT = "CUDA error: an illegal memory access was encountered (simulated)"  # what a broken GPU raises
 
 if multiprocessing.parent_process() is not None and Path(os.environ.get("SYNTH_NO_START", "/nonexistent")).exists():
@@ -281,7 +281,7 @@ def write_study(folder: Path, trainer: str, **sections: Any) -> Path:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for an `optsweep` subprocess that can import this module (and its workers too)."""
+    """Environment for an `optsweep` subprocess whose params name a plug-in of tests/ (its workers inherit it)."""
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **extra}
 

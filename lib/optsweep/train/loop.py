@@ -13,7 +13,7 @@ Surviving real scale:
   that finds a checkpoint resumes from it; since batch `step` is a function of the seed and the step, the
   resumed run ends bitwise where an uninterrupted one would on the CPU. An unreadable checkpoint is moved
   aside and the run resumes from the previous one, or from step 0.
-- A run that blows up (optsweep.divergence) stops early with status "diverged" and the rule that fired.
+- A run that blows up (optsweep.train.divergence) stops early with status "diverged" and the rule that fired.
 - A CUDA out-of-memory error halves the micro-batch and continues from the last checkpoint (or the start),
   once the failed attempt's model and optimizer are freed.
 - A compiled model keeps every layout a worker trains compiled (`RECOMPILE_LIMIT`), and says so in one line
