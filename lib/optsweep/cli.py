@@ -47,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .train.bench import markdown, run_bench, run_suite
+    from .train.bench import run_bench
+    from .train.bench_suite import markdown, run_suite
 
     params = load_params(args.params, args.set)
     if args.suite is None:

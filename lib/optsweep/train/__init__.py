@@ -4,7 +4,7 @@
     loss        the chunked linear cross-entropy
     divergence  when a run has blown up: one rule for runs and for tables
     loop        one run, end to end: build, train, checkpoint, evaluate on held-out data at the full budget
-    bench       the throughput benchmark (`optsweep bench`)
+    bench       the throughput benchmark (`optsweep bench`); bench_suite, its suite of the brief's scales
 
 Its code identity (optsweep.runs.trainer) covers model, loss, divergence and loop, with the batches and the
 optimizers' shared parts.
