@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from ..jsonio import read_json, to_strict, write_json
 from ..params.settings import ParamsError
@@ -204,11 +204,11 @@ class HparamVerdict(Document):
 
 
 class RecommendedConstant(Document):
-    """A constant for a hyperparameter (moved to a width by its rule)."""
+    """A constant for a hyperparameter (moved to a width by its rule; none: the same at every width)."""
 
-    value: Number | None
-    rule: str
-    reference_width: int | None
+    value: StrictFloat | StrictInt | None  # a number as written: "0.1" is not one
+    rule: str = "none"
+    reference_width: int | None = None
 
 
 class HypothesisAnswer(Document):
@@ -228,6 +228,15 @@ class SensitivityResult(Document):
     hypotheses: list[HypothesisAnswer]
     warnings: list[str]
     provenance: Provenance
+
+
+class LawPhaseInputs(Document):
+    """What the law phase reads of a `results/sensitivity.json`: the hyperparameters that move, those the
+    analysis could not judge, and the constants for the rest (a full `SensitivityResult` is one)."""
+
+    sensitive: list[str]
+    unjudged: list[str] = []
+    recommended: dict[str, RecommendedConstant]
 
 
 class ScalingLaws(Document):

@@ -7,13 +7,13 @@ Phase 1 frees the study's search order; the law phase frees what the sensitivity
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ValidationError
 
 from ..params.settings import LrTransfer, ParamsError, StudyParams, round_sig
+from ..results.documents import LawPhaseInputs, RecommendedConstant, read_document
 
 Config = dict[str, float | int]
 
@@ -33,7 +33,8 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
         free = params.search_order()
         fixed = {h: v for h, v in baseline.items() if h not in free}
         return SearchSpace("phase1", free, {h: grid[h] for h in free}, fixed, baseline)
-    sensitive, unjudged, recommended = _read_sensitivity(Path(sensitivity_path), params.hparam_names())
+    document = _read_sensitivity(Path(sensitivity_path), params.hparam_names())
+    sensitive, unjudged, recommended = document.sensitive, document.unjudged, document.recommended
     # A law asked for under analysis.laws_for needs its optimum measured at the law scales too.
     free = [h for h in params.coordinate_order() if h in sensitive or h in params.analysis.laws_for]
     width = params.scale(scale_name).width
@@ -51,38 +52,25 @@ def search_space(params: StudyParams, scale_name: str, sensitivity_path: str | N
     return SearchSpace("law", free, {h: grid[h] for h in free}, fixed, start)
 
 
-def _read_sensitivity(path: Path, hparams: list[str]) -> tuple[list[str], list[str], dict[str, Any]]:
-    """The `sensitive` and (optional) `unjudged` lists and the `recommended` mapping of a sensitivity.json."""
+def _read_sensitivity(path: Path, hparams: list[str]) -> LawPhaseInputs:
+    """The sensitive and unjudged hyperparameters and the recommended constants of a sensitivity.json."""
     if not path.is_file():
         raise ParamsError(f"{path}: sensitivity file not found (run the sensitivity stage or `optsweep analyze`)")
-    try:
-        document = json.loads(path.read_text())
-    except ValueError as error:
-        raise ParamsError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise ParamsError(f"{path}: expected a JSON object with keys 'sensitive' and 'recommended'")
-    sensitive, unjudged = document.get("sensitive"), document.get("unjudged", [])
-    for key, names in (("sensitive", sensitive), ("unjudged", unjudged)):
-        if not isinstance(names, list) or not all(isinstance(h, str) for h in names):
-            raise ParamsError(f"{path}: key {key!r} must be a list of hyperparameter names")
-    recommended = document.get("recommended")
-    if not isinstance(recommended, dict):
-        raise ParamsError(f"{path}: key 'recommended' must map hyperparameters to {{value, rule, reference_width}}")
-    unknown = sorted(set(recommended) - set(hparams))
+    document = read_document(path, LawPhaseInputs)
+    unknown = sorted(set(document.recommended) - set(hparams))
     if unknown:
         raise ParamsError(f"{path}: recommended: unknown hyperparameter {unknown[0]!r}; allowed: {', '.join(hparams)}")
-    return sensitive, unjudged, recommended
+    return document
 
 
-def _recommended_value(path: str, h: str, entry: Any, width: int, integer: bool) -> float | int:
+def _recommended_value(path: str, h: str, entry: RecommendedConstant, width: int, integer: bool) -> float | int:
     """A recommended constant at this width: value x the transfer factor of its rule."""
-    value = entry.get("value") if isinstance(entry, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParamsError(f"{path}: recommended.{h}.value: expected a number, got {value!r}")
+    if entry.value is None:
+        raise ParamsError(f"{path}: recommended.{h}.value: expected a number, got None")
     try:
-        transfer = LrTransfer(rule=entry.get("rule", "none"), reference_width=entry.get("reference_width"))
+        transfer = LrTransfer(rule=entry.rule, reference_width=entry.reference_width)
     except ValidationError as error:
         first = error.errors()[0]
         raise ParamsError(f"{path}: recommended.{h}: {first['msg'].removeprefix('Value error, ')}") from None
-    moved = round_sig(value * transfer.factor(width))
+    moved = round_sig(entry.value * transfer.factor(width))
     return int(round(moved)) if integer else moved
