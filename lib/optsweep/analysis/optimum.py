@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -351,6 +351,16 @@ class Landscape:
 
     def from_reference(self, value: float, scale: str, power: float, reference_width: int | None) -> float:
         return value / (self.width(scale) / reference_width) ** power if power else value
+
+    def can_run(self, hparam: str, value: float, scale: str) -> bool:
+        """Whether every run of `scale` could train at `value`: warmup must end before the run does (as
+        optsweep.runs.trainer.invalid_reason rules); a table without steps sets no bound."""
+        shortest = self._info[scale]["shortest"]
+        return not (hparam == "warmup" and np.isfinite(shortest) and value >= shortest)
+
+    def shortest_run(self, scales: Iterable[str]) -> int:
+        """The fewest steps of any run at these scales."""
+        return int(min(self._info[s]["shortest"] for s in scales))
 
     def regret_of(self, hparam: str, value: float, scale: str) -> Regret:
         return self.fits[hparam][scale].regret(value)

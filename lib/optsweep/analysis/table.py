@@ -304,13 +304,15 @@ def _comparable_runs(table: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def scales_frame(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
-    """One row per scale (index = name): n_params, tokens, width, duration, best_loss, runs, blown_up.
-    `configs` is `config_losses(table)`; tokens and duration are the medians over the scale's rows."""
+    """One row per scale (index = name): n_params, tokens, width, duration, shortest (the fewest steps of its
+    runs, NaN when the table has no steps), best_loss, runs, blown_up. `configs` is `config_losses(table)`;
+    tokens and duration are the medians over the scale's rows."""
     grouped = table.groupby("scale", sort=False)
     scales = grouped[["n_params", "width"]].first()
     scales["tokens"] = grouped["tokens"].median()
     scales["duration"] = grouped["steps"].median() if "steps" in table.columns else scales["tokens"]
     scales["duration"] = scales["duration"].where(np.isfinite(scales["duration"]), scales["tokens"])
+    scales["shortest"] = grouped["steps"].min() if "steps" in table.columns else np.nan
     scales["best_loss"] = configs.groupby("scale", sort=False)["loss"].min()
     scales["runs"] = grouped.size()
     scales["blown_up"] = pd.Series(blown_up_counts(table))
