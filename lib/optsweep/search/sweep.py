@@ -33,7 +33,7 @@ def study_data(params: StudyParams) -> dict[str, Any] | None:
     """The prepared data identity when the study trains with optsweep's own trainer (else None)."""
     if params.study.trainer != DEFAULT_TRAINER:
         return None
-    from .data import ensure_prepared  # only the default trainer reads prepared shards
+    from ..data.prepare import ensure_prepared  # only the default trainer reads prepared shards
 
     return ensure_prepared(params)
 
