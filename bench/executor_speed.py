@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic trainers; workers inherit it
-
-import synthetic_trainers as synth  # noqa: E402
-from optsweep.config import load_params  # noqa: E402
-from optsweep.search import run_sweep  # noqa: E402
+import optsweep.testing.trainers as synth
+from optsweep.params.settings import load_params
+from optsweep.search import run_sweep
 
 
 def timed_sweep(folder: Path, workers: int, runs: int) -> tuple[float, int]:

@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic trainers; workers inherit it
+import yaml
 
-import yaml  # noqa: E402
-
-from optsweep.config import validate_params  # noqa: E402
-from optsweep.search import run_phase, run_sweep  # noqa: E402
-from optsweep.store import RunStore  # noqa: E402
+from optsweep.params.settings import validate_params
+from optsweep.runs.store import RunStore
+from optsweep.search import run_phase, run_sweep
 
 
 def synthetic_study(params_file: Path, store: Path, workers: int, stop_rule: str | None) -> dict:
     raw = yaml.safe_load(params_file.read_text())
-    raw["study"].update(trainer="synthetic_trainers:sleeper", store=str(store), workers=workers,
+    raw["study"].update(trainer="optsweep.testing.trainers:sleeper", store=str(store), workers=workers,
                         train={"device": "cpu"})
     if stop_rule:
         raw["search"]["stop_rule"] = stop_rule

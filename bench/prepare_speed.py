@@ -16,14 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from optsweep.config import DataSettings, TokenizerSettings
-from optsweep.data import (
-    DocumentEncoder,
-    corpus_texts,
-    saved_tokenizer,
-    source_files,
-    write_shards,
-)
+from optsweep.data.prepare import DocumentEncoder, corpus_texts, saved_tokenizer, source_files, write_shards
+from optsweep.params.settings import DataSettings, TokenizerSettings
 
 
 def main() -> None:

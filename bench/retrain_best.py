@@ -17,12 +17,12 @@ import itertools
 import statistics
 from multiprocessing import Pool
 
-from optsweep.config import StudyParams, load_params
-from optsweep.data import ensure_prepared
-from optsweep.documents import SweepResult, read_document
+from optsweep.data.prepare import ensure_prepared
 from optsweep.jsonio import read_json
-from optsweep.paths import enter_root
-from optsweep.trainer_plugin import load_trainer, make_run_spec
+from optsweep.params.paths import enter_root
+from optsweep.params.settings import StudyParams, load_params
+from optsweep.results.documents import SweepResult, read_document
+from optsweep.runs.trainer import load_trainer, make_run_spec
 
 
 def train_best(job: tuple[str, int]) -> tuple[str, int, float]:

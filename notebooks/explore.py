@@ -22,12 +22,12 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from optsweep import plots, results
+from optsweep import results
 from optsweep.analysis.table import hparam_names
 from optsweep.axes import axis_of
 from optsweep.jsonio import read_json
-from optsweep.paths import project
-from optsweep.report import law_curves
+from optsweep.params.paths import project
+from optsweep.report import law_curves, plots
 
 paths = project()
 runs = results.runs(paths)

@@ -24,11 +24,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from optsweep import plots
-from optsweep.config import load_params
-from optsweep.documents import ScalingLaws, SensitivityResult, as_json, read_document
 from optsweep.jsonio import write_json
-from optsweep.paths import enter_root
+from optsweep.params.paths import enter_root
+from optsweep.params.settings import load_params
 from optsweep.report import (
     analysis_warnings,
     answer_paragraph,
@@ -41,6 +39,7 @@ from optsweep.report import (
     load_sweeps,
     noise_frame,
     optimizer_pages,
+    plots,
     provenance_frame,
     reasons_details,
     recommended_frame,
@@ -58,7 +57,8 @@ from optsweep.report import (
     tuned_loss_frame,
     tuned_points,
 )
-from optsweep.results import study_metrics
+from optsweep.results.documents import ScalingLaws, SensitivityResult, as_json, read_document
+from optsweep.results.metrics import study_metrics
 
 paths = enter_root()
 params = load_params(params_file or paths.params)

@@ -27,9 +27,17 @@ optimizer = ""  # another optimizer of params `optimizers` (its results/optimize
 import pandas as pd
 from IPython.display import Markdown, display
 
-from optsweep import plots
 from optsweep.analysis import fit_scaling_laws, runs_table_from_sweeps
-from optsweep.documents import (
+from optsweep.report import (
+    analysis_warnings,
+    law_curves,
+    law_forms_frame,
+    optimizer_study,
+    plots,
+    study_sweeps,
+    styled,
+)
+from optsweep.results.documents import (
     ScalingLaws,
     SensitivityResult,
     as_json,
@@ -38,7 +46,6 @@ from optsweep.documents import (
     sweeps_origin,
     write_document,
 )
-from optsweep.report import analysis_warnings, law_curves, law_forms_frame, optimizer_study, study_sweeps, styled
 
 paths, params = optimizer_study(optimizer, params_file)
 if optimizer:

@@ -29,20 +29,20 @@ optimizer = ""  # another optimizer of params `optimizers` (its results/optimize
 import pandas as pd
 from IPython.display import HTML, Markdown, display
 
-from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, runs_table_from_sweeps
-from optsweep.documents import SensitivityResult, stamped, sweeps_origin, write_document
 from optsweep.report import (
     analysis_warnings,
     hypotheses_frame,
     load_sweeps,
     noise_frame,
     optimizer_study,
+    plots,
     reasons_details,
     sensitivity_frame,
     slices_frame,
     styled,
 )
+from optsweep.results.documents import SensitivityResult, stamped, sweeps_origin, write_document
 
 paths, params = optimizer_study(optimizer, params_file)
 if optimizer:

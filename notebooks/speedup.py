@@ -38,10 +38,10 @@ from optsweep.analysis.speedup import (
     tuned_points_frame,
     verdicts_frame,
 )
-from optsweep.config import load_params
-from optsweep.documents import SensitivityResult, SweepResult, as_json, read_document, sweeps_origin
-from optsweep.paths import enter_root
+from optsweep.params.paths import enter_root
+from optsweep.params.settings import load_params
 from optsweep.report import styled
+from optsweep.results.documents import SensitivityResult, SweepResult, as_json, read_document, sweeps_origin
 
 paths = enter_root()
 params = load_params(params_file or paths.params)

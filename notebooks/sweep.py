@@ -29,9 +29,8 @@ optimizer = ""  # another optimizer of params `optimizers` (its results/optimize
 import pandas as pd
 from IPython.display import Markdown, display
 
-from optsweep import plots
-from optsweep.documents import SweepResult, as_json, read_document
-from optsweep.report import optimizer_study, slices_frame
+from optsweep.report import optimizer_study, plots, slices_frame
+from optsweep.results.documents import SweepResult, as_json, read_document
 from optsweep.search import run_sweep
 
 paths, params = optimizer_study(optimizer, params_file)  # enters the root: the params' run store, data folder

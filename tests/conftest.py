@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from optsweep.config import StudyParams, load_params
+from optsweep.params.settings import StudyParams, load_params
 
 # Two scales small enough to train in well under a second each on one CPU thread.
 SMALL_STUDY: dict[str, Any] = {
@@ -55,7 +55,7 @@ def prepared_params(prepared_params_file: Path) -> StudyParams:
 @pytest.fixture(scope="session")
 def prepared_data(prepared_params: StudyParams) -> dict[str, Any]:
     """The data identity of the session's prepared shards (built once, ~5 s)."""
-    from optsweep.data import ensure_prepared
+    from optsweep.data.prepare import ensure_prepared
 
     return ensure_prepared(prepared_params)
 
@@ -73,7 +73,7 @@ def fresh_params_file(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def run_spec(prepared_params: StudyParams, prepared_data: dict[str, Any]) -> Callable[..., dict[str, Any]]:
     """spec(scale="a", seed=None, train={...}, **hparams): a run spec on the session's prepared data."""
-    from optsweep.trainer_plugin import make_run_spec
+    from optsweep.runs.trainer import make_run_spec
 
     def make(
         scale: str = "a", seed: int | None = None, train: dict[str, Any] | None = None, **hparams: Any

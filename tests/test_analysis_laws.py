@@ -13,7 +13,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, analyze_table, fit_scaling_laws, predict
 from optsweep.analysis.law_fit import fit_hparam_law
 from optsweep.cli import main
-from optsweep.config import ParamsError, load_params
+from optsweep.params.settings import ParamsError, load_params
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
 
 REPO = Path(__file__).resolve().parents[1]

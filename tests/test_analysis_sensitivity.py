@@ -10,7 +10,7 @@ import pytest
 
 from optsweep.analysis import analyze_sensitivity
 from optsweep.analysis.optimum import _quadratic
-from optsweep.config import AnalysisSettings
+from optsweep.params.settings import AnalysisSettings
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
 # Two widths x two token budgets: every pair of scales differs in data only, in model only, or in both.
@@ -251,3 +251,20 @@ def test_a_fitted_optimum_states_the_scatter_its_vertex_really_has(steps):
         stderrs.append(curve.vertex_stderr())
     spread = 1.4826 * np.median(np.abs(np.array(vertices) - np.median(vertices)))
     assert np.median(stderrs) == pytest.approx(spread, rel=0.15)
+
+
+def test_the_common_value_is_one_every_scale_can_run():
+    """A warmup longer than a scale's runs cannot serve that scale: the common value stays below its steps."""
+    steps = {2e9: 48, 8e9: 2000}
+    short_runs = Truth(
+        optimum={"warmup": lambda s: 30 if s.tokens == 2e9 else 300},
+        curvature={"warmup": 0.05},
+        grid={"warmup": lambda s: [8, 15, 30, 45] if s.tokens == 2e9 else [75, 150, 300, 600, 1200]},
+    )
+    table = run_table(short_runs, SCALES)
+    table["steps"] = table["tokens"].map(steps)
+    test = analyze_sensitivity(table)["hyperparameters"]["warmup"]["test"]
+    assert test["common_value"] < 48
+    assert any("limited to what every scale can run" in note and "48 steps" in note for note in test["notes"])
+    long_scale = next(s for s in SCALES if s.tokens == 8e9).name
+    assert test["per_scale"][long_scale]["regret"] > 0  # carrying it to the long runs costs what it costs

@@ -10,7 +10,7 @@ import pytest
 
 from optsweep.analysis import analyze_sensitivity, load_runs_table, runs_table_from_sweeps
 from optsweep.cli import main
-from optsweep.config import ParamsError
+from optsweep.params.settings import ParamsError
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid
 
 

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from optsweep.bench import attention_kernels, peak_flops, run_bench, run_suite
 from optsweep.cli import main
-from optsweep.config import ParamsError
+from optsweep.params.settings import ParamsError
+from optsweep.train.bench import peak_flops, run_bench
+from optsweep.train.bench_suite import attention_kernels, run_suite
 
 
 def test_bench_rows(prepared_params):

@@ -8,8 +8,8 @@ import socket
 import subprocess
 import time
 
-import synthetic_trainers as synth
-from optsweep.store import RunClaims, RunStatus, RunStore
+import optsweep.testing.trainers as synth
+from optsweep.runs.store import RunClaims, RunStatus, RunStore
 
 
 def test_two_drivers_on_one_store_train_each_config_once_and_agree(tmp_path):

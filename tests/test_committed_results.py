@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from optsweep.documents import SweepResult, read_document
+from optsweep.results.documents import SweepResult, read_document
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "results").glob("**/*sweeps/*.json"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from optsweep import train as train_module
+from optsweep.train import loop as train_module
 
 # The law phase's layouts in miniature: two widths, each at the micro-batches an OOM halving walks through.
 LAYOUTS = [(scale, micro) for scale in ("a", "b") for micro in (8, 4, 2, 1)]

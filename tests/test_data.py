@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-import optsweep.data
-import synthetic_trainers as synth
+import optsweep.data.prepare
+import optsweep.testing.trainers as synth
 from conftest import small_study
 from optsweep.batches import TrainBatches, load_shards, val_batches
 from optsweep.config import DataSettings, ParamsError, StudyParams, load_params, validate_params
@@ -174,7 +174,7 @@ def test_a_killed_preparation_is_never_reused(doc_corpus, tmp_path, monkeypatch)
         (folder / "train.bin").write_bytes(b"\0" * 64)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(optsweep.data, "write_shards", killed_while_writing)
+    monkeypatch.setattr(optsweep.data.prepare, "write_shards", killed_while_writing)
     with pytest.raises(KeyboardInterrupt):
         ensure_prepared(params)
     assert not (tmp_path / "data").exists()
@@ -243,9 +243,9 @@ def test_pretrained_tokenizer_by_name(prepared_data, doc_corpus, tmp_path):
 
 
 def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(optsweep.data, "ENCODE_BATCH", 4)  # 60 documents: 15 batches
-    monkeypatch.setattr(optsweep.data, "CHECKPOINT_BATCHES", 1)
-    encode = optsweep.data.DocumentEncoder.__call__
+    monkeypatch.setattr(optsweep.data.prepare, "ENCODE_BATCH", 4)  # 60 documents: 15 batches
+    monkeypatch.setattr(optsweep.data.prepare, "CHECKPOINT_BATCHES", 1)
+    encode = optsweep.data.prepare.DocumentEncoder.__call__
     batches = []
 
     def counted(self, texts, stop_at=None):
@@ -254,12 +254,13 @@ def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_pat
             raise KeyboardInterrupt  # Ctrl-C while tokenizing the 6th batch: 5 were written and saved
         return encode(self, texts)
 
-    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", lambda self, texts: counted(self, texts, "stop"))
+    monkeypatch.setattr(optsweep.data.prepare.DocumentEncoder, "__call__",
+                        lambda self, texts: counted(self, texts, "stop"))
     params = files_params(doc_corpus, tmp_path / "data", num_proc=1)
     with pytest.raises(KeyboardInterrupt):
         ensure_prepared(params)
     assert not (tmp_path / "data").exists()
-    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", counted)
+    monkeypatch.setattr(optsweep.data.prepare.DocumentEncoder, "__call__", counted)
     batches.clear()
     resumed = ensure_prepared(params)
     assert len(batches) == 15 - 5  # only what was not written yet
@@ -370,20 +371,20 @@ def test_other_settings_never_replace_prepared_data_unless_the_study_prepares(do
     assert override["val_tokens"] == 800 and Path(override["dir"]).parent == tmp_path
     assert re.fullmatch(r"data-[0-9a-f]{8}", Path(override["dir"]).name)
     assert f"{tmp_path / 'data'} holds data prepared with other settings; it is kept" in capsys.readouterr().err
-    assert optsweep.data.read_meta(tmp_path / "data")["identity"] == study  # untouched
+    assert optsweep.data.prepare.read_meta(tmp_path / "data")["identity"] == study  # untouched
     assert len(load_shards(study).val) == 1500 and len(load_shards(override).val) == 800
     assert ensure_prepared(files_params(doc_corpus, tmp_path / "data", val_tokens=800)) == override  # reused
 
 
 def test_the_train_command_with_data_overrides_keeps_the_study_data(prepared_params_file, prepared_data):
-    before = optsweep.data.read_meta(Path(prepared_data["dir"]))
+    before = optsweep.data.prepare.read_meta(Path(prepared_data["dir"]))
     trained = subprocess.run(
         [str(Path(sys.executable).parent / "optsweep"), "train", "--params", str(prepared_params_file),
          "--scale", "a", "--set", "study.data.val_tokens=2048", "--set", "study.train.device=cpu"],
         env=synth.cli_env(), capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
     assert "holds data prepared with other settings; it is kept" in trained.stderr
-    assert optsweep.data.read_meta(Path(prepared_data["dir"])) == before
+    assert optsweep.data.prepare.read_meta(Path(prepared_data["dir"])) == before
 
 
 def test_pinned_revisions_reach_the_loaders_and_the_data_hash(doc_corpus, tmp_path, monkeypatch):

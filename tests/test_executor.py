@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from optsweep.config import ParamsError, StudySettings, TrainSettings
-from optsweep.executor import Executor, Task, WaitingTasks, worker_environments
+from optsweep.execution.pool import Executor, Task, WaitingTasks, worker_environments
+from optsweep.params.settings import ParamsError, StudySettings, TrainSettings
 
 
 def tasks(count: int) -> list[Task]:
@@ -31,7 +31,7 @@ def gone(pid: int) -> bool:
 
 def test_workers_persist_across_runs_and_batches_and_use_their_thread_limit():
     environments = worker_environments(study(workers=2, train={"device": "cpu", "threads_per_worker": 3}))
-    with Executor("synthetic_trainers:whoami", environments) as executor:
+    with Executor("optsweep.testing.trainers:whoami", environments) as executor:
         first = list(executor.run(tasks(6)))
         second = list(executor.run(tasks(3)))
     assert sorted(outcome.key for outcome in first) == [f"k{i}" for i in range(6)]
@@ -43,7 +43,7 @@ def test_workers_persist_across_runs_and_batches_and_use_their_thread_limit():
 
 
 def test_one_worker_trains_inline_in_this_process():
-    with Executor("synthetic_trainers:whoami", worker_environments(study(workers=1))) as executor:
+    with Executor("optsweep.testing.trainers:whoami", worker_environments(study(workers=1))) as executor:
         outcomes = list(executor.run(tasks(2)))
     assert {outcome.result["pid"] for outcome in outcomes} == {os.getpid()}
 
@@ -70,7 +70,7 @@ def test_cpu_device_ignores_gpus_and_cuda_without_gpus_is_an_error():
 
 def test_workers_see_only_their_pinned_gpu():
     environments = worker_environments(study(), gpus=["3", "5"])
-    with Executor("synthetic_trainers:whoami", environments) as executor:
+    with Executor("optsweep.testing.trainers:whoami", environments) as executor:
         outcomes = list(executor.run(tasks(6)))
     pinned = {outcome.result["pid"]: outcome.result["cuda_visible_devices"] for outcome in outcomes}
     assert sorted(pinned.values()) == ["3", "5"]
@@ -78,7 +78,7 @@ def test_workers_see_only_their_pinned_gpu():
 
 def test_a_killed_worker_is_replaced_and_its_run_retried(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
-    with Executor("synthetic_trainers:killer", worker_environments(study(workers=2))) as executor:
+    with Executor("optsweep.testing.trainers:killer", worker_environments(study(workers=2))) as executor:
         outcomes = list(executor.run(tasks(4)))
         alive = [worker.process.is_alive() for worker in executor._workers]
     assert all(outcome.error is None and outcome.attempts == 2 for outcome in outcomes)
@@ -89,9 +89,9 @@ def test_a_killed_worker_is_replaced_and_its_run_retried(tmp_path, monkeypatch):
 def test_a_crash_is_retried_once_then_reported_with_its_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
     environments = worker_environments(study(workers=2))
-    with Executor("synthetic_trainers:flaky", environments) as executor:
+    with Executor("optsweep.testing.trainers:flaky", environments) as executor:
         transient = list(executor.run(tasks(3)))
-    with Executor("synthetic_trainers:broken_at_high_lr", environments) as executor:
+    with Executor("optsweep.testing.trainers:broken_at_high_lr", environments) as executor:
         broken = list(executor.run([Task("high", {"hparams": {"lr": 0.1}, "seed": 0})]))
     assert all(outcome.error is None and outcome.attempts == 2 for outcome in transient)
     assert broken[0].result is None and broken[0].attempts == 2
@@ -100,7 +100,7 @@ def test_a_crash_is_retried_once_then_reported_with_its_error(tmp_path, monkeypa
 
 def test_a_worker_that_cannot_import_the_trainer_stops_the_pool():
     with pytest.raises(ParamsError, match="has no callable 'missing' .in a worker process"):
-        with Executor("synthetic_trainers:missing", worker_environments(study(workers=2))) as executor:
+        with Executor("optsweep.testing.trainers:missing", worker_environments(study(workers=2))) as executor:
             list(executor.run(tasks(2)))
 
 
@@ -125,7 +125,7 @@ def test_a_worker_that_cannot_read_the_data_stops_the_sweep_before_any_run_namin
 def test_an_interrupt_terminates_the_workers():
     environments = worker_environments(study(workers=2))
     with pytest.raises(KeyboardInterrupt):
-        with Executor("synthetic_trainers:whoami", environments) as executor:
+        with Executor("optsweep.testing.trainers:whoami", environments) as executor:
             for outcome in executor.run(tasks(4)):
                 pids = [worker.process.pid for worker in executor._workers]
                 raise KeyboardInterrupt
@@ -147,7 +147,7 @@ def test_a_poisoned_worker_is_retired_and_every_run_ends_ok(tmp_path, monkeypatc
     monkeypatch.setenv("SYNTH_POISON_ERROR", error)
     monkeypatch.setenv("SYNTH_SLEEP", "0.1")
     train = TrainSettings(device="cpu", retire_after_fast_failures=2)
-    with Executor("synthetic_trainers:poisoned", worker_environments(study(workers=3)), train) as executor:
+    with Executor("optsweep.testing.trainers:poisoned", worker_environments(study(workers=3)), train) as executor:
         outcomes = list(executor.run(tasks(12)))
         pids_left = {worker.process.pid for worker in executor._workers}
     poisoned = int((tmp_path / "poison").read_text())
@@ -163,7 +163,7 @@ def test_a_slot_whose_replacement_cannot_start_is_dropped_and_the_smaller_pool_f
                                                                                         capsys):
     monkeypatch.setenv("SYNTH_POISON", str(tmp_path / "poison"))
     monkeypatch.setenv("SYNTH_NO_START", str(tmp_path / "no-start"))
-    with Executor("synthetic_trainers:poisoned", worker_environments(study(workers=3))) as executor:
+    with Executor("optsweep.testing.trainers:poisoned", worker_environments(study(workers=3))) as executor:
         executor.start()
         (tmp_path / "no-start").touch()  # from now on no worker can start: the GPU is gone
         outcomes = list(executor.run(tasks(8)))
@@ -178,7 +178,7 @@ def test_a_slot_whose_replacement_cannot_start_is_dropped_and_the_smaller_pool_f
 def test_the_sweep_stops_when_no_worker_is_left(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTH_NO_START", str(tmp_path / "no-start"))
     with pytest.raises(ParamsError, match=r"no worker left: the last, worker \d \(cpu, pid \d+\), was dropped"):
-        with Executor("synthetic_trainers:cuda_fault", worker_environments(study(workers=2))) as executor:
+        with Executor("optsweep.testing.trainers:cuda_fault", worker_environments(study(workers=2))) as executor:
             executor.start()
             (tmp_path / "no-start").touch()
             list(executor.run(tasks(2)))
@@ -190,7 +190,7 @@ def test_a_run_without_progress_is_killed_and_retried_and_a_second_stall_fails_i
     monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
     monkeypatch.setenv("SYNTH_HANG", hang)
     train = TrainSettings(device="cpu", stall_timeout_s=1.0)
-    with Executor("synthetic_trainers:hangs_once", worker_environments(study(workers=2)), train) as executor:
+    with Executor("optsweep.testing.trainers:hangs_once", worker_environments(study(workers=2)), train) as executor:
         (outcome,) = list(executor.run(tasks(1)))
         alive = [worker.process.is_alive() for worker in executor._workers]
     assert outcome.attempts == 2 and alive == [True, True]
@@ -208,7 +208,7 @@ def test_a_run_without_progress_is_killed_and_retried_and_a_second_stall_fails_i
 
 def test_a_run_that_keeps_reporting_progress_outlives_the_stall_timeout(capsys):
     train = TrainSettings(device="cpu", stall_timeout_s=1.0)
-    with Executor("synthetic_trainers:steady", worker_environments(study(workers=2)), train) as executor:
+    with Executor("optsweep.testing.trainers:steady", worker_environments(study(workers=2)), train) as executor:
         outcomes = list(executor.run(tasks(2)))
     assert all(outcome.error is None and outcome.attempts == 1 for outcome in outcomes)
     assert stderr_lines(capsys, "made no progress") == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-import synthetic_trainers as synth
-from optsweep.config import load_params
+import optsweep.testing.trainers as synth
 from optsweep.optimizers import BUILT_IN
+from optsweep.params.settings import load_params
+from optsweep.runs.store import RunRecord, RunStore, run_key
+from optsweep.runs.trainer import code_identity
+from optsweep.runs.view import rekey
 from optsweep.search import run_sweep
-from optsweep.store import RunRecord, RunStore, run_key
-from optsweep.store_view import rekey
-from optsweep.trainer_plugin import code_identity
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER_SOURCE = (REPO / "lib" / "optsweep" / "train.py").read_text()  # a real module: imports, docstrings
+TRAINER_SOURCE = (REPO / "lib" / "optsweep" / "train" / "loop.py").read_text()  # a real module: imports, docstrings
 
 
 def identity_of(folder: Path, module: str, source: str, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -46,7 +47,7 @@ def identity_of(folder: Path, module: str, source: str, monkeypatch: pytest.Monk
     pytest.param(lambda s: s.replace("import math\n", "import math\nimport sys\nimport collections\n", 1),
                  id="added imports"),
     pytest.param(lambda s: s.replace("from __future__ import annotations\n", "", 1), id="no __future__"),
-    pytest.param(lambda s: s.replace("from .", "from optsweep."), id="relative imports made absolute"),
+    pytest.param(lambda s: re.sub(r"from \.+", "from optsweep.", s), id="relative imports made absolute"),
 ])
 def test_what_does_not_compute_keeps_the_identity(tmp_path, monkeypatch, edit):
     original = identity_of(tmp_path / "a", "my_trainer", TRAINER_SOURCE, monkeypatch)
@@ -84,7 +85,7 @@ def test_a_change_of_code_changes_the_identity(tmp_path, monkeypatch, edit):
 IDENTITIES = """
 import json
 from optsweep.optimizers import BUILT_IN, optimizer_identity
-from optsweep.trainer_plugin import code_identity
+from optsweep.runs.trainer import code_identity
 print(json.dumps({"trainer": code_identity("optsweep.train:train"),
                   **{name: optimizer_identity(name)["code"] for name in BUILT_IN}}))
 """
@@ -225,7 +226,7 @@ def test_rekeyed_records_carry_the_current_code_identity(swept, tmp_path):
     params, _, _ = swept
     store = RunStore(tmp_path / "runs")
     rekey(store)
-    trainer_code = code_identity("synthetic_trainers:bowl")
+    trainer_code = code_identity("optsweep.testing.trainers:bowl")
     records: list[RunRecord] = [record for record in store if record.is_result]
     assert records and all(record.trainer_code == trainer_code for record in records)
     assert all(record.spec["optimizer"]["code"] != "0ld0ptimizerc0de" for record in records)

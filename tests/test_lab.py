@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import synthetic_trainers as synth
+import optsweep.testing.trainers as synth
 from optsweep import results
-from optsweep.config import ParamsError, load_params, validate_params
-from optsweep.executor import worker_environments
-from optsweep.paths import ROOT_VARIABLE, find_root, project
+from optsweep.execution.pool import worker_environments
+from optsweep.params.paths import ROOT_VARIABLE, find_root, project
+from optsweep.params.settings import ParamsError, load_params, validate_params
 from optsweep.search import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]

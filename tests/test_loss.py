@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optsweep import loss as loss_module
-from optsweep.config import Scale
-from optsweep.loss import linear_cross_entropy
-from optsweep.model import build_hf_model, build_model
+from optsweep.params.settings import Scale
+from optsweep.train import loss as loss_module
+from optsweep.train.loss import linear_cross_entropy
+from optsweep.train.model import build_hf_model, build_model
 
 
 def inputs(rows: int = 3, cols: int = 13, width: int = 16, vocab: int = 200) -> tuple[torch.Tensor, ...]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from optsweep.config import Scale
-from optsweep.model import CAUSAL_ATTENTION, build_hf_model, build_model, count_params, padded_vocab
+from optsweep.params.settings import Scale
+from optsweep.train.model import CAUSAL_ATTENTION, build_hf_model, build_model, count_params, padded_vocab
 
 SCALES = [
     Scale(width=32, depth=1, heads=2, seq_len=16, batch_size=2, tokens=64),

@@ -13,11 +13,11 @@ import pytest
 
 from conftest import small_study, write_params
 from optsweep.cli import main
-from optsweep.config import ParamsError, load_params
 from optsweep.optimizers import BUILT_IN
-from optsweep.store import RunStore, run_key
-from optsweep.trainer_plugin import make_run_spec
-from synthetic_trainers import OPTSWEEP, cli_env
+from optsweep.params.settings import ParamsError, load_params
+from optsweep.runs.store import RunStore, run_key
+from optsweep.runs.trainer import make_run_spec
+from optsweep.testing.trainers import OPTSWEEP, cli_env
 
 USER_SGD = {"optimizer": "user_optimizer:sgd", "baseline": {"lr": 0.3, "warmup": 4},
             "grid": {"lr": [0.1, 0.3], "momentum": [0.8, 0.9]}}

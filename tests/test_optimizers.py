@@ -26,7 +26,10 @@ from optsweep.optimizers import (
     optimizer_identity,
     resolve_hparams,
 )
+from optsweep.optimizers.parts import JointOptimizer, adamw, clip_gradients, lr_schedule
+from optsweep.params.settings import ParamsError
 from optsweep.train import Runtime, configure_determinism
+from optsweep.train.model import build_model
 
 STEPS = 40
 # Settings that train the tiny model quickly; warmup 4 and each optimizer's declared schedule (to 0).

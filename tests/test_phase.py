@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-import synthetic_trainers as synth
-from optsweep.config import load_params
+import optsweep.testing.trainers as synth
+from optsweep.params.settings import load_params
 from optsweep.search import run_phase, run_sweep
 
 COMPARED = ("best", "best_loss", "grid", "slices", "trajectory", "passes", "converged", "runs")

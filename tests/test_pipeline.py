@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from optsweep.documents import SweepResult
+from optsweep.results.documents import SweepResult
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from optsweep.config import load_params
-from optsweep.presets import chain_hours, planned_runs, scale_plans, search_chain, search_variants, study_calendar
+from optsweep.params.settings import load_params
+from optsweep.search.plan import chain_hours, planned_runs, scale_plans, search_chain, search_variants, study_calendar
 
 REPO = Path(__file__).resolve().parents[1]
 OPTSWEEP = str(Path(sys.executable).parent / "optsweep")

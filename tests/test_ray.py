@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-import synthetic_trainers as synth
+import optsweep.testing.trainers as synth
 from optsweep.cli import main
-from optsweep.config import ParamsError, StudySettings, TrainSettings, load_params
+from optsweep.params.settings import ParamsError, StudySettings, TrainSettings, load_params
+from optsweep.runs.store import RunStore
 from optsweep.search import run_sweep
-from optsweep.store import RunStore
 from test_sweep_cli import COMPARED, stored, wait_until
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -66,7 +66,7 @@ def comparable(result: dict) -> dict:
     ],
 )
 def test_actors_per_gpu_or_per_cpu_threads(train, per_gpu, nodes, expected):
-    from optsweep.ray_executor import plan_actors
+    from optsweep.execution.ray_cluster import plan_actors
 
     shape = plan_actors(TrainSettings(**train), per_gpu, nodes)
     assert (shape.count, shape.num_cpus, shape.num_gpus) == expected
@@ -83,7 +83,7 @@ def test_actors_per_gpu_or_per_cpu_threads(train, per_gpu, nodes, expected):
     ],
 )
 def test_a_cluster_that_cannot_hold_the_workers_is_a_one_line_error(train, per_gpu, nodes, message):
-    from optsweep.ray_executor import plan_actors
+    from optsweep.execution.ray_cluster import plan_actors
 
     with pytest.raises(ParamsError) as error:
         plan_actors(TrainSettings(**train), per_gpu, nodes)
@@ -107,7 +107,7 @@ def test_a_bad_address_setting_names_what_is_allowed():
 
 def test_the_local_backend_never_imports_ray(tmp_path):
     params = synth.write_study(tmp_path, "bowl", study_workers=2)
-    script = ("import sys; from optsweep.config import load_params; from optsweep.search import run_sweep; "
+    script = ("import sys; from optsweep.params.settings import load_params; from optsweep.search import run_sweep; "
               f"run_sweep(load_params({str(params)!r}), 'a', {str(tmp_path / 'a.json')!r}, progress=False); "
               "print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", script], env=synth.cli_env(), capture_output=True, text=True,
@@ -218,8 +218,8 @@ def test_a_phase_on_two_nodes_serves_every_scale_from_one_pool(cluster, tmp_path
 
 def test_a_killed_actor_is_replaced_and_its_run_retried(cluster, tmp_path):
     address, instruments = cluster
-    from optsweep.executor import Task
-    from optsweep.ray_executor import RayExecutor
+    from optsweep.execution.pool import Task
+    from optsweep.execution.ray_cluster import RayExecutor
 
     study = load_params(ray_study(tmp_path, address, "killer")).study
     tasks = [Task(f"k{i}", {"hparams": {"lr": 1e-3 * (i + 1), "weight_decay": 0.1, "beta2": 0.95}, "seed": 7})
@@ -334,8 +334,8 @@ def test_a_lost_node_leaves_a_smaller_pool_that_finishes_with_a_true_line(cluste
     the worker node's raylet is killed; that run is retried on the head's actor, which finishes the sweep."""
     import ray
 
-    from optsweep.executor import Task
-    from optsweep.ray_executor import RayExecutor
+    from optsweep.execution.pool import Task
+    from optsweep.execution.ray_cluster import RayExecutor
 
     address, instruments = cluster
     pause = instruments / "pause"

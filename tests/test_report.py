@@ -11,10 +11,8 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from optsweep import plots
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws
-from optsweep.config import load_params
-from optsweep.documents import ScalingLaws, SensitivityResult, as_json, read_document
+from optsweep.params.settings import load_params
 from optsweep.report import (
     LONGER_RUNS,
     MORE_OR_LONGER_RUNS,
@@ -27,6 +25,7 @@ from optsweep.report import (
     hypotheses_frame,
     law_curves,
     load_sweeps,
+    plots,
     reasons_details,
     recommended_frame,
     sensitivity_frame,
@@ -34,6 +33,7 @@ from optsweep.report import (
     verdict_clause,
     what_would_decide,
 )
+from optsweep.results.documents import ScalingLaws, SensitivityResult, as_json, read_document
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
 matplotlib.use("Agg")

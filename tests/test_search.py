@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import synthetic_trainers as synth
-from optsweep.config import ParamsError, load_params
-from optsweep.documents import SweepResult
+import optsweep.testing.trainers as synth
+from optsweep.params.settings import ParamsError, load_params
+from optsweep.results.documents import SweepResult
+from optsweep.runs.store import RunStore
 from optsweep.search import FailedRuns, run_sweep
-from optsweep.store import RunStore
 
 BOWL_OPTIMUM = {"lr": 1e-2, "weight_decay": 0.2, "beta2": 0.99}
 RIDGE = {
@@ -59,7 +59,7 @@ def test_separable_bowl_reaches_the_grid_optimum_in_one_pass_and_stops_after_the
     compute = result["compute"]
     assert compute["runs_planned"] == compute["runs_trained"] == len(result["runs"])
     assert compute["tokens"] == len(result["runs"]) * result["scale"]["tokens"]
-    assert result["provenance"]["trainer"] == "synthetic_trainers:bowl"
+    assert result["provenance"]["trainer"] == "optsweep.testing.trainers:bowl"
     assert strict_load(tmp_path / "a.json") == result
 
 
@@ -294,12 +294,13 @@ def test_law_phase_keeps_the_baseline_of_hyperparameters_the_analysis_could_not_
     [
         (None, "sensitivity file not found"),
         ("{not json", "not valid JSON"),
-        ({"recommended": RECOMMENDED}, "key 'sensitive' must be a list"),
-        ({"sensitive": ["lr"]}, "key 'recommended' must map"),
+        ({"recommended": RECOMMENDED}, "not a valid LawPhaseInputs: field sensitive: Field required"),
+        ({"sensitive": "lr", "recommended": RECOMMENDED}, "field sensitive: Input should be a valid list"),
+        ({"sensitive": ["lr"]}, "not a valid LawPhaseInputs: field recommended: Field required"),
         ({"sensitive": ["lr"], "recommended": {k: v for k, v in RECOMMENDED.items() if k != "beta1"}},
          "recommended: missing hyperparameter 'beta1'"),
         ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": "0.1"}}},
-         "recommended.weight_decay.value: expected a number"),
+         "recommended.weight_decay.value"),
         ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": 0.1, "rule": "cubic"}}},
          "recommended.weight_decay: "),
         ({"sensitive": ["lr"], "recommended": {**RECOMMENDED, "weight_decay": {"value": 0.1}, "beta1": {"value": 1.5}}},
@@ -358,7 +359,7 @@ def test_edge_extension_stops_at_the_limit_and_at_the_domain(tmp_path):
 
 
 def test_a_sweep_result_with_a_missing_or_wrong_field_fails_in_one_line_naming_it(tmp_path):
-    from optsweep.documents import SweepResult, read_document
+    from optsweep.results.documents import SweepResult, read_document
 
     sweep(tmp_path, "bowl")
     path = tmp_path / "a.json"

@@ -13,9 +13,9 @@ from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
 from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above, speedup_from_sweeps
-from optsweep.config import ParamsError
-from optsweep.documents import SweepResult, write_document
-from synthetic_trainers import OPTSWEEP, cli_env, write_study
+from optsweep.params.settings import ParamsError
+from optsweep.results.documents import SweepResult, write_document
+from optsweep.testing.trainers import OPTSWEEP, cli_env, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 

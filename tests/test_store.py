@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 
-import synthetic_trainers as synth
-from optsweep.config import load_params
+import optsweep.testing.trainers as synth
+from optsweep.params.settings import load_params
+from optsweep.runs.store import RunRecord, RunStore, run_key
+from optsweep.runs.trainer import make_run_spec
 from optsweep.search import run_sweep
-from optsweep.store import RunRecord, RunStore, run_key
-from optsweep.trainer_plugin import make_run_spec
 
 DATA = {"dir": "/data/prepared", "hash": "abc123", "vocab_size": 512, "tokenizer": "bpe"}
 
@@ -84,7 +84,7 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, spec, caplog):
     full = store.path("good").read_text()
     store.path("partial").write_text(full[: len(full) // 2])  # what a non-atomic writer leaves when killed
     store.path("alien").write_text(json.dumps({"key": "alien", "something": "else"}))
-    with caplog.at_level(logging.WARNING, logger="optsweep.store"):
+    with caplog.at_level(logging.WARNING, logger="optsweep.runs.store"):
         assert store.get("partial") is None and store.get("alien") is None
         assert [r.key for r in store] == ["good"]
     assert sum("ignoring unreadable" in message for message in caplog.messages) == 4
@@ -97,7 +97,7 @@ def test_a_sweep_retrains_a_run_whose_file_is_corrupt(tmp_path, monkeypatch, cap
     first = run_sweep(params, "a", tmp_path / "out.json", progress=False)
     victim = first["runs"][3]["key"]
     RunStore(tmp_path / "runs").path(victim).write_text('{"key": "')
-    with caplog.at_level(logging.WARNING, logger="optsweep.store"):
+    with caplog.at_level(logging.WARNING, logger="optsweep.runs.store"):
         second = run_sweep(params, "a", tmp_path / "out.json", progress=False)
     assert second["compute"]["runs_trained"] == 1
     assert second["runs"] == first["runs"]
@@ -123,7 +123,7 @@ def test_a_writer_dying_before_the_rename_leaves_the_old_record_whole(tmp_path, 
 WRITER = textwrap.dedent(
     """
     import sys
-    from optsweep.store import RunRecord, RunStore
+    from optsweep.runs.store import RunRecord, RunStore
     store, writer = RunStore(sys.argv[1]), int(sys.argv[2])
     for i in range(150):
         key = f"shared{(i // 2) % 30}" if i % 2 else f"w{writer}-{i}"

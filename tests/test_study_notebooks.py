@@ -23,12 +23,12 @@ import yaml
 
 from optsweep import results
 from optsweep.analysis.speedup import SpeedupResult, compute_speedup
-from optsweep.config import load_params
-from optsweep.documents import SweepResult, write_document
-from optsweep.paths import project
+from optsweep.params.paths import project
+from optsweep.params.settings import load_params
 from optsweep.report import Comparison, tuned_hparams_frame
+from optsweep.results.documents import SweepResult, write_document
 from optsweep.search import run_sweep
-from synthetic_trainers import cli_env, write_study
+from optsweep.testing.trainers import cli_env, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 OPTSWEEP = str(Path(sys.executable).parent / "optsweep")

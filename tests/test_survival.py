@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-import synthetic_trainers as synth
+import optsweep.testing.trainers as synth
 from conftest import small_study, write_params
-from optsweep import train as train_module
-from optsweep.config import ParamsError, load_params
-from optsweep.store import RunStatus, RunStore
-from optsweep.trainer_plugin import code_identity, make_run_spec
+from optsweep.params.settings import ParamsError, load_params
+from optsweep.runs.store import RunStatus, RunStore
+from optsweep.runs.trainer import code_identity, make_run_spec
+from optsweep.train import loop as train_module
 
 OPTSWEEP = synth.OPTSWEEP
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_a_device_that_cannot_compute_stops_the_sweep_before_any_run(tmp_path):
 
 
 def _identity_in(lib: Path, trainer: str = "optsweep.train:train") -> str:
-    code = f"from optsweep.trainer_plugin import code_identity; print(code_identity({trainer!r}))"
+    code = f"from optsweep.runs.trainer import code_identity; print(code_identity({trainer!r}))"
     env = {**os.environ, "PYTHONPATH": str(lib)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()
@@ -252,13 +252,14 @@ def test_comments_and_docstrings_do_not_move_the_run_identity_but_code_does(tmp_
     shutil.copytree(REPO / "lib", lib, ignore=shutil.ignore_patterns("__pycache__"))
     original = _identity_in(lib)
     assert original == code_identity("optsweep.train:train")
-    train_py = lib / "optsweep" / "train.py"
+    train_py = lib / "optsweep" / "train" / "loop.py"
     text = train_py.read_text()
     edited = text.replace('"""Train one run;', '"""Train exactly one run;', 1).replace(
         "SYNC_EVERY = 16  #", "SYNC_EVERY = 16  # (a reworded comment)  #", 1)
     train_py.write_text("# a new leading comment\n" + edited.replace("\n\n\ndef ", "\n\n\n\ndef "))
     assert train_py.read_text() != text and _identity_in(lib) == original
-    (lib / "optsweep" / "data.py").write_text((lib / "optsweep" / "data.py").read_text() + "\nX = 1\n")
+    prepare_py = lib / "optsweep" / "data" / "prepare.py"
+    prepare_py.write_text(prepare_py.read_text() + "\nX = 1\n")
     assert _identity_in(lib) == original  # data preparation is covered by the data hash
     train_py.write_text(edited.replace("TRAINER_VERSION = ", "TRAINER_VERSION = 1 + ", 1))
     assert _identity_in(lib) != original

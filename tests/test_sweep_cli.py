@@ -15,11 +15,11 @@ from typing import Callable
 
 import pytest
 
-import synthetic_trainers as synth
+import optsweep.testing.trainers as synth
 from optsweep.cli import main
-from optsweep.config import load_params
+from optsweep.params.settings import load_params
+from optsweep.runs.store import RunStore
 from optsweep.search import run_sweep
-from optsweep.store import RunStore
 
 BASELINE = {"lr": 3e-3, "min_lr_ratio": 0.0, "warmup": 4, "beta1": 0.9, "beta2": 0.95,
             "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0}
@@ -39,8 +39,8 @@ COMPARED = ("scale", "free", "grid", "baseline", "best", "best_loss", "near_best
         ({"search": {"passes": 0}}, [], "search.passes: Input should be greater than or equal to 1"),
         ({}, ["--set", "momentum=0.9"], "baseline: optimizer 'adamw' has no hyperparameter 'momentum'"),
         ({}, ["--scale", "zz"], "unknown scale 'zz'; allowed: a, b"),
-        ({"study_trainer": "synthetic_trainers:nope"}, [],
-         "study.trainer: module 'synthetic_trainers' has no callable"),
+        ({"study_trainer": "optsweep.testing.trainers:nope"}, [],
+         "study.trainer: module 'optsweep.testing.trainers' has no callable"),
         ({}, ["--sensitivity", "missing.json"], "missing.json: sensitivity file not found"),
     ],
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import synthetic_trainers as synth
-from optsweep.config import load_params
+import optsweep.testing.trainers as synth
+from optsweep.params.settings import load_params
 from optsweep.search import run_sweep
 
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from optsweep.train import TRAINER_VERSION, train
-from optsweep.trainer_plugin import code_identity, is_diverged
+from optsweep.runs.trainer import code_identity, is_diverged
+from optsweep.train.loop import TRAINER_VERSION, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

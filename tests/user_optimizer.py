@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from optsweep.optim import param_groups
 from optsweep.optimizers import DECAY_RATE, NON_NEGATIVE, POSITIVE, BuildContext, Hparam, declare_optimizer
+from optsweep.optimizers.parts import param_groups
 
 
 @declare_optimizer(

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import AnalysisSettings, ParamsError, load_analysis_settings, load_params
-from .paths import PARAMS_FILE, project
+from .params.paths import PARAMS_FILE, project
+from .params.settings import AnalysisSettings, ParamsError, load_analysis_settings, load_params
 from .search import FailedRuns
 
 DEFAULT_PARAMS = str(PARAMS_FILE)  # commands run from the project root, as dvc.yaml's stages do
@@ -36,8 +36,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data import ensure_prepared
-    from .trainer_plugin import DEFAULT_TRAINER, invalid_reason, load_trainer, make_run_spec
+    from .data.prepare import ensure_prepared
+    from .runs.trainer import DEFAULT_TRAINER, invalid_reason, load_trainer, make_run_spec
 
     params = load_params(args.params, args.set, args.optimizer)
     baseline, _ = params.scale_space(args.scale)
@@ -50,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import markdown, run_bench, run_suite
+    from .train.bench import run_bench
+    from .train.bench_suite import markdown, run_suite
 
     params = load_params(args.params, args.set)
     if args.suite is None:
@@ -89,8 +90,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_store(args: argparse.Namespace) -> None:
-    from . import store_view
-    from .store import RunStore
+    from .runs import view as store_view
+    from .runs.store import RunStore
+    from .search.retry import retry_failed
 
     params = load_params(args.params, args.set)
     store = RunStore(params.study.store)
@@ -118,7 +120,7 @@ def cmd_store(args: argparse.Namespace) -> None:
             print(f"{key}: skipped, {reason}")
         print(rekeyed.line(args.dry_run))
     else:
-        records, stale = store_view.retry_failed(params, store)
+        records, stale = retry_failed(params, store)
         for record in records:
             print(f"{record.key}: {record.status.value}")
         for record in stale:
@@ -154,13 +156,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_preset(args: argparse.Namespace) -> None:
-    from .presets import activate_preset
+    from .search.plan import activate_preset
 
     print(activate_preset(args.name, Path(args.params)))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from .presets import GpuCount, default_gpus, print_plan
+    from .search.plan import GpuCount, default_gpus, print_plan
 
     params = load_params(args.params, args.set)
     gpus = default_gpus(params.study) if args.gpus is None else GpuCount(gpu_count(args.gpus), "--gpus")
@@ -179,7 +181,7 @@ def gpu_count(text: str) -> int:
 
 
 def cmd_notebook(args: argparse.Namespace) -> None:
-    from .notebook import parse_parameter, run_notebook
+    from .report.notebook import parse_parameter, run_notebook
 
     notebook = Path(args.notebook)
     if not notebook.is_file():

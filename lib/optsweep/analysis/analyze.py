@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import AnalysisSettings, ParamsError, StudyParams
-from ..documents import ScalingLaws, SensitivityResult, stamped, write_document
+from ..params.settings import AnalysisSettings, ParamsError, StudyParams
 from ..provenance import stable_hash
+from ..results.documents import ScalingLaws, SensitivityResult, stamped, write_document
 from .laws import fit_scaling_laws
 from .sensitivity import analyze_sensitivity
 from .speedup import REFERENCE, compute_speedup, measured_relative_noise

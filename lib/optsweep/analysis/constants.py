@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import round_sig
+from ..params.settings import round_sig
 from .optimum import WIDTH_RULES, Landscape
 
 

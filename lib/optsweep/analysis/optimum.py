@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import chi2
 
 from ..axes import from_axis, to_axis
-from ..config import AnalysisSettings
-from .noise import ROUND_OFF, Noise, measure_noise
+from ..params.settings import AnalysisSettings
+from .curve import Curve
+from .noise import Noise, measure_noise
+from .surface import Surface
 from .table import config_losses, scales_frame, swept_hparams
 
 # lr x width^power stays constant under each width rule; "none" first so it wins ties (fewest assumptions).
@@ -32,12 +33,9 @@ WIDTH_RULES: dict[str, float] = {"none": 0.0, "inverse_width": 1.0, "inverse_sqr
 # likewise for tokens), so budgets rounded to whole steps still pair up.
 SAME_SIZE_RTOL = 0.01
 REACH = 2  # finished neighbours each side of the best run in the local quadratic (and the local surface)
-SURFACE_REACH = 2  # grid steps each side of the centre, along both axes, in a local surface
-RECENTRE = 3  # times a local surface may move its window onto the grid run nearest its vertex
 # A vertex is only as good as the curvature it divides by: below this many standard errors of the curvature
 # the landscape is flat within the noise there, and the measured best stands.
 CURVATURE_Z = 2.5
-MISFIT_P = 0.001  # residuals this unlikely under the noise mean the quadratic does not describe its window
 
 
 @dataclass(frozen=True)
@@ -110,71 +108,6 @@ class Optimum:
             "stderr": self.stderr, "at_edge": self.at_edge, "edge": self.edge, "bound": self.bound, "loss": self.loss,
             "refinement": self.refinement, "extrapolated": self.extrapolated,
         }
-
-
-@dataclass(frozen=True)
-class Curve:
-    """The local quadratic of one slice: loss = c0 + c1 u + c2 u^2 with u = x - center, its unit-noise
-    covariance (times noise^2 for the real one), the window it was fitted on and the noise std."""
-
-    coefficients: np.ndarray
-    unit_covariance: np.ndarray
-    center: float
-    window: tuple[float, float]
-    noise: float
-    rss: float = 0.0  # the fit's residual sum of squares
-    dof: int = 0  # and its residual degrees of freedom
-
-    @property
-    def convex(self) -> bool:
-        return bool(self.coefficients[2] > 0)
-
-    def misfits(self, loss: float) -> bool:
-        """Whether the residuals are far beyond the noise (chi-square, p < `MISFIT_P`): the quadratic does not
-        describe the runs it was fitted to (a blown-up run, a step), so its vertex means nothing. The noise
-        is floored at float round-off of `loss`, so a noise-free exact quadratic fits."""
-        if self.dof == 0:
-            return False
-        floor = max(self.noise, ROUND_OFF * abs(loss))
-        return bool(self.rss / floor**2 > chi2.isf(MISFIT_P, self.dof))
-
-    @property
-    def curvature_z(self) -> float:
-        """The curvature over its standard error (infinite without noise)."""
-        stderr = self.noise * math.sqrt(max(self.unit_covariance[2, 2], 0.0))
-        return float(self.coefficients[2] / stderr) if stderr > 0 else math.inf
-
-    @property
-    def vertex(self) -> float:
-        _, c1, c2 = self.coefficients
-        return self.center - c1 / (2 * c2)
-
-    def vertex_stderr(self, z: float = 1.96) -> float:
-        """Half the width of Fieller's interval for the vertex, over z (the delta method's error when that is
-        wider): the vertex divides by the curvature, so its error is lopsided long before the curvature is
-        lost in the noise, and the delta method alone would understate it."""
-        _, c1, c2 = self.coefficients
-        delta = self._stderr(np.array([0.0, -1 / (2 * c2), c1 / (2 * c2**2)]))
-        cov = self.noise**2 * self.unit_covariance
-        # |c1 + 2 c2 u| <= z sd(c1 + 2 c2 u): a quadratic in u, bounded when the curvature is significant
-        a = 4 * c2**2 - 4 * z**2 * cov[2, 2]
-        b = 4 * c1 * c2 - 4 * z**2 * cov[1, 2]
-        c = c1**2 - z**2 * cov[1, 1]
-        if self.noise == 0 or a <= 0 or b * b - 4 * a * c < 0:
-            return delta
-        # the roots of a u^2 + b u + c are sqrt(b^2 - 4ac) / a apart: half of that is the interval's half-width
-        return max(delta, math.sqrt(b * b - 4 * a * c) / (2 * a) / z)
-
-    def regret(self, x: float) -> tuple[float, float]:
-        """Loss at x above the vertex (c2 (x - vertex)^2) and its standard error."""
-        _, c1, c2 = self.coefficients
-        u = x - self.center
-        value = c2 * u**2 + c1 * u + c1**2 / (4 * c2)
-        gradient = np.array([0.0, u + c1 / (2 * c2), u**2 - c1**2 / (4 * c2**2)])
-        return float(max(value, 0.0)), self._stderr(gradient)
-
-    def _stderr(self, gradient: np.ndarray) -> float:
-        return float(self.noise * math.sqrt(max(gradient @ self.unit_covariance @ gradient, 0.0)))
 
 
 @dataclass(frozen=True)
@@ -266,109 +199,6 @@ def fit_on_surface(configs: pd.DataFrame, slice_: Slice, swept: list[str], noise
             why = f"local surface over {hparam} x {partner} ({surface.runs} runs)"
             return SliceFit(slice_, curve, _optimum(slice_, curve, why, noise), noise)
     return None
-
-
-@dataclass(frozen=True)
-class Surface:
-    """loss = c0 + c1 u + c2 v + c3 u^2 + c4 v^2 + c5 u v on the natural axes of a hyperparameter (u) and a
-    partner (v), centred on a grid run (`center`), fitted by least squares to the finished runs within
-    `REACH` grid steps of it along both; `unit_covariance` is (X'X)^-1 (times noise^2 for the real one)."""
-
-    hparam: str
-    partner: str
-    center: dict[str, float]
-    coefficients: np.ndarray
-    unit_covariance: np.ndarray
-    window: tuple[float, float]  # the runs' span along u, on the natural axis
-    noise: float
-    runs: int
-    rss: float
-
-    @classmethod
-    def around(
-        cls, configs: pd.DataFrame, best: pd.Series, hparam: str, partner: str, swept: list[str], noise: float
-    ) -> Surface | None:
-        """The surface centred on the best run, re-centred (up to `RECENTRE` times) on the grid run nearest
-        its vertex: with a noisy best run the window follows the landscape, not the luckiest run."""
-        rows = _plane(configs, best, hparam, partner, swept)
-        grids = {h: np.sort(rows[h].unique().astype(float)) for h in (hparam, partner)}
-        center = {h: float(best[h]) for h in (hparam, partner)}
-        surface = None
-        for _ in range(RECENTRE + 1):
-            block = _block(rows, grids, center)
-            if block is None:
-                return surface
-            fitted = cls._fit(block, center, hparam, partner, noise)
-            if fitted is None:
-                return surface
-            surface = fitted
-            nearest = surface.nearest_grid_run(grids)
-            if nearest == center:
-                break
-            center = nearest
-        return surface
-
-    @classmethod
-    def _fit(cls, block: pd.DataFrame, center: dict[str, float], hparam: str, partner: str,
-             noise: float) -> Surface | None:
-        u = to_axis(hparam, block[hparam]) - float(to_axis(hparam, center[hparam]))
-        v = to_axis(partner, block[partner]) - float(to_axis(partner, center[partner]))
-        design = np.stack([np.ones_like(u), u, v, u**2, v**2, u * v], axis=1)
-        coefficients, *_ = np.linalg.lstsq(design, block["loss"].to_numpy(float), rcond=None)
-        hessian = np.array([[2 * coefficients[3], coefficients[5]], [coefficients[5], 2 * coefficients[4]]])
-        if not np.all(np.linalg.eigvalsh(hessian) > 0):
-            return None
-        x0 = float(to_axis(hparam, center[hparam]))
-        rss = float(np.sum((block["loss"].to_numpy(float) - design @ coefficients) ** 2))
-        return cls(hparam, partner, center, coefficients, np.linalg.pinv(design.T @ design),
-                   (x0 + float(u.min()), x0 + float(u.max())), noise, len(block), rss)
-
-    def vertex(self) -> dict[str, float]:
-        """The surface's minimum on the natural axes."""
-        c = self.coefficients
-        u, v = np.linalg.solve(np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]]), -c[1:3])
-        return {self.hparam: float(to_axis(self.hparam, self.center[self.hparam])) + u,
-                self.partner: float(to_axis(self.partner, self.center[self.partner])) + v}
-
-    def nearest_grid_run(self, grids: dict[str, np.ndarray]) -> dict[str, float]:
-        vertex = self.vertex()
-        return {h: float(grid[np.argmin(np.abs(to_axis(h, grid) - vertex[h]))]) for h, grid in grids.items()}
-
-    def profile(self) -> Curve:
-        """The loss along u with v re-optimised at each u: p0 + p1 u + p2 u^2, its covariance by the delta
-        method (the Jacobian of p in c)."""
-        c0, c1, c2, c3, c4, c5 = self.coefficients
-        p = np.array([c0 - c2**2 / (4 * c4), c1 - c2 * c5 / (2 * c4), c3 - c5**2 / (4 * c4)])
-        jacobian = np.array([
-            [1, 0, -c2 / (2 * c4), 0, c2**2 / (4 * c4**2), 0],
-            [0, 1, -c5 / (2 * c4), 0, c2 * c5 / (2 * c4**2), -c2 / (2 * c4)],
-            [0, 0, 0, 1, c5**2 / (4 * c4**2), -c5 / (2 * c4)],
-        ])
-        center = float(to_axis(self.hparam, self.center[self.hparam]))
-        return Curve(p, jacobian @ self.unit_covariance @ jacobian.T, center, self.window, self.noise, self.rss,
-                     self.runs - 6)
-
-
-def _plane(configs: pd.DataFrame, best: pd.Series, hparam: str, partner: str, swept: list[str]) -> pd.DataFrame:
-    """The runs equal to `best` in every swept hyperparameter but `hparam` and `partner`."""
-    same = np.ones(len(configs), dtype=bool)
-    for h in swept:
-        if h not in (hparam, partner):
-            same &= (configs[h] == best[h]).to_numpy()
-    return configs[same]
-
-
-def _block(rows: pd.DataFrame, grids: dict[str, np.ndarray], center: dict[str, float]) -> pd.DataFrame | None:
-    """The finished runs within `REACH` grid steps of `center` along both axes, or None unless the 3 x 3
-    core around it was run and finished."""
-    steps = {h: np.searchsorted(grid, rows[h].to_numpy(float)) - np.searchsorted(grid, center[h])
-             for h, grid in grids.items()}
-    near = np.all([np.abs(k) <= SURFACE_REACH for k in steps.values()], axis=0)
-    core = np.all([np.abs(k) <= 1 for k in steps.values()], axis=0)
-    if core.sum() < 9 or rows.loc[core, "loss"].isna().any():
-        return None
-    block = rows[near]
-    return block[block["loss"].notna()]
 
 
 def _window(slice_: Slice, reach: int) -> list[int]:
@@ -521,6 +351,16 @@ class Landscape:
 
     def from_reference(self, value: float, scale: str, power: float, reference_width: int | None) -> float:
         return value / (self.width(scale) / reference_width) ** power if power else value
+
+    def can_run(self, hparam: str, value: float, scale: str) -> bool:
+        """Whether every run of `scale` could train at `value`: warmup must end before the run does (as
+        optsweep.runs.trainer.invalid_reason rules); a table without steps sets no bound."""
+        shortest = self._info[scale]["shortest"]
+        return not (hparam == "warmup" and np.isfinite(shortest) and value >= shortest)
+
+    def shortest_run(self, scales: Iterable[str]) -> int:
+        """The fewest steps of any run at these scales."""
+        return int(min(self._info[s]["shortest"] for s in scales))
 
     def regret_of(self, hparam: str, value: float, scale: str) -> Regret:
         return self.fits[hparam][scale].regret(value)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, t
 
-from ..config import LrTransfer, ParamsError
 from ..optimizers import BUILT_IN
+from ..params.settings import LrTransfer, ParamsError
 from .law_fit import design_matrix, untransform
 from .table import hparam_names
 

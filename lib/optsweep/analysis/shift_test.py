@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.stats import chi2, norm
@@ -134,18 +134,38 @@ def shift_test(land: Landscape, hparam: str, rule: str, thresholds: dict[str, fl
 
 def _minimax_common(land: Landscape, test: ShiftTest) -> float:
     """The value (natural axis, at the reference width) between the scales' optima whose worst excess over
-    the threshold is smallest: the best case for "one value serves every scale"."""
+    the threshold is smallest: the best case for "one value serves every scale". Only a value that every
+    scale can run competes (a warmup longer than one scale's runs serves no scale there); when none between
+    the optima can, the largest value below them that can, and the test's notes say so."""
     low, high = min(test.optima.values()), max(test.optima.values())
-    if high - low < 1e-12:
-        return low
+
+    def runnable(x: float) -> bool:
+        test.common = x
+        return all(land.can_run(test.hparam, test.common_at(land, s), s) for s in test.optima)
 
     def worst(x: float) -> float:
         test.common = x
         return max(land.regret_of(test.hparam, test.common_at(land, s), s).value - test.thresholds[s]
                    for s in test.optima)
 
-    candidates = np.linspace(low, high, COMMON_CANDIDATES)
-    return float(candidates[int(np.argmin([worst(x) for x in candidates]))])
+    candidates = [float(x) for x in np.linspace(low, high, COMMON_CANDIDATES if high - low > 1e-12 else 1)]
+    runnable_candidates = [x for x in candidates if runnable(x)]
+    if len(runnable_candidates) < len(candidates):
+        test.notes.append(f"the common value is limited to what every scale can run ({test.hparam} shorter "
+                          f"than the shortest run, {land.shortest_run(test.optima)} steps)")
+    if not runnable_candidates:
+        return _largest_runnable_below(low, runnable)
+    return runnable_candidates[int(np.argmin([worst(x) for x in runnable_candidates]))]
+
+
+def _largest_runnable_below(value: float, runnable: Callable[[float], bool], halvings: int = 40) -> float:
+    """Bisection on the natural axis between the domain's start, 0 (a warmup of 0 steps always runs), and
+    `value` (which does not)."""
+    good, bad = 0.0, value
+    for _ in range(halvings):
+        middle = (good + bad) / 2
+        good, bad = (middle, bad) if runnable(middle) else (good, middle)
+    return good
 
 
 def _at_reference(land: Landscape, hparam: str, scale: str, power: float, reference: int | None) -> float:

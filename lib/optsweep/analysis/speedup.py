@@ -32,10 +32,10 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.stats import norm
 
 from ..axes import declare_axes
-from ..config import ParamsError
-from ..documents import Provenance, SensitivityResult, SweepResult, as_json, require_one_identity
 from ..jsonio import write_json
+from ..params.settings import ParamsError
 from ..provenance import provenance
+from ..results.documents import Provenance, SensitivityResult, SweepResult, as_json, require_one_identity
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .table import DIVERGED_STATUSES, MISSING_STATUSES
 

@@ -12,7 +12,7 @@ duration are their medians. An empty loss must say why in `status`. Any other co
 table exported from another codebase works as it is.
 
 Runs that blew up but finished at a finite loss are marked by `mark_blown_up` with the same rule the
-trainer uses (`optsweep.divergence.blown_up`), so they never enter an optimum fit.
+trainer uses (`optsweep.train.divergence.blown_up`), so they never enter an optimum fit.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..axes import axis_of, declare_axes, known_hparams
-from ..config import ALL_HPARAMS, SCALE_NAME, ParamsError
-from ..divergence import DEFAULT_RISE, blown_up
+from ..params.settings import ALL_HPARAMS, SCALE_NAME, ParamsError
+from ..train.divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
 SCALE_COLUMNS = ("n_params", "tokens", "width", "steps")
@@ -304,13 +304,15 @@ def _comparable_runs(table: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def scales_frame(table: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
-    """One row per scale (index = name): n_params, tokens, width, duration, best_loss, runs, blown_up.
-    `configs` is `config_losses(table)`; tokens and duration are the medians over the scale's rows."""
+    """One row per scale (index = name): n_params, tokens, width, duration, shortest (the fewest steps of its
+    runs, NaN when the table has no steps), best_loss, runs, blown_up. `configs` is `config_losses(table)`;
+    tokens and duration are the medians over the scale's rows."""
     grouped = table.groupby("scale", sort=False)
     scales = grouped[["n_params", "width"]].first()
     scales["tokens"] = grouped["tokens"].median()
     scales["duration"] = grouped["steps"].median() if "steps" in table.columns else scales["tokens"]
     scales["duration"] = scales["duration"].where(np.isfinite(scales["duration"]), scales["tokens"])
+    scales["shortest"] = grouped["steps"].min() if "steps" in table.columns else np.nan
     scales["best_loss"] = configs.groupby("scale", sort=False)["loss"].min()
     scales["runs"] = grouped.size()
     scales["blown_up"] = pd.Series(blown_up_counts(table))

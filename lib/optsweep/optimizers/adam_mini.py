@@ -58,7 +58,7 @@ def apply_decay_rule(
     optimizer: torch.optim.Optimizer, model: torch.nn.Module, weight_decay: float, decay_exclude: Collection[str]
 ) -> None:
     """Set each one-tensor group's weight decay by the study's rule: none for the kinds in `decay_exclude`."""
-    from ..optim import param_kind
+    from .parts import param_kind
 
     kinds = {id(p): param_kind(m, n) for m in model.modules() for n, p in m.named_parameters(recurse=False)}
     for group in optimizer.param_groups:

@@ -1,4 +1,4 @@
-"""The study's AdamW, as a plug-in: torch's AdamW over the weight-decay groups (optsweep.optim.adamw)."""
+"""The study's AdamW, as a plug-in: torch's AdamW over the weight-decay groups (optsweep.optimizers.parts.adamw)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     libraries=["torch"],
 )
 def build_adamw(model: torch.nn.Module, hparams: dict[str, Any], context: BuildContext) -> torch.optim.Optimizer:
-    """The study's AdamW (optsweep.optim.adamw), bit for bit."""
-    from ..optim import adamw
+    """The study's AdamW (optsweep.optimizers.parts.adamw), bit for bit."""
+    from .parts import adamw
 
     return adamw(model, hparams, context.decay_exclude, context.fused)

@@ -2,8 +2,8 @@
 context, the plug-in itself and `declare_optimizer`; plus the declarations and helpers the built-ins share.
 
 Near a leaf: at import it needs only the axes, not torch, so that params validation, which reads these
-declarations, stays light (`hidden_matrices` imports optsweep.optim when called). Its code is part of every
-optimizer's identity (see `registry.optimizer_identity`).
+declarations, stays light (`hidden_matrices` imports optsweep.optimizers.parts when called). Its code is part
+of every optimizer's identity (see `registry.optimizer_identity`).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     Left out, as is standard practice: the input embedding (a lookup table, not a linear map), the output
     head (found by the transformers API `get_output_embeddings`), norms and biases.
     """
-    from ..optim import param_kind
+    from .parts import param_kind
 
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head else None

@@ -33,7 +33,7 @@ def build_cautious(model: torch.nn.Module, hparams: dict[str, Any], context: Bui
     """heavyball.AdamW(caution=True) over the weight-decay groups, as plain AdamW otherwise."""
     import heavyball
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     # heavyball compiles its update functions by default (minutes per shape with max-autotune, and not the
     # update that was checked against Levanter's); eager keeps runs bitwise repeatable on the CPU.

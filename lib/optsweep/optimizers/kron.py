@@ -55,7 +55,7 @@ def build_kron(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     import torch
     from pytorch_optimizer.optimizer.psgd import precondition_update_prob_schedule
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     schedule = precondition_update_prob_schedule(
         min_prob=hparams["update_probability"], flat_start=hparams["update_prob_flat_start"]

@@ -19,7 +19,7 @@ def build_lion(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     """pytorch-optimizer's Lion (sign of an interpolated momentum) with decoupled weight decay."""
     import pytorch_optimizer
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     return pytorch_optimizer.Lion(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),

@@ -36,7 +36,7 @@ def build_mars(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     """pytorch_optimizer.MARS (AdamW type) on every parameter, over the weight-decay groups."""
     import pytorch_optimizer
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     return pytorch_optimizer.MARS(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),

@@ -44,7 +44,7 @@ def build_muon(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     schedule scales both parts' lrs alike, so their ratio holds (and moves with `lr_transfer`)."""
     import torch
 
-    from ..optim import JointOptimizer, param_groups
+    from .parts import JointOptimizer, param_groups
 
     matrices = hidden_matrices(model)
     muon = torch.optim.Muon(

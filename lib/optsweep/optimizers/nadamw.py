@@ -32,7 +32,7 @@ def build_nadamw(model: torch.nn.Module, hparams: dict[str, Any], context: Build
     """torch.optim.NAdam over the weight-decay groups, decay decoupled (lr * wd, as AdamW), mu_t = beta1."""
     import torch
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     return torch.optim.NAdam(
         param_groups(model, hparams["weight_decay"], context.decay_exclude),

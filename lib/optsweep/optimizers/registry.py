@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from torch.optim.lr_scheduler import LambdaLR
 
-_NOT_OPTIMIZERS = ("base", "registry")  # this package's modules that declare no optimizer
+_NOT_OPTIMIZERS = ("base", "parts", "registry")  # this package's modules that declare no optimizer
 
 
 def _built_in_plugins() -> dict[str, OptimizerPlugin]:

@@ -49,7 +49,7 @@ def build_scion(model: torch.nn.Module, hparams: dict[str, Any], context: BuildC
     import pytorch_optimizer
     import torch
 
-    from ..optim import JointOptimizer, param_groups
+    from .parts import JointOptimizer, param_groups
 
     matrices = hidden_matrices(model)
     orthogonalised = torch.optim.Muon(

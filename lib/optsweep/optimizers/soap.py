@@ -45,7 +45,7 @@ def build_soap(model: torch.nn.Module, hparams: dict[str, Any], context: BuildCo
     """heavyball.SOAP on blocks, over the weight-decay groups, eager and without heavyball's own clipping."""
     import heavyball
 
-    from ..optim import param_groups
+    from .parts import param_groups
 
     heavyball.utils.compile_mode = None  # eager: bitwise repeatable on the CPU, no compile per shape
     return heavyball.SOAP(

@@ -1,0 +1,26 @@
+"""The executor a study asks for: the local process pool or Ray actors (`study.executor`), optionally tracked.
+
+Ray is imported only when `study.executor` is `ray`, and wandb only when `study.tracker` is `wandb`.
+"""
+
+from __future__ import annotations
+
+from .config import StudySettings
+from .executor import Executor, data_dir_read_by, worker_environments
+from .tracker import TrackedExecutor
+
+
+def make_executor(study: StudySettings) -> Executor | TrackedExecutor:
+    """A context manager with `run(tasks) -> Iterator[Outcome]`. Checks what it can before any import."""
+    if study.executor == "ray":
+        from .ray_cluster import RayExecutor
+
+        executor: Executor = RayExecutor(study)
+    else:
+        executor = Executor(study.trainer, worker_environments(study), train=study.train,
+                            data_dir=data_dir_read_by(study))
+    if study.tracker == "wandb":
+        from .tracker import WandbTracker
+
+        return TrackedExecutor(executor, WandbTracker(study.name))
+    return executor
