@@ -21,9 +21,9 @@ import yaml
 import optsweep.data.prepare
 import optsweep.testing.trainers as synth
 from conftest import small_study
-from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import DataSettings, ParamsError, StudyParams, load_params, validate_params
 from optsweep.data import ensure_prepared, tokenizing_processes
+from optsweep.data.batches import TrainBatches, load_shards, val_batches
+from optsweep.params.settings import DataSettings, ParamsError, StudyParams, load_params, validate_params
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
 
@@ -68,10 +68,10 @@ def test_identity_describes_the_prepared_shards(prepared_data, prepared_params):
 CLONE_KEY = """
 import json
 import optsweep
-from optsweep.config import load_params
+from optsweep.params.settings import load_params
 from optsweep.data import ensure_prepared
-from optsweep.store import RunStore, run_key
-from optsweep.trainer_plugin import DEFAULT_TRAINER, code_identity, make_run_spec
+from optsweep.runs.store import RunStore, run_key
+from optsweep.runs.trainer import DEFAULT_TRAINER, code_identity, make_run_spec
 params = load_params("params/study.yaml")
 baseline, _ = params.scale_space("a")
 spec = make_run_spec(params, "a", baseline, ensure_prepared(params))

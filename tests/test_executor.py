@@ -113,11 +113,11 @@ def test_a_worker_that_cannot_read_the_data_stops_the_sweep_before_any_run_namin
     named = (rf"study.data.dir: cannot read {re.escape(str(folder / 'train.bin'))} on this worker \(No such file "
              r"or directory\); every node must see the prepared data at the same absolute path")
     with pytest.raises(ParamsError, match=named):
-        with Executor("synthetic_trainers:whoami", worker_environments(study(workers=workers)),
+        with Executor("optsweep.testing.trainers:whoami", worker_environments(study(workers=workers)),
                       data_dir=str(folder)) as executor:
             list(executor.run(tasks(2)))
     (folder / "train.bin").write_text("x")
-    with Executor("synthetic_trainers:whoami", worker_environments(study(workers=workers)),
+    with Executor("optsweep.testing.trainers:whoami", worker_environments(study(workers=workers)),
                   data_dir=str(folder)) as executor:
         assert all(outcome.error is None for outcome in executor.run(tasks(2)))
 

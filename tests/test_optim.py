@@ -1,5 +1,5 @@
 """The schedules (AdamW's cosine, the linear and WSD ones other optimizers declare), weight-decay groups and
-gradient clipping, through optsweep.optim."""
+gradient clipping, through optsweep.optimizers.parts."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from optsweep.config import HPARAMS as STUDY_HPARAMS
-from optsweep.config import Scale
-from optsweep.model import build_model
-from optsweep.optim import clip_gradients, clipped_parameters, lr_factor, param_groups
 from optsweep.optimizers import build, load_optimizer, resolve_hparams
+from optsweep.optimizers.parts import clip_gradients, clipped_parameters, lr_factor, param_groups
+from optsweep.params.settings import HPARAMS as STUDY_HPARAMS
+from optsweep.params.settings import Scale
+from optsweep.train.model import build_model
 
 HPARAMS = {"lr": 0.01, "min_lr_ratio": 0.1, "warmup": 5, "beta1": 0.9, "beta2": 0.95,
            "weight_decay": 0.1, "eps": 1e-8, "clip": 1.0}

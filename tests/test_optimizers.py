@@ -13,10 +13,7 @@ import torch.nn.functional as F
 
 from conftest import small_study, write_params
 from optsweep.axes import axis_of, to_axis
-from optsweep.batches import TrainBatches, load_shards, val_batches
-from optsweep.config import ParamsError, load_params
-from optsweep.model import build_model
-from optsweep.optim import JointOptimizer, adamw, clip_gradients, clipped_parameters, lr_schedule
+from optsweep.data.batches import TrainBatches, load_shards, val_batches
 from optsweep.optimizers import (
     BUILT_IN,
     build,
@@ -26,8 +23,8 @@ from optsweep.optimizers import (
     optimizer_identity,
     resolve_hparams,
 )
-from optsweep.optimizers.parts import JointOptimizer, adamw, clip_gradients, lr_schedule
-from optsweep.params.settings import ParamsError
+from optsweep.optimizers.parts import JointOptimizer, adamw, clip_gradients, clipped_parameters, lr_schedule
+from optsweep.params.settings import ParamsError, load_params
 from optsweep.train import Runtime, configure_determinism
 from optsweep.train.model import build_model
 

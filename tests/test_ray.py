@@ -288,8 +288,8 @@ def test_a_head_started_in_another_folder_runs_a_sweep_from_the_repository(clust
 
 def test_a_run_without_progress_on_ray_is_killed_and_retried_from_its_checkpoint(cluster, tmp_path, capsys):
     """The watchdog's rule on actors: both runs hang once; each actor is killed, replaced, and the run retried."""
-    from optsweep.executor import Task
-    from optsweep.ray_executor import RayExecutor
+    from optsweep.execution.pool import Task
+    from optsweep.execution.ray_cluster import RayExecutor
 
     address, _ = cluster
     study = load_params(ray_study(tmp_path, address, "hangs_once", study_train={"device": "cpu",

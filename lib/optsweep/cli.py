@@ -26,7 +26,7 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from .data import ensure_prepared, write_recipe
+    from .data.prepare import ensure_prepared, write_recipe
 
     params = load_params(args.params, args.set)
     if args.recipe:

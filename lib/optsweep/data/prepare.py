@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .codehash import normalised_code
-from .config import DataSettings, ParamsError, StudyParams, TokenizerSettings
-from .provenance import stable_hash
+from ..codehash import normalised_code
+from ..params.settings import DataSettings, ParamsError, StudyParams, TokenizerSettings
+from ..provenance import stable_hash
 
 if TYPE_CHECKING:
     from datasets import IterableDataset

@@ -5,8 +5,8 @@ Ray is imported only when `study.executor` is `ray`, and wandb only when `study.
 
 from __future__ import annotations
 
-from .config import StudySettings
-from .executor import Executor, data_dir_read_by, worker_environments
+from ..params.settings import StudySettings
+from .pool import Executor, data_dir_read_by, worker_environments
 from .tracker import TrackedExecutor
 
 

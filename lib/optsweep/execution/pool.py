@@ -11,7 +11,7 @@ lasts. Devices:
   spread over all GPUs before any GPU gets a second one.
 - One worker in total: runs are trained inline in the main process, which is easiest to debug.
 
-Before its first run each worker (and the inline trainer) runs the preflight (optsweep.preflight): a worker
+Before its first run each worker (and the inline trainer) runs the preflight (optsweep.execution.preflight): a worker
 that cannot compute on its device, or cannot read the prepared data (`data_dir`, an absolute path), stops the
 sweep with one line, and nothing is stored.
 
@@ -53,10 +53,10 @@ import time
 import traceback
 from typing import Any, Iterator
 
-from .config import ParamsError, StudySettings, TrainSettings
-from .live import RunProgress, reporting_to
+from ..live import RunProgress, reporting_to
+from ..params.settings import ParamsError, StudySettings, TrainSettings
+from ..runs.trainer import DEFAULT_TRAINER, Trainer, load_trainer
 from .preflight import PreflightError, check_device, preflight
-from .trainer_plugin import DEFAULT_TRAINER, Trainer, load_trainer
 
 ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
 FAST_FAILURE_S = 60.0  # a run that fails sooner never really trained: a streak of them is the worker's fault

@@ -20,7 +20,7 @@ How many actors, of what shape (the cluster's size decides, not `study.workers`)
 - GPUs in the cluster (and `study.train.device` not `cpu`): `workers_per_gpu` actors per GPU, each with
   1/workers_per_gpu of a GPU (Ray sets CUDA_VISIBLE_DEVICES) and `threads_per_worker` CPUs.
 - CPU only: as many actors of `threads_per_worker` CPUs as the nodes hold.
-Each actor imports the trainer once and runs the preflight (optsweep.preflight: its device, and the prepared
+Each actor imports the trainer once and runs the preflight (optsweep.execution.preflight: its device, and the prepared
 data at the driver's absolute path) before its first run; a failure stops the sweep with one line before any
 run is dispatched. Every node must see the same code and Python environment (the same venv and PYTHONPATH
 when `ray start` runs) and the prepared data and run store at the same absolute paths. Nothing depends on the
@@ -65,9 +65,7 @@ from .pool import (
     thread_limits,
     visible_gpus,
 )
-from .live import RunProgress, progress_line, reporting_to
 from .preflight import PreflightError, preflight
-from .trainer_plugin import Trainer, load_trainer
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
 READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources held elsewhere, or lost

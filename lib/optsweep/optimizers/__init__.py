@@ -4,7 +4,7 @@
     identity = optimizer_identity("muon")   # for the run key, next to the hyperparameters
 
 Every optimizer has `min_lr_ratio`, `warmup` and `clip`, and runs under the schedule it declares
-(`Schedule`: cosine or linear, with a `decay` fraction, see optsweep.optim.lr_factor); a plug-in declares only
+(`Schedule`: cosine or linear, with a `decay` fraction, see parts.lr_factor); a plug-in declares only
 its own hyperparameters. Its build function returns the optimizer at its peak learning rates (one per param
 group) and `build` puts the declared schedule on top, so no optimizer can get the schedule wrong. A joint
 optimizer names the parts `clip` bounds (Muon's AdamW part).

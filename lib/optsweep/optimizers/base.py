@@ -82,7 +82,7 @@ class Hparam:
         return None
 
 
-# Every optimizer runs under a schedule of these knobs and the clipping (optsweep.optim).
+# Every optimizer runs under a schedule of these knobs and the clipping (optsweep.optimizers.parts).
 SHARED_HPARAMS: tuple[Hparam, ...] = (
     Hparam("min_lr_ratio", 0.0, FRACTION, "linear", help="lr at the last step, as a fraction of the peak"),
     Hparam("warmup", 0, NON_NEGATIVE, "log1p", integer=True, help="optimizer steps of linear warmup from 0"),
@@ -96,7 +96,7 @@ FULL_DECAY = 1.0  # the decay phase spans the whole run after warmup
 
 @dataclass(frozen=True)
 class Schedule:
-    """The lr schedule an optimizer declares (optsweep.optim.lr_factor): linear warmup from 0 over `warmup`
+    """The lr schedule an optimizer declares (optsweep.optimizers.parts.lr_factor): linear warmup from 0 over `warmup`
     steps, constant, then a `kind`-shaped decay to `min_lr_ratio * lr` over the last `decay` fraction of the
     run. `decay` 1 decays from the end of warmup (the study's cosine); below 1 it is warmup-stable-decay (WSD).
 

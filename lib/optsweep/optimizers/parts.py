@@ -16,7 +16,7 @@ from typing import Any, Callable, Collection, Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .optimizers.base import DECAY_KINDS, FULL_DECAY, ScheduleKind
+from .base import DECAY_KINDS, FULL_DECAY, ScheduleKind
 
 
 def param_kind(module: torch.nn.Module, name: str) -> str:

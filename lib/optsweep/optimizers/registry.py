@@ -105,7 +105,7 @@ def build(
     """The optimizer over `model` and the schedule its plug-in declares; call `schedule.step()` after every
     `optimizer.step()`, and `optim.clip_gradients(optim.clipped_parameters(optimizer, model), hparams["clip"])`
     before it."""
-    from ..optim import lr_schedule
+    from .parts import lr_schedule
 
     plugin = load_optimizer(name)
     resolved = resolve_hparams(name, hparams)

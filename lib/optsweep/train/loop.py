@@ -42,14 +42,11 @@ from ..data.batches import Shards, TrainBatches, load_shards, val_batches
 from ..jsonio import to_strict, write_json
 from ..live import report_progress
 from ..optimizers import build as build_optimizer
-from ..optimizers.parts import clip_gradients
+from ..optimizers.parts import clip_gradients, clipped_parameters
 from ..params.settings import ParamsError
 from ..runs.trainer import DEFAULT_TRAINER, code_identity
 from .divergence import Divergence, DivergenceMonitor
 from .model import build_model, count_params
-from .optim import clip_gradients, clipped_parameters
-from .optimizers import build as build_optimizer
-from .trainer_plugin import DEFAULT_TRAINER, code_identity
 
 # Bump when a change alters results in a way the code itself does not show (a data-order convention, say):
 # it is part of the code identity, so every stored run is trained again.
