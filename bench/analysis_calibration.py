@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws
-from optsweep.params.settings import AnalysisSettings
+from optsweep.params.sections import AnalysisSettings
 from optsweep.testing.tables import Scale, Truth, chinchilla_loss, constant, llama_scale, natural_axis, run_table
 
 HPARAMS = ["lr", "weight_decay", "beta2", "clip", "warmup", "eps"]

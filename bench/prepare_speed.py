@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from optsweep.data.prepare import DocumentEncoder, corpus_texts, saved_tokenizer, source_files, write_shards
-from optsweep.params.settings import DataSettings, TokenizerSettings
+from optsweep.params.study import DataSettings, TokenizerSettings
 
 
 def main() -> None:

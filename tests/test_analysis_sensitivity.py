@@ -10,7 +10,7 @@ import pytest
 
 from optsweep.analysis import analyze_sensitivity
 from optsweep.analysis.optimum import _quadratic
-from optsweep.params.settings import AnalysisSettings
+from optsweep.params.sections import AnalysisSettings
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
 # Two widths x two token budgets: every pair of scales differs in data only, in model only, or in both.

@@ -16,7 +16,7 @@ import pytest
 
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws, load_runs_table
 from optsweep.cli import main
-from optsweep.params.settings import AnalysisSettings
+from optsweep.params.sections import AnalysisSettings
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch._dynamo import lookup_backend
 from torch.overrides import TorchFunctionMode
 
-from optsweep.params.settings import Scale
+from optsweep.params.sections import Scale
 from optsweep.train.model import build_hf_model, build_model
 
 SCALE = Scale(width=32, depth=2, heads=2, seq_len=16, batch_size=2, tokens=64).derived(vocab_size=100)

@@ -23,7 +23,8 @@ import optsweep.testing.trainers as synth
 from conftest import small_study
 from optsweep.data import ensure_prepared, tokenizing_processes
 from optsweep.data.batches import TrainBatches, load_shards, val_batches
-from optsweep.params.settings import DataSettings, ParamsError, StudyParams, load_params, validate_params
+from optsweep.params.settings import ParamsError, StudyParams, load_params, validate_params
+from optsweep.params.study import DataSettings
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
 

@@ -9,7 +9,8 @@ import re
 import pytest
 
 from optsweep.execution.pool import Executor, Task, WaitingTasks, worker_environments
-from optsweep.params.settings import ParamsError, StudySettings, TrainSettings
+from optsweep.params.settings import ParamsError
+from optsweep.params.study import StudySettings, TrainSettings
 
 
 def tasks(count: int) -> list[Task]:

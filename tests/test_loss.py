@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optsweep.params.settings import Scale
+from optsweep.params.sections import Scale
 from optsweep.train import loss as loss_module
 from optsweep.train.loss import linear_cross_entropy
 from optsweep.train.model import build_hf_model, build_model

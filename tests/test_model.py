@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from optsweep.params.settings import Scale
+from optsweep.params.sections import Scale
 from optsweep.train.model import CAUSAL_ATTENTION, build_hf_model, build_model, count_params, padded_vocab
 
 SCALES = [

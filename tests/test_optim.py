@@ -10,8 +10,8 @@ import torch
 
 from optsweep.optimizers import build, load_optimizer, resolve_hparams
 from optsweep.optimizers.parts import clip_gradients, clipped_parameters, lr_factor, param_groups
-from optsweep.params.settings import HPARAMS as STUDY_HPARAMS
-from optsweep.params.settings import Scale
+from optsweep.params.sections import Scale
+from optsweep.params.study import HPARAMS as STUDY_HPARAMS
 from optsweep.train.model import build_model
 
 HPARAMS = {"lr": 0.01, "min_lr_ratio": 0.1, "warmup": 5, "beta1": 0.9, "beta2": 0.95,

@@ -23,7 +23,8 @@ import pytest
 
 import optsweep.testing.trainers as synth
 from optsweep.cli import main
-from optsweep.params.settings import ParamsError, StudySettings, TrainSettings, load_params
+from optsweep.params.settings import ParamsError, load_params
+from optsweep.params.study import StudySettings, TrainSettings
 from optsweep.runs.store import RunStore
 from optsweep.search import run_sweep
 from test_sweep_cli import COMPARED, stored, wait_until

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .params.paths import PARAMS_FILE, project
-from .params.settings import AnalysisSettings, ParamsError, load_analysis_settings, load_params
+from .params.sections import AnalysisSettings
+from .params.settings import ParamsError, load_analysis_settings, load_params
 from .search import FailedRuns
 
 DEFAULT_PARAMS = str(PARAMS_FILE)  # commands run from the project root, as dvc.yaml's stages do

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..params.settings import AnalysisSettings, ParamsError, StudyParams
+from ..params.sections import AnalysisSettings
+from ..params.settings import ParamsError, StudyParams
 from ..provenance import stable_hash
 from ..results.documents import ScalingLaws, SensitivityResult, stamped, write_document
 from .laws import fit_scaling_laws

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from ..params.settings import AnalysisSettings
+from ..params.sections import AnalysisSettings
 from .law_fit import fit_hparam_law, law_axis_stderr, nearly_collinear
 from .loss_law import fit_loss_law
 from .optimum import WIDTH_RULES, Landscape

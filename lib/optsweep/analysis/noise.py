@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from ..axes import to_axis
-from ..params.settings import AnalysisSettings
+from ..params.sections import AnalysisSettings
 from .table import seed_noise
 
 NoiseSource = Literal["stated", "seeds", "differences", "none"]

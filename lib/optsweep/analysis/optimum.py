@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..axes import from_axis, to_axis
-from ..params.settings import AnalysisSettings
+from ..params.sections import AnalysisSettings
 from .curve import Curve
 from .noise import Noise, measure_noise
 from .surface import Surface

@@ -10,7 +10,8 @@ import pandas as pd
 from scipy.stats import norm, t
 
 from ..optimizers import BUILT_IN
-from ..params.settings import LrTransfer, ParamsError
+from ..params.settings import ParamsError
+from ..params.study import LrTransfer
 from .law_fit import design_matrix, untransform
 from .table import hparam_names
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from ..params.settings import AnalysisSettings
+from ..params.sections import AnalysisSettings
 from .constants import consensus, normalised_values, original_rule
 from .hypotheses import judge_hypotheses
 from .optimum import Landscape, Slice

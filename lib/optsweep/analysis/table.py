@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..axes import axis_of, declare_axes, known_hparams
-from ..params.settings import ALL_HPARAMS, SCALE_NAME, ParamsError
+from ..params.settings import ParamsError
+from ..params.study import ALL_HPARAMS, SCALE_NAME
 from ..train.divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..codehash import normalised_code
-from ..params.settings import DataSettings, ParamsError, StudyParams, TokenizerSettings
+from ..params.settings import ParamsError, StudyParams
+from ..params.study import DataSettings, TokenizerSettings
 from ..provenance import stable_hash
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ Ray is imported only when `study.executor` is `ray`, and wandb only when `study.
 
 from __future__ import annotations
 
-from ..params.settings import StudySettings
+from ..params.study import StudySettings
 from .pool import Executor, data_dir_read_by, worker_environments
 from .tracker import TrackedExecutor
 

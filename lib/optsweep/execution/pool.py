@@ -54,7 +54,8 @@ import traceback
 from typing import Any, Iterator
 
 from ..live import RunProgress, reporting_to
-from ..params.settings import ParamsError, StudySettings, TrainSettings
+from ..params.settings import ParamsError
+from ..params.study import StudySettings, TrainSettings
 from ..runs.trainer import DEFAULT_TRAINER, Trainer, load_trainer
 from .preflight import PreflightError, check_device, preflight
 

@@ -43,7 +43,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from ..live import RunProgress, progress_line, reporting_to
-from ..params.settings import ParamsError, StudySettings, TrainSettings
+from ..params.settings import ParamsError
+from ..params.study import StudySettings, TrainSettings
 from ..runs.trainer import Trainer, load_trainer
 from .pool import (
     ATTEMPTS,

@@ -1,6 +1,8 @@
 """What was asked for: the study's params (params/study.yaml) as validated settings, and the project's paths.
 
-    settings  every setting of the study, validated (pydantic) with one-line errors naming the key
+    settings  the whole params file (`StudyParams`): read, validated with one-line errors naming the key
+    study     the `study:` section (data, tokenizer, training, Ray) and the base of every section
+    sections  the other sections: scales, other optimizers, search, analysis
     paths     the project root and the folders of results, reports and runs, defined once
 """
 

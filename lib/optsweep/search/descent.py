@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
-from ..params.settings import SearchSettings
+from ..params.sections import SearchSettings
 from ..results.documents import beats_under_common_seeds
 from .evaluator import EvaluatedRun, RunEvaluator
 from .space import Config, SearchSpace

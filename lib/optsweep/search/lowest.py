@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ..params.settings import SearchSettings, StudyParams
+from ..params.sections import SearchSettings
+from ..params.settings import StudyParams
 from .descent import Descent, beats, trajectory_step
 from .edges import descend_following_edges
 from .evaluator import EvaluatedRun, RunEvaluator

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..params.settings import SearchSettings
+from ..params.sections import SearchSettings
 from ..results.documents import tolerance_margin
 from ..runs.store import RunStatus
 from .evaluator import EvaluatedRun, RunEvaluator

@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from ..params.settings import ParamsError, SearchSettings, StudyParams, StudySettings, load_params
+from ..params.sections import SearchSettings
+from ..params.settings import ParamsError, StudyParams, load_params
+from ..params.study import StudySettings
 
 PRESETS_DIR = Path("params/presets")
 # Planning assumptions for GPU-hours: an H100/H200 bf16 dense peak and a model-FLOPs utilization a tuned

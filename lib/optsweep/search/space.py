@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from ..params.settings import LrTransfer, ParamsError, StudyParams, round_sig
+from ..params.settings import ParamsError, StudyParams, round_sig
+from ..params.study import LrTransfer
 from ..results.documents import LawPhaseInputs, RecommendedConstant, read_document
 
 Config = dict[str, float | int]

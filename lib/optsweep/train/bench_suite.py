@@ -20,7 +20,8 @@ import torch
 
 from ..data.batches import TrainBatches, load_shards
 from ..data.prepare import ensure_prepared
-from ..params.settings import ParamsError, Scale, StudyParams, round_sig
+from ..params.sections import Scale
+from ..params.settings import ParamsError, StudyParams, round_sig
 from ..runs.trainer import make_run_spec
 from .bench import (
     ROUNDS,
