@@ -8,7 +8,9 @@ import re
 
 import pytest
 
-from optsweep.execution.pool import Executor, Task, WaitingTasks, worker_environments
+from optsweep.execution.pool import Executor
+from optsweep.execution.tasks import Task, WaitingTasks
+from optsweep.execution.workers import worker_environments
 from optsweep.params.settings import ParamsError
 from optsweep.params.study import StudySettings, TrainSettings
 

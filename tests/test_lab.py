@@ -13,7 +13,7 @@ import yaml
 
 import optsweep.testing.trainers as synth
 from optsweep import results
-from optsweep.execution.pool import worker_environments
+from optsweep.execution.workers import worker_environments
 from optsweep.params.paths import ROOT_VARIABLE, find_root, project
 from optsweep.params.settings import ParamsError, load_params, validate_params
 from optsweep.search import run_sweep

@@ -219,8 +219,8 @@ def test_a_phase_on_two_nodes_serves_every_scale_from_one_pool(cluster, tmp_path
 
 def test_a_killed_actor_is_replaced_and_its_run_retried(cluster, tmp_path):
     address, instruments = cluster
-    from optsweep.execution.pool import Task
     from optsweep.execution.ray_cluster import RayExecutor
+    from optsweep.execution.tasks import Task
 
     study = load_params(ray_study(tmp_path, address, "killer")).study
     tasks = [Task(f"k{i}", {"hparams": {"lr": 1e-3 * (i + 1), "weight_decay": 0.1, "beta2": 0.95}, "seed": 7})
@@ -289,8 +289,8 @@ def test_a_head_started_in_another_folder_runs_a_sweep_from_the_repository(clust
 
 def test_a_run_without_progress_on_ray_is_killed_and_retried_from_its_checkpoint(cluster, tmp_path, capsys):
     """The watchdog's rule on actors: both runs hang once; each actor is killed, replaced, and the run retried."""
-    from optsweep.execution.pool import Task
     from optsweep.execution.ray_cluster import RayExecutor
+    from optsweep.execution.tasks import Task
 
     address, _ = cluster
     study = load_params(ray_study(tmp_path, address, "hangs_once", study_train={"device": "cpu",
@@ -335,8 +335,8 @@ def test_a_lost_node_leaves_a_smaller_pool_that_finishes_with_a_true_line(cluste
     the worker node's raylet is killed; that run is retried on the head's actor, which finishes the sweep."""
     import ray
 
-    from optsweep.execution.pool import Task
     from optsweep.execution.ray_cluster import RayExecutor
+    from optsweep.execution.tasks import Task
 
     address, instruments = cluster
     pause = instruments / "pause"

@@ -6,8 +6,9 @@ Ray is imported only when `study.executor` is `ray`, and wandb only when `study.
 from __future__ import annotations
 
 from ..params.study import StudySettings
-from .pool import Executor, data_dir_read_by, worker_environments
+from .pool import Executor
 from .tracker import TrackedExecutor
+from .workers import data_dir_read_by, worker_environments
 
 
 def make_executor(study: StudySettings) -> Executor | TrackedExecutor:

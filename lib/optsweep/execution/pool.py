@@ -37,376 +37,23 @@ SIGHUP, a SIGKILL), so a dead sweep never holds a device.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-import traceback
 from typing import Any, Iterator
 
-from ..live import RunProgress, reporting_to
 from ..params.settings import ParamsError
-from ..params.study import StudySettings, TrainSettings
-from ..runs.trainer import DEFAULT_TRAINER, Trainer, load_trainer
-from .preflight import PreflightError, check_device, preflight
-
-ATTEMPTS = 2  # a crashed run is retried once, then reported as failed
-FAST_FAILURE_S = 60.0  # a run that fails sooner never really trained: a streak of them is the worker's fault
-# What a broken device raises (torch's AcceleratorError and CUDA/cuDNN/cuBLAS/NCCL status texts, ECC and Xid
-# reports): the worker's CUDA context is lost, so whatever it trains next fails the same way.
-DEVICE_ERROR = re.compile(r"AcceleratorError|CUDA error|cuDNN error|CUBLAS_STATUS|CUDNN_STATUS|NCCL error"
-                          r"|illegal memory access|uncorrectable ECC|\bXid\b")
-PARENT_POLL_S = 1.0  # how often a worker checks that the main process is still alive
-INBOX_POLL_S = 0.05  # how often a serving pool looks for newly submitted tasks while its workers train
-# Fewer out-of-memory errors from fragmentation when a run halves its micro-batch (set before torch starts).
-CUDA_ALLOCATOR = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    key: str
-    spec: dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Attempt:
-    """One try at one run, as its worker reports it."""
-
-    result: dict[str, Any] | None
-    error: str | None  # the traceback when the trainer raised
-    wall_s: float
-    device_check: str | None = None  # after a failed try: why the device check failed, None if it passed
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """A task's end: the trainer's result, or None and the error of its last attempt."""
-
-    key: str
-    spec: dict[str, Any]
-    result: dict[str, Any] | None
-    error: str | None
-    attempts: int
-    wall_s: float
-
-
-# --- which workers, on which devices ------------------------------------------------------------------------
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists.
-
-    Asking nvidia-smi rather than torch keeps the main process free of a seconds-long torch import.
-    """
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [gpu.strip() for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        listed = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in listed.splitlines() if line.strip()]
-
-
-def thread_limits(threads: int) -> dict[str, str]:
-    """The environment that limits a worker's math libraries to `threads` threads (read when torch starts)."""
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
-def data_dir_read_by(study: StudySettings) -> str | None:
-    """The absolute path of the prepared data the study's runs read (None: its trainer reads none). Absolute,
-    so that a worker started elsewhere (a Ray node) opens the same folder as the driver."""
-    return os.path.abspath(study.data.dir) if study.trainer == DEFAULT_TRAINER else None
-
-
-def worker_environments(study: StudySettings, gpus: list[str] | None = None) -> list[dict[str, str]]:
-    """The environment each worker starts with; one entry per worker (see the module docstring)."""
-    device = study.train.device
-    gpus = [] if device == "cpu" else (visible_gpus() if gpus is None else gpus)
-    if device == "cuda" and not gpus:
-        raise ParamsError("study.train.device: 'cuda' but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi)")
-    cpu_env = thread_limits(study.train.threads_per_worker)
-    count = study.workers if study.workers != "auto" else _auto_workers(study, gpus)
-    if not gpus:
-        return [dict(cpu_env) for _ in range(count)]
-    return [{**cpu_env, **CUDA_ALLOCATOR, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(count)]
-
-
-def _auto_workers(study: StudySettings, gpus: list[str]) -> int:
-    """`workers: auto`: one per GPU x workers_per_gpu, or as many CPU workers as the cores allow."""
-    if gpus:
-        return len(gpus) * study.workers_per_gpu
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // study.train.threads_per_worker)
-
-
-# --- one attempt at one run ------------------------------------------------------------------------------
-
-
-def _attempt(trainer: Trainer, spec: dict[str, Any], train_settings: dict[str, Any]) -> Attempt:
-    """Train once. When the trainer raises, check the device again: a failure there is the device's fault."""
-    start = time.perf_counter()
-    try:
-        result = trainer(spec)
-        if not isinstance(result, dict):
-            raise TypeError(f"trainer returned {type(result).__name__}, expected a dict with 'loss'")
-        return Attempt(result, None, time.perf_counter() - start)
-    except Exception:
-        error, wall = traceback.format_exc(limit=-8).strip(), time.perf_counter() - start
-    try:
-        check_device(train_settings)
-    except PreflightError as failed:
-        return Attempt(None, error, wall, device_check=str(failed))
-    return Attempt(None, error, wall)
-
-
-def _limit_torch_threads(threads: int) -> None:
-    """OMP_NUM_THREADS covers a torch imported later; this covers one the trainer module already imported."""
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Exit at once when the main process is gone (the worker is then re-parented): no orphan holds a GPU."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="optsweep-parent-watch", daemon=True).start()
-
-
-def _worker_main(trainer_name: str, env: dict[str, str], train_settings: dict[str, Any], data_dir: str | None,
-                 connection: multiprocessing.connection.Connection, heartbeat: Any) -> None:
-    """Train the tasks the connection brings; `heartbeat` (shared with the main process) holds the time of the
-    run's latest progress report, which the watchdog reads."""
-    def beat(progress: RunProgress) -> None:
-        heartbeat.value = time.monotonic()
-
-    _exit_with_parent(int(env["OPTSWEEP_DRIVER_PID"]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    os.environ.update(env)  # before the trainer imports torch, so device pinning and threads take effect
-    try:
-        trainer = load_trainer(trainer_name)
-        _limit_torch_threads(int(env["OMP_NUM_THREADS"]))
-        device = preflight(train_settings, data_dir)
-    except (ParamsError, PreflightError) as error:
-        connection.send(("error", str(error)))
-        return
-    connection.send(("ready", device))
-    while True:
-        try:
-            task = connection.recv()
-        except (EOFError, OSError):  # the main process is gone
-            return
-        if task is None:
-            return
-        with reporting_to(beat):
-            attempt = _attempt(trainer, task.spec, train_settings)
-        connection.send((task.key, attempt))
-
-
-# --- tasks submitted while the pool runs -------------------------------------------------------------------
-
-
-class TaskInbox:
-    """Tasks handed to a serving pool by other threads, one batch per submission (a search's line); `finished`
-    once closed and empty."""
-
-    def __init__(self) -> None:
-        self._batches: list[list[Task]] = []
-        self._speculative: list[Task] = []
-        self._closed = False
-        self._changed = threading.Condition()
-
-    def submit(self, tasks: list[Task], speculative: bool = False) -> None:
-        with self._changed:
-            if speculative:
-                self._speculative.extend(tasks)
-            elif tasks:
-                self._batches.append(list(tasks))
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-    def take(self) -> tuple[list[list[Task]], list[Task]]:
-        """(batches of tasks waited for, speculative tasks) submitted since the last call."""
-        with self._changed:
-            taken = (self._batches, self._speculative)
-            self._batches, self._speculative = [], []
-            return taken
-
-    def wait(self, timeout: float) -> None:
-        with self._changed:
-            if not self._batches and not self._speculative and not self._closed:
-                self._changed.wait(timeout)
-
-    def finished(self) -> bool:
-        with self._changed:
-            return self._closed and not self._batches and not self._speculative
-
-
-@dataclasses.dataclass
-class _Batch:
-    tasks: collections.deque[Task]
-    passed_over: int = 0  # tasks of younger batches started while this one waited
-
-
-class WaitingTasks:
-    """The tasks a pool has yet to start, in the order they start:
-    1. retries (their runs had started), each on a worker other than the one it failed on;
-    2. a task of the batch with the fewest tasks still waiting, the oldest among equals: a search moves on only
-       once its whole line is back, so finishing lines first keeps the most searches submitting work; but a
-       batch passed over by `patience` tasks of younger batches goes first, so that no search starves behind
-       the others' short lines (and is left to run its chain of lines alone at the end);
-    3. speculative tasks, on workers that nothing else needs."""
-
-    def __init__(self, patience: int, tasks: list[Task] | None = None) -> None:
-        self.patience = patience
-        self._retries: list[tuple[Task, int, int | None]] = []  # (task, attempt, the worker it failed on)
-        self._batches: list[_Batch] = []
-        self._speculative: collections.deque[Task] = collections.deque()
-        self.add(tasks or [])
-
-    def add(self, batch: list[Task], speculative: bool = False) -> None:
-        if speculative:
-            self._speculative.extend(batch)
-        elif batch:
-            self._batches.append(_Batch(collections.deque(batch)))
-
-    def take_from(self, inbox: TaskInbox) -> None:
-        batches, speculative = inbox.take()
-        for batch in batches:
-            self.add(batch)
-        self.add(speculative, speculative=True)
-
-    def retry(self, task: Task, attempt: int, failed_on: int | None = None) -> None:
-        self._retries.append((task, attempt, failed_on))
-
-    def __bool__(self) -> bool:
-        return bool(self._retries or self._batches or self._speculative)
-
-    def pop(self, worker: int | None = None) -> tuple[Task, int] | None:
-        """The next task for `worker` to start and its attempt number; None if only retries that failed on
-        it are waiting. Without a worker (a pool of one), any task."""
-        for index, (task, attempt, failed_on) in enumerate(self._retries):
-            if worker is None or failed_on != worker:
-                del self._retries[index]
-                return task, attempt
-        if self._batches:
-            chosen = next((i for i, batch in enumerate(self._batches) if batch.passed_over >= self.patience),
-                          min(range(len(self._batches)), key=lambda i: len(self._batches[i].tasks)))
-            for older in self._batches[:chosen]:
-                older.passed_over += 1
-            batch = self._batches[chosen]
-            task = batch.tasks.popleft()
-            if not batch.tasks:
-                del self._batches[chosen]
-            return task, 1
-        if self._speculative:
-            return self._speculative.popleft(), 1
-        return None
-
-
-# --- which workers go: the rules both executors apply -------------------------------------------------------
-
-
-def _line_of(error: str, pattern: re.Pattern[str] | None = None) -> str:
-    """The line of a traceback that says what happened: the one `pattern` matches, else the last."""
-    lines = [line.strip() for line in error.strip().splitlines() if line.strip()] or [""]
-    return next((line for line in lines if pattern is not None and pattern.search(line)), lines[-1])
-
-
-@dataclasses.dataclass
-class FailureStreak:
-    """The retire rule for one worker, which keeps count of its fast failures in a row."""
-
-    limit: int  # study.train.retire_after_fast_failures
-    fast_failures: int = 0
-
-    def retire_reason(self, attempt: Attempt) -> str | None:
-        """Why the worker that made `attempt` must be retired, or None while it may train on."""
-        if attempt.error is None:
-            self.fast_failures = 0
-            return None
-        if attempt.device_check is not None:
-            return f"its device failed the check after a failed run ({attempt.device_check})"
-        if DEVICE_ERROR.search(attempt.error):
-            return f"a device error ({_line_of(attempt.error, DEVICE_ERROR)})"
-        self.fast_failures = self.fast_failures + 1 if attempt.wall_s < FAST_FAILURE_S else 0
-        if self.fast_failures >= self.limit:
-            return (f"{self.fast_failures} runs in a row failed within {FAST_FAILURE_S:.0f} s "
-                    f"({_line_of(attempt.error)})")
-        return None
-
-
-def settle(task: Task, number: int, attempt: Attempt, waiting: WaitingTasks, worker: int) -> Outcome | None:
-    """The outcome of attempt `number` at `task` if it is final; a failed attempt with tries left waits to be
-    retried on a worker other than `worker`."""
-    if attempt.error is not None and number < ATTEMPTS:
-        waiting.retry(task, number + 1, failed_on=worker)
-        return None
-    return Outcome(task.key, task.spec, attempt.result, attempt.error, number, attempt.wall_s)
-
-
-@dataclasses.dataclass(frozen=True)
-class Watchdog:
-    """The stall rule: a run whose latest progress (time.monotonic of the run's start or its latest report)
-    is more than `timeout_s` ago is stalled (`timeout_s` 0: never). Its executor kills its worker, and the run
-    is retried like one whose worker died."""
-
-    timeout_s: float  # study.train.stall_timeout_s
-
-    def until_stall(self, latest_progress: list[float]) -> float | None:
-        """Seconds until the first of these runs stalls (None: none can)."""
-        if not self.timeout_s or not latest_progress:
-            return None
-        return max(0.0, min(latest_progress) + self.timeout_s - time.monotonic())
-
-    def stalled_for(self, latest_progress: float) -> float | None:
-        """How long the run has been silent, if that is past the timeout; None while it is not stalled."""
-        silent = time.monotonic() - latest_progress
-        return silent if self.timeout_s and silent > self.timeout_s else None
-
-    @staticmethod
-    def say_killed(key: str, place: str, silent: float, attempt: int) -> None:
-        then = "retried from its checkpoint" if attempt < ATTEMPTS else "failed"
-        print(f"optsweep: run {key[:8]} on {place} made no progress for {silent:.0f} s "
-              f"(study.train.stall_timeout_s): killed, {then}", file=sys.stderr, flush=True)
-
-    def reason(self, killed: str) -> str:
-        """The error text of a killed attempt; `killed` names what was killed."""
-        return (f"no progress for {self.timeout_s:g} s (study.train.stall_timeout_s): the watchdog killed "
-                f"{killed} while training this run")
-
-
-def say_retired(place: str, reason: str) -> None:
-    print(f"optsweep: {place} retired: {reason}; starting a replacement", file=sys.stderr, flush=True)
-
-
-def say_dropped(place: str, reason: str, left: int, planned: int) -> None:
-    """One line for a worker slot that is gone for good; with none left the sweep cannot go on."""
-    if left == 0:
-        raise ParamsError(f"no worker left: the last, {place}, was dropped ({reason})")
-    print(f"optsweep: {place} dropped: {reason}; the pool goes on with {left} of {planned} workers",
-          file=sys.stderr, flush=True)
-
+from ..params.study import TrainSettings
+from ..runs.trainer import Trainer, load_trainer
+from .preflight import PreflightError, preflight
+from .rules import ATTEMPTS, FailureStreak, Watchdog, say_dropped, say_retired, settle
+from .tasks import INBOX_POLL_S, Attempt, Outcome, Task, TaskInbox, WaitingTasks
+from .workers import limit_torch_threads, train_once, worker_main
 
 # --- the pool --------------------------------------------------------------------------------------------
 
@@ -500,7 +147,7 @@ class Executor:
         `run` calls it; call it earlier to fail before anything else happens (claiming runs, say)."""
         if self.inline and self._inline_trainer is None:
             self._inline_trainer = load_trainer(self.trainer_name)
-            _limit_torch_threads(self.threads)
+            limit_torch_threads(self.threads)
             try:
                 preflight(self.train_settings, self.data_dir)
             except PreflightError as error:
@@ -534,7 +181,7 @@ class Executor:
         for task in tasks:
             for number in range(1, ATTEMPTS + 1):
                 with self._interruptible_section():
-                    attempt = _attempt(self._inline_trainer, task.spec, self.train_settings)
+                    attempt = train_once(self._inline_trainer, task.spec, self.train_settings)
                 if attempt.error is None:
                     break
             yield Outcome(task.key, task.spec, attempt.result, attempt.error, number, attempt.wall_s)
@@ -546,7 +193,7 @@ class Executor:
         env = self.environments[slot]
         heartbeat = self._context.RawValue("d", 0.0)
         args = (self.trainer_name, env, self.train_settings, self.data_dir, theirs, heartbeat)
-        process = self._context.Process(target=_worker_main, name="optsweep-worker", args=args)
+        process = self._context.Process(target=worker_main, name="optsweep-worker", args=args)
         process.start()
         theirs.close()  # so that a dead worker shows up as EOF on our end
         return _Worker(slot, process, ours, env, FailureStreak(self.retire_after), heartbeat)

@@ -46,27 +46,11 @@ from ..live import RunProgress, progress_line, reporting_to
 from ..params.settings import ParamsError
 from ..params.study import StudySettings, TrainSettings
 from ..runs.trainer import Trainer, load_trainer
-from .pool import (
-    ATTEMPTS,
-    CUDA_ALLOCATOR,
-    INBOX_POLL_S,
-    Attempt,
-    Executor,
-    FailureStreak,
-    Outcome,
-    Task,
-    TaskInbox,
-    WaitingTasks,
-    _attempt,
-    _limit_torch_threads,
-    data_dir_read_by,
-    say_dropped,
-    say_retired,
-    settle,
-    thread_limits,
-    visible_gpus,
-)
+from .pool import Executor
 from .preflight import PreflightError, preflight
+from .rules import ATTEMPTS, FailureStreak, say_dropped, say_retired, settle
+from .tasks import INBOX_POLL_S, Attempt, Outcome, Task, TaskInbox, WaitingTasks
+from .workers import CUDA_ALLOCATOR, data_dir_read_by, limit_torch_threads, thread_limits, train_once, visible_gpus
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
 READY_TIMEOUT_S = 300.0  # actors that are not placed by then wait for resources held elsewhere, or lost
@@ -174,7 +158,7 @@ class TrainerActor:
         context = ray.get_runtime_context()
         try:
             self.trainer = load_trainer(self.trainer_name)
-            _limit_torch_threads(self.train_settings["threads_per_worker"])
+            limit_torch_threads(self.train_settings["threads_per_worker"])
             device = preflight(self.train_settings, self.data_dir)
         except ParamsError as error:
             return "params", str(error), context.get_node_id()
@@ -189,7 +173,7 @@ class TrainerActor:
         self.latest = None
         try:
             with reporting_to(self._note):
-                return _attempt(self.trainer, spec, self.train_settings)
+                return train_once(self.trainer, spec, self.train_settings)
         finally:
             self.latest = None  # between runs there is no progress: the next run's watchdog starts afresh
 

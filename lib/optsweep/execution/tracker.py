@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .pool import Executor, Outcome, Task, TaskInbox
+from .pool import Executor
+from .tasks import Outcome, Task, TaskInbox
 
 
 class WandbTracker:

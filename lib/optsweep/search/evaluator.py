@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, Iterator
 
-from ..execution.pool import Executor, Outcome, Task
+from ..execution.pool import Executor
+from ..execution.tasks import Outcome, Task
 from ..params.settings import StudyParams
 from ..runs.store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
 from ..runs.trainer import invalid_reason, is_diverged, make_run_spec

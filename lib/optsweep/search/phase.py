@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..execution.backends import make_executor
-from ..execution.pool import Executor, TaskInbox
+from ..execution.pool import Executor
+from ..execution.tasks import TaskInbox
 from ..params.settings import ParamsError, StudyParams
 from ..results.documents import SweepResult, read_document, write_document
 from ..runs.trainer import code_identity

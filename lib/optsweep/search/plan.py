@@ -249,7 +249,7 @@ class GpuCount:
 def default_gpus(study: StudySettings) -> GpuCount:
     """What the study's executor would train on: the Ray cluster's GPUs with `study.executor: ray` on a running
     cluster, else this machine's visible GPUs (as the local pool pins them); one on a box without any."""
-    from ..execution.pool import visible_gpus  # nvidia-smi, not a seconds-long torch import
+    from ..execution.workers import visible_gpus  # nvidia-smi, not a seconds-long torch import
 
     if study.train.device == "cpu":
         return GpuCount(1, "study.train.device is cpu: one worker; --gpus G plans for G")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..execution.backends import make_executor
-from ..execution.pool import Task
+from ..execution.tasks import Task
 from ..params.settings import StudyParams
 from ..runs.store import RunRecord, RunStore
 from ..runs.trainer import code_identity

@@ -6,7 +6,7 @@ import queue
 import threading
 from typing import Iterator
 
-from ..execution.pool import Outcome, Task, TaskInbox
+from ..execution.tasks import Outcome, Task, TaskInbox
 
 
 class SharedPoolClient:
