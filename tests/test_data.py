@@ -19,6 +19,7 @@ import torch
 import yaml
 
 import optsweep.data.prepare
+import optsweep.data.shards
 import optsweep.testing.trainers as synth
 from conftest import small_study
 from optsweep.data import ensure_prepared, tokenizing_processes
@@ -244,9 +245,9 @@ def test_pretrained_tokenizer_by_name(prepared_data, doc_corpus, tmp_path):
 
 
 def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(optsweep.data.prepare, "ENCODE_BATCH", 4)  # 60 documents: 15 batches
-    monkeypatch.setattr(optsweep.data.prepare, "CHECKPOINT_BATCHES", 1)
-    encode = optsweep.data.prepare.DocumentEncoder.__call__
+    monkeypatch.setattr(optsweep.data.shards, "ENCODE_BATCH", 4)  # 60 documents: 15 batches
+    monkeypatch.setattr(optsweep.data.shards, "CHECKPOINT_BATCHES", 1)
+    encode = optsweep.data.shards.DocumentEncoder.__call__
     batches = []
 
     def counted(self, texts, stop_at=None):
@@ -255,13 +256,13 @@ def test_an_interrupted_preparation_resumes_where_it_stopped(doc_corpus, tmp_pat
             raise KeyboardInterrupt  # Ctrl-C while tokenizing the 6th batch: 5 were written and saved
         return encode(self, texts)
 
-    monkeypatch.setattr(optsweep.data.prepare.DocumentEncoder, "__call__",
+    monkeypatch.setattr(optsweep.data.shards.DocumentEncoder, "__call__",
                         lambda self, texts: counted(self, texts, "stop"))
     params = files_params(doc_corpus, tmp_path / "data", num_proc=1)
     with pytest.raises(KeyboardInterrupt):
         ensure_prepared(params)
     assert not (tmp_path / "data").exists()
-    monkeypatch.setattr(optsweep.data.prepare.DocumentEncoder, "__call__", counted)
+    monkeypatch.setattr(optsweep.data.shards.DocumentEncoder, "__call__", counted)
     batches.clear()
     resumed = ensure_prepared(params)
     assert len(batches) == 15 - 5  # only what was not written yet
@@ -284,8 +285,8 @@ def test_an_interrupted_hub_preparation_reads_no_hub_shard_it_had_finished(doc_c
     features = datasets.Features({"content": datasets.Value("string")})  # known, as the hub's are
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **options: datasets.IterableDataset.from_generator(
         rows, features=features, gen_kwargs={"shards": list(range(6))}))
-    monkeypatch.setattr(optsweep.data, "ENCODE_BATCH", 3)
-    monkeypatch.setattr(optsweep.data, "CHECKPOINT_BATCHES", 1)
+    monkeypatch.setattr(optsweep.data.shards, "ENCODE_BATCH", 3)
+    monkeypatch.setattr(optsweep.data.shards, "CHECKPOINT_BATCHES", 1)
 
     def hub_params(folder: Path) -> StudyParams:
         raw = small_study(folder)
@@ -297,7 +298,7 @@ def test_an_interrupted_hub_preparation_reads_no_hub_shard_it_had_finished(doc_c
     whole = ensure_prepared(hub_params(tmp_path / "whole"))
     in_order = opened[len(opened) // 2:]  # the shards' pass (after the tokenizer's), one shard after the other
     assert sorted(in_order) == list(range(6))
-    encode, batches = optsweep.data.DocumentEncoder.__call__, []
+    encode, batches = optsweep.data.shards.DocumentEncoder.__call__, []
 
     def stopping(self, texts):
         batches.append(len(texts))
@@ -305,10 +306,10 @@ def test_an_interrupted_hub_preparation_reads_no_hub_shard_it_had_finished(doc_c
             raise KeyboardInterrupt  # while tokenizing the 6th batch: 5 batches (15 documents) written
         return encode(self, texts)
 
-    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", stopping)
+    monkeypatch.setattr(optsweep.data.shards.DocumentEncoder, "__call__", stopping)
     with pytest.raises(KeyboardInterrupt):
         ensure_prepared(hub_params(tmp_path / "data"))
-    monkeypatch.setattr(optsweep.data.DocumentEncoder, "__call__", encode)
+    monkeypatch.setattr(optsweep.data.shards.DocumentEncoder, "__call__", encode)
     opened.clear()
     resumed = ensure_prepared(hub_params(tmp_path / "data"))
     assert opened == in_order[1:]  # the tokenizer was kept; the shard finished is not read again
@@ -318,8 +319,8 @@ def test_an_interrupted_hub_preparation_reads_no_hub_shard_it_had_finished(doc_c
 RECIPE_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from optsweep import data
-print(data.recipe_code())
+from optsweep.data import prepare
+print(prepare.recipe_code())
 """
 
 
@@ -327,7 +328,7 @@ def test_the_data_recipe_changes_with_the_code_that_decides_the_shards_only(tmp_
     """The library copied and edited: a comment and the lock's code keep the recipe; the shard writer's code
     does not. `optsweep prepare --recipe` rewrites its file only when the recipe changed."""
     shutil.copytree(synth.REPO / "lib", tmp_path / "lib", ignore=shutil.ignore_patterns("__pycache__"))
-    source = tmp_path / "lib" / "optsweep" / "data.py"
+    package = tmp_path / "lib" / "optsweep" / "data"
 
     def recipe_code() -> str:
         shown = subprocess.run([sys.executable, "-c", RECIPE_SCRIPT, str(tmp_path / "lib")], capture_output=True,
@@ -335,16 +336,17 @@ def test_the_data_recipe_changes_with_the_code_that_decides_the_shards_only(tmp_
         assert shown.returncode == 0, shown.stderr
         return shown.stdout.strip()
 
-    def edit(old: str, new: str) -> None:
+    def edit(module: str, old: str, new: str) -> None:
+        source = package / module
         text = source.read_text()
         assert text.count(old) == 1
         source.write_text(text.replace(old, new))
 
     original = recipe_code()
-    edit("def locked(path: Path)", "# a comment\ndef locked(path: Path)")
-    edit('with path.open("w") as handle:', 'with path.open("a") as handle:')
+    edit("prepare.py", "def locked(path: Path)", "# a comment\ndef locked(path: Path)")
+    edit("prepare.py", 'with path.open("w") as handle:', 'with path.open("a") as handle:')
     assert recipe_code() == original
-    edit("progress_path = folder / \"shards.json\"", "progress_path = folder / \"progress.json\"")
+    edit("shards.py", "progress_path = folder / \"shards.json\"", "progress_path = folder / \"progress.json\"")
     assert recipe_code() != original
 
     recipe = tmp_path / "recipe.json"
@@ -356,7 +358,7 @@ def test_the_data_recipe_changes_with_the_code_that_decides_the_shards_only(tmp_
         return recipe.stat().st_mtime_ns
 
     assert write_recipe() == write_recipe()  # unchanged: DVC sees nothing to rebuild
-    assert json.loads(recipe.read_text())["code"] == optsweep.data.recipe_code()
+    assert json.loads(recipe.read_text())["code"] == optsweep.data.prepare.recipe_code()
     assert not (tmp_path / "data").exists()  # only the recipe was written
 
 

@@ -1,6 +1,8 @@
 """Prepared data: a corpus tokenized once into token shards with a held-out split, and the batches a run reads.
 
-    prepare  the recipe (local files or the hub, a tokenizer), the shards, and their identity
+    corpus   where the text comes from (files or the hub, in a seeded order), its held-out prefix, the tokenizer
+    shards   documents encoded in batches and written to memory-mapped shards, with checkpoints
+    prepare  the recipe and its identity, building a prepared folder once (locked, resumable)
     batches  the training batches in a seeded order, and the held-out batches
 """
 

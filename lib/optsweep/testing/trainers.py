@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parents[3] / "tests"  # the repository's tests: the user plug-ins they name
+REPO = Path(__file__).resolve().parents[3]  # the repository this library is installed from (editable)
+TESTS = REPO / "tests"  # the user plug-ins the tests name
 CUDA_FAULT = "CUDA error: an illegal memory access was encountered (simulated)"  # what a broken GPU raises
 
 if multiprocessing.parent_process() is not None and Path(os.environ.get("SYNTH_NO_START", "/nonexistent")).exists():
