@@ -22,8 +22,8 @@ import optsweep.data.prepare
 import optsweep.data.shards
 import optsweep.testing.trainers as synth
 from conftest import small_study
-from optsweep.data import ensure_prepared, tokenizing_processes
 from optsweep.data.batches import TrainBatches, load_shards, val_batches
+from optsweep.data.prepare import ensure_prepared, tokenizing_processes
 from optsweep.params.settings import ParamsError, StudyParams, load_params, validate_params
 from optsweep.params.study import DataSettings
 
