@@ -13,6 +13,7 @@ from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
 from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above, speedup_from_sweeps
+from optsweep.params.sections import SpeedupTarget
 from optsweep.params.settings import ParamsError
 from optsweep.results.documents import SweepResult, write_document
 from optsweep.testing.trainers import OPTSWEEP, cli_env, write_study
@@ -142,7 +143,8 @@ def test_model_sizes_without_three_data_scales_are_skipped():
     table = pd.concat([runs_table({"muon": {1e6: 1.3}}), runs_table({"muon": {4e6: 1.3}}, multiples=(1, 2))])
     result = compute_speedup(table, replicates=REPLICATES)
     assert [c.n_params for c in result.curves] == [1e6]
-    assert result.skipped == ["n_params 4e+06: adamw has 2 data scales, the fit L(D) = a * D^-b + c needs 3"]
+    assert result.skipped == ["n_params 4e+06: adamw has 2 data scales, the fit L(D) = a * D^-b + c needs 3",
+                              "size law muon: needs speedups at 2 model sizes and more points than coefficients"]
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -210,7 +212,11 @@ def test_speedup_from_sweeps_of_both_phases_recovers_the_table_result():
     assert [s.extrapolated for s in result.speedups] == [False, False, False, True]
     (curve,) = result.curves
     assert curve.tokens == [20e6 * m for m in MULTIPLES]  # AdamW's law-phase scales count too
-    assert result.skipped == ["optimizer muon scale n1e+06-x16 (phase1): no finished run"]
+    assert result.skipped == [
+        "optimizer muon scale n1e+06-x16 (phase1): no finished run",
+        "size law muon: needs speedups at 2 model sizes and more points than coefficients",
+        "shared law: needs 2 model sizes, 2 data scales and more than 7 tuned losses",
+    ]
     assert verdict(result, "muon", "no speedup above 1.4x") == "supported"
     assert result.transfers == [] and not [v for v in result.hypotheses if "transfer" in v.hypothesis]
 
@@ -344,3 +350,34 @@ def test_a_study_without_three_data_scales_says_so_and_still_judges_the_transfer
     assert result.curves == [] and result.speedups == []
     assert any("the fit L(D) = a * D^-b + c needs 3" in line for line in result.skipped)
     assert [v.hypothesis for v in result.hypotheses] == ["optimal hyperparameters do not transfer between optimizers"]
+
+
+SIZES = (1e6, 4e6, 1.6e7)
+
+
+def test_size_law_recovers_a_shrinking_speedup_and_predicts_beyond_with_a_flag():
+    def speedup(n: float) -> float:
+        return 1.6 * (n / 1e6) ** -0.1  # x 2^-0.1 per doubling of N
+
+    table = runs_table({"muon": {n: speedup(n) for n in SIZES}}, noise=1e-3, seed=3)
+    targets = [SpeedupTarget(n_params=1e8, chinchilla=2), SpeedupTarget(n_params=4e6, chinchilla=2)]
+    result = compute_speedup(table, replicates=REPLICATES, targets=targets)
+    (law,) = result.size_laws
+    assert law.optimizer == "muon" and "ratio_slope" in law.coefficients
+    low, high = law.per_doubling.interval
+    assert low < 2**-0.1 < high and high < 1  # shrinking, and the interval says so
+    far, inside = law.predictions
+    assert far.extrapolated and not inside.extrapolated
+    assert far.interval[0] < speedup(1e8) < far.interval[1]
+    assert inside.interval[0] < speedup(4e6) < inside.interval[1]
+    assert far.interval[1] - far.interval[0] > inside.interval[1] - inside.interval[0]
+
+
+def test_shared_law_recovers_the_exponents_and_each_optimizers_data_efficiency():
+    table = runs_table({"muon": {n: 1.5 for n in SIZES}, "lion": {n: 0.8 for n in SIZES}}, noise=1e-3, seed=4)
+    law = compute_speedup(table, replicates=REPLICATES).shared_law
+    assert law.points == 3 * len(SIZES) * len(MULTIPLES)
+    for estimate, truth in ((law.alpha, 0.3), (law.beta, 0.3), (law.E, 1.5), (law.rho_D["muon"], 1.5),
+                            (law.rho_D["lion"], 0.8), (law.rho_N["muon"], 1.0)):
+        assert estimate.interval[0] < truth < estimate.interval[1], (estimate, truth)
+    assert law.rho_D["adamw"].estimate == 1.0

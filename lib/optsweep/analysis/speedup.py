@@ -33,10 +33,12 @@ from scipy.stats import norm
 
 from ..axes import declare_axes
 from ..jsonio import write_json
+from ..params.sections import DEFAULT_SPEEDUP_TARGETS, SpeedupTarget
 from ..params.settings import ParamsError
 from ..provenance import provenance
 from ..results.documents import Provenance, SensitivityResult, SweepResult, as_json, require_one_identity
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from .speedup_laws import SharedLaw, SizeLaw, shared_law, size_laws
 from .table import DIVERGED_STATUSES, MISSING_STATUSES
 
 REFERENCE = "adamw"
@@ -129,6 +131,8 @@ class SpeedupResult(Frozen):
     skipped: list[str]  # model sizes (or optimizers) left out, and why
     hypotheses: list[Verdict]
     transfers: list[TransferGap] = Field(default_factory=list)  # from sweep results only
+    size_laws: list[SizeLaw] = Field(default_factory=list)  # speedup against model size, per optimizer
+    shared_law: SharedLaw | None = None  # one loss law, per-optimizer rho_N and rho_D
     provenance: Provenance | None = None  # what wrote the file (`stamped`)
 
     def stamped(self, params_hash: str | None, **origin: Any) -> SpeedupResult:
@@ -282,8 +286,10 @@ def compute_speedup(
     source: str = "runs table",
     relative_noise: dict[str, float] | None = None,
     require_curve: bool = True,
+    targets: list[SpeedupTarget] | tuple[SpeedupTarget, ...] = DEFAULT_SPEEDUP_TARGETS,
 ) -> SpeedupResult:
-    """Speedups of every optimizer in `table` over `reference`, per scale, and the talk's claims judged.
+    """Speedups of every optimizer in `table` over `reference`, per scale, and the talk's claims judged;
+    the size laws with predictions at `targets`, and the shared-exponent loss law (optsweep.analysis.speedup_laws).
     `relative_noise`: per optimizer, the relative std of one config's loss its analysis measured.
     `require_curve`: a table where no model size has 3 data scales of `reference` is an error (else the
     result has no speedups and `skipped` says why)."""
@@ -330,9 +336,14 @@ def compute_speedup(
         mine = [s for s in speedups if s.optimizer == optimizer]
         hypotheses.append(no_speedup_above(optimizer, mine))
         hypotheses.append(shrinks_with_model_size(optimizer, mine, draws, level))
+    laws, left_out = size_laws(speedups, draws, targets, level)
+    shared, why = shared_law(
+        tuned, reference, lambda optimizer, loss: run_noise(loss, noise_floor, relative_noise.get(optimizer)), level
+    )
     return SpeedupResult(
         reference=reference, level=level, noise_floor=noise_floor, bootstrap=BOOTSTRAP,
-        replicates=replicates, curves=curves, speedups=speedups, skipped=skipped, hypotheses=hypotheses,
+        replicates=replicates, curves=curves, speedups=speedups, skipped=[*skipped, *left_out, *([why] if why else [])],
+        hypotheses=hypotheses, size_laws=laws, shared_law=shared,
     )
 
 

@@ -109,6 +109,23 @@ class SearchSettings(Strict):
     )
 
 
+TOKENS_PER_PARAM = 20  # Chinchilla-optimal data: 1x Chinchilla is 20 tokens per (non-embedding) parameter
+
+
+class SpeedupTarget(Strict):
+    """A model size and data budget at which the speedup laws predict each optimizer's speedup."""
+
+    n_params: float = Field(gt=0, description="non-embedding parameters")
+    chinchilla: float = Field(gt=0, description="data as a multiple of Chinchilla's 20 tokens per parameter")
+
+    @property
+    def tokens(self) -> float:
+        return TOKENS_PER_PARAM * self.chinchilla * self.n_params
+
+
+DEFAULT_SPEEDUP_TARGETS = (SpeedupTarget(n_params=7e9, chinchilla=1), SpeedupTarget(n_params=7e9, chinchilla=8))
+
+
 class AnalysisSettings(Strict):
     """Sensitivity decisions: how much loss counts as mattering."""
 
@@ -128,4 +145,8 @@ class AnalysisSettings(Strict):
     )
     laws_for: list[str] = Field(
         default_factory=list, description="hyperparameters to fit a law for even when they are not sensitive"
+    )
+    speedup_targets: list[SpeedupTarget] = Field(
+        default_factory=lambda: list(DEFAULT_SPEEDUP_TARGETS),
+        description="sizes and data budgets where the speedup-against-size laws predict (default 7B at 1x and 8x)",
     )
