@@ -32,7 +32,6 @@ browser:
 
 test: $(STAMP) browser
 	ruff check lib tests notebooks bench
-	lint-imports --config pyproject.toml
 	python -m pytest -q
 
 # Switch the active params/study.yaml to a preset: make preset PRESET=micro|tiny|paper|optimizers

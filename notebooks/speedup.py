@@ -30,17 +30,17 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from optsweep.analysis import speedup_from_sweeps
-from optsweep.analysis.speedup import (
+from optsweep.analysis.speedup import measured_relative_noise
+from optsweep.params.paths import enter_root
+from optsweep.params.settings import load_params
+from optsweep.report import styled
+from optsweep.report.speedup_tables import (
     curves_frame,
-    measured_relative_noise,
     speedups_frame,
     transfers_frame,
     tuned_points_frame,
     verdicts_frame,
 )
-from optsweep.params.paths import enter_root
-from optsweep.params.settings import load_params
-from optsweep.report import styled
 from optsweep.results.documents import SensitivityResult, SweepResult, as_json, read_document, sweeps_origin
 
 paths = enter_root()

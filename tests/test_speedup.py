@@ -12,7 +12,8 @@ import pytest
 from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
-from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above, speedup_from_sweeps
+from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above
+from optsweep.analysis.speedup_sweeps import speedup_from_sweeps
 from optsweep.params.sections import SpeedupTarget
 from optsweep.params.settings import ParamsError
 from optsweep.results.documents import SweepResult, write_document

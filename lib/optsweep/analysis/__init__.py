@@ -11,7 +11,8 @@ from .analyze import analyze_table
 from .laws import fit_scaling_laws
 from .predict import predict
 from .sensitivity import analyze_sensitivity
-from .speedup import compute_speedup, speedup_from_sweeps
+from .speedup import compute_speedup
+from .speedup_sweeps import speedup_from_sweeps
 from .table import load_runs_table, runs_table_from_sweeps, validate_runs_table
 
 __all__ = [

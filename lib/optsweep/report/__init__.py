@@ -5,6 +5,7 @@ read from results/.
     tables      the sensitivity analysis and the scaling laws as tables
     answer      the paragraph at the top of the report, and what would decide an inconclusive verdict
     comparison  other optimizers against the tuned AdamW
+    speedup_tables  a speedup result as tables
     plots       the figures (seaborn)
     notebook    running a study notebook through papermill and jupytext
 """
