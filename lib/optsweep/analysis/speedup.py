@@ -35,7 +35,7 @@ from ..params.settings import ParamsError
 from ..provenance import provenance
 from ..results.documents import Provenance, SensitivityResult, as_json
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
-from .speedup_laws import SharedLaw, SizeLaw, shared_law, size_laws
+from .speedup_laws import Interval, SharedLaw, SizeLaw, shared_law, size_laws
 from .table import DIVERGED_STATUSES, MISSING_STATUSES
 
 REFERENCE = "adamw"
@@ -47,7 +47,6 @@ BOOTSTRAP = (
     "parametric bootstrap (Gaussian residuals): each replicate adds N(0, noise^2) to AdamW's fitted losses and to the "
     "challenger's tuned loss, refits L(D) = a * D^-b + c and recomputes D_eff"
 )
-Interval = tuple[float | None, float | None]  # None: unbounded above (AdamW's curve never gets there)
 
 
 class Frozen(BaseModel):

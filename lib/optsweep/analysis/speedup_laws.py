@@ -34,7 +34,7 @@ from scipy.stats import norm
 
 from ..params.sections import SpeedupTarget
 
-Interval = tuple[float | None, float | None]
+Interval = tuple[float | None, float | None]  # None: unbounded (above: AdamW's curve never gets there)
 MIN_BOOTSTRAP = 20  # finite replicates a speedup needs for its variance
 
 
