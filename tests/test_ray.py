@@ -274,8 +274,8 @@ def test_a_head_started_in_another_folder_runs_a_sweep_from_the_repository(clust
     address, instruments = cluster
     project = tmp_path / "project"
     params = ray_study(project, address, "checkpointing", study_store="runs")
-    sweep = subprocess.run(sweep_command(params, project / "a.json"), cwd=project, env=synth.cli_env(),
-                           capture_output=True, text=True, timeout=300)
+    sweep = subprocess.run(sweep_command(params, project / "a.json"), cwd=project,
+                           env=synth.cli_env(OPTSWEEP_ROOT=str(project)), capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 0, sweep.stderr
     records = list(RunStore(project / "runs"))
     assert records and {record.status.value for record in records} == {"ok"}
