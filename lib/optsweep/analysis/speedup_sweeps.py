@@ -13,7 +13,16 @@ from ..axes import declare_axes
 from ..params.settings import ParamsError
 from ..results.documents import SweepResult, as_json, require_one_identity
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
-from .speedup import BOOTSTRAP, NOISE_FLOOR, REFERENCE, SpeedupResult, TransferGap, Verdict, compute_speedup, run_noise
+from .speedup import (
+    BOOTSTRAP,
+    NOISE_FLOOR,
+    REFERENCE,
+    SpeedupResult,
+    TransferGap,
+    Verdict,
+    compute_speedup,
+    run_noise,
+)
 
 
 def speedup_from_sweeps(
