@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..axes import from_axis, to_axis
 from ..params.sections import AnalysisSettings
+from ..runs.trainer import warmup_fits
 from .curve import Curve
 from .noise import Noise, measure_noise
 from .surface import Surface
@@ -353,10 +354,10 @@ class Landscape:
         return value / (self.width(scale) / reference_width) ** power if power else value
 
     def can_run(self, hparam: str, value: float, scale: str) -> bool:
-        """Whether every run of `scale` could train at `value`: warmup must end before the run does (as
-        optsweep.runs.trainer.invalid_reason rules); a table without steps sets no bound."""
+        """Whether every run of `scale` could train at `value` (the trainer's warmup rule, on its shortest
+        run); a table without steps sets no bound."""
         shortest = self._info[scale]["shortest"]
-        return not (hparam == "warmup" and np.isfinite(shortest) and value >= shortest)
+        return hparam != "warmup" or not np.isfinite(shortest) or warmup_fits(value, shortest)
 
     def shortest_run(self, scales: Iterable[str]) -> int:
         """The fewest steps of any run at these scales."""

@@ -103,13 +103,18 @@ def make_run_spec(
     }
 
 
+def warmup_fits(warmup: float, steps: float) -> bool:
+    """Whether a run of `steps` steps can train with this warmup: the warmup must end before the run does."""
+    return warmup < steps
+
+
 def invalid_reason(spec: dict[str, Any]) -> str | None:
     """Why a spec cannot be trained (e.g. warmup beyond the run), or None when it can."""
     steps = spec["scale"]["steps"]
     warmup = spec["hparams"]["warmup"]
     if steps < 1:
         return f"batch_size {spec['scale']['batch_size']} leaves no full step in the token budget"
-    if warmup >= steps:
+    if not warmup_fits(warmup, steps):
         return f"warmup ({warmup}) must be shorter than the run ({steps} steps)"
     return None
 
