@@ -44,6 +44,7 @@ class Slot(abc.ABC):
     stalled: bool = False  # its worker was killed by the watchdog
 
     def take(self, chosen: tuple[Task, int]) -> None:
+        """Start on (task, attempt number) from `WaitingTasks.pop`."""
         (self.task, self.attempt), self.stalled = chosen, False
         self.started = time.perf_counter()
 
@@ -168,7 +169,7 @@ class SlotPool(abc.ABC, Generic[S]):
                 return
             self._dispatch(waiting)
             busy = self._busy()
-            watched = [slot for slot in busy if not slot.stalled]  # a killed worker's death is on its way
+            watched = [slot for slot in busy if not slot.stalled]  # killed ones: their death is collected next
             timeout = self._timeout(watched, self._report_progress(busy), serving=inbox is not None)
             try:
                 with self._interruptible_section():
@@ -180,7 +181,7 @@ class SlotPool(abc.ABC, Generic[S]):
             except KeyboardInterrupt:
                 yield from self._finished_before_interrupt(busy)
                 raise
-            if self.watchdog.until_stall([self._heartbeat(slot) for slot in watched]) == 0:
+            if self._until_stall(watched) == 0:
                 self._kill_stalled(watched)
             for slot in done:
                 outcome = self._collect(slot, waiting)
@@ -193,9 +194,11 @@ class SlotPool(abc.ABC, Generic[S]):
     def _timeout(self, watched: list[S], report_in: float | None, serving: bool) -> float | None:
         """How long to wait for a worker: until a watched run may stall, the next progress lines are due, or
         (serving) the inbox is looked at again; None: until a worker answers."""
-        deadlines = [self.watchdog.until_stall([self._heartbeat(slot) for slot in watched]), report_in,
-                     INBOX_POLL_S if serving else None]
+        deadlines = [self._until_stall(watched), report_in, INBOX_POLL_S if serving else None]
         return min((deadline for deadline in deadlines if deadline is not None), default=None)
+
+    def _until_stall(self, watched: list[S]) -> float | None:
+        return self.watchdog.until_stall([self._heartbeat(slot) for slot in watched])
 
     def _dispatch(self, waiting: WaitingTasks) -> None:
         """Hand each idle slot its next task (a worker that died while idle is replaced first)."""

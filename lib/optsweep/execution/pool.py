@@ -104,6 +104,7 @@ class Executor(SlotPool[_Worker]):
             yield from self._run_inline(tasks)
 
     def serve(self, inbox: TaskInbox) -> Iterator[Outcome]:
+        """See `SlotPool.serve`; a pool of one worker trains inline, with nothing to share."""
         if self.inline:
             raise ValueError("serve needs a pool of workers (study.workers > 1)")
         yield from super().serve(inbox)
