@@ -83,7 +83,7 @@ def test_a_killed_worker_is_replaced_and_its_run_retried(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTH_MARKS", str(tmp_path / "marks"))
     with Executor("optsweep.testing.trainers:killer", worker_environments(study(workers=2))) as executor:
         outcomes = list(executor.run(tasks(4)))
-        alive = [worker.process.is_alive() for worker in executor._workers]
+        alive = [worker.process.is_alive() for worker in executor._slots]
     assert all(outcome.error is None and outcome.attempts == 2 for outcome in outcomes)
     assert len({outcome.result["pid"] for outcome in outcomes}) >= 2  # trained by replacement workers
     assert alive == [True, True]
@@ -130,7 +130,7 @@ def test_an_interrupt_terminates_the_workers():
     with pytest.raises(KeyboardInterrupt):
         with Executor("optsweep.testing.trainers:whoami", environments) as executor:
             for outcome in executor.run(tasks(4)):
-                pids = [worker.process.pid for worker in executor._workers]
+                pids = [worker.process.pid for worker in executor._slots]
                 raise KeyboardInterrupt
     assert all(gone(pid) for pid in pids)
 
@@ -152,7 +152,7 @@ def test_a_poisoned_worker_is_retired_and_every_run_ends_ok(tmp_path, monkeypatc
     train = TrainSettings(device="cpu", retire_after_fast_failures=2)
     with Executor("optsweep.testing.trainers:poisoned", worker_environments(study(workers=3)), train) as executor:
         outcomes = list(executor.run(tasks(12)))
-        pids_left = {worker.process.pid for worker in executor._workers}
+        pids_left = {worker.process.pid for worker in executor._slots}
     poisoned = int((tmp_path / "poison").read_text())
     assert sorted(outcome.key for outcome in outcomes) == sorted(task.key for task in tasks(12))
     assert all(outcome.error is None for outcome in outcomes)
@@ -170,7 +170,7 @@ def test_a_slot_whose_replacement_cannot_start_is_dropped_and_the_smaller_pool_f
         executor.start()
         (tmp_path / "no-start").touch()  # from now on no worker can start: the GPU is gone
         outcomes = list(executor.run(tasks(8)))
-        left = len(executor._workers)
+        left = len(executor._slots)
     assert len(outcomes) == 8 and all(outcome.error is None for outcome in outcomes)
     assert left == 2
     (dropped,) = stderr_lines(capsys, "dropped")
@@ -195,7 +195,7 @@ def test_a_run_without_progress_is_killed_and_retried_and_a_second_stall_fails_i
     train = TrainSettings(device="cpu", stall_timeout_s=1.0)
     with Executor("optsweep.testing.trainers:hangs_once", worker_environments(study(workers=2)), train) as executor:
         (outcome,) = list(executor.run(tasks(1)))
-        alive = [worker.process.is_alive() for worker in executor._workers]
+        alive = [worker.process.is_alive() for worker in executor._slots]
     assert outcome.attempts == 2 and alive == [True, True]
     stalls = stderr_lines(capsys, "made no progress")
     if hang == "once":

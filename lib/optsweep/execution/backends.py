@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from ..params.study import StudySettings
 from .pool import Executor
+from .protocol import Backend
 from .tracker import TrackedExecutor
 from .workers import data_dir_read_by, worker_environments
 
 
-def make_executor(study: StudySettings) -> Executor | TrackedExecutor:
-    """A context manager with `run(tasks) -> Iterator[Outcome]`. Checks what it can before any import."""
+def make_executor(study: StudySettings) -> Backend:
+    """The pool the study asks for (see `Backend`). Checks what it can before any import."""
     if study.executor == "ray":
         from .ray_cluster import RayExecutor
 
-        executor: Executor = RayExecutor(study)
+        executor: Backend = RayExecutor(study)
     else:
         executor = Executor(study.trainer, worker_environments(study), train=study.train,
                             data_dir=data_dir_read_by(study))

@@ -1,6 +1,6 @@
 """The Ray backend of the executor (`study.executor: ray`): runs trained by long-lived actors across a cluster.
 
-Same contract as the local pool (optsweep.execution.pool.Executor): `run(tasks)` yields each outcome once final,
+The same loop as the local pool (optsweep.execution.loop): `run(tasks)` yields each outcome once final,
 a crashed run is retried once on another actor, an actor that dies (killed, out of memory) is replaced and
 its run retried, an actor the retire rule condemns (a device error, a failed device check, fast failures in
 a row) is replaced by one that runs the preflight again, the watchdog kills the actor of a run that makes
@@ -8,7 +8,8 @@ no progress for `study.train.stall_timeout_s` (the run is retried from its check
 it), and Ctrl-C hands over the runs that had finished before stopping. An actor whose node is lost, or
 whose replacement cannot start, is dropped with one line saying which and why; the sweep goes on with the
 others, and stops only when none is left. Only the driver writes the run store: actors return outcomes, the
-search stores them.
+search stores them. Every `study.ray.progress_every_s` the driver prints a line per run in flight (its node,
+device, step, loss, throughput and ETA), from the report its actor last received.
 
 Where the cluster comes from (`study.ray.address`):
 - `local`: a private cluster started in this process for this sweep, with `study.workers` x
@@ -32,12 +33,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import os
 import socket
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -46,10 +46,10 @@ from ..live import RunProgress, progress_line, reporting_to
 from ..params.settings import ParamsError
 from ..params.study import StudySettings, TrainSettings
 from ..runs.trainer import Trainer, load_trainer
-from .pool import Executor
+from .loop import Slot, SlotPool
 from .preflight import PreflightError, preflight
-from .rules import ATTEMPTS, FailureStreak, say_dropped, say_retired, settle
-from .tasks import INBOX_POLL_S, Attempt, Outcome, Task, TaskInbox, WaitingTasks
+from .rules import ATTEMPTS, FailureStreak
+from .tasks import Attempt
 from .workers import CUDA_ALLOCATOR, data_dir_read_by, limit_torch_threads, thread_limits, train_once, visible_gpus
 
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20  # outcomes are small dicts; Ray's default takes 30% of the RAM
@@ -189,24 +189,16 @@ class TrainerActor:
 RemoteTrainerActor = ray.remote(max_concurrency=2, max_restarts=0)(TrainerActor)
 
 
-@dataclasses.dataclass
-class _Slot:
-    number: int  # kept by its replacements: a retry avoids the slot it failed on
+@dataclasses.dataclass(kw_only=True)
+class _Slot(Slot):
+    """A slot's actor, where it runs, and the driver's view of its run's progress."""
+
     actor: Any  # a Ray actor handle
-    streak: FailureStreak
-    place: str = ""
+    place: str = ""  # set once the actor has started
     node: str = ""  # the id of the node the actor runs on
-    task: Task | None = None
-    attempt: int = 0
-    started: float = 0.0
+    ref: Any = None  # the object ref of its train() call in flight
     heard: float = 0.0  # when the driver last saw its run progress (time.monotonic): the watchdog's clock
     seen: RunProgress | None = None  # the run's latest report the driver saw
-    stalled: bool = False  # killed by the watchdog
-
-    def dispatch(self, chosen: tuple[Task, int]) -> None:
-        """Take a task; its start counts as progress."""
-        (self.task, self.attempt), self.seen, self.stalled = chosen, None, False
-        self.started, self.heard = time.perf_counter(), time.monotonic()
 
     @property
     def name(self) -> str:
@@ -216,66 +208,16 @@ class _Slot:
 # --- the pool ---------------------------------------------------------------------------------------------
 
 
-class RayExecutor(Executor):
-    """Trains tasks on Ray actors. Ctrl-C handling is the local pool's (inherited); the rest is Ray's."""
+class RayExecutor(SlotPool[_Slot]):
+    """Trains tasks on Ray actors; the loop (and Ctrl-C) is `SlotPool`'s, the actors and the cluster are Ray's."""
 
     def __init__(self, study: StudySettings):
-        super().__init__(study.trainer, environments=[], train=study.train)
-        self.inline = False  # actors, never the driver itself
+        super().__init__(study.train)
+        self.trainer_name = study.trainer
         self.study = study
-        self._slots: list[_Slot] = []
         self._shape: ActorShape | None = None
         self._owns_connection = False
         self._last_progress = 0.0
-
-    def start(self) -> None:
-        """Connect and start the actors (each runs the device preflight), once."""
-        if not self._slots:
-            self._start_pool()
-
-    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
-        """Train every task; yields each outcome once final. Connects and starts the actors with the first task."""
-        if tasks:
-            yield from self._run(tasks, None)
-
-    def serve(self, inbox: TaskInbox) -> Iterator[Outcome]:
-        """Train whatever other threads submit to `inbox` until it is finished (the searches of a phase)."""
-        yield from self._run([], inbox)
-
-    def _run(self, tasks: list[Task], inbox: TaskInbox | None) -> Iterator[Outcome]:
-        self.start()
-        waiting = WaitingTasks(len(self._slots), tasks)  # one wave of runs: see WaitingTasks
-        running: dict[Any, _Slot] = {}  # object ref of a train() call -> its actor
-        while True:
-            if inbox is not None:
-                waiting.take_from(inbox)
-            if not waiting and not running and (inbox is None or inbox.finished()):
-                return
-            for slot in self._slots:
-                if slot.task is None and (chosen := waiting.pop(slot.number if len(self._slots) > 1 else None)):
-                    slot.dispatch(chosen)
-                    running[slot.actor.train.remote(slot.task.spec)] = slot
-            stall = self._until_stall(running.values())
-            timeout = min(self._until_progress(), INBOX_POLL_S if inbox is not None else math.inf,
-                          math.inf if stall is None else stall)
-            try:
-                with self._interruptible_section():
-                    if running:
-                        done, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
-                    else:
-                        done = []
-                        inbox.wait(timeout)
-            except KeyboardInterrupt:
-                yield from self._finished_before_interrupt(running)
-                raise
-            if running and self._until_progress() == 0:
-                self._print_progress(running.values())
-            if self._until_stall(running.values()) == 0:
-                self._kill_stalled([slot for slot in running.values() if not slot.stalled])
-            for ref in done:
-                outcome = self._collect(ref, running.pop(ref), waiting)
-                if outcome is not None:
-                    yield outcome
 
     def close(self, graceful: bool = True) -> None:
         for slot in self._slots:
@@ -287,11 +229,11 @@ class RayExecutor(Executor):
 
     # starting and replacing actors
 
-    def _start_pool(self) -> None:
+    def _start_slots(self) -> None:
         connection = connect(self.study)
         self._owns_connection = connection.owned
         self._shape = plan_actors(self.study.train, self.study.workers_per_gpu, alive_nodes())
-        self._slots = [_Slot(number, self._new_actor(), FailureStreak(self.retire_after))
+        self._slots = [_Slot(number, FailureStreak(self.retire_after), actor=self._new_actor())
                        for number in range(self._shape.count)]  # they start concurrently
         self._await_started(self._slots)
         self._last_progress = time.perf_counter()
@@ -344,62 +286,66 @@ class RayExecutor(Executor):
                     raise ParamsError(f"study.ray.address: the cluster did not place {starting} worker(s) "
                                       f"within {READY_TIMEOUT_S:.0f} s; {why}") from None
 
-    def _replace(self, slot: _Slot) -> None:
+    def _restart(self, slot: _Slot) -> str | None:
         """A fresh actor in the slot, preflighted again; a slot whose node is lost, or whose replacement cannot
-        start, is dropped."""
-        ray.kill(slot.actor, no_restart=True)  # retired, or alive but unreachable: it must not train on unseen
-        slot.actor, slot.streak = self._new_actor(), FailureStreak(self.retire_after)
+        start, is given up (its name still says where its last actor ran: a start that failed never set it)."""
+        slot.actor = self._new_actor()
         try:
             self._await_started([slot])
         except NodeLost as lost:
-            self._drop(slot, str(lost))
+            reason = str(lost)
         except (ParamsError, PreflightError, RuntimeError) as error:
-            self._drop(slot, f"its replacement cannot start: {error}")
-
-    def _drop(self, slot: _Slot, reason: str) -> None:
-        """Give the slot up (its name still says where its last actor ran: a replacement that did not start
-        never set it)."""
+            reason = f"its replacement cannot start: {error}"
+        else:
+            return None
         ray.kill(slot.actor, no_restart=True)
-        self._slots.remove(slot)
-        say_dropped(slot.name, reason, len(self._slots), self._shape.count)
+        return reason
 
-    # collecting outcomes
+    def _stop(self, slot: _Slot) -> None:
+        ray.kill(slot.actor, no_restart=True)  # retired, or alive but unreachable: it must not train on unseen
 
-    def _collect(self, ref: Any, slot: _Slot, waiting: WaitingTasks) -> Outcome | None:
-        """The outcome if its task is final; a failed attempt with tries left waits to be retried. An actor
-        that died is replaced (or dropped, with its node), and one the retire rule condemns too."""
-        task, number = slot.task, slot.attempt
-        slot.task = None
+    _kill = _stop  # Ray ends an actor at once either way
+
+    # runs: handing over, waiting, reading
+
+    def _send(self, slot: _Slot) -> None:
+        slot.seen, slot.heard = None, time.monotonic()
+        slot.ref = slot.actor.train.remote(slot.task.spec)
+
+    def _wait(self, busy: list[_Slot], timeout: float | None) -> list[_Slot]:
+        refs = {slot.ref: slot for slot in busy}
+        done, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
+        return [refs[ref] for ref in done]
+
+    def _read(self, slot: _Slot) -> Attempt | str:
         try:
-            attempt = ray.get(ref)
-            retire = slot.streak.retire_reason(attempt)
-            if retire is not None:
-                say_retired(slot.name, retire)
-                self._replace(slot)
+            return ray.get(slot.ref)
         except RayActorError as died:
-            wall = time.perf_counter() - slot.started
-            error = (self.watchdog.reason(slot.name) if slot.stalled
-                     else f"{slot.name} died while training this run ({str(died).splitlines()[0]})")
-            attempt = Attempt(None, error, wall)
-            self._replace(slot)
-        return settle(task, number, attempt, waiting, slot.number)
+            return f"{slot.name} died while training this run ({str(died).splitlines()[0]})"
 
-    @staticmethod
-    def _finished_before_interrupt(running: dict[Any, _Slot]) -> Iterator[Outcome]:
-        """Runs that finished as Ctrl-C came in: hand them over (to be stored) before the actors stop."""
-        if not running:
+    def _answered(self, slot: _Slot) -> bool:
+        done, _ = ray.wait([slot.ref], timeout=0)
+        return bool(done)
+
+    def _answers_at_interrupt(self, busy: list[_Slot]) -> Iterator[tuple[_Slot, Attempt]]:
+        if not busy:
             return
-        done, _ = ray.wait(list(running), num_returns=len(running), timeout=0.2)
+        refs = {slot.ref: slot for slot in busy}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.2)
         for ref in done:
-            slot = running[ref]
             try:
                 attempt = ray.get(ref)
             except RayActorError:
                 continue
-            if attempt.error is None:
-                yield Outcome(slot.task.key, slot.task.spec, attempt.result, None, slot.attempt, attempt.wall_s)
+            yield refs[ref], attempt
 
-    # progress: lines, and the watchdog
+    # progress: lines, and the watchdog's clock
+
+    def _heartbeat(self, slot: _Slot) -> float:
+        return slot.heard
+
+    def _hear_from(self, watched: list[_Slot]) -> None:
+        self._reports(watched)
 
     def _reports(self, busy: list[_Slot]) -> list[RunProgress | None]:
         """Each busy actor's latest report (None: none yet, or the actor did not answer in time); a new one
@@ -417,26 +363,13 @@ class RayExecutor(Executor):
             reports.append(report)
         return reports
 
-    def _until_stall(self, busy: Iterable[_Slot]) -> float | None:
-        """Seconds until a run in flight may have stalled (None: none can); runs already killed are not watched."""
-        return self.watchdog.until_stall([slot.heard for slot in busy if not slot.stalled])
-
-    def _kill_stalled(self, busy: list[_Slot]) -> None:
-        """The watchdog: kill the actor of a run without progress for `stall_timeout_s`; its train() call then
-        fails, and `_collect` replaces the actor and retries the run from its checkpoint."""
-        self._reports(busy)  # the latest reports first: a run may have progressed since the driver last looked
-        for slot in busy:
-            silent = self.watchdog.stalled_for(slot.heard)
-            if silent is not None:
-                self.watchdog.say_killed(slot.task.key, slot.name, silent, slot.attempt)
-                slot.stalled = True
-                ray.kill(slot.actor, no_restart=True)
-
-    def _until_progress(self) -> float:
-        return max(0.0, self._last_progress + self.study.ray.progress_every_s - time.perf_counter())
-
-    def _print_progress(self, busy: Any) -> None:
-        self._last_progress = time.perf_counter()
-        busy = list(busy)
-        for slot, report in zip(busy, self._reports(busy)):
+    def _report_progress(self, busy: list[_Slot]) -> float:
+        """A line per run in flight every `study.ray.progress_every_s`; seconds until the next lines are due."""
+        every = self.study.ray.progress_every_s
+        due = self._last_progress + every - time.perf_counter()
+        if due > 0:
+            return due
+        self._last_progress = time.perf_counter()  # with nothing in flight too: an idle pool waits, not spins
+        for slot, report in zip(busy, self._reports(busy) if busy else []):
             print(progress_line(slot.task.key, slot.place, report), file=sys.stderr, flush=True)
+        return every

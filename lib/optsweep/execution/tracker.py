@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from .pool import Executor
+from .protocol import Backend
 from .tasks import Outcome, Task, TaskInbox
 
 
@@ -40,9 +40,10 @@ class WandbTracker:
 
 
 class TrackedExecutor:
-    """An executor whose outcomes are also logged by a tracker as they pass through to the run store."""
+    """An executor whose outcomes are also logged by a tracker as they pass through to the run store; a
+    `Backend` itself."""
 
-    def __init__(self, executor: Executor, tracker: WandbTracker):
+    def __init__(self, executor: Backend, tracker: WandbTracker):
         self.executor, self.tracker = executor, tracker
 
     def __enter__(self) -> TrackedExecutor:

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from ..execution.pool import Executor
+from ..execution.protocol import Runner
 from ..execution.tasks import Outcome, Task
 from ..params.settings import StudyParams
 from ..runs.store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
@@ -67,7 +67,7 @@ class RunEvaluator:
     """Turns configs into runs: from this sweep's memory, then the run store, else trained by the executor."""
 
     def __init__(self, params: StudyParams, scale_name: str, data: dict[str, Any] | None, trainer_code: str,
-                 store: RunStore, executor: Executor, progress: Progress):
+                 store: RunStore, executor: Runner, progress: Progress):
         self.params, self.scale_name, self.data = params, scale_name, data
         self.trainer, self.trainer_code = params.study.trainer, trainer_code
         self.store, self.executor, self.progress = store, executor, progress

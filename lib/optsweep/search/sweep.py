@@ -8,7 +8,7 @@ from typing import Any
 
 from ..axes import axis_of
 from ..execution.backends import make_executor
-from ..execution.pool import Executor
+from ..execution.protocol import Runner
 from ..jsonio import to_strict
 from ..optimizers import load_optimizer
 from ..params.settings import StudyParams
@@ -39,7 +39,7 @@ def study_data(params: StudyParams) -> dict[str, Any] | None:
 
 
 def search_scale(params: StudyParams, scale_name: str, sensitivity_path: str | None, transfer_from: Path | None,
-            data: dict[str, Any] | None, executor: Executor | SharedPoolClient, progress: bool) -> SweepResult:
+            data: dict[str, Any] | None, executor: Runner, progress: bool) -> SweepResult:
     """Coordinate descent at one scale on a given executor; the result document, not yet written.
     `transfer_from`: a folder of another optimizer's sweep results whose best is carried over and trained."""
     started = time.perf_counter()
