@@ -1,4 +1,4 @@
-"""One scale's sweep: the search on an executor, its result document, and `run_sweep`."""
+"""One scale's sweep: its plan, the search on an executor, its result document, and `run_sweep`."""
 
 from __future__ import annotations
 
