@@ -27,12 +27,15 @@ once the run's result is stored.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import math
 from typing import Any, Callable
 
 from ..codehash import code_hash
 from ..optimizers import optimizer_identity
+from ..params.sections import Scale
 from ..params.settings import ParamsError, StudyParams
 
 DEFAULT_TRAINER = "optsweep.train:train"
@@ -75,6 +78,51 @@ def code_identity(name: str) -> str:
         raise ParamsError(f"study.trainer: {error}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpecs:
+    """The run specs of one scale, resolved once from params: everything a spec holds but a run's hparams and
+    seeds (a search asks for hundreds of specs; the optimizer's identity is hashed once, not per run)."""
+
+    scale_name: str
+    scale: Scale
+    vocab_size: int
+    optimizer: dict[str, Any]  # `optimizer_identity`
+    train: dict[str, Any]  # the study's train settings, with this scale's micro-batch
+    data: dict[str, Any] | None
+    seed: int  # the study's seed: the initialisation
+    batch_seed: int  # the data seed: the batch order
+
+    def scale_entry(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        """The scale as a spec of `hparams` carries it (a `batch_size` hyperparameter changes steps and tokens)."""
+        return {"name": self.scale_name, **self.scale.derived(self.vocab_size, hparams.get("batch_size"))}
+
+    def spec(self, hparams: dict[str, Any], seed: int | None = None, batch_seed: int | None = None) -> dict[str, Any]:
+        """The spec of one run; each gets its own copies of the nested settings (a trainer may edit its spec)."""
+        return {
+            "scale": self.scale_entry(hparams),
+            "optimizer": copy.deepcopy(self.optimizer),
+            "hparams": dict(hparams),
+            "seed": self.seed if seed is None else seed,
+            "batch_seed": self.batch_seed if batch_seed is None else batch_seed,
+            "data": self.data,
+            "train": copy.deepcopy(self.train),
+            "checkpoint_dir": None,
+        }
+
+
+def run_specs(params: StudyParams, scale_name: str, data: dict[str, Any] | None) -> RunSpecs:
+    """The run specs of one scale of a study, on the prepared `data` (None: a trainer that reads none)."""
+    scale = params.scale(scale_name)
+    train = params.study.train.model_dump()
+    train["micro_batch_size"] = scale.micro_batch_size or train["micro_batch_size"]
+    return RunSpecs(
+        scale_name=scale_name, scale=scale,
+        vocab_size=data["vocab_size"] if data else params.study.tokenizer.vocab_size,
+        optimizer=optimizer_identity(params.study.optimizer), train=train, data=data,
+        seed=params.study.seed, batch_seed=params.study.data.seed,
+    )
+
+
 def make_run_spec(
     params: StudyParams,
     scale_name: str,
@@ -87,20 +135,7 @@ def make_run_spec(
 
     `seed` (default the study's) fixes the initialisation, `batch_seed` (default the data seed) the batch
     order: configs compared on one (seed, batch_seed) share both (common random numbers)."""
-    scale = params.scale(scale_name)
-    vocab_size = data["vocab_size"] if data else params.study.tokenizer.vocab_size
-    train = params.study.train.model_dump()
-    train["micro_batch_size"] = scale.micro_batch_size or train["micro_batch_size"]
-    return {
-        "scale": {"name": scale_name, **scale.derived(vocab_size, hparams.get("batch_size"))},
-        "optimizer": optimizer_identity(params.study.optimizer),
-        "hparams": dict(hparams),
-        "seed": params.study.seed if seed is None else seed,
-        "batch_seed": params.study.data.seed if batch_seed is None else batch_seed,
-        "data": data,
-        "train": train,
-        "checkpoint_dir": None,
-    }
+    return run_specs(params, scale_name, data).spec(hparams, seed, batch_seed)
 
 
 def warmup_fits(warmup: float, steps: float) -> bool:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from ..axes import axis_of
-from ..params.settings import ParamsError, StudyParams, round_sig
+from ..params.settings import ParamsError, round_sig
+from ..results.documents import GridExtension
 from ..runs.store import RunStatus
 from .descent import Descent, descend
-from .evaluator import EvaluatedRun, RunEvaluator
+from .history import EvaluatedRun, Evaluations
 from .space import SearchSpace
+from .sweep_plan import SweepPlan
 
 GEOMETRIC_LINEAR_AXIS = ("weight_decay", "clip")  # analysed on a linear axis, but their grids are geometric
 
@@ -26,49 +27,49 @@ def next_value_past_edge(h: str, edge: float, neighbour: float) -> float:
     return round_sig(2 * edge - neighbour)
 
 
-def _edge_extensions(params: StudyParams, space: SearchSpace, best: EvaluatedRun,
-                     grown: dict[str, int]) -> list[dict[str, Any]]:
+def _edge_extensions(plan: SweepPlan, space: SearchSpace, best: EvaluatedRun,
+                     grown: dict[str, int]) -> list[GridExtension]:
     """For each free hyperparameter whose best value is a grid edge: the value one grid step further, when it
     is valid and the grid has grown fewer than `search.extend_edges` times at that end."""
-    added, integers = [], params.integer_hparams()
+    added = []
     for h in space.free:
         values = sorted(space.grid[h])
         if len(values) < 2 or best.status != RunStatus.OK or best.hparams[h] not in (values[0], values[-1]):
             continue
         end = "low" if best.hparams[h] == values[0] else "high"
-        if grown.get(f"{h}:{end}", 0) >= params.search.extend_edges:
+        if grown.get(f"{h}:{end}", 0) >= plan.search.extend_edges:
             continue
         edge, neighbour = (values[0], values[1]) if end == "low" else (values[-1], values[-2])
         value = next_value_past_edge(h, edge, neighbour)
-        value = int(round(value)) if h in integers else value
+        value = int(round(value)) if h in plan.integers else value
         try:
-            params.hparams_with({h: value}, key=f"search.extend_edges: {h}")
+            plan.check({h: value}, key=f"search.extend_edges: {h}")
         except ParamsError:
             continue  # past the domain (weight decay below 0, say): the edge is a real bound
         if value in values:
             continue
         grown[f"{h}:{end}"] = grown.get(f"{h}:{end}", 0) + 1
-        added.append({"hparam": h, "end": end, "value": value, "edge": edge, "edge_loss": best.loss})
+        added.append(GridExtension(hparam=h, end=end, value=value, edge=edge, edge_loss=best.loss))
     return added
 
 
-def descend_following_edges(params: StudyParams, space: SearchSpace, evaluator: RunEvaluator, passes: int,
-                            grown: dict[str, int]) -> tuple[Descent, SearchSpace, list[dict[str, Any]]]:
+def descend_following_edges(plan: SweepPlan, space: SearchSpace, runs: Evaluations, passes: int,
+                            grown: dict[str, int]) -> tuple[Descent, SearchSpace, list[GridExtension]]:
     """Coordinate descent from `space.baseline` in at most `passes` passes; while the optimum sits on a grid
     edge, grow that grid by one step and descend again from the optimum (stored runs are reused), up to
     `search.extend_edges` steps per end (counted in `grown`, across calls)."""
-    search = params.search.model_copy(update={"passes": passes})
-    descent = descend(space, search, evaluator)
-    extensions: list[dict[str, Any]] = []
-    while added := _edge_extensions(params, space, descent.best, grown):
+    search = plan.search.model_copy(update={"passes": passes})
+    descent = descend(space, search, runs)
+    extensions: list[GridExtension] = []
+    while added := _edge_extensions(plan, space, descent.best, grown):
         extensions += added
-        grid = {h: sorted([*values, *(a["value"] for a in added if a["hparam"] == h)])
+        grid = {h: sorted([*values, *(a.value for a in added if a.hparam == h)])
                 for h, values in space.grid.items()}
         space = dataclasses.replace(space, grid=grid, baseline=dict(descent.best.hparams))
         # The steps past the edges are independent of each other: they go out as one batch (the descent below
         # asks for them one line at a time, and finds them run), so a shared pool trains them side by side.
-        evaluator.evaluate([{**descent.best.hparams, a["hparam"]: a["value"]} for a in added])
+        runs.evaluate([{**descent.best.hparams, a.hparam: a.value} for a in added])
         # The passes left (at least one): growing a grid continues the search, it does not restart it.
         remaining = search.model_copy(update={"passes": max(1, search.passes - descent.passes)})
-        descent = descent.then(descend(space, remaining, evaluator))
+        descent = descent.then(descend(space, remaining, runs))
     return descent, space, extensions

@@ -7,120 +7,59 @@ parallel). Claims keep two drivers from training the same run; a heartbeat keeps
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import threading
 import time
 from typing import Any, Iterator
 
 from ..execution.protocol import Runner
 from ..execution.tasks import Outcome, Task
-from ..params.settings import StudyParams
 from ..runs.store import CLAIM_HEARTBEAT_S, RunClaims, RunRecord, RunStatus, RunStore, run_key
-from ..runs.trainer import invalid_reason, is_diverged, make_run_spec
+from ..runs.trainer import invalid_reason, is_diverged
+from .history import EvaluatedRun, SweepHistory, run_from_record
 from .progress import Progress
 from .shared_pool import SharedPoolClient
 from .space import Config
+from .sweep_plan import SweepPlan
 
 CLAIM_POLL_S = 1.0  # how often a driver looks for runs that another driver has claimed
-
-
-@dataclasses.dataclass
-class EvaluatedRun:
-    """One evaluated config of this sweep."""
-
-    key: str
-    hparams: Config
-    seed: int  # the replicate: the sweep's seed, or a noise seed (see `RunEvaluator.spec`)
-    status: RunStatus
-    loss: float | None
-    reason: str | None = None
-    result: dict[str, Any] | None = None
-    spec: dict[str, Any] | None = None
-
-    @property
-    def rank(self) -> float:
-        """What the search minimises: a run that did not finish with a loss is infinitely bad."""
-        return self.loss if self.status == RunStatus.OK else math.inf
-
-    def report(self) -> dict[str, Any]:
-        row = {"key": self.key, "hparams": self.hparams, "seed": self.seed, "loss": self.loss,
-               "status": self.status.value}
-        if self.reason:
-            row["reason"] = self.reason
-        row["result"] = self.result
-        return row
-
-
-def _run_from_record(record: RunRecord, hparams: Config, seed: int) -> EvaluatedRun:
-    reason = record.error.strip().splitlines()[-1] if record.error else None
-    if record.status == RunStatus.DIVERGED and record.result:
-        reason = record.result.get("reason")
-    return EvaluatedRun(record.key, hparams, seed, record.status, record.loss, reason, record.result, record.spec)
-
-
-def _config_id(hparams: Config, seed: int) -> tuple:
-    return tuple(sorted(hparams.items())), seed
+Pending = dict[str, tuple[Config, int, dict[str, Any]]]  # by run key: the config, its seed, the task's spec
 
 
 class RunEvaluator:
-    """Turns configs into runs: from this sweep's memory, then the run store, else trained by the executor."""
+    """Turns configs into runs: from this sweep's memory, then the run store, else trained by the executor.
+    It is the `Evaluations` the stop rules see (`history.py`)."""
 
-    def __init__(self, params: StudyParams, scale_name: str, data: dict[str, Any] | None, trainer_code: str,
-                 store: RunStore, executor: Runner, progress: Progress):
-        self.params, self.scale_name, self.data = params, scale_name, data
-        self.trainer, self.trainer_code = params.study.trainer, trainer_code
-        self.store, self.executor, self.progress = store, executor, progress
+    def __init__(self, plan: SweepPlan, store: RunStore, executor: Runner, progress: Progress):
+        self.plan, self.store, self.executor, self.progress = plan, store, executor, progress
+        self.trainer, self.trainer_code = plan.identity.trainer, plan.identity.trainer_code
         self.claims = RunClaims(store)
-        self.seed = params.study.seed
-        self.runs: dict[tuple, EvaluatedRun] = {}
-        self.requested: dict[tuple, None] = {}  # every config in the order first asked for
-        self.speculative: dict[str, tuple[Config, int, dict[str, Any]]] = {}  # submitted ahead, not back yet
+        self.history = SweepHistory(plan.identity.seed)
+        self.speculative: Pending = {}  # submitted ahead, not back yet
         self.trained = self.reused = 0
 
-    def known(self, hparams: Config) -> bool:
-        return _config_id(hparams, self.seed) in self.runs
+    def _key(self, spec: dict[str, Any]) -> str:
+        return run_key(spec, self.trainer, self.trainer_code)
 
-    def best_loss(self) -> float | None:
-        finished = [run.loss for run in self.runs.values() if run.status == RunStatus.OK and run.seed == self.seed]
-        return min(finished, default=None)
-
-    def finished_losses(self, hparams: Config) -> dict[int, float]:
-        """The loss of every finished replicate of a config, by seed."""
-        return {run.seed: run.loss for run in self.runs.values()
-                if run.hparams == hparams and run.status == RunStatus.OK and run.loss is not None}
-
-    def ordered_runs(self) -> list[EvaluatedRun]:
-        """Every run in the order the search asked for it (not the order a pool finished it)."""
-        return [self.runs[config] for config in self.requested if config in self.runs]
-
-    def spec(self, hparams: Config, seed: int) -> dict[str, Any]:
-        """The run spec of a config on replicate `seed`: the sweep's seed, or noise seed `study.seed + i`,
-        which moves the initialisation and/or the batch order by i (`search.noise_varies`)."""
-        offset, varies = seed - self.seed, self.params.search.noise_varies
-        return make_run_spec(
-            self.params, self.scale_name, hparams, self.data,
-            seed=self.seed + (offset if varies in ("both", "init") else 0),
-            batch_seed=self.params.study.data.seed + (offset if varies in ("both", "data_order") else 0),
-        )
+    def _task(self, key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {**spec, "checkpoint_dir": str(self.store.checkpoint_dir(key))}
 
     def prefetch(self, configs: list[Config]) -> None:
         """Start training configs the search will probably ask for next, on workers that would otherwise idle
         (`search.speculate`; only on a pool shared by a phase). Their results are stored like any run."""
         if not isinstance(self.executor, SharedPoolClient):
             return
-        tasks = []
+        tasks, seed = [], self.history.seed
         for hparams in configs:
-            if _config_id(hparams, self.seed) in self.runs:
+            if self.history.known(hparams):
                 continue
-            spec = self.spec(hparams, self.seed)
-            key = run_key(spec, self.trainer, self.trainer_code)
+            spec = self.plan.spec(hparams, seed)
+            key = self._key(spec)
             if key in self.speculative or invalid_reason(spec) or self.store.get_result(key) is not None:
                 continue
             if self.claims.acquire(key):
-                self.speculative[key] = (dict(hparams), self.seed, spec)
-                tasks.append(Task(key, {**spec, "checkpoint_dir": str(self.store.checkpoint_dir(key))}))
-        self.progress.plan(len(tasks), 0, self.best_loss())
+                self.speculative[key] = (dict(hparams), seed, spec)
+                tasks.append(Task(key, self._task(key, spec)))
+        self.progress.plan(len(tasks), 0, self.history.best_loss())
         self.executor.submit(tasks, speculative=True)
 
     def drain(self) -> None:
@@ -128,73 +67,80 @@ class RunEvaluator:
         if self.speculative:
             self._record_outcomes({}, self.executor.wait_for(set(self.speculative)))
 
-    def unused_speculation(self) -> int:
-        return sum(config not in self.requested for config in self.runs)
-
     def evaluate(self, configs: list[Config], seeds: list[int] | None = None) -> list[EvaluatedRun]:
         """Every config on every seed (default: the sweep's seed), in that order; duplicates are run once."""
-        pairs = [(dict(hparams), seed) for hparams in configs for seed in (seeds or [self.seed])]
-        self.requested.update((_config_id(hparams, seed), None) for hparams, seed in pairs)
-        tasks: dict[str, tuple[Config, int, dict[str, Any]]] = {}
-        ahead: set[str] = set()  # already training speculatively: wait for those
+        pairs = [(dict(hparams), seed) for hparams in configs for seed in (seeds or [self.history.seed])]
+        self.history.ask(pairs)
+        tasks, ahead = self._look_up(pairs)
+        if tasks:
+            self.executor.start()  # a worker that cannot start stops the sweep before any run is claimed
+        while tasks:
+            self._train_or_find(tasks)
+            if tasks:  # claimed by other live drivers: wait for their results (or for their claims to go stale)
+                time.sleep(CLAIM_POLL_S)
+        ahead &= set(self.speculative)  # some may have come back while this line trained
+        if ahead:
+            self._record_outcomes({}, self.executor.wait_for(ahead))
+        return [self.history.get(hparams, seed) for hparams, seed in pairs]
+
+    def _look_up(self, pairs: list[tuple[Config, int]]) -> tuple[Pending, set[str]]:
+        """Settle what is known (this sweep's runs, invalid specs, the run store); return the runs to train and
+        the keys already training speculatively (to wait for)."""
+        tasks: Pending = {}
+        ahead: set[str] = set()
         reused = 0
         for hparams, seed in pairs:
-            if _config_id(hparams, seed) in self.runs:
+            if self.history.get(hparams, seed) is not None:
                 continue
-            spec = self.spec(hparams, seed)
-            key = run_key(spec, self.trainer, self.trainer_code)
+            spec = self.plan.spec(hparams, seed)
+            key = self._key(spec)
             if key in self.speculative:
                 ahead.add(key)
                 continue
             reason = invalid_reason(spec)
             record = None if reason else self.store.get_result(key)  # a failed run is trained again
             if reason:
-                self.runs[_config_id(hparams, seed)] = EvaluatedRun(key, hparams, seed, RunStatus.SKIPPED, None, reason,
-                                                           spec=spec)
+                self.history.add(EvaluatedRun(key, hparams, seed, RunStatus.SKIPPED, None, reason, spec=spec))
             elif record is not None:
-                self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
+                self.history.add(run_from_record(record, hparams, seed))
                 reused += 1
             else:
-                tasks[key] = (hparams, seed, {**spec, "checkpoint_dir": str(self.store.checkpoint_dir(key))})
+                tasks[key] = (hparams, seed, self._task(key, spec))
         self.reused += reused
-        self.progress.plan(len(tasks), reused, self.best_loss())
-        if tasks:
-            self.executor.start()  # a worker that cannot start stops the sweep before any run is claimed
-        while tasks:
-            claimed = [key for key in list(tasks) if self.claims.acquire(key)]
-            for key in list(tasks):  # stored meanwhile by another driver (it stores, then releases its claim)
-                record = self.store.get_result(key)
-                if record is not None:
-                    hparams, seed, _ = tasks.pop(key)
-                    self.claims.release(key)
-                    run = self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
-                    self.reused += 1
-                    self.progress.trained(run, self.best_loss())
-            self._train({key: tasks.pop(key) for key in claimed if key in tasks})
-            if tasks:  # claimed by other live drivers: wait for their results (or for their claims to go stale)
-                time.sleep(CLAIM_POLL_S)
-        ahead &= set(self.speculative)  # some may have come back while this line trained
-        if ahead:
-            self._record_outcomes({}, self.executor.wait_for(ahead))
-        return [self.runs[_config_id(hparams, seed)] for hparams, seed in pairs]
+        self.progress.plan(len(tasks), reused, self.history.best_loss())
+        return tasks, ahead
 
-    def _train(self, tasks: dict[str, tuple[Config, int, dict[str, Any]]]) -> None:
+    def _train_or_find(self, tasks: Pending) -> None:
+        """Train the tasks this driver claims; take those another driver stored meanwhile (it stores, then
+        releases its claim). Both leave `tasks`: what stays is claimed by other live drivers."""
+        claimed = [key for key in list(tasks) if self.claims.acquire(key)]
+        for key in list(tasks):
+            record = self.store.get_result(key)
+            if record is not None:
+                hparams, seed, _ = tasks.pop(key)
+                self.claims.release(key)
+                run = run_from_record(record, hparams, seed)
+                self.history.add(run)
+                self.reused += 1
+                self.progress.trained(run, self.history.best_loss())
+        self._train({key: tasks.pop(key) for key in claimed if key in tasks})
+
+    def _train(self, tasks: Pending) -> None:
         """Train claimed tasks; store each outcome as it comes, then release its claim."""
         if tasks:
             self._record_outcomes(tasks, self.executor.run([Task(key, spec) for key, (_, _, spec) in tasks.items()]))
 
-    def _record_outcomes(self, tasks: dict[str, tuple[Config, int, dict[str, Any]]],
-                         outcomes: Iterator[Outcome]) -> None:
+    def _record_outcomes(self, tasks: Pending, outcomes: Iterator[Outcome]) -> None:
         """Store each outcome (of `tasks` or of a speculative run) as it comes, then release its claim."""
         for outcome in outcomes:
             hparams, seed, _ = tasks[outcome.key] if outcome.key in tasks else self.speculative.pop(outcome.key)
             record = outcome_record(outcome, self.trainer, self.trainer_code)
             self.store.put(outcome.key, record)
             self.claims.release(outcome.key)
-            run = self.runs[_config_id(hparams, seed)] = _run_from_record(record, hparams, seed)
+            run = run_from_record(record, hparams, seed)
+            self.history.add(run)
             self.trained += 1
-            self.progress.trained(run, self.best_loss())
-
+            self.progress.trained(run, self.history.best_loss())
 
 
 def outcome_record(outcome: Outcome, trainer: str, trainer_code: str) -> RunRecord:

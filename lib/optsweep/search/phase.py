@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Callable, Literal
 
 from ..execution.backends import make_executor
-from ..execution.pool import Executor
+from ..execution.protocol import Backend, Runner
 from ..execution.tasks import TaskInbox
 from ..params.settings import ParamsError, StudyParams
 from ..results.documents import SweepResult, read_document, write_document
@@ -15,11 +15,13 @@ from ..runs.trainer import code_identity
 from .shared_pool import SharedPoolClient
 from .sweep import FailedRuns, failures_message, search_scale, study_data
 
+Search = Callable[[str, Runner], SweepResult]  # one scale's search on a pool
 
-def _search_in_thread(errors: list[BaseException], results: dict[str, SweepResult], name: str,
-                      *arguments: Any) -> None:
+
+def _search_in_thread(errors: list[BaseException], results: dict[str, SweepResult], name: str, search: Search,
+                      executor: Runner) -> None:
     try:
-        results[name] = search_scale(*arguments)
+        results[name] = search(name, executor)
     except BaseException as error:  # handed to the main thread, which raises it once the phase has stopped
         errors.append(error)
 
@@ -38,14 +40,17 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
     data = study_data(params)
     results: dict[str, SweepResult] = {}
     errors: list[BaseException] = []
+
+    def search(name: str, executor: Runner) -> SweepResult:
+        return search_scale(params, name, sensitivity_path, transfer_from, data, executor, progress)
+
     with make_executor(params.study) as executor:
         executor.start()  # workers and the device preflight before any search begins
         if executor.inline:  # one worker: nothing to share, the scales go one after another
             for name in names:
-                _search_in_thread(errors, results, name, params, name, sensitivity_path, transfer_from, data,
-                                  executor, progress)
+                _search_in_thread(errors, results, name, search, executor)
         else:
-            _serve_phase(executor, names, errors, results, params, sensitivity_path, transfer_from, data, progress)
+            _serve_phase(executor, names, errors, results, search)
     out_dir.mkdir(parents=True, exist_ok=True)  # a phase with no scales still has its (empty) folder
     for name, result in results.items():
         _write_if_changed(out_dir / f"{name}.json", result)
@@ -57,13 +62,11 @@ def run_phase(params: StudyParams, phase: Literal["phase1", "law"], out_dir: Pat
     return results
 
 
-def _serve_phase(executor: Executor, names: list[str], errors: list[BaseException],
-                 results: dict[str, SweepResult], *arguments: Any) -> None:
-    params, sensitivity_path, transfer_from, data, progress = arguments
+def _serve_phase(executor: Backend, names: list[str], errors: list[BaseException],
+                 results: dict[str, SweepResult], search: Search) -> None:
     inbox, routes, lock = TaskInbox(), {}, threading.Lock()
     threads = [threading.Thread(target=_search_in_thread, name=f"search-{name}", daemon=True,
-                                args=(errors, results, name, params, name, sensitivity_path, transfer_from, data,
-                                      SharedPoolClient(inbox, routes, lock), progress))
+                                args=(errors, results, name, search, SharedPoolClient(inbox, routes, lock)))
                for name in names]
     for thread in threads:
         thread.start()

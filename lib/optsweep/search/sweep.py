@@ -1,4 +1,4 @@
-"""One scale's sweep: the search on an executor, its result document, and `run_sweep`."""
+"""One scale's sweep: its plan, the search on an executor, its result document, and `run_sweep`."""
 
 from __future__ import annotations
 
@@ -6,23 +6,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..axes import axis_of
 from ..execution.backends import make_executor
 from ..execution.protocol import Runner
-from ..jsonio import to_strict
-from ..optimizers import load_optimizer
 from ..params.settings import StudyParams
-from ..provenance import provenance
 from ..results.documents import SweepResult, as_json, write_document
-from ..runs.store import RunStatus, RunStore
-from ..runs.trainer import DEFAULT_TRAINER, code_identity, make_run_spec
+from ..runs.store import RunStore
+from ..runs.trainer import DEFAULT_TRAINER, code_identity
 from .evaluator import RunEvaluator, heartbeat
 from .lowest import search_to_lowest_run
-from .measurements import compute_used, near_best
 from .progress import Progress
+from .result import sweep_result
 from .shared_pool import SharedPoolClient
-from .space import search_space
-from .transfer import carried_optimum, transfer_report
+from .sweep_plan import SweepPlan, sweep_plan
+from .transfer import transfer_report
 
 
 class FailedRuns(RuntimeError):
@@ -39,67 +35,27 @@ def study_data(params: StudyParams) -> dict[str, Any] | None:
 
 
 def search_scale(params: StudyParams, scale_name: str, sensitivity_path: str | None, transfer_from: Path | None,
-            data: dict[str, Any] | None, executor: Runner, progress: bool) -> SweepResult:
+                 data: dict[str, Any] | None, executor: Runner, progress: bool) -> SweepResult:
     """Coordinate descent at one scale on a given executor; the result document, not yet written.
     `transfer_from`: a folder of another optimizer's sweep results whose best is carried over and trained."""
+    plan = sweep_plan(params, scale_name, sensitivity_path, transfer_from, data)
+    return search_plan(plan, RunStore(params.study.store), executor, progress)
+
+
+def search_plan(plan: SweepPlan, store: RunStore, executor: Runner,
+                progress: bool) -> SweepResult:
+    """One scale's search as its plan says, its runs kept in `store`; the result document, not yet written."""
     started = time.perf_counter()
-    search = params.search
-    space = search_space(params, scale_name, sensitivity_path)
-    trainer = params.study.trainer
-    trainer_code = code_identity(trainer)
-    bar = Progress(f"sweep {scale_name}" + (" (law)" if space.phase == "law" else ""), progress,
-                   lines_only=isinstance(executor, SharedPoolClient))
+    bar = Progress(plan.label, progress, lines_only=isinstance(executor, SharedPoolClient))
     try:
-        evaluator = RunEvaluator(params, scale_name, data, trainer_code, RunStore(params.study.store), executor, bar)
+        evaluator = RunEvaluator(plan, store, executor, bar)
         with heartbeat(evaluator.claims):
-            outcome = search_to_lowest_run(
-                params, space, evaluator, lambda best: carried_optimum(params, scale_name, best, transfer_from))
-            descent = outcome.descent
-            transferred = transfer_report(outcome.carried, descent.best, evaluator)
+            outcome = search_to_lowest_run(plan, evaluator)
+            transferred = transfer_report(outcome.carried, outcome.descent.best, evaluator)
             evaluator.drain()
     finally:
         bar.close()
-    transfer = params.study.lr_transfer
-    width = params.scale(scale_name).width
-    declared = load_optimizer(params.study.optimizer).hparams
-    return SweepResult.model_validate(to_strict({
-        "scale": make_run_spec(params, scale_name, space.baseline, data)["scale"],
-        "optimizer": params.study.optimizer,
-        "axes": {h: declared[h].axis if h in declared else axis_of(h) for h in space.baseline},
-        "phase": space.phase,
-        "free": space.free,
-        "fixed": space.fixed,
-        "grid": outcome.space.grid,
-        "grid_extensions": outcome.extensions,
-        "order": params.coordinate_order(),
-        "baseline": space.baseline,
-        "best": descent.best.hparams,
-        "best_loss": descent.best.loss,
-        "near_best": near_best(descent.best, search, evaluator),
-        "passes": descent.passes,
-        "converged": descent.converged,
-        "why_not_converged": descent.why_not_converged,
-        "stop_rule": search.stop_rule,
-        "tolerance": search.tolerance,
-        "tolerance_kind": search.tolerance_kind,
-        "trajectory": descent.trajectory,
-        "runs": [run.report() for run in evaluator.ordered_runs()],
-        "slices": outcome.slices,
-        "noise": outcome.noise,
-        "failed": [{"key": run.key, "hparams": run.hparams, "seed": run.seed, "error": run.reason}
-                   for run in evaluator.ordered_runs() if run.status == RunStatus.FAILED],
-        "compute": compute_used(evaluator, time.perf_counter() - started),
-        "transfer": transferred,
-        "provenance": provenance(
-            params.params_hash(),
-            data_hash=data.get("hash") if data else None,
-            trainer=trainer,
-            trainer_code=trainer_code,
-            seed=params.study.seed,
-            lr_transfer={"rule": transfer.rule, "reference_width": transfer.reference_width,
-                         "factor": transfer.factor(width)},
-        ),
-    }))
+    return sweep_result(plan, outcome, evaluator, transferred, time.perf_counter() - started)
 
 
 def failures_message(results: list[SweepResult]) -> str | None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
 
-from ..params.settings import ParamsError, StudyParams
-from ..results.documents import SweepResult, read_document
+from ..params.settings import ParamsError
+from ..results.documents import SweepResult, TransferredOptimum, read_document
 from ..runs.store import RunStatus
-from .evaluator import EvaluatedRun, RunEvaluator
+from .history import EvaluatedRun, Evaluations
 from .space import Config
+from .sweep_plan import SweepPlan
 
 
 @dataclasses.dataclass
@@ -22,28 +21,27 @@ class CarriedOptimum:
     hparams: Config  # the rest at this sweep's best (when it was carried)
 
 
-def carried_optimum(params: StudyParams, scale_name: str, best: EvaluatedRun,
-                     source_dir: Path | None) -> CarriedOptimum | None:
-    """Another optimizer's best at this scale (`source_dir/<scale>.json`, AdamW's), carried to this one where
-    the hyperparameter names match and the rest kept at this sweep's best: does an optimum transfer between
+def carried_optimum(plan: SweepPlan, best: EvaluatedRun) -> CarriedOptimum | None:
+    """Another optimizer's best at this scale (`plan.carry_from`, AdamW's), carried to this one where the
+    hyperparameter names match and the rest kept at this sweep's best: does an optimum transfer between
     optimizers? None without a source result, a finished best, or a carried value in this optimizer's domain."""
-    path = source_dir / f"{scale_name}.json" if source_dir else None
+    path = plan.carry_from
     if path is None or not path.is_file() or best.status != RunStatus.OK:
         return None
     source = read_document(path, SweepResult)
     carried = [h for h in best.hparams if h in source.best]
     hparams = {**best.hparams, **{h: source.best[h] for h in carried}}
     try:
-        params.hparams_with(hparams, key=f"{path}: best")
+        plan.check(hparams, key=f"{path}: best")
     except ParamsError:
         return None
     return CarriedOptimum(source.optimizer, carried, hparams)
 
 
 def transfer_report(carried: CarriedOptimum | None, best: EvaluatedRun,
-                     evaluator: RunEvaluator) -> dict[str, Any] | None:
+                    runs: Evaluations) -> TransferredOptimum | None:
     if carried is None:
         return None
-    run = evaluator.evaluate([carried.hparams])[0]  # trained during the search: read back from its memory
-    return {"source": carried.source, "carried": carried.carried, "hparams": carried.hparams, "loss": run.loss,
-            "status": run.status, "tuned_loss": best.loss}
+    run = runs.evaluate([carried.hparams])[0]  # trained during the search: read back from its memory
+    return TransferredOptimum(source=carried.source, carried=carried.carried, hparams=carried.hparams,
+                              loss=run.loss, status=run.status, tuned_loss=best.loss)
