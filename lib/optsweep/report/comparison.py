@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..analysis.speedup import Interval, SpeedupResult
 from ..params.paths import SWEEP_FOLDERS, ProjectPaths
 from ..params.settings import StudyParams
+from ..results.speedup_documents import Interval, SpeedupResult
 from .study import study_sweeps
 
 
