@@ -64,9 +64,10 @@ paths = enter_root()
 params = load_params(params_file or paths.params)
 phase1 = load_sweeps(paths.sweeps("phase1"), list(params.scales))
 law_phase = load_sweeps(paths.sweeps("law"), list(params.law_scales))
-sensitivity = as_json(read_document(paths.sensitivity, SensitivityResult))
-laws = as_json(read_document(paths.scaling_law, ScalingLaws))
-write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump());  # for `dvc metrics`
+sensitivity_document = read_document(paths.sensitivity, SensitivityResult)
+laws_document = read_document(paths.scaling_law, ScalingLaws)
+write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity_document, laws_document).model_dump());  # DVC
+sensitivity, laws = as_json(sensitivity_document), as_json(laws_document)  # the tables read the evidence as written
 
 # %% [markdown]
 # ## The answer
@@ -196,8 +197,8 @@ if comparison:
 display(styled(sweep_summary_frame(phase1 + law_phase)))
 every_sweep = comparison.every_sweep() if comparison else phase1 + law_phase  # every optimizer's compute
 display(styled(pd.DataFrame(compute_summary(every_sweep).items(), columns=["", "total"])))
-links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
-links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
+links = [f"[{s.scale['name']}](sweeps/{s.scale['name']}.html)" for s in phase1]
+links += [f"[{s.scale['name']}](law_sweeps/{s.scale['name']}.html)" for s in law_phase]
 analysis_links = "[sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"
 display(Markdown("Sweep reports: " + " · ".join(links) + " · " + analysis_links))
 

@@ -28,7 +28,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from ..params.sections import DEFAULT_SPEEDUP_TARGETS, SpeedupTarget
 from ..params.settings import ParamsError
-from ..results.documents import SensitivityResult, as_json
+from ..results.documents import SensitivityResult
 from ..results.speedup_documents import (
     Interval,
     LossCurve,
@@ -137,8 +137,7 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
 
 def measured_relative_noise(sensitivity: SensitivityResult) -> float | None:
     """The relative std of one config's loss that a sensitivity analysis measured (None: not measured)."""
-    noise = as_json(sensitivity).get("noise") or {}
-    return noise.get("relative_std")
+    return sensitivity.noise.relative_std if sensitivity.noise else None
 
 
 def run_noise(loss: float, noise_floor: float, relative_noise: float | None) -> float:

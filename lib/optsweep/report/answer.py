@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..params.settings import StudyParams
+from ..results.documents import SweepResult
+from ..runs.store import RunStatus
 from ..runs.trainer import invalid_reason, make_run_spec
 from ..search import next_value_past_edge
 from ..search.plan import ASSUMED_MFU, planned_runs, scale_plans
@@ -54,12 +56,12 @@ class DecisionCosts:
     edge_blocked: dict[str, dict[str, dict[str, str]]]
 
 
-def decision_costs(params: StudyParams, sweeps: list[dict[str, Any]]) -> DecisionCosts:
+def decision_costs(params: StudyParams, sweeps: list[SweepResult]) -> DecisionCosts:
     """The costs of `DecisionCosts`: run counts from the planner (`optsweep plan`'s `planned_runs`, as the
     difference between the study and the study changed that way), GPU-hours per run from the planner, wall time
     per run as measured."""
-    phase1 = [s for s in sweeps if s["phase"] == "phase1"]
-    seconds_per_run = {s["scale"]["name"]: _measured_run_seconds(s) for s in phase1}
+    phase1 = [s for s in sweeps if s.phase == "phase1"]
+    seconds_per_run = {str(s.scale["name"]): _measured_run_seconds(s) for s in phase1}
     gpu_hours_per_run = {plan.scale: plan.run_gpu_hours for plan in scale_plans(params)
                          if plan.phase == "phase1" and plan.optimizer == params.study.optimizer}
     free = params.search_order()
@@ -87,9 +89,9 @@ def _planned_upper_bounds(params: StudyParams, free: list[str]) -> dict[str, int
     return {name: planned_runs(params, name, free)[1] for name in params.scales}
 
 
-def _measured_run_seconds(sweep: dict[str, Any]) -> float:
-    """Mean wall seconds of one of the sweep's finished runs."""
-    results = [run.get("result") or {} for run in sweep["runs"] if run["status"] in ("ok", "diverged")]
+def _measured_run_seconds(sweep: SweepResult) -> float:
+    """Mean wall seconds of one of the sweep's finished runs (as each run's trainer result records them)."""
+    results = [run.result or {} for run in sweep.runs if run.status in (RunStatus.OK, RunStatus.DIVERGED)]
     return sum(r.get("wall_s", 0.0) for r in results) / len(results) if results else 0.0
 
 
@@ -102,24 +104,24 @@ def _widened(hparam: str, values: list[float | int]) -> list[float | int]:
             next_value_past_edge(hparam, ordered[-1], ordered[-2])]
 
 
-def _edge_blocked(params: StudyParams, sweeps: list[dict[str, Any]], hparam: str) -> dict[str, dict[str, str]]:
+def _edge_blocked(params: StudyParams, sweeps: list[SweepResult], hparam: str) -> dict[str, dict[str, str]]:
     """Per scale and grid end: why the best config with `hparam` one grid step past that end of its valid grid
     values is no valid run (values the search skipped as invalid, such as an extension past a short run, do not
     count as the edge)."""
     integer = hparam in params.integer_hparams()
 
-    def why_invalid(sweep: dict[str, Any], value: float) -> str | None:
+    def why_invalid(sweep: SweepResult, value: float) -> str | None:
         value = int(round(value)) if integer else value
-        return invalid_reason(make_run_spec(params, sweep["scale"]["name"], {**sweep["best"], hparam: value}, None))
+        return invalid_reason(make_run_spec(params, str(sweep.scale["name"]), {**sweep.best, hparam: value}, None))
 
     blocked: dict[str, dict[str, str]] = {}
     for sweep in sweeps:
-        values = [v for v in sorted(sweep["grid"].get(hparam) or []) if why_invalid(sweep, v) is None]
+        values = [v for v in sorted(sweep.grid.get(hparam) or []) if why_invalid(sweep, v) is None]
         if len(values) < 2:
             continue
         for end, edge, neighbour in (("below", values[0], values[1]), ("above", values[-1], values[-2])):
             if reason := why_invalid(sweep, next_value_past_edge(hparam, edge, neighbour)):
-                blocked.setdefault(sweep["scale"]["name"], {})[end] = reason
+                blocked.setdefault(str(sweep.scale["name"]), {})[end] = reason
     return blocked
 
 

@@ -8,7 +8,7 @@ provenance of whatever command wrote it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
@@ -21,6 +21,9 @@ Number = float | int
 # What a sweep was trained with: sweeps that feed one analysis must agree on these.
 TRAINING_IDENTITY = ("data_hash", "trainer", "trainer_code")
 Config = dict[str, Number]
+# A sweep's scale as its run specs carry it: the name, the declared fields and every derived value (n_params,
+# tokens, steps, ...; `optsweep.params.sections.Scale.derived`).
+ScaleRecord = dict[str, str | int | float | None]
 
 
 class Document(BaseModel):
@@ -36,6 +39,10 @@ class Provenance(Document):
     params_hash: str | None
     created: str
 
+    def recorded(self, part: str) -> Any:
+        """What the writer added under `part` (e.g. `data_hash`, `trainer`), None when it did not."""
+        return (self.model_extra or {}).get(part)
+
 
 class SweptRun(Document):
     """One evaluated config of a sweep, as the sweep result lists it."""
@@ -47,6 +54,13 @@ class SweptRun(Document):
     status: RunStatus
     reason: str | None = None
     result: dict[str, Any] | None = None
+
+
+class NearBestRun(Document):
+    """A run on the sweep's seed within the tolerance of the best."""
+
+    hparams: Config
+    loss: float
 
 
 class SlicePoint(Document):
@@ -83,9 +97,16 @@ class FailedRun(Document):
     error: str | None
 
 
+class SeedConfig(Document):
+    """One config of the seed-noise measurement and its loss on each seed (None: that run did not finish)."""
+
+    hparams: Config
+    losses: list[float | None]
+
+
 class SeedNoise(Document):
     seeds: list[int]
-    configs: list[dict[str, Any]]
+    configs: list[SeedConfig]
     std: float | None
 
 
@@ -132,7 +153,7 @@ class SweepResult(Document):
     """`results/sweeps/<scale>.json` and `results/law_sweeps/<scale>.json`: one coordinate descent
     (another optimizer's under `results/optimizers/<name>/`)."""
 
-    scale: dict[str, Any]
+    scale: ScaleRecord
     optimizer: str = "adamw"  # the plug-in name (optsweep.optimizers)
     axes: dict[str, str] = Field(default_factory=dict)  # each hyperparameter's natural axis, as declared
     phase: Literal["phase1", "law"]
@@ -144,7 +165,7 @@ class SweepResult(Document):
     baseline: Config
     best: Config
     best_loss: float | None
-    near_best: list[dict[str, Any]]
+    near_best: list[NearBestRun]
     passes: int
     converged: bool
     why_not_converged: str | None = None  # one sentence whenever `converged` is false (absent before it was kept)
@@ -186,11 +207,36 @@ class SweepResult(Document):
         return stable(self) == stable(other)
 
 
+class SweepRuns(Document):
+    """What an analysis reads of a sweep result: its scale, phase, declared axes and runs (a full
+    `SweepResult` has them all; a sweep made elsewhere needs only these)."""
+
+    scale: ScaleRecord
+    phase: Literal["phase1", "law"] = "phase1"
+    axes: dict[str, str] = Field(default_factory=dict)
+    runs: list[SweptRun]
+
+
 Verdict = Literal["sensitive", "insensitive", "inconclusive"]
 
 
+class ScaleOptimum(Document):
+    """A hyperparameter's optimum at one scale: the best grid value and the refined one, with its standard error
+    on the natural axis; `edge` ("above" / "below") marks a best at the grid's end, censored at `bound`."""
+
+    grid_value: float
+    refined: float
+    estimate: str  # "fitted" (a local quadratic's vertex) or "measured" (the best run)
+    stderr: float | None
+    at_edge: bool
+    edge: str | None
+    bound: float | None
+    loss: float | None
+
+
 class HparamVerdict(Document):
-    """One hyperparameter's sensitivity verdict, with the margin and the noise it was judged against."""
+    """One hyperparameter's sensitivity verdict, with the margin and the noise it was judged against (and, as
+    written by `analyze_sensitivity`, its evidence and tests), and its optimum per scale."""
 
     verdict: Verdict
     sensitive: bool
@@ -201,6 +247,7 @@ class HparamVerdict(Document):
     margin: float | None
     required_margin: float | None
     reason: str
+    optimum: dict[str, ScaleOptimum] = Field(default_factory=dict)  # per scale
 
 
 class RecommendedConstant(Document):
@@ -217,6 +264,14 @@ class HypothesisAnswer(Document):
     evidence: dict[str, Any]
 
 
+class MeasuredNoise(Document):
+    """The loss noise the sensitivity analysis judged against: where it came from and the relative std of one
+    config's loss (None: none measured); the estimates behind it as the analysis writes them."""
+
+    source: str | None = None
+    relative_std: float | None = None
+
+
 class SensitivityResult(Document):
     """`results/sensitivity.json`: one verdict per hyperparameter, constants, hypotheses, noise, warnings."""
 
@@ -228,6 +283,7 @@ class SensitivityResult(Document):
     hypotheses: list[HypothesisAnswer]
     warnings: list[str]
     provenance: Provenance
+    noise: MeasuredNoise | None = None
 
 
 class LawPhaseInputs(Document):
@@ -239,12 +295,50 @@ class LawPhaseInputs(Document):
     recommended: dict[str, RecommendedConstant]
 
 
+Interval = tuple[float | None, float | None]  # None: not finite (an upper bound: unbounded)
+
+
+class LawCoefficient(Document):
+    estimate: float
+    stderr: float | None = None
+    ci95: Interval
+
+
+class LawPoint(Document):
+    """One scale's optimum a law was fitted on (`used`: not left out), and its residual on the law's axis."""
+
+    scale: str
+    n_params: float
+    tokens: float
+    width: int
+    value: float
+    at_edge: bool
+    edge: str | None
+    bound: float | None
+    estimate: str
+    stderr: float | None
+    used: bool
+    residual: float | None
+
+
+class HparamLaw(Document):
+    """One hyperparameter's fitted power law in (N, D): its form, coefficients with 95% intervals, fit quality
+    and points (the rest -- covariance, residuals, the forms compared, the summary -- as the fit writes them)."""
+
+    form: str
+    kind: str
+    coefficients: dict[str, LawCoefficient]
+    r2: float | None
+    n_points: int
+    points: list[LawPoint]
+
+
 class ScalingLaws(Document):
     """`results/scaling_law.json`: a law per sensitive hyperparameter, constants for the rest, the loss law."""
 
-    laws: dict[str, dict[str, Any]]
-    unfitted: dict[str, Any]
-    skipped: dict[str, Any]
+    laws: dict[str, HparamLaw]
+    unfitted: dict[str, str]  # hyperparameter -> why no law was fitted
+    skipped: dict[str, str]
     constants: dict[str, RecommendedConstant]
     loss_law: dict[str, Any]
     warnings: list[str]
@@ -291,19 +385,22 @@ def stamped(kind: type[DocumentType], content: dict[str, Any], params_hash: str 
     return kind.model_validate(to_strict({**content, "provenance": provenance(params_hash, **origin)}))
 
 
-def sweeps_origin(sweeps: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the sweeps an analysis rests on were trained with (they agree: see `require_one_identity`)."""
-    first = sweeps[0]["provenance"] if sweeps else {}
-    return {"sweeps": [sweep["scale"]["name"] for sweep in sweeps],
-            **{part: first.get(part) for part in TRAINING_IDENTITY}}
+def sweeps_origin(sweeps: Sequence[SweepResult]) -> dict[str, Any]:
+    """What the sweeps an analysis rests on were trained with (they agree: see `require_one_identity`), as
+    the provenance of the analysis's document records it."""
+    first = sweeps[0].provenance if sweeps else None
+    return {"sweeps": [sweep.scale["name"] for sweep in sweeps],
+            **{part: first.recorded(part) if first else None for part in TRAINING_IDENTITY}}
 
 
-def require_one_identity(sweeps: list[dict[str, Any]]) -> None:
-    """Sweeps that feed one analysis must have trained on the same data with the same training code."""
+def require_one_identity(sweeps: Sequence[SweepResult], labels: Sequence[str] | None = None) -> None:
+    """Sweeps that feed one analysis must have trained on the same data with the same training code (a
+    one-line `ParamsError` naming the sweeps, by scale or by `labels`, otherwise)."""
+    labels = labels or [str(sweep.scale["name"]) for sweep in sweeps]
     for part in TRAINING_IDENTITY:
         seen: dict[Any, list[str]] = {}
-        for sweep in sweeps:
-            seen.setdefault(sweep["provenance"].get(part), []).append(sweep["scale"]["name"])
+        for sweep, label in zip(sweeps, labels):
+            seen.setdefault(sweep.provenance.recorded(part), []).append(label)
         if len(seen) > 1:
             groups = "; ".join(f"{', '.join(names)}: {value}" for value, names in seen.items())
             raise ParamsError(f"sweeps disagree on {part} ({groups}); re-run the stale scales' sweeps")

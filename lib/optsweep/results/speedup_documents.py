@@ -14,9 +14,10 @@ import numpy as np
 from pydantic import Field
 
 from ..provenance import provenance
-from .documents import Document, Provenance, read_document, write_document
+from .documents import Document, Interval, Provenance, read_document, write_document
 
-Interval = tuple[float | None, float | None]  # None: unbounded (above: AdamW's curve never gets there)
+__all__ = ["Estimate", "Interval", "LossCurve", "SharedLaw", "SizeLaw", "SizePrediction", "Speedup", "SpeedupResult",
+           "TransferGap", "Verdict", "tokens_to_reach"]
 
 
 def tokens_to_reach(loss: np.ndarray | float, a: np.ndarray | float, b: np.ndarray | float,
