@@ -145,10 +145,10 @@ def test_the_committed_warmup_grid_cannot_grow_past_the_shortest_run(committed):
     costs = decision_costs(params, committed[2])
     capped = set()
     for sweep in committed[2]:
-        steps = sweep["scale"]["steps"]
-        valid = [w for w in sweep["grid"]["warmup"] if w < steps]
+        steps = sweep.scale["steps"]
+        valid = [w for w in sweep.grid["warmup"] if w < steps]
         if 2 * max(valid) >= steps:  # the grid doubles warmup: its next value is no shorter than the run
-            capped.add(sweep["scale"]["name"])
+            capped.add(sweep.scale["name"])
     assert set(costs.edge_blocked.get("warmup", {})) == capped
     assert all(list(ends) == ["above"] for ends in costs.edge_blocked.get("warmup", {}).values())
     assert "lr" not in costs.edge_blocked  # any lr is a valid run

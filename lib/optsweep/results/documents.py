@@ -264,12 +264,19 @@ class HypothesisAnswer(Document):
     evidence: dict[str, Any]
 
 
+class ScaleNoise(Document):
+    config_std: float | None  # the loss noise of one config at this scale
+    difference_std: float | None  # of the difference between two configs
+
+
 class MeasuredNoise(Document):
-    """The loss noise the sensitivity analysis judged against: where it came from and the relative std of one
-    config's loss (None: none measured); the estimates behind it as the analysis writes them."""
+    """The loss noise the sensitivity analysis judged against: where it came from, the relative std of one
+    config's loss (None: none measured) and the noise per scale; the estimates behind it as the analysis
+    writes them."""
 
     source: str | None = None
     relative_std: float | None = None
+    per_scale: dict[str, ScaleNoise] = Field(default_factory=dict)
 
 
 class SensitivityResult(Document):
@@ -331,6 +338,14 @@ class HparamLaw(Document):
     r2: float | None
     n_points: int
     points: list[LawPoint]
+
+
+class PredictionInputs(Document):
+    """What `optsweep predict` reads of a `results/scaling_law.json`: the fitted laws and the constants (a full
+    `ScalingLaws` is one)."""
+
+    laws: dict[str, HparamLaw]
+    constants: dict[str, RecommendedConstant]
 
 
 class ScalingLaws(Document):
