@@ -4,14 +4,13 @@ sweeps (slices, summary, compute, recommended values, provenance)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from ..analysis.table import hparam_names
 from ..params.paths import ProjectPaths, enter_root
 from ..params.settings import StudyParams, load_params
-from ..results.documents import SweepResult, read_document, require_one_identity
+from ..results.documents import ScalingLaws, SensitivityResult, SweepResult, read_document, require_one_identity
 from ..runs.store import RunStatus
 from .tables import short_reason
 
@@ -110,23 +109,23 @@ def compute_summary(sweeps: list[SweepResult]) -> dict[str, str]:
     }
 
 
-def recommended_frame(sensitivity: dict[str, Any], laws: dict[str, Any]) -> pd.DataFrame:
+def recommended_frame(sensitivity: SensitivityResult, laws: ScalingLaws) -> pd.DataFrame:
     """Our recommendation per hyperparameter (a fitted law or a constant) next to the brief's values."""
     rows = []
-    for hparam, verdict in sensitivity["hyperparameters"].items():
-        if hparam in laws.get("laws", {}):
-            ours = laws["laws"][hparam]["form"]
-        elif hparam in sensitivity.get("recommended", {}):
-            rec = sensitivity["recommended"][hparam]
-            ours = f"{rec['value']:.3g}"
-            if rec.get("rule", "none") != "none":
-                ours += f" at width {rec['reference_width']} ({rec['rule'].replace('_', ' ')})"
+    for hparam, verdict in sensitivity.hyperparameters.items():
+        if hparam in laws.laws:
+            ours = laws.laws[hparam].form
+        elif hparam in sensitivity.recommended:
+            rec = sensitivity.recommended[hparam]
+            ours = f"{rec.value:.3g}"
+            if rec.rule != "none":
+                ours += f" at width {rec.reference_width} ({rec.rule.replace('_', ' ')})"
         else:
             ours = "-"
         rows.append(
             {
                 "hyperparameter": hparam,
-                "verdict": verdict.get("verdict", "sensitive" if verdict["sensitive"] else "insensitive"),
+                "verdict": verdict.verdict,
                 "recommended (this study)": ours,
                 "original study (brief)": BRIEF_REPORTED.get(hparam, "-"),
                 "reason": short_reason(hparam, verdict),

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from ..provenance import provenance
-from .documents import Document, Interval, Provenance, read_document, write_document
+from .base import Document, Interval, Provenance, read_document, write_document
 
 __all__ = ["Estimate", "Interval", "LossCurve", "SharedLaw", "SizeLaw", "SizePrediction", "Speedup", "SpeedupResult",
            "TransferGap", "Verdict", "tokens_to_reach"]
