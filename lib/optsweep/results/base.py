@@ -54,7 +54,9 @@ def read_document(path: Path | str, kind: type[DocumentType]) -> DocumentType:
         raise ParamsError(f"{path}: results file not found")
     try:
         raw = read_json(path)
-    except ValueError as error:
+    except OSError as error:
+        raise ParamsError(f"{path}: results file not readable ({error.strerror or error})") from None
+    except ValueError as error:  # malformed JSON, or bytes that are not text
         raise ParamsError(f"{path}: not valid JSON ({error})") from None
     try:
         return kind.model_validate(raw)
