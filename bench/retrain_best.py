@@ -18,10 +18,9 @@ import statistics
 from multiprocessing import Pool
 
 from optsweep.data.prepare import ensure_prepared
-from optsweep.jsonio import read_json
 from optsweep.params.paths import enter_root
 from optsweep.params.settings import StudyParams, load_params
-from optsweep.results.documents import SweepResult, read_document
+from optsweep.results.documents import SensitivityResult, SweepResult, read_document
 from optsweep.runs.trainer import load_trainer, make_run_spec
 
 
@@ -34,11 +33,13 @@ def train_best(job: tuple[str, int]) -> tuple[str, int, float]:
 
 
 def report(params: StudyParams, losses: dict[str, dict[int, float]]) -> None:
-    noise = read_json(PATHS.sensitivity)["noise"]  # the analysis's own record of the noise it judged against
+    noise = read_document(PATHS.sensitivity, SensitivityResult).noise  # the noise the analysis judged against
+    if noise is None:
+        raise SystemExit(f"{PATHS.sensitivity}: records no noise")
     print(f"{'scale':<8} {'reported best':>13} {'noise (1 config)':>16}  fresh seeds -> mean   (mean - best) / noise")
     for scale in params.scales:
         reported = read_document(PATHS.sweeps("phase1") / f"{scale}.json", SweepResult).best_loss
-        config_std = noise["per_scale"][scale]["config_std"]
+        config_std = noise.per_scale[scale].config_std
         fresh = losses[scale]
         mean = statistics.fmean(fresh.values())
         each = ", ".join(f"{loss:.4f}" for _, loss in sorted(fresh.items()))

@@ -25,9 +25,9 @@ from IPython.display import Markdown, display
 from optsweep import results
 from optsweep.analysis.table import hparam_names
 from optsweep.axes import axis_of
-from optsweep.jsonio import read_json
 from optsweep.params.paths import project
 from optsweep.report import law_curves, plots
+from optsweep.results.documents import ScalingLaws, as_json, read_document
 
 paths = project()
 runs = results.runs(paths)
@@ -101,7 +101,7 @@ else:
 if paths.scaling_law.is_file() and not (laws := results.laws(paths)).empty:
     display(laws.set_index(["hparam", "coefficient"]))
     for hparam, points in results.law_points(paths).groupby("hparam"):
-        plots.law_points(points, law_curves(read_json(paths.scaling_law), hparam), hparam)
+        plots.law_points(points, law_curves(as_json(read_document(paths.scaling_law, ScalingLaws)), hparam), hparam)
         plt.show()
 else:
     display(Markdown("No fitted law yet: run the scaling_law stage (`make repro`)."))

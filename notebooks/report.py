@@ -64,8 +64,8 @@ paths = enter_root()
 params = load_params(params_file or paths.params)
 phase1 = load_sweeps(paths.sweeps("phase1"), list(params.scales))
 law_phase = load_sweeps(paths.sweeps("law"), list(params.law_scales))
-sensitivity = as_json(read_document(paths.sensitivity, SensitivityResult))
-laws = as_json(read_document(paths.scaling_law, ScalingLaws))
+sensitivity = read_document(paths.sensitivity, SensitivityResult)
+laws = read_document(paths.scaling_law, ScalingLaws)
 write_json(paths.metrics, study_metrics(phase1 + law_phase, sensitivity, laws).model_dump());  # for `dvc metrics`
 
 # %% [markdown]
@@ -108,24 +108,26 @@ styled(noise_frame(sensitivity))
 # scale against N and against D, with the fitted law and its 95% interval.
 
 # %%
-if not laws["laws"]:
+if not laws.laws:
     display(Markdown("No hyperparameter was sensitive to scale and none was asked for: no law to fit."))
-for hparam, law in laws["laws"].items():
-    r2 = "-" if law["r2"] is None else f"{law['r2']:.3f}"
-    asked = " (not sensitive; fitted because `analysis.laws_for` asks for it)" if law.get("asked") else ""
-    display(Markdown(f"**{hparam}**{asked}: `{law['form']}`, R^2 = {r2}, {law['n_points']} points. {law['note']}"))
-    display(styled(pd.DataFrame(law["coefficients"]).T.reset_index(names="coefficient")))
+for hparam, law in laws.laws.items():
+    r2 = "-" if law.r2 is None else f"{law.r2:.3f}"
+    asked = " (not sensitive; fitted because `analysis.laws_for` asks for it)" if law.asked else ""
+    display(Markdown(f"**{hparam}**{asked}: `{law.form}`, R^2 = {r2}, {law.n_points} points. {law.note}"))
+    coefficients = pd.DataFrame({name: as_json(c) for name, c in law.coefficients.items()})
+    display(styled(coefficients.T.reset_index(names="coefficient")))
     display(styled(law_forms_frame(law)))
-    plots.law_points(pd.DataFrame(law["points"]), law_curves(laws, hparam), hparam)
+    points = pd.DataFrame([as_json(point) for point in law.points])
+    plots.law_points(points, law_curves(laws, hparam), hparam)
     plt.show()
-    display(styled(pd.DataFrame(law["points"])))
-for hparam, reason in laws["unfitted"].items():
+    display(styled(points))
+for hparam, reason in laws.unfitted.items():
     display(Markdown(f"**{hparam}** is sensitive but has no law: {reason}"))
-if laws.get("skipped"):  # one line: each has the same reason, its verdict
-    not_fitted = ", ".join(f"**{h}** ({sensitivity['hyperparameters'][h]['verdict']})" for h in laws["skipped"])
+if laws.skipped:  # one line: each has the same reason, its verdict
+    not_fitted = ", ".join(f"**{h}** ({sensitivity.hyperparameters[h].verdict})" for h in laws.skipped)
     display(Markdown(f"No law fitted for {not_fitted}: not sensitive (`analysis.laws_for` fits one anyway)."))
-if laws.get("lr_width") and laws["lr_width"].get("width_exponent"):
-    display(Markdown(f"lr against width: {laws['lr_width']['note']}"))
+if laws.lr_width and laws.lr_width.get("width_exponent"):
+    display(Markdown(f"lr against width: {laws.lr_width['note']}"))
 
 # %% [markdown]
 # ## The brief's hypotheses
@@ -196,8 +198,8 @@ if comparison:
 display(styled(sweep_summary_frame(phase1 + law_phase)))
 every_sweep = comparison.every_sweep() if comparison else phase1 + law_phase  # every optimizer's compute
 display(styled(pd.DataFrame(compute_summary(every_sweep).items(), columns=["", "total"])))
-links = [f"[{s['scale']['name']}](sweeps/{s['scale']['name']}.html)" for s in phase1]
-links += [f"[{s['scale']['name']}](law_sweeps/{s['scale']['name']}.html)" for s in law_phase]
+links = [f"[{s.scale['name']}](sweeps/{s.scale['name']}.html)" for s in phase1]
+links += [f"[{s.scale['name']}](law_sweeps/{s.scale['name']}.html)" for s in law_phase]
 analysis_links = "[sensitivity](sensitivity.html) · [scaling laws](scaling_law.html)"
 display(Markdown("Sweep reports: " + " · ".join(links) + " · " + analysis_links))
 

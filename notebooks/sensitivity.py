@@ -42,16 +42,16 @@ from optsweep.report import (
     slices_frame,
     styled,
 )
-from optsweep.results.documents import SensitivityResult, stamped, sweeps_origin, write_document
+from optsweep.results.documents import SensitivityResult, as_json, stamped, sweeps_origin, write_document
 
 paths, params = optimizer_study(optimizer, params_file)
 if optimizer:
     display(Markdown(f"Optimizer **{optimizer}** (results in `{paths.results.relative_to(paths.root)}`)"))
 sweeps = load_sweeps(paths.sweeps("phase1"), params.scales_to_compare())
 table = runs_table_from_sweeps(sweeps)
-sensitivity = analyze_sensitivity(table, params.analysis)
 origin = sweeps_origin(sweeps)  # what the sweeps were trained with: data, trainer and its code
-write_document(paths.sensitivity, stamped(SensitivityResult, sensitivity, params.params_hash(), **origin))
+sensitivity = stamped(SensitivityResult, analyze_sensitivity(table, params.analysis), params.params_hash(), **origin)
+write_document(paths.sensitivity, sensitivity)
 if analysis_warnings(sensitivity):
     display(Markdown(analysis_warnings(sensitivity)))
 
@@ -80,9 +80,9 @@ plots.loss_slices(slices_frame(sweeps));
 # %%
 styled(pd.DataFrame(
     [
-        {"hyperparameter": h, "scale": scale, **optimum}
-        for h, v in sensitivity["hyperparameters"].items()
-        for scale, optimum in v["optimum"].items()
+        {"hyperparameter": h, "scale": scale, **as_json(optimum)}
+        for h, v in sensitivity.hyperparameters.items()
+        for scale, optimum in v.optimum.items()
     ]
 ))
 

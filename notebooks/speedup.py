@@ -41,7 +41,7 @@ from optsweep.report.speedup_tables import (
     tuned_points_frame,
     verdicts_frame,
 )
-from optsweep.results.documents import SensitivityResult, SweepResult, as_json, read_document, sweeps_origin
+from optsweep.results.documents import SensitivityResult, SweepResult, read_document, sweeps_origin
 
 paths = enter_root()
 params = load_params(params_file or paths.params)
@@ -60,7 +60,7 @@ sweeps = {name: finished_sweeps(study) for name, study in studies.items()}
 # The run noise each optimizer's own sensitivity analysis measured (seeds, surface scatter) sets its intervals.
 relative_noise = {name: measured_relative_noise(read_document(study.sensitivity, SensitivityResult))
                   for name, study in studies.items() if study.sensitivity.is_file()}
-origin = sweeps_origin([as_json(sweep) for results in sweeps.values() for sweep in results])
+origin = sweeps_origin([sweep for results in sweeps.values() for sweep in results])
 origin["sweeps"] = {name: [sweep.scale["name"] for sweep in results] for name, results in sweeps.items()}
 result = speedup_from_sweeps(sweeps, reference, replicates=replicates, relative_noise=relative_noise).stamped(
     params.params_hash(), **origin)

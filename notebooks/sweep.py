@@ -30,32 +30,32 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from optsweep.report import optimizer_study, plots, slices_frame
-from optsweep.results.documents import SweepResult, as_json, read_document
+from optsweep.results.documents import SweepResult, read_document
 from optsweep.search import run_sweep
 
 paths, params = optimizer_study(optimizer, params_file)  # enters the root: the params' run store, data folder
 scale = scale or params.first_scale(phase)
 result_path = paths.sweep(scale, phase)
 if result_path.is_file():  # written by the phase's search (`dvc repro`, `optsweep sweep --phase`)
-    sweep = as_json(read_document(result_path, SweepResult))
-    display(Markdown(f"From `{result_path.relative_to(paths.root)}` ({sweep['provenance']['created']}); "
+    sweep = read_document(result_path, SweepResult)
+    display(Markdown(f"From `{result_path.relative_to(paths.root)}` ({sweep.provenance.created}); "
                      f"`optsweep sweep --scale {scale}{f' --optimizer {optimizer}' if optimizer else ''}` or "
                      "`dvc repro` brings it up to date."))
 else:  # opened before the study ran: search this scale now (stored runs are reused)
     sensitivity = str(paths.sensitivity) if phase == "law" else None  # law: the sensitive ones and laws_for free
-    sweep = run_sweep(params, scale, result_path, sensitivity_path=sensitivity)
+    run_sweep(params, scale, result_path, sensitivity_path=sensitivity)
+    sweep = read_document(result_path, SweepResult)
 
 # %%
-s = sweep["scale"]
+s = sweep.scale
 display(Markdown(
     f"**Scale {scale}** ({phase}): width {s['width']}, depth {s['depth']}, N = {s['n_params']:,} non-embedding "
     f"parameters, D = {s['tokens']:,} tokens ({s['steps']} steps of {s['batch_size']} x {s['seq_len']}).  \n"
-    f"Best held-out loss **{sweep['best_loss']:.4f}** after {sweep['passes']} pass(es); "
-    f"converged: **{sweep['converged']}** (stop rule: {sweep['stop_rule']}, tolerance {sweep['tolerance']} "
-    f"{sweep['tolerance_kind']})." + (f"  \nNot converged: {sweep['why_not_converged']}."
-                                      if sweep.get("why_not_converged") else "")
+    f"Best held-out loss **{sweep.best_loss:.4f}** after {sweep.passes} pass(es); "
+    f"converged: **{sweep.converged}** (stop rule: {sweep.stop_rule}, tolerance {sweep.tolerance} "
+    f"{sweep.tolerance_kind})." + (f"  \nNot converged: {sweep.why_not_converged}." if sweep.why_not_converged else "")
 ))
-pd.DataFrame({"start": sweep["baseline"], "best": sweep["best"]}).T
+pd.DataFrame({"start": sweep.baseline, "best": sweep.best}).T
 
 # %% [markdown]
 # ## Loss along each hyperparameter around the best configuration (final 1-D slices)
@@ -72,15 +72,15 @@ else:
 # ## Descent trajectory, near-best set and compute
 
 # %%
-if sweep["trajectory"]:
+if sweep.trajectory:
     plots.trajectory(sweep)
 
 # %%
-display(pd.DataFrame([{**c["hparams"], "loss": c["loss"]} for c in sweep["near_best"]]))
-if sweep.get("noise"):
-    display(Markdown(f"Seed noise (pooled std over {len(sweep['noise']['seeds'])} extra seeds): "
-                     f"**{sweep['noise']['std']:.4f}**"))
-pd.Series(sweep["compute"]).to_frame("value")
+display(pd.DataFrame([{**c.hparams, "loss": c.loss} for c in sweep.near_best]))
+if sweep.noise:
+    display(Markdown(f"Seed noise (pooled std over {len(sweep.noise.seeds)} extra seeds): "
+                     f"**{sweep.noise.std:.4f}**"))
+pd.Series(sweep.compute.model_dump()).to_frame("value")
 
 # %% [markdown]
 # ## Held-out loss during training

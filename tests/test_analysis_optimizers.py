@@ -12,6 +12,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws, runs_table_from_sweeps
 from optsweep.analysis.speedup import SpeedupResult
 from optsweep.cli import main
+from optsweep.results.documents import SweepRuns
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])
@@ -74,11 +75,12 @@ def test_a_user_optimizers_declared_axes_reach_the_analysis_through_its_sweep_re
                   curvature=MUON.curvature, grid={"lr": MUON.grid["lr"], "momentum": MUON.grid["momentum"]})
     table = run_table(truth, SCALES).rename(columns={"momentum": "user_momentum"})
     sweeps = [
-        {"scale": {"name": scale, "n_params": rows["n_params"].iloc[0], "tokens": rows["tokens"].iloc[0],
+        SweepRuns.model_validate({
+         "scale": {"name": scale, "n_params": rows["n_params"].iloc[0], "tokens": rows["tokens"].iloc[0],
                    "width": int(rows["width"].iloc[0])},
          "phase": "phase1", "axes": {"lr": "log", "user_momentum": "log1m"},
          "runs": [{"key": f"{scale}-{i}", "hparams": {"lr": row.lr, "user_momentum": row.user_momentum},
-                   "seed": 0, "loss": row.loss, "status": "ok"} for i, row in enumerate(rows.itertuples())]}
+                   "seed": 0, "loss": row.loss, "status": "ok"} for i, row in enumerate(rows.itertuples())]})
         for scale, rows in table.groupby("scale", sort=False)
     ]
     user = analyze_sensitivity(runs_table_from_sweeps(sweeps))["hyperparameters"]["user_momentum"]

@@ -11,6 +11,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, load_runs_table, runs_table_from_sweeps
 from optsweep.cli import main
 from optsweep.params.settings import ParamsError
+from optsweep.results.documents import SweepRuns
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid
 
 
@@ -107,7 +108,7 @@ def test_text_in_a_hparam_column_names_row_and_value():
         analyze_sensitivity(table)
 
 
-def sweep_result(name: str, width: int, tokens: int, phase: str = "phase1") -> dict:
+def sweep_result(name: str, width: int, tokens: int, phase: str = "phase1") -> SweepRuns:
     def run(key, lr, wd, loss, status="ok", seed=0):
         hparams = {"lr": lr, "min_lr_ratio": 0.0, "weight_decay": wd, "eps": 1e-15}
         return {"key": key, "hparams": hparams, "seed": seed, "loss": loss, "status": status}
@@ -123,13 +124,13 @@ def sweep_result(name: str, width: int, tokens: int, phase: str = "phase1") -> d
         run(f"{name}g", 0.02, 0.1, 3.06, seed=1),
         run(f"{name}h", 0.01, 0.0, None, "failed"),  # a fault: missing data, dropped (never a divergence)
     ]
-    return {
+    return SweepRuns.model_validate({
         "scale": {"name": name, "width": width, "depth": 2, "n_params": 12 * 2 * width**2, "tokens": tokens,
                   "steps": tokens // 1024},
         "phase": phase, "free": ["lr", "weight_decay"], "fixed": {"min_lr_ratio": 0.0, "eps": 1e-15},
         "best": runs[1]["hparams"], "best_loss": 3.05, "near_best": [], "passes": 2, "converged": True,
         "runs": runs, "slices": {}, "noise": None, "provenance": {},
-    }
+    })
 
 
 def test_runs_table_from_sweeps():
@@ -149,6 +150,6 @@ def test_runs_table_from_sweeps():
 
 
 def test_runs_table_from_sweeps_without_runs_is_an_error():
-    empty = sweep_result("n1", 64, 65536) | {"runs": []}
+    empty = sweep_result("n1", 64, 65536).model_copy(update={"runs": []})
     with pytest.raises(ParamsError, match="no trained runs"):
         runs_table_from_sweeps([empty])

@@ -16,6 +16,14 @@ from optsweep import results
 from optsweep.execution.workers import worker_environments
 from optsweep.params.paths import ROOT_VARIABLE, find_root, project
 from optsweep.params.settings import ParamsError, load_params, validate_params
+from optsweep.results.documents import (
+    HparamLaw,
+    HparamVerdict,
+    LawCoefficient,
+    ScalingLaws,
+    SensitivityResult,
+    SweepResult,
+)
 from optsweep.search import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,10 +188,13 @@ def test_a_missing_results_file_is_a_one_line_error(tmp_path):
 
 
 def test_metrics_condense_best_losses_the_sensitive_set_and_the_exponents():
-    sweep = {"scale": {"name": "a"}, "best_loss": 3.5}
-    sensitivity = {"hyperparameters": {"lr": {"sensitive": True}, "eps": {"sensitive": False}}}
-    laws = {"laws": {"lr": {"coefficients": {"log_prefactor": {"estimate": 1.0}, "N_exponent": {"estimate": -0.5},
-                                             "D_exponent": {"estimate": 0.25}}}}}
+    # only the fields the metrics read (model_construct: the documents' other fields do not matter here)
+    sweep = SweepResult.model_construct(scale={"name": "a"}, best_loss=3.5)
+    sensitivity = SensitivityResult.model_construct(hyperparameters={
+        "lr": HparamVerdict.model_construct(sensitive=True), "eps": HparamVerdict.model_construct(sensitive=False)})
+    coefficients = {name: LawCoefficient.model_construct(estimate=value)
+                    for name, value in (("log_prefactor", 1.0), ("N_exponent", -0.5), ("D_exponent", 0.25))}
+    laws = ScalingLaws.model_construct(laws={"lr": HparamLaw.model_construct(coefficients=coefficients)})
     metrics = results.study_metrics([sweep], sensitivity, laws)
     assert metrics.model_dump() == {"best_loss": {"a": 3.5}, "sensitive": {"lr": True, "eps": False},
                                     "law_exponents": {"lr": {"N": -0.5, "D": 0.25}}}

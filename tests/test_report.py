@@ -3,7 +3,6 @@ synthetic study whose lr follows a known law (no training)."""
 
 from __future__ import annotations
 
-import copy
 import html
 from pathlib import Path
 
@@ -33,7 +32,16 @@ from optsweep.report import (
     verdict_clause,
     what_would_decide,
 )
-from optsweep.results.documents import ScalingLaws, SensitivityResult, as_json, read_document
+from optsweep.results.documents import (
+    HparamVerdict,
+    ScaleOptimum,
+    ScalingLaws,
+    SensitivityResult,
+    SweepResult,
+    VerdictEvidence,
+    read_document,
+    stamped,
+)
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
 matplotlib.use("Agg")
@@ -52,15 +60,15 @@ def lr_law(scale) -> float:
 
 
 @pytest.fixture(scope="module")
-def committed() -> tuple[dict, dict, list[dict]]:
+def committed() -> tuple[SensitivityResult, ScalingLaws, list[SweepResult]]:
     params = load_params(REPO / "params/study.yaml")
-    sensitivity = as_json(read_document(REPO / "results/sensitivity.json", SensitivityResult))
-    laws = as_json(read_document(REPO / "results/scaling_law.json", ScalingLaws))
+    sensitivity = read_document(REPO / "results/sensitivity.json", SensitivityResult)
+    laws = read_document(REPO / "results/scaling_law.json", ScalingLaws)
     return sensitivity, laws, load_sweeps(REPO / "results/sweeps", list(params.scales))
 
 
 @pytest.fixture(scope="module")
-def lr_moves() -> tuple[dict, dict]:
+def lr_moves() -> tuple[SensitivityResult, ScalingLaws]:
     """lr follows a known law in N and D; weight_decay is 0.1 at every scale."""
     scales = scale_grid([256, 512, 1024], [2e9, 8e9])
     optima = [lr_law(s) for s in scales]
@@ -70,30 +78,29 @@ def lr_moves() -> tuple[dict, dict]:
         grid={"lr": sqrt2_grid(min(optima) / 3, max(optima) * 3), "weight_decay": [0.0, 0.1, 0.2]},
     )
     table = run_table(truth, scales)
-    sensitivity = analyze_sensitivity(table)
-    return sensitivity, fit_scaling_laws(table, sensitivity)
+    sensitivity = stamped(SensitivityResult, analyze_sensitivity(table), None)
+    return sensitivity, stamped(ScalingLaws, fit_scaling_laws(table, sensitivity), None)
 
 
 def test_answer_names_the_sensitive_law_with_its_exponent_intervals_and_the_constant(lr_moves):
     sensitivity, laws = lr_moves
     answer = answer_paragraph(sensitivity, laws, COSTS)
-    law = laws["laws"]["lr"]
+    law = laws.laws["lr"]
     assert answer.startswith("**lr** is sensitive to scale, its optimum moves with model size and data")
-    assert law["form"] in answer
+    assert law.form in answer
     for name in ("N_exponent", "D_exponent"):
-        low, high = law["coefficients"][name]["ci95"]
-        assert f"{name[0]} exponent {law['coefficients'][name]['estimate']:.3g} [{low:.3g}, {high:.3g}]" in answer
+        low, high = law.coefficients[name].ci95
+        assert f"{name[0]} exponent {law.coefficients[name].estimate:.3g} [{low:.3g}, {high:.3g}]" in answer
     assert "**weight_decay**: 0.1" in answer
     assert "differences between neighbouring grid values, no seed runs" in answer
     assert "Nothing stayed inconclusive." in answer
 
 
 def test_answer_shows_a_law_fitted_for_a_hyperparameter_that_is_not_sensitive(lr_moves):
-    sensitivity, laws = copy.deepcopy(lr_moves)
-    sensitivity["sensitive"] = []
-    answer = answer_paragraph(sensitivity, laws, COSTS)
+    sensitivity, laws = lr_moves
+    answer = answer_paragraph(sensitivity.model_copy(update={"sensitive": []}), laws, COSTS)
     assert answer.startswith("No hyperparameter was found sensitive to scale. Fitted anyway (analysis.laws_for): "
-                             f"**lr** `{laws['laws']['lr']['form']}`")
+                             f"**lr** `{laws.laws['lr'].form}`")
 
 
 def test_answer_on_the_committed_results_is_computed_from_them(committed):
@@ -101,18 +108,18 @@ def test_answer_on_the_committed_results_is_computed_from_them(committed):
     params = load_params(REPO / "params/study.yaml")
     costs = decision_costs(params, sweeps)
     answer = answer_paragraph(sensitivity, laws, costs)
-    seeds = sensitivity["noise"]["seeds"]
+    seeds = sensitivity.noise.estimates["seeds"]
     assert f"paired std {seeds['paired_std']:.3g}" in answer
-    assert f"{100 * sensitivity['noise']['relative_std']:.3g}%" in answer
+    assert f"{100 * sensitivity.noise.relative_std:.3g}%" in answer
     assert f"{seeds['configs']} configs re-run in {seeds['runs']} runs ({seeds['dof']} degrees of freedom)" in answer
-    lr = sensitivity["recommended"]["lr"]
-    if sensitivity["hyperparameters"]["lr"]["verdict"] == "insensitive" and lr["rule"] != "none":
-        assert (f"**lr**: one value after the {lr['rule'].replace('_', '-')} rule, {lr['value']:.3g} at width "
-                f"{lr['reference_width']}") in answer
-    for hparam in sensitivity["inconclusive"]:
+    lr = sensitivity.recommended["lr"]
+    if sensitivity.hyperparameters["lr"].verdict == "insensitive" and lr.rule != "none":
+        assert (f"**lr**: one value after the {lr.rule.replace('_', '-')} rule, {lr.value:.3g} at width "
+                f"{lr.reference_width}") in answer
+    for hparam in sensitivity.inconclusive:
         assert f"{hparam} (" in answer
-    if any(what_would_decide(h, sensitivity["hyperparameters"][h], costs) == MORE_OR_LONGER_RUNS
-           for h in sensitivity["inconclusive"]):
+    if any(what_would_decide(h, sensitivity.hyperparameters[h], costs) == MORE_OR_LONGER_RUNS
+           for h in sensitivity.inconclusive):
         assert f"one more seed on each scale's best and its competitors costs {costs.one_more_seed}" in answer
     assert "{" not in answer and "_exponent" not in answer
 
@@ -127,16 +134,22 @@ def test_one_more_seed_and_a_wider_grid_cost_what_the_planner_counts(committed):
     assert costs.one_more_seed.gpu_hours > 0
 
 
+def edge_verdict(edge: str | None) -> HparamVerdict:
+    """A verdict whose optimum at scale n1d1 lies at the grid's `edge` (None: inside the grid); only the
+    fields `what_would_decide` reads."""
+    optimum = ScaleOptimum.model_construct(edge=edge)
+    return HparamVerdict.model_construct(evidence=VerdictEvidence(at_edge=["n1d1"] if edge else []),
+                                         optimum={"n1d1": optimum})
+
+
 def test_an_optimum_at_the_grid_edge_asks_for_a_wider_grid_else_for_more_or_longer_runs():
-    at_edge = {"evidence": {"at_edge": ["n1d1"]}, "optimum": {"n1d1": {"edge": "above"}}}
-    assert what_would_decide("lr", at_edge, COSTS) == WIDER_GRID
-    assert what_would_decide("lr", {"evidence": {"at_edge": []}}, COSTS) == MORE_OR_LONGER_RUNS
+    assert what_would_decide("lr", edge_verdict("above"), COSTS) == WIDER_GRID
+    assert what_would_decide("lr", edge_verdict(None), COSTS) == MORE_OR_LONGER_RUNS
 
 
 def test_an_optimum_at_the_longest_warmup_the_runs_allow_asks_for_longer_runs():
-    at_edge = {"evidence": {"at_edge": ["n1d1"]}, "optimum": {"n1d1": {"edge": "above"}}}
-    assert what_would_decide("warmup", at_edge, COSTS) == LONGER_RUNS
-    below = {"evidence": {"at_edge": ["n1d1"]}, "optimum": {"n1d1": {"edge": "below"}}}
+    assert what_would_decide("warmup", edge_verdict("above"), COSTS) == LONGER_RUNS
+    below = edge_verdict("below")
     assert what_would_decide("warmup", below, COSTS) == WIDER_GRID  # a shorter warmup is always a valid run
 
 
@@ -145,10 +158,10 @@ def test_the_committed_warmup_grid_cannot_grow_past_the_shortest_run(committed):
     costs = decision_costs(params, committed[2])
     capped = set()
     for sweep in committed[2]:
-        steps = sweep["scale"]["steps"]
-        valid = [w for w in sweep["grid"]["warmup"] if w < steps]
+        steps = sweep.scale["steps"]
+        valid = [w for w in sweep.grid["warmup"] if w < steps]
         if 2 * max(valid) >= steps:  # the grid doubles warmup: its next value is no shorter than the run
-            capped.add(sweep["scale"]["name"])
+            capped.add(sweep.scale["name"])
     assert set(costs.edge_blocked.get("warmup", {})) == capped
     assert all(list(ends) == ["above"] for ends in costs.edge_blocked.get("warmup", {}).values())
     assert "lr" not in costs.edge_blocked  # any lr is a valid run
@@ -176,8 +189,8 @@ def test_tables_hold_no_raw_json_and_short_reasons_with_the_full_ones_collapsed(
         assert frame["reason"].str.len().max() < 130
     details = reasons_details(sensitivity)
     assert details.startswith("<details>")
-    for verdict in sensitivity["hyperparameters"].values():
-        assert html.escape(verdict["reason"]) in details
+    for verdict in sensitivity.hyperparameters.values():
+        assert html.escape(verdict.reason) in details
 
 
 def test_law_figure_shows_the_optima_against_n_and_against_d_inside_the_band(lr_moves):
@@ -187,7 +200,7 @@ def test_law_figure_shows_the_optima_against_n_and_against_d_inside_the_band(lr_
     assert (curves["lower"] <= curves["estimate"]).all() and (curves["estimate"] <= curves["upper"]).all()
     along_d = curves[curves["along"] == "D"]
     assert along_d.groupby("n_params")["tokens"].nunique().min() > 1  # D moves at each fixed N
-    figure = plots.law_points(pd.DataFrame(laws["laws"]["lr"]["points"]), curves, "lr")
+    figure = plots.law_points(pd.DataFrame([point.model_dump() for point in laws.laws["lr"].points]), curves, "lr")
     left, right = figure.axes[:2]
     assert left.get_xlabel().startswith("N") and right.get_xlabel().startswith("D")
     assert len(left.collections) >= 2 and len(right.collections) >= 2  # bands and points on each

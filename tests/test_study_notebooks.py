@@ -211,8 +211,8 @@ def test_results_frames_of_every_optimizer_tell_them_apart(compared: Path):
 
 
 def test_tuned_hyperparameters_side_by_side_leave_a_name_the_optimizer_lacks_empty():
-    def sweep(best: dict[str, float]) -> dict[str, Any]:
-        return {"phase": "phase1", "scale": {"name": "a"}, "best": best}
+    def sweep(best: dict[str, float]) -> SweepResult:
+        return SweepResult.model_construct(phase="phase1", scale={"name": "a"}, best=best)  # what the frame reads
 
     comparison = Comparison(
         speedup=compute_speedup(_speedup_table(), replicates=20),

@@ -12,6 +12,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from ..params.sections import AnalysisSettings
+from ..results.documents import SensitivityResult, as_json
 from .law_fit import fit_hparam_law, law_axis_stderr, nearly_collinear
 from .loss_law import fit_loss_law
 from .optimum import WIDTH_RULES, Landscape
@@ -21,14 +22,17 @@ POOR_R2 = 0.5  # a law fitting worse than this is flagged: do not extrapolate it
 
 
 def fit_scaling_laws(
-    table: pd.DataFrame, sensitivity: dict[str, Any], *, loss_law: bool = True,
+    table: pd.DataFrame, sensitivity: SensitivityResult | dict[str, Any], *, loss_law: bool = True,
     settings: AnalysisSettings | None = None,
 ) -> dict[str, Any]:
     """The scaling_law.json dict: a law per sensitive hyperparameter (and per `settings.laws_for`) from every
     row of the table, phase-1 and law-phase, the constants for the rest, lr against width beside the width
     rule the sensitivity used, and the loss law (loss_law=False skips it, the slow part).
 
-    Reads "sensitive", "recommended" and (when present) "hyperparameters" from `sensitivity`."""
+    Reads "sensitive", "recommended" and (when present) "hyperparameters" from `sensitivity`: a results/
+    sensitivity.json document as read, or `analyze_sensitivity`'s mapping before it is stamped."""
+    if isinstance(sensitivity, SensitivityResult):
+        sensitivity = as_json(sensitivity)  # the mapping the file holds: the analysis reads its evidence as written
     settings = settings or AnalysisSettings()
     table = mark_blown_up(validate_runs_table(table), settings.divergence_rise)
     sensitive = list(sensitivity["sensitive"])

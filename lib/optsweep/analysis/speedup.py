@@ -21,22 +21,34 @@ standard error when there are more than 3 data scales (with exactly 3 the curve 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from ..jsonio import write_json
 from ..params.sections import DEFAULT_SPEEDUP_TARGETS, SpeedupTarget
 from ..params.settings import ParamsError
-from ..provenance import provenance
-from ..results.documents import Provenance, SensitivityResult, as_json
+from ..results.documents import SensitivityResult
+from ..results.speedup_documents import (
+    Interval,
+    LossCurve,
+    SharedLaw,
+    SizeLaw,
+    Speedup,
+    SpeedupResult,
+    TransferGap,
+    Verdict,
+)
+from ..results.speedup_documents import tokens_to_reach as _tokens_to_reach
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
-from .speedup_laws import Interval, SharedLaw, SizeLaw, shared_law, size_laws
+from .speedup_laws import shared_law, size_laws
 from .table import DIVERGED_STATUSES, MISSING_STATUSES
+
+__all__ = [  # the documents live in optsweep.results.speedup_documents; importable from here as before
+    "Interval", "LossCurve", "SharedLaw", "SizeLaw", "Speedup", "SpeedupResult", "TransferGap", "Verdict",
+    "compute_speedup", "fit_power_law", "fit_reference_curve", "measured_relative_noise", "no_speedup_above",
+    "run_noise", "shrinks_with_model_size", "tuned_losses",
+]
 
 REFERENCE = "adamw"
 REQUIRED = ("optimizer", "scale", "n_params", "tokens", "loss")
@@ -49,111 +61,11 @@ BOOTSTRAP = (
 )
 
 
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LossCurve(Frozen):
-    """AdamW's tuned loss against data at one model size: L(D) = a * D^-b + c, with bootstrap intervals."""
-
-    n_params: float
-    tokens: list[float]  # the data scales fitted
-    losses: list[float]  # AdamW's tuned loss at each
-    a: float
-    b: float
-    c: float
-    a_interval: Interval
-    b_interval: Interval
-    c_interval: Interval
-    residual_se: float | None  # None with exactly 3 data scales (no degrees of freedom left)
-    noise: float  # the loss noise of one run that the bootstrap used here
-
-    def tokens_to_reach(self, loss: float) -> float:
-        """D_eff: the data at which this curve reaches `loss` (inf when `loss` is at or below c)."""
-        return float(_tokens_to_reach(loss, self.a, self.b, self.c))
-
-
-class Speedup(Frozen):
-    """One optimizer at one scale against AdamW's curve at its model size."""
-
-    optimizer: str
-    scale: str
-    n_params: float
-    tokens: float  # D: the data the optimizer trained on
-    loss: float  # its tuned loss
-    reference_loss: float | None  # AdamW's tuned loss at the same scale, when it ran there
-    effective_tokens: float | None  # D_eff (None: below AdamW's asymptote)
-    speedup: float | None  # D_eff / D
-    interval: Interval
-    extrapolated: bool  # D_eff outside AdamW's fitted data range
-    noise: float | None = None  # the loss noise of one run of this optimizer the bootstrap used
-
-
-class Verdict(Frozen):
-    hypothesis: str
-    optimizer: str
-    verdict: str  # supported / contradicted / inconclusive
-    why: str
-    margin: float | None  # how far the deciding interval clears the claim's boundary
-    estimate: float | None
-    interval: Interval
-    noise: float | None = None  # the loss noise of one run it was judged against (where not an interval's)
-
-
-class TransferGap(Frozen):
-    """The reference's optimum at one scale carried to another optimizer (a sweep's `transfer`), against
-    that optimizer's own tuned loss there."""
-
-    optimizer: str
-    scale: str
-    phase: str
-    n_params: float
-    carried: list[str]  # the hyperparameter names taken from the reference's optimum
-    status: str  # of the carried config's run
-    loss: float | None  # the carried config's
-    tuned_loss: float | None  # the optimizer's own best at this scale
-    gap: float | None  # loss - tuned_loss (None: the carried config diverged)
-    noise: float  # the loss noise of one run of this optimizer at its tuned loss (measured, or the floor)
-
-
-class SpeedupResult(Frozen):
-    reference: str
-    level: float  # of every interval
-    noise_floor: float
-    bootstrap: str
-    replicates: int
-    curves: list[LossCurve]
-    speedups: list[Speedup]
-    skipped: list[str]  # model sizes (or optimizers) left out, and why
-    hypotheses: list[Verdict]
-    transfers: list[TransferGap] = Field(default_factory=list)  # from sweep results only
-    size_laws: list[SizeLaw] = Field(default_factory=list)  # speedup against model size, per optimizer
-    shared_law: SharedLaw | None = None  # one loss law, per-optimizer rho_N and rho_D
-    provenance: Provenance | None = None  # what wrote the file (`stamped`)
-
-    def stamped(self, params_hash: str | None, **origin: Any) -> SpeedupResult:
-        """The result carrying the provenance of whatever command writes it (and what it was computed from)."""
-        return self.model_copy(update={"provenance": Provenance.model_validate(provenance(params_hash, **origin))})
-
-    def write(self, path: str | Path) -> Path:
-        return write_json(Path(path), self.model_dump(mode="json"))
-
-    @classmethod
-    def read(cls, path: str | Path) -> SpeedupResult:
-        return cls.model_validate_json(Path(path).read_text())
-
-
 # --- the fit ----------------------------------------------------------------------------------------------
 
 
 def _power_law(tokens: np.ndarray, log_a: float, b: float, c: float) -> np.ndarray:
     return np.exp(log_a - b * np.log(tokens)) + c
-
-
-def _tokens_to_reach(loss: np.ndarray | float, a: np.ndarray | float, b: np.ndarray | float, c: np.ndarray | float):
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a loss near c needs unbounded data
-        gap = np.asarray(loss, dtype=float) - c
-        return np.where(gap > 0, (np.maximum(gap, 1e-300) / a) ** (-1.0 / np.asarray(b, dtype=float)), np.inf)
 
 
 def fit_power_law(
@@ -225,8 +137,7 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
 
 def measured_relative_noise(sensitivity: SensitivityResult) -> float | None:
     """The relative std of one config's loss that a sensitivity analysis measured (None: not measured)."""
-    noise = as_json(sensitivity).get("noise") or {}
-    return noise.get("relative_std")
+    return sensitivity.noise.relative_std if sensitivity.noise else None
 
 
 def run_noise(loss: float, noise_floor: float, relative_noise: float | None) -> float:

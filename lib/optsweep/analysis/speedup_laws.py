@@ -28,62 +28,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from pydantic import BaseModel, ConfigDict
 from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.stats import norm
 
 from ..params.sections import SpeedupTarget
+from ..results.speedup_documents import Estimate, SharedLaw, SizeLaw, SizePrediction
 
-Interval = tuple[float | None, float | None]  # None: unbounded (above: AdamW's curve never gets there)
 MIN_BOOTSTRAP = 20  # finite replicates a speedup needs for its variance
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Estimate(Frozen):
-    estimate: float
-    interval: Interval
-
-
-class SizePrediction(Frozen):
-    n_params: float
-    chinchilla: float
-    tokens: float
-    speedup: float
-    interval: Interval
-    extrapolated: bool  # the size or the data ratio lies outside the fitted points
-
-
-class SizeLaw(Frozen):
-    """One optimizer's speedup against model size, and its predictions at the targets."""
-
-    optimizer: str
-    form: str
-    coefficients: dict[str, Estimate]
-    per_doubling: Estimate  # the speedup's factor per doubling of N, 2^slope
-    scales: list[str]  # the speedups fitted
-    dof: int
-    lack_of_fit: float  # chi^2 / dof of the weighted fit; the covariance is scaled by it when above 1
-    predictions: list[SizePrediction]
-
-
-class SharedLaw(Frozen):
-    """L = E + A (rho_N N)^-alpha + B (rho_D D)^-beta over every optimizer's tuned losses."""
-
-    form: str
-    reference: str
-    E: Estimate
-    A: Estimate
-    alpha: Estimate
-    B: Estimate
-    beta: Estimate
-    rho_N: dict[str, Estimate]  # per optimizer (the reference's is 1 by definition)
-    rho_D: dict[str, Estimate]
-    points: int
-    residual_se: float
-    lack_of_fit: float  # chi^2 / dof against each point's noise
 
 
 # --- size laws ------------------------------------------------------------------------------------------

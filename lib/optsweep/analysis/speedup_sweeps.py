@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from ..axes import declare_axes
 from ..params.settings import ParamsError
-from ..results.documents import SweepResult, as_json, require_one_identity
+from ..results.documents import SweepResult, require_one_identity
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .speedup import (
     BOOTSTRAP,
@@ -84,10 +84,9 @@ def speedup_from_sweeps(
 def require_same_training(sweeps: dict[str, list[SweepResult]]) -> None:
     """Every sweep trained on the same data with the same trainer and training code, whatever its optimizer
     (one-line `ParamsError` naming the scales otherwise)."""
-    require_one_identity([
-        {"provenance": as_json(sweep)["provenance"], "scale": {"name": f"{optimizer} {sweep.scale['name']}"}}
-        for optimizer, results in sweeps.items() for sweep in results
-    ])
+    pairs = [(optimizer, sweep) for optimizer, results in sweeps.items() for sweep in results]
+    require_one_identity([sweep for _, sweep in pairs],
+                         [f"{optimizer} {sweep.scale['name']}" for optimizer, sweep in pairs])
 
 
 def transfer_gaps(

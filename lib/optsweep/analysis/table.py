@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ import pandas as pd
 from ..axes import axis_of, declare_axes, known_hparams
 from ..params.settings import ParamsError
 from ..params.study import ALL_HPARAMS, SCALE_NAME
+from ..results.documents import SweepResult, SweepRuns
 from ..train.divergence import DEFAULT_RISE, blown_up
 
 REQUIRED = ("scale", "n_params", "tokens", "width", "loss")
@@ -359,29 +360,31 @@ def _paired_std(finite: pd.DataFrame) -> float | None:
     return math.sqrt(2 * squares / dof) if dof else None
 
 
-def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
-    """A run table from our sweep results (results/sweeps/*.json, results/law_sweeps/*.json).
+def runs_table_from_sweeps(sweeps: Sequence[SweepResult | SweepRuns]) -> pd.DataFrame:
+    """A run table from our sweep results (results/sweeps/*.json, results/law_sweeps/*.json, read with
+    `read_document`), or from any sweep's `SweepRuns`.
 
     Every trained run is a row; skipped runs (never trained) and failed runs (a fault, missing data) are
     dropped and diverged runs have a NaN loss. A run listed twice (same key) is kept once. lr is the
     effective lr the run trained with. The axes each sweep's optimizer declared are adopted (`declare_axes`),
     so a user optimizer's hyperparameters are analysed on their own axes.
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, object]] = []
     seen: set[tuple[str, str]] = set()
     for sweep in sweeps:
-        declare_axes(sweep.get("axes") or {})
+        declare_axes(sweep.axes)
     names = set(hparam_names())
     for sweep in sweeps:
-        scale = sweep["scale"]
-        for run in sweep["runs"]:
-            if run["status"] in MISSING_STATUSES:
+        scale = sweep.scale
+        for run in sweep.runs:
+            status = str(run.status)
+            if status in MISSING_STATUSES:
                 continue
-            key = (scale["name"], run.get("key") or repr(sorted(run["hparams"].items())) + str(run.get("seed")))
+            key = (str(scale["name"]), run.key)
             if key in seen:
                 continue
             seen.add(key)
-            loss = run.get("loss") if run["status"] == "ok" else None
+            loss = run.loss if status == "ok" else None
             rows.append(
                 {
                     "scale": scale["name"],
@@ -389,11 +392,11 @@ def runs_table_from_sweeps(sweeps: list[dict[str, Any]]) -> pd.DataFrame:
                     "tokens": scale["tokens"],
                     "width": scale["width"],
                     "steps": scale.get("steps"),
-                    **{h: v for h, v in run["hparams"].items() if h in names},
+                    **{h: v for h, v in run.hparams.items() if h in names},
                     "loss": np.nan if loss is None else loss,
-                    "seed": run.get("seed"),
-                    "status": run["status"],
-                    "phase": sweep.get("phase", "phase1"),
+                    "seed": run.seed,
+                    "status": status,
+                    "phase": sweep.phase,
                 }
             )
     if not rows:

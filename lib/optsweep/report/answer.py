@@ -4,9 +4,17 @@ would decide what it could not."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from ..params.settings import StudyParams
+from ..results.documents import (
+    HparamLaw,
+    HparamVerdict,
+    RecommendedConstant,
+    ScalingLaws,
+    SensitivityResult,
+    SweepResult,
+)
+from ..runs.store import RunStatus
 from ..runs.trainer import invalid_reason, make_run_spec
 from ..search import next_value_past_edge
 from ..search.plan import ASSUMED_MFU, planned_runs, scale_plans
@@ -15,7 +23,7 @@ from .tables import grid_edges
 WIDER_GRID, LONGER_RUNS, MORE_OR_LONGER_RUNS = "a wider grid", "longer runs", "more seeds or longer runs"
 
 
-def what_would_decide(hparam: str, verdict: dict[str, Any], costs: DecisionCosts) -> str:
+def what_would_decide(hparam: str, verdict: HparamVerdict, costs: DecisionCosts) -> str:
     """For an inconclusive verdict: a wider grid when an optimum lies at a grid edge that can grow (its true value
     is beyond it), longer runs when every such edge is the longest the runs allow (warmup at a short run's
     length), else more seeds or longer runs (the margin is within its error)."""
@@ -23,8 +31,8 @@ def what_would_decide(hparam: str, verdict: dict[str, Any], costs: DecisionCosts
     if not edges:
         return MORE_OR_LONGER_RUNS
     blocked = costs.edge_blocked.get(hparam, {})
-    optima = verdict.get("optimum") or {}
-    if all((optima.get(scale) or {}).get("edge") in blocked.get(scale, {}) for scale in edges):
+    optima = verdict.optimum
+    if all(scale in optima and optima[scale].edge in blocked.get(scale, {}) for scale in edges):
         return LONGER_RUNS
     return WIDER_GRID
 
@@ -54,12 +62,12 @@ class DecisionCosts:
     edge_blocked: dict[str, dict[str, dict[str, str]]]
 
 
-def decision_costs(params: StudyParams, sweeps: list[dict[str, Any]]) -> DecisionCosts:
+def decision_costs(params: StudyParams, sweeps: list[SweepResult]) -> DecisionCosts:
     """The costs of `DecisionCosts`: run counts from the planner (`optsweep plan`'s `planned_runs`, as the
     difference between the study and the study changed that way), GPU-hours per run from the planner, wall time
     per run as measured."""
-    phase1 = [s for s in sweeps if s["phase"] == "phase1"]
-    seconds_per_run = {s["scale"]["name"]: _measured_run_seconds(s) for s in phase1}
+    phase1 = [s for s in sweeps if s.phase == "phase1"]
+    seconds_per_run = {str(s.scale["name"]): _measured_run_seconds(s) for s in phase1}
     gpu_hours_per_run = {plan.scale: plan.run_gpu_hours for plan in scale_plans(params)
                          if plan.phase == "phase1" and plan.optimizer == params.study.optimizer}
     free = params.search_order()
@@ -87,9 +95,9 @@ def _planned_upper_bounds(params: StudyParams, free: list[str]) -> dict[str, int
     return {name: planned_runs(params, name, free)[1] for name in params.scales}
 
 
-def _measured_run_seconds(sweep: dict[str, Any]) -> float:
-    """Mean wall seconds of one of the sweep's finished runs."""
-    results = [run.get("result") or {} for run in sweep["runs"] if run["status"] in ("ok", "diverged")]
+def _measured_run_seconds(sweep: SweepResult) -> float:
+    """Mean wall seconds of one of the sweep's finished runs (as each run's trainer result records them)."""
+    results = [run.result or {} for run in sweep.runs if run.status in (RunStatus.OK, RunStatus.DIVERGED)]
     return sum(r.get("wall_s", 0.0) for r in results) / len(results) if results else 0.0
 
 
@@ -102,28 +110,28 @@ def _widened(hparam: str, values: list[float | int]) -> list[float | int]:
             next_value_past_edge(hparam, ordered[-1], ordered[-2])]
 
 
-def _edge_blocked(params: StudyParams, sweeps: list[dict[str, Any]], hparam: str) -> dict[str, dict[str, str]]:
+def _edge_blocked(params: StudyParams, sweeps: list[SweepResult], hparam: str) -> dict[str, dict[str, str]]:
     """Per scale and grid end: why the best config with `hparam` one grid step past that end of its valid grid
     values is no valid run (values the search skipped as invalid, such as an extension past a short run, do not
     count as the edge)."""
     integer = hparam in params.integer_hparams()
 
-    def why_invalid(sweep: dict[str, Any], value: float) -> str | None:
+    def why_invalid(sweep: SweepResult, value: float) -> str | None:
         value = int(round(value)) if integer else value
-        return invalid_reason(make_run_spec(params, sweep["scale"]["name"], {**sweep["best"], hparam: value}, None))
+        return invalid_reason(make_run_spec(params, str(sweep.scale["name"]), {**sweep.best, hparam: value}, None))
 
     blocked: dict[str, dict[str, str]] = {}
     for sweep in sweeps:
-        values = [v for v in sorted(sweep["grid"].get(hparam) or []) if why_invalid(sweep, v) is None]
+        values = [v for v in sorted(sweep.grid.get(hparam) or []) if why_invalid(sweep, v) is None]
         if len(values) < 2:
             continue
         for end, edge, neighbour in (("below", values[0], values[1]), ("above", values[-1], values[-2])):
             if reason := why_invalid(sweep, next_value_past_edge(hparam, edge, neighbour)):
-                blocked.setdefault(sweep["scale"]["name"], {})[end] = reason
+                blocked.setdefault(str(sweep.scale["name"]), {})[end] = reason
     return blocked
 
 
-def answer_paragraph(sensitivity: dict[str, Any], laws: dict[str, Any], costs: DecisionCosts) -> str:
+def answer_paragraph(sensitivity: SensitivityResult, laws: ScalingLaws, costs: DecisionCosts) -> str:
     """The study's answer in one Markdown paragraph, computed from its results: what depends on scale and its
     law, what is constant and its value, how large the noise was and how it was measured, what stayed
     inconclusive and what would decide it at what cost, and the brief's hypotheses."""
@@ -132,75 +140,76 @@ def answer_paragraph(sensitivity: dict[str, Any], laws: dict[str, Any], costs: D
     return " ".join(s for s in sentences if s)
 
 
-def law_text(law: dict[str, Any]) -> str:
+def law_text(law: HparamLaw) -> str:
     """A fitted law with each exponent's 95% interval."""
-    exponents = ", ".join(f"{name.removesuffix('_exponent')} exponent {c['estimate']:.3g} "
-                          f"[{c['ci95'][0]:.3g}, {c['ci95'][1]:.3g}]"
-                          for name, c in law["coefficients"].items() if name != "log_prefactor")
-    return f"`{law['form']}` ({exponents}; 95% intervals, {law['n_points']} scales)"
+    exponents = ", ".join(f"{name.removesuffix('_exponent')} exponent {c.estimate:.3g} "
+                          f"[{c.ci95[0]:.3g}, {c.ci95[1]:.3g}]"
+                          for name, c in law.coefficients.items() if name != "log_prefactor")
+    return f"`{law.form}` ({exponents}; 95% intervals, {law.n_points} scales)"
 
 
-def _scale_sentence(sensitivity: dict[str, Any], laws: dict[str, Any]) -> str:
-    verdicts = sensitivity["hyperparameters"]
+def _scale_sentence(sensitivity: SensitivityResult, laws: ScalingLaws) -> str:
+    verdicts = sensitivity.hyperparameters
     parts = []
-    for hparam in sensitivity["sensitive"]:
-        cause = verdicts[hparam]["shift_cause"]
-        moves = {"both": "model size and data", "model": "model size", "data": "data"}.get(cause, "scale")
-        rule = (law_text(laws["laws"][hparam]) if hparam in laws["laws"]
-                else f"no law: {laws['unfitted'].get(hparam, 'not fitted')}")
+    for hparam in sensitivity.sensitive:
+        cause = verdicts[hparam].shift_cause
+        moves = {"both": "model size and data", "model": "model size", "data": "data"}.get(cause or "", "scale")
+        rule = (law_text(laws.laws[hparam]) if hparam in laws.laws
+                else f"no law: {laws.unfitted.get(hparam, 'not fitted')}")
         parts.append(f"**{hparam}** is sensitive to scale, its optimum moves with {moves}: {rule}")
     text = "; ".join(parts) + "." if parts else "No hyperparameter was found sensitive to scale."
-    asked = [h for h, law in laws["laws"].items() if h not in sensitivity["sensitive"]]
+    asked = [h for h in laws.laws if h not in sensitivity.sensitive]
     if asked:
         text += " Fitted anyway (analysis.laws_for): " + "; ".join(
-            f"**{h}** {law_text(laws['laws'][h])}" for h in asked) + "."
+            f"**{h}** {law_text(laws.laws[h])}" for h in asked) + "."
     return text
 
 
-def constant_text(constant: dict[str, Any]) -> str:
+def constant_text(constant: RecommendedConstant) -> str:
     """A recommended constant, with the width rule that moves it ("0.00756 at width 64 after the ... rule")."""
-    value = f"{constant['value']:.3g}"
-    if constant.get("rule", "none") == "none":
+    value = f"{constant.value:.3g}"
+    if constant.rule == "none":
         return value
-    rule = constant["rule"].replace("_", "-")
-    return f"one value after the {rule} rule, {value} at width {constant['reference_width']}"
+    rule = constant.rule.replace("_", "-")
+    return f"one value after the {rule} rule, {value} at width {constant.reference_width}"
 
 
-def _constant_sentence(sensitivity: dict[str, Any]) -> str:
-    constant = [h for h, v in sensitivity["hyperparameters"].items() if v["verdict"] == "insensitive"]
+def _constant_sentence(sensitivity: SensitivityResult) -> str:
+    constant = [h for h, v in sensitivity.hyperparameters.items() if v.verdict == "insensitive"]
     if not constant:
         return "No hyperparameter was shown constant across scales."
-    values = "; ".join(f"**{h}**: {constant_text(sensitivity['recommended'][h])}" for h in constant)
+    values = "; ".join(f"**{h}**: {constant_text(sensitivity.recommended[h])}" for h in constant)
     return f"Constant across scales (one value costs less than the threshold at every scale): {values}."
 
 
-def noise_sentence(sensitivity: dict[str, Any]) -> str:
+def noise_sentence(sensitivity: SensitivityResult) -> str:
     """How the verdicts' noise was measured and how large it was."""
-    noise = sensitivity.get("noise") or {}
-    source = noise.get("source")
-    if not source:
+    noise = sensitivity.noise
+    source = noise.source if noise else None
+    if not noise or not source:
         return "The noise was not measured: the threshold decided alone."
-    measured = (noise.get("estimates") or {}).get(source) or {}
+    measured = noise.estimates.get(source) or {}  # each source's numbers, as that estimate writes them
     if source == "seeds":
-        how = (f"from seeds: {measured['configs']} configs re-run in {measured['runs']} runs ({noise['dof']} degrees "
+        how = (f"from seeds: {measured['configs']} configs re-run in {measured['runs']} runs ({noise.dof} degrees "
                f"of freedom), paired under common random numbers (paired std {measured['paired_std']:.3g})")
     elif source == "differences":
         how = (f"from {measured['contrasts']} differences between neighbouring grid values, no seed runs "
-               f"({noise['dof']} degrees of freedom)")
+               f"({noise.dof} degrees of freedom)")
     else:
         how = f"as {source}"
-    differences = [s["difference_std"] for s in noise.get("per_scale", {}).values()]
+    differences = [s.difference_std for s in noise.per_scale.values() if s.difference_std is not None]
     spread = (f", a difference between two configs by {min(differences):.3g} to {max(differences):.3g} by scale"
               if differences else "")
-    return f"The noise was measured {how}: one config's loss scatters by {100 * noise['relative_std']:.3g}%{spread}."
+    scatter = 100 * (noise.relative_std or 0.0)
+    return f"The noise was measured {how}: one config's loss scatters by {scatter:.3g}%{spread}."
 
 
-def _inconclusive_sentence(sensitivity: dict[str, Any], costs: DecisionCosts) -> str:
-    verdicts = sensitivity["hyperparameters"]
-    inconclusive = [h for h, v in verdicts.items() if v["verdict"] == "inconclusive"]
+def _inconclusive_sentence(sensitivity: SensitivityResult, costs: DecisionCosts) -> str:
+    verdicts = sensitivity.hyperparameters
+    inconclusive = [h for h, v in verdicts.items() if v.verdict == "inconclusive"]
     if not inconclusive:
         return "Nothing stayed inconclusive."
-    best = ", ".join(f"{h} ({constant_text(sensitivity['recommended'][h])})" if h in sensitivity["recommended"]
+    best = ", ".join(f"{h} ({constant_text(sensitivity.recommended[h])})" if h in sensitivity.recommended
                      else h for h in inconclusive)
     text = [f"Inconclusive, best value so far in brackets: {best}."]
     by_remedy = {remedy: [h for h in inconclusive if what_would_decide(h, verdicts[h], costs) == remedy]
@@ -228,11 +237,11 @@ def _inconclusive_sentence(sensitivity: dict[str, Any], costs: DecisionCosts) ->
     return " ".join(text)
 
 
-def _hypotheses_sentence(sensitivity: dict[str, Any]) -> str:
-    answers = sensitivity.get("hypotheses") or []
+def _hypotheses_sentence(sensitivity: SensitivityResult) -> str:
+    answers = sensitivity.hypotheses
     if not answers:
         return ""
-    groups = [(verdict, [a["hypothesis"] for a in answers if a["verdict"] == verdict])
+    groups = [(verdict, [a.hypothesis for a in answers if a.verdict == verdict])
               for verdict in ("supported", "contradicted", "inconclusive")]
     listed = [f"{verdict}: {'; '.join(named)}" if verdict != "inconclusive" else f"{len(named)} inconclusive"
               for verdict, named in groups if named]

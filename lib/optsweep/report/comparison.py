@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..analysis.speedup import Interval, SpeedupResult
 from ..params.paths import SWEEP_FOLDERS, ProjectPaths
 from ..params.settings import StudyParams
+from ..results.documents import SweepResult
+from ..results.speedup_documents import Interval, SpeedupResult
 from .study import study_sweeps
 
 
@@ -21,18 +22,18 @@ class Comparison:
     """The other optimizers' studies next to the reference's (the tuned AdamW) and their speedups over it."""
 
     speedup: SpeedupResult
-    sweeps: dict[str, list[dict[str, Any]]]  # optimizer -> its sweeps of both phases; the reference first
+    sweeps: dict[str, list[SweepResult]]  # optimizer -> its sweeps of both phases; the reference first
     paths: dict[str, ProjectPaths]  # optimizer -> where its results and reports live
 
     @property
     def others(self) -> list[str]:
         return [name for name in self.sweeps if name != self.speedup.reference]
 
-    def every_sweep(self) -> list[dict[str, Any]]:
+    def every_sweep(self) -> list[SweepResult]:
         return [sweep for sweeps in self.sweeps.values() for sweep in sweeps]
 
 
-def load_comparison(paths: ProjectPaths, params: StudyParams, own_sweeps: list[dict[str, Any]]) -> Comparison | None:
+def load_comparison(paths: ProjectPaths, params: StudyParams, own_sweeps: list[SweepResult]) -> Comparison | None:
     """The comparison when the params name other optimizers and results/speedup.json exists, else None."""
     if not params.optimizers or not paths.speedup.is_file():
         return None
@@ -48,9 +49,9 @@ def load_comparison(paths: ProjectPaths, params: StudyParams, own_sweeps: list[d
 SCALE_ROW = ("phase", "scale", "N (non-emb.)", "D (tokens)")
 
 
-def _scale_row(sweep: dict[str, Any]) -> dict[str, Any]:
-    scale = sweep["scale"]
-    return {"phase": sweep["phase"], "scale": scale["name"], "N (non-emb.)": scale["n_params"],
+def _scale_row(sweep: SweepResult) -> dict[str, Any]:
+    scale = sweep.scale
+    return {"phase": sweep.phase, "scale": scale["name"], "N (non-emb.)": scale["n_params"],
             "D (tokens)": scale["tokens"]}
 
 
@@ -60,7 +61,7 @@ def tuned_loss_frame(comparison: Comparison) -> pd.DataFrame:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for optimizer, sweeps in comparison.sweeps.items():
         for sweep in sweeps:
-            rows.setdefault((sweep["phase"], sweep["scale"]["name"]), _scale_row(sweep))[optimizer] = sweep["best_loss"]
+            rows.setdefault((sweep.phase, str(sweep.scale["name"])), _scale_row(sweep))[optimizer] = sweep.best_loss
     frame = pd.DataFrame(list(rows.values()), columns=[*SCALE_ROW, *comparison.sweeps])
     return frame.astype({name: float for name in comparison.sweeps})
 
@@ -71,8 +72,8 @@ def tuned_hparams_frame(comparison: Comparison) -> pd.DataFrame:
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for optimizer, sweeps in comparison.sweeps.items():
         for sweep in sweeps:
-            for hparam, value in sweep["best"].items():
-                key = (sweep["phase"], sweep["scale"]["name"], hparam)
+            for hparam, value in sweep.best.items():
+                key = (sweep.phase, str(sweep.scale["name"]), hparam)
                 rows.setdefault(key, {"phase": key[0], "scale": key[1], "hyperparameter": hparam})[optimizer] = value
     scales = list(dict.fromkeys(key[:2] for key in rows))
     hparams = list(dict.fromkeys(key[2] for key in rows))  # each in one place at every scale
@@ -171,12 +172,12 @@ def transfer_frame(comparison: Comparison) -> pd.DataFrame:
     rows = []
     for optimizer in comparison.others:
         for sweep in comparison.sweeps[optimizer]:
-            transfer = sweep.get("transfer")
+            transfer = sweep.transfer
             if transfer:
-                loss, tuned = transfer["loss"], transfer["tuned_loss"]
-                rows.append({"optimizer": optimizer, "phase": sweep["phase"], "scale": sweep["scale"]["name"],
-                             "carried from": transfer["source"], "carried": ", ".join(transfer["carried"]),
-                             "status": transfer["status"], "loss with the carried values": loss, "tuned loss": tuned,
+                loss, tuned = transfer.loss, transfer.tuned_loss
+                rows.append({"optimizer": optimizer, "phase": sweep.phase, "scale": sweep.scale["name"],
+                             "carried from": transfer.source, "carried": ", ".join(transfer.carried),
+                             "status": str(transfer.status), "loss with the carried values": loss, "tuned loss": tuned,
                              "cost of carrying": None if loss is None or tuned is None else loss - tuned})
     columns = ["optimizer", "phase", "scale", "carried from", "carried", "status", "loss with the carried values",
                "tuned loss", "cost of carrying"]
@@ -187,7 +188,7 @@ def optimizer_pages(comparison: Comparison, optimizer: str, reports: Path) -> st
     """Markdown links (relative to `reports`, the report's folder) to the optimizer's HTML pages that exist."""
     own = comparison.paths[optimizer].reports
     pages = [("sensitivity", own / "sensitivity.html"), ("scaling laws", own / "scaling_law.html")]
-    pages += [(f"{sweep['scale']['name']} ({sweep['phase']})", own / SWEEP_FOLDERS[sweep["phase"]] /
-               f"{sweep['scale']['name']}.html") for sweep in comparison.sweeps[optimizer]]
+    pages += [(f"{sweep.scale['name']} ({sweep.phase})", own / SWEEP_FOLDERS[sweep.phase] /
+               f"{sweep.scale['name']}.html") for sweep in comparison.sweeps[optimizer]]
     links = [f"[{title}]({page.relative_to(reports).as_posix()})" for title, page in pages if page.is_file()]
     return f"**{optimizer}**: " + (" · ".join(links) if links else "no pages yet")

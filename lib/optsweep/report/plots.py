@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import matplotlib.pyplot as plt
 import matplotlib.ticker as ticker
 import numpy as np
@@ -11,6 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..axes import axis_of
+from ..results.documents import SweepResult, as_json
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -55,9 +54,9 @@ def loss_slices(frame: pd.DataFrame, value: str = "delta_loss") -> plt.Figure:
     return fig
 
 
-def trajectory(sweep: dict[str, Any]) -> plt.Figure:
+def trajectory(sweep: SweepResult) -> plt.Figure:
     """Held-out loss of the incumbent after each coordinate step of the descent."""
-    steps = pd.DataFrame(sweep["trajectory"])
+    steps = pd.DataFrame([as_json(step) for step in sweep.trajectory], columns=["pass", "hparam", "baseline", "loss"])
     steps["step"] = range(1, len(steps) + 1)
     fig, ax = plt.subplots(figsize=(7, 3))
     sns.lineplot(data=steps, x="step", y="loss", hue="pass", marker="o", palette="crest", ax=ax)
@@ -98,13 +97,13 @@ def law_points(points: pd.DataFrame, fitted: pd.DataFrame, hparam: str) -> plt.F
     return fig
 
 
-def eval_curves(sweep: dict[str, Any]) -> plt.Figure:
+def eval_curves(sweep: SweepResult) -> plt.Figure:
     """Held-out loss during training: every run of the sweep in grey, the best one in red."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for run in sweep["runs"]:
-        curve = (run.get("result") or {}).get("eval_curve") or []
+    for run in sweep.runs:
+        curve = (run.result or {}).get("eval_curve") or []  # the trainer's result, as it returned it
         if curve:
-            is_best = run["hparams"] == sweep["best"] and run["seed"] == sweep["provenance"].get("seed")
+            is_best = run.hparams == sweep.best and run.seed == sweep.provenance.recorded("seed")
             steps, losses = zip(*curve)
             ax.plot(steps, losses, color="crimson" if is_best else "lightgrey", lw=2 if is_best else 0.8,
                     zorder=3 if is_best else 2, label="best" if is_best else None)

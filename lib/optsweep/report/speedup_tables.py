@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..analysis.speedup import SpeedupResult
+from ..results.speedup_documents import SpeedupResult
 
 
 def speedups_frame(result: SpeedupResult) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """The study's results: the typed documents it writes (results/*.json) and the frames a notebook reads them as.
 
-    documents  the pydantic models of sweep results, sensitivity, scaling laws, with one read and one write
+    documents  the pydantic models of sweep results, sensitivity, scaling laws (and speedup_documents: the
+               speedup), on one base with one read (validated) and one write
     metrics    the results as pandas frames (`from optsweep import results; results.sweeps()`), and the
                study's DVC metrics
 """

@@ -19,33 +19,44 @@ told apart by their `optimizer` column.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import pandas as pd
 from pydantic import BaseModel
 
-from ..jsonio import read_json
 from ..params.paths import PHASES, ProjectPaths, project
 from ..params.settings import ParamsError, load_params
 from ..runs.store import RunStore
+from .documents import (
+    DocumentType,
+    ScaleRecord,
+    ScalingLaws,
+    SensitivityResult,
+    SweepResult,
+    read_document,
+)
 
 SCALE_COLUMNS = ("width", "depth", "n_params", "tokens", "steps")
 
 
-def _read(path) -> Any:
+def _read(path: Path, kind: type[DocumentType]) -> DocumentType:
+    """A results document, validated (`read_document`); a missing file says which stage writes it."""
     if not path.is_file():
         raise ParamsError(f"{path}: results file not found (run `make repro`, or the stage that writes it)")
-    return read_json(path)
+    return read_document(path, kind)
 
 
-def _scale_columns(scale: dict[str, Any]) -> dict[str, Any]:
+def _scale_columns(scale: ScaleRecord) -> dict[str, object]:
     return {"scale": scale.get("name"), **{column: scale.get(column) for column in SCALE_COLUMNS}}
 
 
-def _optimizer_column(paths: ProjectPaths, document: dict[str, Any]) -> dict[str, str]:
+def _optimizer_column(paths: ProjectPaths, document: SweepResult | SensitivityResult | ScalingLaws) -> dict[str, str]:
     """The optimizer a results file belongs to: the params key of another optimizer's study, else the plug-in
     the document records (the study's own: "adamw" unless params say otherwise)."""
-    return {"optimizer": paths.optimizer or document.get("optimizer", "adamw")}
+    extra = document.model_extra or {}
+    recorded = document.optimizer if isinstance(document, SweepResult) else extra.get("optimizer")
+    return {"optimizer": paths.optimizer or recorded or "adamw"}
 
 
 def every_optimizer(reader: Callable[[ProjectPaths], pd.DataFrame], paths: ProjectPaths | None = None) -> pd.DataFrame:
@@ -81,8 +92,9 @@ def runs(paths: ProjectPaths | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _sweep_files(paths: ProjectPaths) -> list[tuple[str, dict[str, Any]]]:
-    return [(phase, read_json(file)) for phase in PHASES for file in sorted(paths.sweeps(phase).glob("*.json"))]
+def _sweep_files(paths: ProjectPaths) -> list[tuple[str, SweepResult]]:
+    return [(phase, _read(file, SweepResult))
+            for phase in PHASES for file in sorted(paths.sweeps(phase).glob("*.json"))]
 
 
 def sweeps(paths: ProjectPaths | None = None) -> pd.DataFrame:
@@ -90,18 +102,18 @@ def sweeps(paths: ProjectPaths | None = None) -> pd.DataFrame:
     paths = paths or project()
     rows = []
     for phase, sweep in _sweep_files(paths):
-        for run in sweep["runs"]:
+        for run in sweep.runs:
             rows.append({
                 **_optimizer_column(paths, sweep),
                 "phase": phase,
-                **_scale_columns(sweep["scale"]),
-                "key": run["key"],
-                "seed": run["seed"],
-                **run["hparams"],  # its optimizer's names; another's are NaN
-                "status": run["status"],
-                "loss": run["loss"],
-                "best": run["hparams"] == sweep["best"] and run["loss"] == sweep["best_loss"],
-                "delta_loss": None if run["loss"] is None else run["loss"] - sweep["best_loss"],
+                **_scale_columns(sweep.scale),
+                "key": run.key,
+                "seed": run.seed,
+                **run.hparams,  # its optimizer's names; another's are NaN
+                "status": str(run.status),
+                "loss": run.loss,
+                "best": run.hparams == sweep.best and run.loss == sweep.best_loss,
+                "delta_loss": None if run.loss is None or sweep.best_loss is None else run.loss - sweep.best_loss,
             })
     frame = pd.DataFrame(rows)
     for column in ("loss", "delta_loss"):
@@ -117,15 +129,15 @@ def trajectories(paths: ProjectPaths | None = None) -> pd.DataFrame:
         {
             **_optimizer_column(paths, sweep),
             "phase": phase,
-            **_scale_columns(sweep["scale"]),
+            **_scale_columns(sweep.scale),
             "step": step,
-            "pass": point["pass"],
-            "hparam": point["hparam"],
-            "value": point["baseline"][point["hparam"]],
-            "loss": point["loss"],
+            "pass": point.pass_number,
+            "hparam": point.hparam,
+            "value": point.baseline[point.hparam],
+            "loss": point.loss,
         }
         for phase, sweep in _sweep_files(paths)
-        for step, point in enumerate(sweep["trajectory"], start=1)
+        for step, point in enumerate(sweep.trajectory, start=1)
     ]
     return pd.DataFrame(rows)
 
@@ -133,23 +145,23 @@ def trajectories(paths: ProjectPaths | None = None) -> pd.DataFrame:
 def sensitivity(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """One row per (hyperparameter, phase-1 scale): the verdicts and that scale's optimum."""
     paths = paths or project()
-    document = _read(paths.sensitivity)
+    document = _read(paths.sensitivity, SensitivityResult)
     rows = [
         {
             **_optimizer_column(paths, document),
             "hparam": hparam,
-            "sensitive": verdict["sensitive"],
-            "loss_sensitive": verdict["loss_sensitive"],
-            "optimum_shifts": verdict["optimum_shifts"],
-            "shift_cause": verdict["shift_cause"],
+            "sensitive": verdict.sensitive,
+            "loss_sensitive": verdict.loss_sensitive,
+            "optimum_shifts": verdict.optimum_shifts,
+            "shift_cause": verdict.shift_cause,
             "scale": scale,
-            "optimum": optimum.get("refined", optimum.get("grid_value")),
-            "grid_value": optimum.get("grid_value"),
-            "at_edge": optimum.get("at_edge"),
-            "loss": optimum.get("loss"),
+            "optimum": optimum.refined,
+            "grid_value": optimum.grid_value,
+            "at_edge": optimum.at_edge,
+            "loss": optimum.loss,
         }
-        for hparam, verdict in document["hyperparameters"].items()
-        for scale, optimum in verdict["optimum"].items()
+        for hparam, verdict in document.hyperparameters.items()
+        for scale, optimum in verdict.optimum.items()
     ]
     return pd.DataFrame(rows)
 
@@ -157,21 +169,21 @@ def sensitivity(paths: ProjectPaths | None = None) -> pd.DataFrame:
 def laws(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """One row per (sensitive hyperparameter, coefficient) of the fitted laws, with its 95% interval."""
     paths = paths or project()
-    document = _read(paths.scaling_law)
+    document = _read(paths.scaling_law, ScalingLaws)
     rows = [
         {
             **_optimizer_column(paths, document),
             "hparam": hparam,
-            "form": law["form"],
+            "form": law.form,
             "coefficient": name,
-            "estimate": coefficient["estimate"],
-            "ci_low": coefficient["ci95"][0],
-            "ci_high": coefficient["ci95"][1],
-            "r2": law["r2"],
-            "n_points": law["n_points"],
+            "estimate": coefficient.estimate,
+            "ci_low": coefficient.ci95[0],
+            "ci_high": coefficient.ci95[1],
+            "r2": law.r2,
+            "n_points": law.n_points,
         }
-        for hparam, law in document["laws"].items()
-        for name, coefficient in law["coefficients"].items()
+        for hparam, law in document.laws.items()
+        for name, coefficient in law.coefficients.items()
     ]
     return pd.DataFrame(rows)
 
@@ -179,10 +191,10 @@ def laws(paths: ProjectPaths | None = None) -> pd.DataFrame:
 def law_points(paths: ProjectPaths | None = None) -> pd.DataFrame:
     """One row per (sensitive hyperparameter, scale): the optimum a law was fitted on, and its residual."""
     paths = paths or project()
-    document = _read(paths.scaling_law)
+    document = _read(paths.scaling_law, ScalingLaws)
     optimizer = _optimizer_column(paths, document)
-    return pd.DataFrame([{**optimizer, "hparam": hparam, **point} for hparam, law in document["laws"].items()
-                         for point in law["points"]])
+    return pd.DataFrame([{**optimizer, "hparam": hparam, **point.model_dump(mode="json")}
+                         for hparam, law in document.laws.items() for point in law.points])
 
 
 # --- metrics for DVC ------------------------------------------------------------------------------------------
@@ -196,18 +208,18 @@ class StudyMetrics(BaseModel):
     law_exponents: dict[str, dict[str, float]]  # per fitted law: "N" / "D" / "C" -> exponent
 
 
-def study_metrics(sweep_results: list[dict[str, Any]], sensitivity_document: dict[str, Any],
-                  laws_document: dict[str, Any]) -> StudyMetrics:
+def study_metrics(sweep_results: Sequence[SweepResult], sensitivity_document: SensitivityResult,
+                  laws_document: ScalingLaws) -> StudyMetrics:
     """The metrics of one study from its sweep results, sensitivity.json and scaling_law.json."""
     return StudyMetrics(
-        best_loss={sweep["scale"]["name"]: sweep["best_loss"] for sweep in sweep_results},
-        sensitive={hparam: verdict["sensitive"] for hparam, verdict in sensitivity_document["hyperparameters"].items()},
+        best_loss={str(sweep.scale["name"]): sweep.best_loss for sweep in sweep_results},
+        sensitive={hparam: verdict.sensitive for hparam, verdict in sensitivity_document.hyperparameters.items()},
         law_exponents={
             hparam: {
-                name.removesuffix("_exponent"): coefficient["estimate"]
-                for name, coefficient in law["coefficients"].items()
+                name.removesuffix("_exponent"): coefficient.estimate
+                for name, coefficient in law.coefficients.items()
                 if name.endswith("_exponent")
             }
-            for hparam, law in laws_document["laws"].items()
+            for hparam, law in laws_document.laws.items()
         },
     )
