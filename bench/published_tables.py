@@ -6,15 +6,17 @@ Sources (neither is redistributed here; get the files yourself, then run this sc
   `data/dense_lr_bs_loss.csv`. One row per trained dense model: shape (h, ffnh, numh, numl), lr, bs (batch
   size in sequences of 2048 tokens: bs * ti * 2048 = D), ti (iterations), loss, smooth loss, D (tokens),
   N (non-embedding parameters). The repository states no license: use the data for analysis, do not commit it.
-- Marin AdamW Phase-I sweep: `git clone https://github.com/marin-community/marin`, folder
-  `experiments/optimizer_sweep/Analysis/Results/adamw/<size>/<chinchilla>/result.json`. Each file holds the
-  coordinate-descent incumbent (`best_config`, loss in `baseline.loss`) and its 1-D neighbourhood
-  (`ablations`: best_config with one key changed). See the repository for its license terms.
+- Marin optimizer sweeps: `git clone https://github.com/marin-community/marin`, folder
+  `experiments/optimizer_sweep/Analysis/Results/<optimizer>/<size>/<chinchilla>/result.json`. Each file holds
+  the coordinate-descent incumbent (`best_config`, loss in `baseline.loss`) and its 1-D neighbourhood
+  (`ablations`: best_config with one key changed). A run's data is 20 N x <chinchilla> tokens (the run names'
+  `-<N>B-` truncates it: `130m-2B` is 2.68e9 tokens). See the repository for its license terms.
 
 Usage:
     python bench/published_tables.py steplaw dense_lr_bs_loss.csv --out steplaw.csv [--loss loss|smooth]
     python bench/published_tables.py steplaw-own dense_lr_bs_loss.csv [--loss loss|smooth]
-    python bench/published_tables.py marin RESULTS_DIR --out marin_adamw.csv
+    python bench/published_tables.py marin RESULTS_DIR --out marin_adamw.csv      # one optimizer's folder
+    python bench/published_tables.py marin-all RESULTS_ROOT --out marin.csv        # every optimizer, `optimizer` column
 
 `steplaw-own` refits the released runs the way Step Law's own code does (`code/fit_tool.py`,
 `query_optimal_lr_bs_data` and `get_bootstrap_lr_bs_scaling_models`): every run within 0.25% of its (N, D)
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ STEPLAW_BOOTSTRAP = 1000
 
 MARIN_SEQ_LEN = 4096
 MARIN_LAYERS = 32
+MARIN_TOKENS_PER_PARAM = 20  # 1x Chinchilla
 MARIN_SHAPES = {"130m": (512, 2048), "300m": (768, 3072), "520m": (1024, 4096), "1.2b": (1536, 6144)}
 MARIN_HPARAMS = {  # Marin's key -> the analysis' name (nesterov is dropped: never swept)
     "learning_rate": "lr",
@@ -55,8 +57,24 @@ MARIN_HPARAMS = {  # Marin's key -> the analysis' name (nesterov is dropped: nev
     "epsilon": "eps",
     "max_grad_norm": "clip",
     "train_batch_size": "batch_size",
+    # the other optimizers' keys (Marin's name -> the analysis' name; the Marin-only ones need a declared axis)
+    "momentum": "momentum",
+    "decay": "decay",
+    "muon_to_adam_lr": "muon_to_adam_lr",
+    "scion_to_signum_lr": "scion_to_signum_lr",
+    "gamma": "gamma",
+    "shampoo_beta": "shampoo_beta",
+    "precondition_frequency": "precondition_frequency",
+    "block_size": "block_size",
+    "preconditioner_lr": "preconditioner_lr",
+    "preconditioner_update_probability": "update_probability",
+    "update_prob_flat_start": "update_prob_flat_start",
+    "muon_epsilon": "muon_epsilon",
+    "scion_epsilon": "scion_epsilon",
+    "normalize_grads": "normalize_grads",
+    "partition_grads_into_blocks": "partition_grads_into_blocks",
 }
-MARIN_TOKENS = re.compile(r"^sweep-[^-]+-(\d+(?:\.\d+)?)B-")
+MARIN_OPTIMIZERS = {"mini": "adam_mini", "soape": "soap"}  # Marin's folder name -> ours (the rest as they are)
 
 
 class InputError(Exception):
@@ -108,48 +126,79 @@ def steplaw_own_fit(runs: pd.DataFrame, loss: str, seed: int = 0) -> dict[str, t
     return {name: (float(estimate[k]), float(low[k]), float(high[k])) for k, name in ((1, "N"), (2, "D"))}
 
 
+def marin_optimizer_table(results_root: Path) -> pd.DataFrame:
+    """Every optimizer's folder under `results_root` (`<optimizer>/<size>/<chinchilla>/result.json`) as rows
+    of one table with an `optimizer` column."""
+    folders = sorted(d for d in results_root.iterdir() if d.is_dir() and any(d.glob("*/*/result.json")))
+    if not folders:
+        raise InputError(f"{results_root}: no <optimizer>/<size>/<chinchilla>/result.json files")
+    tables = [marin_table(d).assign(optimizer=MARIN_OPTIMIZERS.get(d.name, d.name)) for d in folders]
+    return pd.concat(tables, ignore_index=True)
+
+
 def marin_table(results_dir: Path) -> pd.DataFrame:
     """The baseline and every ablation of each `<size>/<chinchilla>/result.json` as rows."""
     paths = sorted(results_dir.glob("*/*/result.json"))
     if not paths:
         raise InputError(f"{results_dir}: no <size>/<chinchilla>/result.json files")
     rows = [row for path in paths for row in marin_rows(path)]
-    return pd.DataFrame(rows)
+    return drop_unswept_gaps(pd.DataFrame(rows), results_dir)
+
+
+def drop_unswept_gaps(table: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+    """Drop a hyperparameter that some cells' configs lack but that never varies where given (soape's
+    `partition_grads_into_blocks`, absent at 1.2b): it carries nothing, and a run table needs every value."""
+    gaps = [c for c in MARIN_HPARAMS.values() if c in table and table[c].isna().any()]
+    varied = [c for c in gaps if table[c].nunique() > 1]
+    if varied:
+        raise InputError(f"{results_dir}: {', '.join(varied)} varied in some cells, absent in others")
+    return table.drop(columns=gaps)
 
 
 def marin_rows(path: Path) -> list[dict[str, Any]]:
     """One sweep cell: its scale columns plus the baseline's and each ablation's hparams and loss."""
-    size, chinchilla = path.parent.parent.name, path.parent.name
-    if size not in MARIN_SHAPES:
-        raise InputError(f"{path}: unknown model size {size!r}; known: {', '.join(MARIN_SHAPES)}")
     result = read_json(path)
     try:
         best, baseline_loss = result["best_config"], result["baseline"]["loss"]
-        ablations, name = result.get("ablations", []), result["name"]["Baseline"]  # some cells list none
+        ablations = result.get("ablations", [])  # some cells list none
         configs = [(best, baseline_loss)]
         configs += [({**best, a["param"]: a["value"]}, a["loss"]) for a in ablations]
-        hparams = [{ours: config[theirs] for theirs, ours in MARIN_HPARAMS.items()} for config, _ in configs]
-    except (KeyError, TypeError) as error:
+        hparams = [{ours: float(config[theirs]) for theirs, ours in MARIN_HPARAMS.items() if theirs in config}
+                   for config, _ in configs]  # float: the booleans (normalize_grads) become 0 / 1
+    except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{path}: missing or malformed field {error}") from None
-    width, mlp = MARIN_SHAPES[size]
-    scale = {
-        "scale": f"{size}_x{chinchilla}",
-        "n_params": MARIN_LAYERS * (3 * width * mlp + 4 * width**2),
-        "tokens": marin_tokens(path, name),
-        "width": width,
-    }
+    scale = marin_scale(path)
     return [
-        {**scale, **h, "loss": loss, "status": "missing" if loss is None else "ok", "seq_len": MARIN_SEQ_LEN}
-        for h, (_, loss) in zip(hparams, configs)  # a null loss: an ablation never run (num_left > 0)
+        {**scale, **h, "loss": marin_loss(loss), "status": marin_status(loss), "seq_len": MARIN_SEQ_LEN}
+        for h, (_, loss) in zip(hparams, configs)
     ]
 
 
-def marin_tokens(path: Path, run_name: str) -> float:
-    """The token budget from a run name: `sweep-130m-2B-...` is 2e9 tokens."""
-    match = MARIN_TOKENS.match(run_name or "")
-    if not match:
-        raise InputError(f"{path}: baseline run name {run_name!r} has no token budget (sweep-<size>-<N>B-...)")
-    return float(match.group(1)) * 1e9
+def marin_scale(path: Path) -> dict[str, Any]:
+    """The scale columns of `<size>/<chinchilla>/result.json`: N non-embedding, D = 20 N x chinchilla."""
+    size, chinchilla = path.parent.parent.name, path.parent.name
+    if size not in MARIN_SHAPES:
+        raise InputError(f"{path}: unknown model size {size!r}; known: {', '.join(MARIN_SHAPES)}")
+    try:
+        multiple = float(chinchilla)
+    except ValueError:
+        raise InputError(f"{path}: folder {chinchilla!r} is not a Chinchilla multiple") from None
+    width, mlp = MARIN_SHAPES[size]
+    n_params = MARIN_LAYERS * (3 * width * mlp + 4 * width**2)
+    tokens = MARIN_TOKENS_PER_PARAM * n_params * multiple
+    return {"scale": f"{size}_x{chinchilla}", "n_params": n_params, "tokens": tokens, "width": width}
+
+
+def marin_loss(loss: Any) -> float | None:
+    """A loss as Marin writes it: a number, null (never run) or the string "NaN" (diverged)."""
+    return None if loss is None else float(loss)
+
+
+def marin_status(loss: Any) -> str:
+    """null: an ablation never run (num_left > 0); a non-finite loss: a run that diverged."""
+    if loss is None:
+        return "missing"
+    return "ok" if np.isfinite(float(loss)) else "diverged"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -168,9 +217,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     own = sources.add_parser("steplaw-own", help="Step Law's own lr fit on the released runs")
     own.add_argument("csv_path", type=Path)
     own.add_argument("--loss", choices=sorted(STEPLAW_LOSS), default="smooth", help="final or smoothed loss")
-    marin = sources.add_parser("marin", help="Marin's Results/adamw folder")
+    marin = sources.add_parser("marin", help="one optimizer's folder of Marin's Results (e.g. Results/adamw)")
     marin.add_argument("results_dir", type=Path)
-    for sub in (steplaw, marin):
+    marin_all = sources.add_parser("marin-all", help="Marin's Results folder: every optimizer, optimizer column")
+    marin_all.add_argument("results_root", type=Path)
+    for sub in (steplaw, marin, marin_all):
         sub.add_argument("--out", type=Path, required=True, help="CSV file to write")
     return parser.parse_args(argv)
 
@@ -181,13 +232,21 @@ def print_own_fit(csv_path: Path, loss: str) -> None:
           + "; ".join(f"{k} exponent {e:.3f} [{lo:.3f}, {hi:.3f}]" for k, (e, lo, hi) in fit.items()))
 
 
+def build_table(args: argparse.Namespace) -> pd.DataFrame:
+    if args.source == "steplaw":
+        return steplaw_table(args.csv_path, args.loss)
+    if args.source == "marin":
+        return marin_table(args.results_dir)
+    return marin_optimizer_table(args.results_root)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.source == "steplaw-own":
             print_own_fit(args.csv_path, args.loss)
             return 0
-        table = steplaw_table(args.csv_path, args.loss) if args.source == "steplaw" else marin_table(args.results_dir)
+        table = build_table(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
