@@ -332,4 +332,5 @@ def test_explore_notebook_runs_in_jupyterlab_in_a_browser(study, browser, jupyte
     assert not errors, [f"{o['ename']}: {o['evalue']}" for o in errors]
     assert all(cell["count"] for cell in ran["cells"]), "a cell did not run"
     figures = [o for cell in ran["cells"] for o in cell["outputs"] if "image/png" in o.get("data", {})]
-    assert len(figures) >= 4  # run store, landscape, trajectories, laws
+    laws = json.loads((study[0] / "results/scaling_law.json").read_text())["laws"]
+    assert len(figures) >= 3 + len(laws)  # run store, landscape, trajectories, and one per fitted law
