@@ -10,6 +10,21 @@ Its code identity (optsweep.runs.trainer) covers model, loss, divergence and loo
 optimizers' shared parts.
 """
 
-from .loop import TRAINER_VERSION, Runtime, TrainingRun, configure_determinism, resolve_runtime, train
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import TRAINER_VERSION, Runtime, TrainingRun, configure_determinism, resolve_runtime, train
 
 __all__ = ["TRAINER_VERSION", "Runtime", "TrainingRun", "configure_determinism", "resolve_runtime", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """The loop's names, imported on first use: the analysis reads `divergence` (the blown-up rule), and a
+    notebook or report process must not pay for importing torch and transformers to get it."""
+    if name in __all__:
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
