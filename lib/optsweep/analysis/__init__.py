@@ -1,8 +1,8 @@
 """Sensitivity classification and hyperparameter scaling laws, for our sweeps and for anyone's run table.
 
     table = runs_table_from_sweeps(sweeps)          # or load_runs_table("runs.csv")
-    sensitivity = analyze_sensitivity(table)        # -> results/sensitivity.json
-    laws = fit_scaling_laws(table, sensitivity)     # -> results/scaling_law.json
+    sensitivity = analyze_sensitivity(table)        # a SensitivityResult: results/sensitivity.json
+    laws = fit_scaling_laws(table, sensitivity)     # a ScalingLaws: results/scaling_law.json
     predict(laws, n_params=1e8, tokens=2e9, width=512)
     speedup = speedup_from_sweeps({"adamw": sweeps, "muon": muon_sweeps})   # -> results/speedup.json
 """

@@ -38,9 +38,11 @@ class OriginalRule(Document):
 
 class VerdictEvidence(Document):
     """The numbers behind a verdict (as `analyze_sensitivity` writes them); `at_edge`: the scales whose optimum
-    lies at the grid's edge."""
+    lies at the grid's edge; `width_rule`: the rule the shift test chose (the law phase reports lr's beside its
+    own fit of lr against width)."""
 
     at_edge: list[str] = Field(default_factory=list)
+    width_rule: str | None = None
 
 
 class HparamVerdict(Document):
