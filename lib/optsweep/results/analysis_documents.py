@@ -184,11 +184,12 @@ class HparamLaw(Document):
 
 
 class PredictionInputs(Document):
-    """What `optsweep predict` reads of a `results/scaling_law.json`: the fitted laws and the constants (a full
-    `ScalingLaws` is one)."""
+    """What `optsweep predict` reads of a `results/scaling_law.json`: the fitted laws, the constants and why
+    the rest have no law (a full `ScalingLaws` is one)."""
 
     laws: dict[str, HparamLaw]
     constants: dict[str, RecommendedConstant]
+    unfitted: dict[str, str] = Field(default_factory=dict)
 
 
 class ScalingLaws(Document):
