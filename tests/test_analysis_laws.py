@@ -110,7 +110,7 @@ def test_betas_are_fitted_on_one_minus_beta():
     assert law.forms["N_D"].coefficients["N_exponent"]["estimate"] == pytest.approx(0.0, abs=1e-6)
     assert law.forms["D"].loo_rmse < 1e-6 < law.forms["N"].loo_rmse
     predicted = predict(laws, n_params=1e7, tokens=1e10)
-    assert predicted["hparams"]["beta2"] == pytest.approx(beta2(llama_scale("x", 320, 1e10)), abs=1e-6)
+    assert predicted.hparams["beta2"] == pytest.approx(beta2(llama_scale("x", 320, 1e10)), abs=1e-6)
 
 
 def test_optima_at_the_grid_edge_enter_the_law_as_censored_observations():
@@ -203,21 +203,21 @@ def test_predict_gives_a_complete_set_with_intervals(step_law):
     sensitivity, laws = step_law
     n, d = 1e8, 1e10
     predicted = predict(laws, n_params=n, tokens=d)
-    assert set(predicted["hparams"]) == {"lr", "weight_decay"}
+    assert set(predicted.hparams) == {"lr", "weight_decay"}
     expected = STEP_LAW["prefactor"] * n ** STEP_LAW["N"] * d ** STEP_LAW["D"]
-    assert predicted["hparams"]["lr"] == pytest.approx(expected, rel=1e-6)
-    low, high = predicted["intervals"]["lr"]
-    assert low <= predicted["hparams"]["lr"] <= high
-    assert predicted["hparams"]["weight_decay"] == 0.1 and predicted["sources"]["weight_decay"] == "constant"
-    assert predicted["notes"] == []
-    assert predict(laws, n_params=1e10, tokens=d)["notes"] == ["lr: N or D outside the fitted scales, extrapolated"]
+    assert predicted.hparams["lr"] == pytest.approx(expected, rel=1e-6)
+    low, high = predicted.intervals["lr"]
+    assert low <= predicted.hparams["lr"] <= high
+    assert predicted.hparams["weight_decay"] == 0.1 and predicted.sources["weight_decay"] == "constant"
+    assert predicted.notes == []
+    assert predict(laws, n_params=1e10, tokens=d).notes == ["lr: N or D outside the fitted scales, extrapolated"]
 
 
 def test_noisy_prediction_intervals_widen_away_from_the_data():
     table = run_table(STEP_TRUTH, STEP_SCALES, noise=0.01, seed=3)
     laws = fit_scaling_laws(table, ONLY_LR, loss_law=False)
-    inside = predict(laws, n_params=2.5e7, tokens=8e9)["intervals"]["lr"]
-    far = predict(laws, n_params=1e11, tokens=1e13)["intervals"]["lr"]
+    inside = predict(laws, n_params=2.5e7, tokens=8e9).intervals["lr"]
+    far = predict(laws, n_params=1e11, tokens=1e13).intervals["lr"]
     assert math.log(far[1] / far[0]) > 2 * math.log(inside[1] / inside[0]) > 0
 
 
@@ -225,7 +225,7 @@ def test_width_rule_constants_need_a_width():
     law = PredictionInputs(
         laws={}, constants={"lr": RecommendedConstant(value=8e-3, rule="inverse_width", reference_width=256)}
     )
-    assert predict(law, 1e8, 1e10, width=512)["hparams"]["lr"] == pytest.approx(4e-3)
+    assert predict(law, 1e8, 1e10, width=512).hparams["lr"] == pytest.approx(4e-3)
     with pytest.raises(ParamsError, match="--width"):
         predict(law, 1e8, 1e10)
 

@@ -151,7 +151,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if not law_file.is_file():
         raise ParamsError(f"--law {law_file}: file not found (run the scaling_law stage or `optsweep analyze`)")
     law = read_document(law_file, PredictionInputs)  # validated: a bad file names itself and the field
-    _print_json(predict(law, n_params=args.n_params, tokens=args.tokens, width=args.width))
+    _print_json(dataclasses.asdict(predict(law, n_params=args.n_params, tokens=args.tokens, width=args.width)))
 
 
 def cmd_preset(args: argparse.Namespace) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,23 @@ from .table import hparam_names
 INTEGER_HPARAMS = ("batch_size", *sorted({h.name for p in BUILT_IN.values() for h in p.hparams.values() if h.integer}))
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """A recommended hyperparameter set at one (N, D) (what `optsweep predict` prints): each value (None: no
+    law), the 95% prediction interval of each fitted one, where each came from, and what was extrapolated."""
+
+    n_params: float
+    tokens: float
+    width: int | None
+    hparams: dict[str, float | int | None]
+    intervals: dict[str, list[float]]
+    sources: dict[str, str]
+    notes: list[str]
+
+
 def predict(
     law: PredictionInputs | ScalingLaws, n_params: float, tokens: float, width: int | None = None
-) -> dict[str, Any]:
+) -> Prediction:
     """A complete recommended hyperparameter set for N params and D tokens: fitted laws with 95% prediction
     intervals (statsmodels, refitted on the stored points), constants for the rest (moved to `width` when
     a width rule applies)."""
@@ -53,13 +67,11 @@ def predict(
         values[hparam] = None
         sources[hparam] = f"no law: {why}"
     order = {h: i for i, h in enumerate(hparam_names())}
-    return {
-        "n_params": n_params, "tokens": tokens, "width": width,
-        "hparams": dict(sorted(values.items(), key=lambda item: order.get(item[0], len(order)))),
-        "intervals": intervals,
-        "sources": sources,
-        "notes": notes,
-    }
+    return Prediction(
+        n_params=n_params, tokens=tokens, width=width,
+        hparams=dict(sorted(values.items(), key=lambda item: order.get(item[0], len(order)))),
+        intervals=intervals, sources=sources, notes=notes,
+    )
 
 
 def _predict_from_law(

@@ -143,9 +143,9 @@ def law_curves(laws: ScalingLaws, hparam: str, samples: int = 30) -> pd.DataFram
             for value in spread(moving):
                 at = {moving: value, fixed: held}
                 prediction = predict(laws, n_params=at["n_params"], tokens=at["tokens"], width=width)
-                lower, upper = prediction["intervals"][hparam]
+                lower, upper = prediction.intervals[hparam]
                 rows.append({"along": along, "tokens": at["tokens"], "n_params": at["n_params"],
-                             "estimate": prediction["hparams"][hparam], "lower": lower, "upper": upper})
+                             "estimate": prediction.hparams[hparam], "lower": lower, "upper": upper})
     return pd.DataFrame(rows)
 
 
