@@ -78,8 +78,7 @@ def _predict_from_law(
     hparam: str, fit: HparamLaw, n_params: float, tokens: float
 ) -> tuple[float | int, list[float], bool]:
     """Estimate, 95% prediction interval (for an optimum of average standard error) and whether (N, D) lies
-    outside the fitted points, from the law's stored coefficients and their covariance (with the residual
-    spread and degrees of freedom, as the fit writes them beside the coefficients)."""
+    outside the fitted points, from the law's stored coefficients and their covariance."""
     names = list(fit.coefficients)
     beta = np.array([fit.coefficients[name].estimate for name in names])
     target = design_matrix(pd.DataFrame({"n_params": [n_params], "tokens": [tokens]}), fit.kind)[names].to_numpy()[0]

@@ -167,12 +167,16 @@ class LawForm(Document):
 
 
 class HparamLaw(Document):
-    """One hyperparameter's fitted power law in (N, D): its form, coefficients with 95% intervals, fit quality
-    and points (the rest -- covariance, residuals, the forms compared, the summary -- as the fit writes them)."""
+    """One hyperparameter's fitted power law in (N, D): its form, coefficients with 95% intervals and what a
+    prediction interval needs of the fit, fit quality and points (the rest -- residuals, collinearity, the
+    method -- as the fit writes them)."""
 
     form: str
     kind: str
     coefficients: dict[str, LawCoefficient]
+    covariance: list[list[float]]  # of the coefficients, in their order
+    residual_std: float | None  # of an optimum of average standard error (None: not finite)
+    df_resid: int | None  # for the t quantile (None: a likelihood fit, normal quantile)
     r2: float | None
     n_points: int
     points: list[LawPoint]
