@@ -12,7 +12,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws, runs_table_from_sweeps
 from optsweep.analysis.speedup import SpeedupResult
 from optsweep.cli import main
-from optsweep.results.documents import SweepRuns
+from optsweep.results.documents import SensitivityResult, SweepRuns
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])
@@ -33,7 +33,7 @@ MUON = Truth(
 
 
 @pytest.fixture(scope="module")
-def muon() -> dict:
+def muon() -> SensitivityResult:
     return analyze_sensitivity(run_table(MUON, SCALES))
 
 

@@ -11,7 +11,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity
 from optsweep.analysis.optimum import _quadratic
 from optsweep.params.sections import AnalysisSettings
-from optsweep.results.documents import as_json
+from optsweep.results.documents import Provenance, SensitivityResult, as_json
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
 # Two widths x two token budgets: every pair of scales differs in data only, in model only, or in both.
@@ -44,7 +44,7 @@ CAUSES = Truth(
 
 
 @pytest.fixture(scope="module")
-def causes() -> dict:
+def causes() -> SensitivityResult:
     return analyze_sensitivity(run_table(CAUSES, SCALES))
 
 
@@ -99,6 +99,12 @@ def test_refined_optimum_is_exact_on_a_quadratic_and_flagged_at_the_grid_edge(ca
     for optimum in warmup.optimum.values():
         assert optimum.at_edge and optimum.grid_value == optimum.refined == 8000
     assert warmup.evidence.at_edge == [s.name for s in SCALES] and "widen the grid" in warmup.reason
+
+
+def test_the_document_carries_the_provenance_it_is_given(causes):
+    assert causes.provenance.params_hash is None  # a bare call: no params file
+    given = Provenance.now("hash-1", runs_table="runs.csv")
+    assert analyze_sensitivity(run_table(CAUSES, SCALES), provenance=given).provenance == given
 
 
 def test_original_rule_side_by_side(causes):
