@@ -35,6 +35,7 @@ import numpy as np
 
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws
 from optsweep.params.sections import AnalysisSettings
+from optsweep.results.documents import LawPhaseInputs
 from optsweep.testing.tables import Scale, Truth, chinchilla_loss, constant, llama_scale, natural_axis, run_table
 
 HPARAMS = ["lr", "weight_decay", "beta2", "clip", "warmup", "eps"]
@@ -153,13 +154,13 @@ def lr_exponents(case: TruthCase) -> dict[str, float]:
 def law_checks(table, truths: dict[str, dict[str, float]], settings: AnalysisSettings) -> tuple[list[bool], float]:
     """Whether the N and D form's 95% intervals of each law cover the true exponents, and the largest error
     of an exponent estimate."""
-    laws = fit_scaling_laws(table, {"sensitive": list(truths), "recommended": {}}, loss_law=False,
-                            settings=settings)["laws"]
+    laws = fit_scaling_laws(table, LawPhaseInputs(sensitive=list(truths), recommended={}), loss_law=False,
+                            settings=settings).laws
     hits, error = [], 0.0
     for hparam, truth in truths.items():
-        if hparam not in laws or "N_D" not in laws[hparam]["forms"]:
+        if hparam not in laws or "N_D" not in laws[hparam].forms:
             continue
-        coefficients = laws[hparam]["forms"]["N_D"]["coefficients"]
+        coefficients = laws[hparam].forms["N_D"].coefficients
         for k in ("N", "D"):
             c = coefficients[f"{k}_exponent"]
             hits.append(c["ci95"][0] <= truth[k] <= c["ci95"][1])
@@ -195,7 +196,7 @@ def run_design(design: tuple, tables: int, rng: np.random.Generator) -> Tally:
         table = run_table(truth, scales, relative_noise=noise, seed=int(rng.integers(2**31)), diverged=diverged,
                           seeded=SEEDED if seeded else 0, seed_effect=SEED_EFFECT * noise if seeded else 0.0)
         result = analyze_sensitivity(table, settings)
-        found = set(result["sensitive"])
+        found = set(result.sensitive)
         truly = {case.moving} if case.moving else set()
         tally.tables += 1
         tally.any_false += bool(found - truly)
@@ -205,8 +206,8 @@ def run_design(design: tuple, tables: int, rng: np.random.Generator) -> Tally:
                 tally.false[h] += h in found
         if case.moving:
             tally.power[case.magnitude if noise else 4].append(case.moving in found)
-        tally.sources[result["noise"]["source"]] += 1
-        tally.noise_ratio.append(result["noise"]["relative_std"] / noise if noise else result["noise"]["relative_std"])
+        tally.sources[result.noise.source] += 1
+        tally.noise_ratio.append(result.noise.relative_std / noise if noise else result.noise.relative_std)
         if count >= 6:
             hits, error = law_checks(table, {"lr": lr_exponents(case), **case.exponents}, settings)
             tally.cover += hits

@@ -27,7 +27,7 @@ from optsweep.analysis.table import hparam_names
 from optsweep.axes import axis_of
 from optsweep.params.paths import project
 from optsweep.report import law_curves, plots
-from optsweep.results.documents import ScalingLaws, as_json, read_document
+from optsweep.results.documents import ScalingLaws, read_document
 
 paths = project()
 runs = results.runs(paths)
@@ -100,8 +100,9 @@ else:
 # %%
 if paths.scaling_law.is_file() and not (laws := results.laws(paths)).empty:
     display(laws.set_index(["hparam", "coefficient"]))
+    fitted = read_document(paths.scaling_law, ScalingLaws)
     for hparam, points in results.law_points(paths).groupby("hparam"):
-        plots.law_points(points, law_curves(as_json(read_document(paths.scaling_law, ScalingLaws)), hparam), hparam)
+        plots.law_points(points, law_curves(fitted, hparam), hparam)
         plt.show()
 else:
     display(Markdown("No fitted law yet: run the scaling_law stage (`make repro`)."))

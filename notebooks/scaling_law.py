@@ -38,11 +38,10 @@ from optsweep.report import (
     styled,
 )
 from optsweep.results.documents import (
-    ScalingLaws,
+    Provenance,
     SensitivityResult,
     as_json,
     read_document,
-    stamped,
     sweeps_origin,
     write_document,
 )
@@ -52,8 +51,8 @@ if optimizer:
     display(Markdown(f"Optimizer **{optimizer}** (results in `{paths.results.relative_to(paths.root)}`)"))
 sweeps = study_sweeps(paths, params)
 sensitivity = read_document(paths.sensitivity, SensitivityResult)
-fitted = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity, settings=params.analysis)
-laws = stamped(ScalingLaws, fitted, params.params_hash(), **sweeps_origin(sweeps))
+laws = fit_scaling_laws(runs_table_from_sweeps(sweeps), sensitivity, settings=params.analysis,
+                        provenance=Provenance.now(params.params_hash(), **sweeps_origin(sweeps)))
 write_document(paths.scaling_law, laws)
 display(Markdown(f"Sensitive hyperparameters: **{', '.join(sensitivity.sensitive) or 'none'}**"))
 if laws.warnings:

@@ -42,7 +42,7 @@ from optsweep.report import (
     slices_frame,
     styled,
 )
-from optsweep.results.documents import SensitivityResult, as_json, stamped, sweeps_origin, write_document
+from optsweep.results.documents import Provenance, as_json, sweeps_origin, write_document
 
 paths, params = optimizer_study(optimizer, params_file)
 if optimizer:
@@ -50,7 +50,7 @@ if optimizer:
 sweeps = load_sweeps(paths.sweeps("phase1"), params.scales_to_compare())
 table = runs_table_from_sweeps(sweeps)
 origin = sweeps_origin(sweeps)  # what the sweeps were trained with: data, trainer and its code
-sensitivity = stamped(SensitivityResult, analyze_sensitivity(table, params.analysis), params.params_hash(), **origin)
+sensitivity = analyze_sensitivity(table, params.analysis, provenance=Provenance.now(params.params_hash(), **origin))
 write_document(paths.sensitivity, sensitivity)
 if analysis_warnings(sensitivity):
     display(Markdown(analysis_warnings(sensitivity)))

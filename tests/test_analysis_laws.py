@@ -14,6 +14,13 @@ from optsweep.analysis import analyze_sensitivity, analyze_table, fit_scaling_la
 from optsweep.analysis.law_fit import fit_hparam_law
 from optsweep.cli import main
 from optsweep.params.settings import ParamsError, load_params
+from optsweep.results.documents import (
+    LawPhaseInputs,
+    PredictionInputs,
+    RecommendedConstant,
+    ScalingLaws,
+    SensitivityResult,
+)
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +39,11 @@ STEP_TRUTH = Truth(
     curvature={"lr": 0.2, "weight_decay": 8.0},
     grid={"lr": sqrt2_grid(min(STEP_OPTIMA) / 3, max(STEP_OPTIMA) * 3), "weight_decay": [0.0, 0.1, 0.2]},
 )
-ONLY_LR = {"sensitive": ["lr"], "recommended": {}}
+ONLY_LR = LawPhaseInputs(sensitive=["lr"], recommended={})
 
 
 @pytest.fixture(scope="module")
-def step_law() -> tuple[dict, dict]:
+def step_law() -> tuple[SensitivityResult, ScalingLaws]:
     table = run_table(STEP_TRUTH, STEP_SCALES)
     sensitivity = analyze_sensitivity(table)
     return sensitivity, fit_scaling_laws(table, sensitivity)
@@ -44,25 +51,25 @@ def step_law() -> tuple[dict, dict]:
 
 def test_step_law_exponents_recovered_without_noise(step_law):
     sensitivity, laws = step_law
-    assert sensitivity["sensitive"] == ["lr"]
-    assert sensitivity["hyperparameters"]["lr"]["shift_cause"] == "both"
-    law = laws["laws"]["lr"]
-    assert law["kind"] == "N_D" and not law["collinear"]
-    assert law["coefficients"]["N_exponent"]["estimate"] == pytest.approx(STEP_LAW["N"], abs=0.03)
-    assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(STEP_LAW["D"], abs=0.03)
-    assert law["n_points"] == 12 and law["r2"] > 0.999
-    assert law["loo_rmse"] < 0.01
-    assert "N_exponent" in law["summary"] and law["form"].startswith("lr* = 1.79 * N^-0.713 * D^0.307")
-    assert laws["constants"]["weight_decay"]["value"] == 0.1
+    assert sensitivity.sensitive == ["lr"]
+    assert sensitivity.hyperparameters["lr"].shift_cause == "both"
+    law = laws.laws["lr"]
+    assert law.kind == "N_D" and not law.collinear
+    assert law.coefficients["N_exponent"].estimate == pytest.approx(STEP_LAW["N"], abs=0.03)
+    assert law.coefficients["D_exponent"].estimate == pytest.approx(STEP_LAW["D"], abs=0.03)
+    assert law.n_points == 12 and law.r2 > 0.999
+    assert law.loo_rmse < 0.01
+    assert "N_exponent" in law.summary and law.form.startswith("lr* = 1.79 * N^-0.713 * D^0.307")
+    assert laws.constants["weight_decay"].value == 0.1
 
 
 def test_step_law_95_intervals_cover_the_truth_in_95_percent_of_noisy_repetitions():
     repetitions, covered = 200, 0
     for seed in range(repetitions):
         table = run_table(STEP_TRUTH, STEP_SCALES, noise=0.005, seed=seed)
-        law = fit_scaling_laws(table, ONLY_LR, loss_law=False)["laws"]["lr"]
+        law = fit_scaling_laws(table, ONLY_LR, loss_law=False).laws["lr"]
         for name, truth in (("N_exponent", STEP_LAW["N"]), ("D_exponent", STEP_LAW["D"])):
-            low, high = law["coefficients"][name]["ci95"]
+            low, high = law.coefficients[name].ci95
             covered += low <= truth <= high
     coverage = covered / (2 * repetitions)
     band = 3 * math.sqrt(0.95 * 0.05 / repetitions)  # 3 binomial standard errors of one exponent's coverage
@@ -77,11 +84,11 @@ def test_data_along_d_20n_falls_back_to_a_compute_law():
         optimum={"lr": step_law_lr}, curvature={"lr": 0.2},
         grid={"lr": sqrt2_grid(min(optima) / 3, max(optima) * 3)},
     )
-    law = fit_scaling_laws(run_table(truth, scales), ONLY_LR)["laws"]["lr"]
-    assert law["collinear"] and law["kind"] == "compute"
-    assert "C = 6 N D" in law["note"] and "cannot be separated" in law["note"]
+    law = fit_scaling_laws(run_table(truth, scales), ONLY_LR).laws["lr"]
+    assert law.collinear and law.kind == "compute"
+    assert "C = 6 N D" in law.note and "cannot be separated" in law.note
     # lr* = 1.79 (20)^0.307 N^(-0.713 + 0.307) and C = 120 N^2: the compute exponent is (-0.713 + 0.307) / 2
-    assert law["coefficients"]["C_exponent"]["estimate"] == pytest.approx((STEP_LAW["N"] + STEP_LAW["D"]) / 2, abs=0.03)
+    assert law.coefficients["C_exponent"].estimate == pytest.approx((STEP_LAW["N"] + STEP_LAW["D"]) / 2, abs=0.03)
 
 
 def test_betas_are_fitted_on_one_minus_beta():
@@ -93,16 +100,17 @@ def test_betas_are_fitted_on_one_minus_beta():
         optimum={"beta2": beta2}, curvature={"beta2": 0.05},
         grid={"beta2": [0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.999]},
     )
-    laws = fit_scaling_laws(run_table(truth, scales), {"sensitive": ["beta2"], "recommended": {}}, loss_law=False)
-    law = laws["laws"]["beta2"]
-    assert law["transform"] == "log(1 - h)" and law["form"].startswith("1 - beta2* =")
+    laws = fit_scaling_laws(run_table(truth, scales), LawPhaseInputs(sensitive=["beta2"], recommended={}),
+                            loss_law=False)
+    law = laws.laws["beta2"]
+    assert law.transform == "log(1 - h)" and law.form.startswith("1 - beta2* =")
     # a D-only truth is recovered as a D-only law (the N and D form fits as well, with one more exponent)
-    assert law["kind"] == "D" and set(law["forms"]) == {"compute", "N", "D", "N_D"}
-    assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(-0.1, abs=1e-6)
-    assert law["forms"]["N_D"]["coefficients"]["N_exponent"]["estimate"] == pytest.approx(0.0, abs=1e-6)
-    assert law["forms"]["D"]["loo_rmse"] < 1e-6 < law["forms"]["N"]["loo_rmse"]
+    assert law.kind == "D" and set(law.forms) == {"compute", "N", "D", "N_D"}
+    assert law.coefficients["D_exponent"].estimate == pytest.approx(-0.1, abs=1e-6)
+    assert law.forms["N_D"].coefficients["N_exponent"]["estimate"] == pytest.approx(0.0, abs=1e-6)
+    assert law.forms["D"].loo_rmse < 1e-6 < law.forms["N"].loo_rmse
     predicted = predict(laws, n_params=1e7, tokens=1e10)
-    assert predicted["hparams"]["beta2"] == pytest.approx(beta2(llama_scale("x", 320, 1e10)), abs=1e-6)
+    assert predicted.hparams["beta2"] == pytest.approx(beta2(llama_scale("x", 320, 1e10)), abs=1e-6)
 
 
 def test_optima_at_the_grid_edge_enter_the_law_as_censored_observations():
@@ -116,12 +124,12 @@ def test_optima_at_the_grid_edge_enter_the_law_as_censored_observations():
     top = max(truth.grid["lr"])
     at_edge = {s.name for s in scales if step_law_lr(s) > top * math.sqrt(2)}
     assert 1 <= len(at_edge) <= 3
-    law = fit_scaling_laws(run_table(truth, scales), ONLY_LR, loss_law=False)["laws"]["lr"]
-    assert {p["scale"] for p in law["points"] if p["edge"] == "above"} == at_edge
-    assert all(p["used"] for p in law["points"]) and law["n_censored"] == len(at_edge)
-    assert law["method"].startswith("censored") and "censored observations" in law["note"]
-    assert law["coefficients"]["N_exponent"]["estimate"] == pytest.approx(STEP_LAW["N"], abs=0.03)
-    assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(STEP_LAW["D"], abs=0.03)
+    law = fit_scaling_laws(run_table(truth, scales), ONLY_LR, loss_law=False).laws["lr"]
+    assert {p.scale for p in law.points if p.edge == "above"} == at_edge
+    assert all(p.used for p in law.points) and law.n_censored == len(at_edge)
+    assert law.method.startswith("censored") and "censored observations" in law.note
+    assert law.coefficients["N_exponent"].estimate == pytest.approx(STEP_LAW["N"], abs=0.03)
+    assert law.coefficients["D_exponent"].estimate == pytest.approx(STEP_LAW["D"], abs=0.03)
 
 
 def test_a_weight_decay_optimum_censored_at_zero_enters_the_law_as_its_bound():
@@ -147,7 +155,7 @@ def test_loss_law_recovers_chinchilla_when_optima_lie_on_the_grid():
         optimum={"lr": lambda s: 2.0 / s.width}, curvature={"lr": 0.2},
         grid={"lr": lambda s: [2.0 / s.width * 2 ** (k / 2) for k in range(-3, 4)]},
     )
-    loss_law = fit_scaling_laws(run_table(truth, STEP_SCALES), ONLY_LR)["loss_law"]
+    loss_law = fit_scaling_laws(run_table(truth, STEP_SCALES), ONLY_LR).loss_law
     assert loss_law["n_points"] == 12
     for name in ("E", "alpha", "beta"):
         assert loss_law[name] == pytest.approx(CHINCHILLA[name], rel=0.01)
@@ -161,7 +169,7 @@ def test_loss_law_that_the_scales_cannot_identify_is_not_offered_as_a_baseline()
         grid={"lr": lambda s: [2.0 / s.width * 2 ** (k / 2) for k in range(-3, 4)]},
         loss_law={**CHINCHILLA, "A": 0.0},
     )
-    loss_law = fit_scaling_laws(run_table(truth, STEP_SCALES), ONLY_LR)["loss_law"]
+    loss_law = fit_scaling_laws(run_table(truth, STEP_SCALES), ONLY_LR).loss_law
     assert loss_law["form"] is None and "degenerate fit" in loss_law["reason"]
     assert loss_law["rejected_form"].startswith("L = ")
 
@@ -169,8 +177,8 @@ def test_loss_law_that_the_scales_cannot_identify_is_not_offered_as_a_baseline()
 def test_loss_law_needs_enough_scales():
     truth = Truth(optimum={"lr": lambda s: 2.0 / s.width}, curvature={"lr": 0.2}, grid={"lr": sqrt2_grid(1e-3, 3e-2)})
     laws = fit_scaling_laws(run_table(truth, scale_grid([256, 512], [2e9, 8e9])), ONLY_LR)
-    assert laws["loss_law"]["form"] is None and "needs 6 or more" in laws["loss_law"]["reason"]
-    assert laws["unfitted"] == {} and "lr" in laws["laws"]
+    assert laws.loss_law["form"] is None and "needs 6 or more" in laws.loss_law["reason"]
+    assert laws.unfitted == {} and "lr" in laws.laws
 
 
 def test_lr_against_width():
@@ -181,8 +189,8 @@ def test_lr_against_width():
     )
     table = run_table(truth, STEP_SCALES)
     sensitivity = analyze_sensitivity(table)
-    assert sensitivity["sensitive"] == []
-    lr_width = fit_scaling_laws(table, sensitivity, loss_law=False)["lr_width"]
+    assert sensitivity.sensitive == []
+    lr_width = fit_scaling_laws(table, sensitivity, loss_law=False).lr_width
     assert all(p["lr_x_width"] == pytest.approx(2.0) for p in lr_width["points"])
     assert lr_width["width_exponent"]["estimate"] == pytest.approx(-1.0, abs=1e-6)
     assert lr_width["width_exponent"]["inverse_width_in_ci"]
@@ -195,28 +203,29 @@ def test_predict_gives_a_complete_set_with_intervals(step_law):
     sensitivity, laws = step_law
     n, d = 1e8, 1e10
     predicted = predict(laws, n_params=n, tokens=d)
-    assert set(predicted["hparams"]) == {"lr", "weight_decay"}
+    assert set(predicted.hparams) == {"lr", "weight_decay"}
     expected = STEP_LAW["prefactor"] * n ** STEP_LAW["N"] * d ** STEP_LAW["D"]
-    assert predicted["hparams"]["lr"] == pytest.approx(expected, rel=1e-6)
-    low, high = predicted["intervals"]["lr"]
-    assert low <= predicted["hparams"]["lr"] <= high
-    assert predicted["hparams"]["weight_decay"] == 0.1 and predicted["sources"]["weight_decay"] == "constant"
-    assert predicted["notes"] == []
-    assert predict(laws, n_params=1e10, tokens=d)["notes"] == ["lr: N or D outside the fitted scales, extrapolated"]
+    assert predicted.hparams["lr"] == pytest.approx(expected, rel=1e-6)
+    low, high = predicted.intervals["lr"]
+    assert low <= predicted.hparams["lr"] <= high
+    assert predicted.hparams["weight_decay"] == 0.1 and predicted.sources["weight_decay"] == "constant"
+    assert predicted.notes == []
+    assert predict(laws, n_params=1e10, tokens=d).notes == ["lr: N or D outside the fitted scales, extrapolated"]
 
 
 def test_noisy_prediction_intervals_widen_away_from_the_data():
     table = run_table(STEP_TRUTH, STEP_SCALES, noise=0.01, seed=3)
     laws = fit_scaling_laws(table, ONLY_LR, loss_law=False)
-    inside = predict(laws, n_params=2.5e7, tokens=8e9)["intervals"]["lr"]
-    far = predict(laws, n_params=1e11, tokens=1e13)["intervals"]["lr"]
+    inside = predict(laws, n_params=2.5e7, tokens=8e9).intervals["lr"]
+    far = predict(laws, n_params=1e11, tokens=1e13).intervals["lr"]
     assert math.log(far[1] / far[0]) > 2 * math.log(inside[1] / inside[0]) > 0
 
 
 def test_width_rule_constants_need_a_width():
-    law = {"laws": {},
-           "constants": {"lr": {"value": 8e-3, "rule": "inverse_width", "reference_width": 256, "swept": True}}}
-    assert predict(law, 1e8, 1e10, width=512)["hparams"]["lr"] == pytest.approx(4e-3)
+    law = PredictionInputs(
+        laws={}, constants={"lr": RecommendedConstant(value=8e-3, rule="inverse_width", reference_width=256)}
+    )
+    assert predict(law, 1e8, 1e10, width=512).hparams["lr"] == pytest.approx(4e-3)
     with pytest.raises(ParamsError, match="--width"):
         predict(law, 1e8, 1e10)
 

@@ -12,7 +12,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws, runs_table_from_sweeps
 from optsweep.analysis.speedup import SpeedupResult
 from optsweep.cli import main
-from optsweep.results.documents import SweepRuns
+from optsweep.results.documents import SensitivityResult, SweepRuns
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])
@@ -33,39 +33,39 @@ MUON = Truth(
 
 
 @pytest.fixture(scope="module")
-def muon() -> dict:
+def muon() -> SensitivityResult:
     return analyze_sensitivity(run_table(MUON, SCALES))
 
 
 def test_muon_names_are_judged_on_their_natural_axes(muon):
     # AdamW's order first, then the others
-    assert list(muon["hyperparameters"]) == ["lr", "momentum", "muon_to_adam_lr"]
-    assert muon["sensitive"] == ["momentum"]
-    momentum = muon["hyperparameters"]["momentum"]
-    assert momentum["shift_cause"] == "data"
+    assert list(muon.hyperparameters) == ["lr", "momentum", "muon_to_adam_lr"]
+    assert muon.sensitive == ["momentum"]
+    momentum = muon.hyperparameters["momentum"]
+    assert momentum.shift_cause == "data"
     # exact only when the quadratic is fitted on log(1 - momentum), the axis the truth is a parabola on
     for scale in SCALES:
-        assert momentum["optimum"][scale.name]["refined"] == pytest.approx(momentum_by_data(scale), abs=1e-9)
-    ratio = muon["hyperparameters"]["muon_to_adam_lr"]
-    assert ratio["loss_sensitive"] and not ratio["sensitive"]
-    for optimum in ratio["optimum"].values():
-        assert optimum["refined"] == pytest.approx(0.2, rel=1e-6)
-    assert muon["recommended"]["muon_to_adam_lr"]["value"] == pytest.approx(0.2, rel=0.2)
+        assert momentum.optimum[scale.name].refined == pytest.approx(momentum_by_data(scale), abs=1e-9)
+    ratio = muon.hyperparameters["muon_to_adam_lr"]
+    assert ratio.loss_sensitive and not ratio.sensitive
+    for optimum in ratio.optimum.values():
+        assert optimum.refined == pytest.approx(0.2, rel=1e-6)
+    assert muon.recommended["muon_to_adam_lr"].value == pytest.approx(0.2, rel=0.2)
 
 
 def test_a_momentum_law_is_fitted_on_one_minus_momentum(muon):
     laws = fit_scaling_laws(run_table(MUON, SCALES), muon, loss_law=False)
-    law = laws["laws"]["momentum"]
-    assert law["transform"] == "log(1 - h)"
-    assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(-0.5, abs=1e-6)
-    assert set(laws["constants"]) == {"lr", "muon_to_adam_lr"}
+    law = laws.laws["momentum"]
+    assert law.transform == "log(1 - h)"
+    assert law.coefficients["D_exponent"].estimate == pytest.approx(-0.5, abs=1e-6)
+    assert set(laws.constants) == {"lr", "muon_to_adam_lr"}
 
 
 def test_hypotheses_about_names_muon_lacks_are_inconclusive(muon):
-    answers = {a["hypothesis"]: a for a in muon["hypotheses"]}
-    assert answers["epsilon is insensitive to scale"]["verdict"] == "inconclusive"
-    assert answers["epsilon is insensitive to scale"]["evidence"]["why"] == "eps was not swept"
-    assert "warmup was not swept" in answers[next(h for h in answers if h.startswith("warmup"))]["evidence"]["why"]
+    answers = {a.hypothesis: a for a in muon.hypotheses}
+    assert answers["epsilon is insensitive to scale"].verdict == "inconclusive"
+    assert answers["epsilon is insensitive to scale"].evidence["why"] == "eps was not swept"
+    assert "warmup was not swept" in answers[next(h for h in answers if h.startswith("warmup"))].evidence["why"]
 
 
 
@@ -83,9 +83,9 @@ def test_a_user_optimizers_declared_axes_reach_the_analysis_through_its_sweep_re
                    "seed": 0, "loss": row.loss, "status": "ok"} for i, row in enumerate(rows.itertuples())]})
         for scale, rows in table.groupby("scale", sort=False)
     ]
-    user = analyze_sensitivity(runs_table_from_sweeps(sweeps))["hyperparameters"]["user_momentum"]
+    user = analyze_sensitivity(runs_table_from_sweeps(sweeps)).hyperparameters["user_momentum"]
     for scale in SCALES:
-        assert user["optimum"][scale.name]["refined"] == pytest.approx(momentum_by_data(scale), abs=1e-9)
+        assert user.optimum[scale.name].refined == pytest.approx(momentum_by_data(scale), abs=1e-9)
 
 # --- `optsweep analyze` on a table of several optimizers -------------------------------------------------
 

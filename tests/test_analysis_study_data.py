@@ -17,6 +17,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, fit_scaling_laws, load_runs_table
 from optsweep.cli import main
 from optsweep.params.sections import AnalysisSettings
+from optsweep.results.documents import LawPhaseInputs, ScaleOptimum, SensitivityResult
 from optsweep.testing.tables import CHINCHILLA, Truth, constant, llama_scale, run_table, scale_grid, sqrt2_grid
 
 SCALES = scale_grid([256, 512], [2e9, 8e9])
@@ -31,10 +32,11 @@ LR_WD = Truth(
     curvature={"lr": 0.2, "weight_decay": 8.0},
     grid={"lr": sqrt2_grid(1e-3, 3e-2), "weight_decay": [0.0, 0.1, 0.2]},
 )
+ONLY_LR = LawPhaseInputs(sensitive=["lr"], recommended={})
 
 
-def lr_optimum(result: dict, scale: str) -> dict:
-    return result["hyperparameters"]["lr"]["optimum"][scale]
+def lr_optimum(result: SensitivityResult, scale: str) -> ScaleOptimum:
+    return result.hyperparameters["lr"].optimum[scale]
 
 
 def blow_up_lr(table: pd.DataFrame, scale: str, steps_above_best: int, loss: float) -> tuple[pd.DataFrame, float]:
@@ -51,13 +53,13 @@ def test_a_blown_up_run_with_a_finite_loss_never_enters_the_refinement():
     scale = SCALES[0].name
     table, best_lr = blow_up_lr(run_table(LR_WD, SCALES), scale, steps_above_best=2, loss=7.5)
     result = analyze_sensitivity(table)
-    assert result["blown_up"]["per_scale"] == {s.name: int(s.name == scale) for s in SCALES}
-    assert result["scales"][scale]["blown_up"] == 1
+    assert result.blown_up.per_scale == {s.name: int(s.name == scale) for s in SCALES}
+    assert result.scales[scale].blown_up == 1
     optimum = lr_optimum(result, scale)
     # the parabola through the remaining runs of the U is exact: the truth, between the best's neighbours
-    assert optimum["estimate"] == "fitted"
-    assert optimum["refined"] == pytest.approx(lr_by_width(SCALES[0]), rel=1e-6)
-    assert best_lr / math.sqrt(2) < optimum["refined"] < best_lr * math.sqrt(2)
+    assert optimum.estimate == "fitted"
+    assert optimum.refined == pytest.approx(lr_by_width(SCALES[0]), rel=1e-6)
+    assert best_lr / math.sqrt(2) < optimum.refined < best_lr * math.sqrt(2)
 
 
 def test_a_quadratic_that_misses_its_runs_narrows_and_never_passes_a_neighbour_measured_worse():
@@ -69,9 +71,9 @@ def test_a_quadratic_that_misses_its_runs_narrows_and_never_passes_a_neighbour_m
     table, _ = blow_up_lr(table, scale, steps_above_best=2, loss=7.5)
     result = analyze_sensitivity(table, AnalysisSettings(divergence_rise=100.0))
     optimum = lr_optimum(result, scale)
-    assert result["blown_up"]["per_scale"][scale] == 0
-    assert optimum["refinement"] == "vertex of a quadratic through 3 runs"
-    assert best_lr / math.sqrt(2) < optimum["refined"] < best_lr * math.sqrt(2)
+    assert result.blown_up.per_scale[scale] == 0
+    assert optimum.refinement == "vertex of a quadratic through 3 runs"
+    assert best_lr / math.sqrt(2) < optimum.refined < best_lr * math.sqrt(2)
 
 
 def test_noise_without_seeds_is_measured_from_grid_differences_and_warned_about():
@@ -83,13 +85,13 @@ def test_noise_without_seeds_is_measured_from_grid_differences_and_warned_about(
     )
     table = run_table(truth, SCALES, design="grid", relative_noise=0.013, seed=5).drop(columns="seed")
     result = analyze_sensitivity(table)
-    noise = result["noise"]
-    assert noise["sources"] == ["differences"] and noise["seeds"] is None
-    assert 0.013 / 1.3 <= noise["relative_std"] <= 0.013 * 1.3
-    for scale, info in result["scales"].items():
-        assert noise["per_scale"][scale]["config_std"] > 0.0025 * info["best_loss"]
-        assert result["threshold"]["per_scale"][scale] == pytest.approx(0.0025 * info["best_loss"])  # not raised
-    assert result["warnings"] and result["warnings"][0].startswith("noise (differences):")
+    noise = result.noise
+    assert noise.sources == ["differences"] and noise.seeds is None
+    assert 0.013 / 1.3 <= noise.relative_std <= 0.013 * 1.3
+    for scale, info in result.scales.items():
+        assert noise.per_scale[scale].config_std > 0.0025 * info.best_loss
+        assert result.threshold.per_scale[scale] == pytest.approx(0.0025 * info.best_loss)  # not raised
+    assert result.warnings and result.warnings[0].startswith("noise (differences):")
 
 
 def clip_table(margin: float, noise: float) -> pd.DataFrame:
@@ -119,21 +121,21 @@ def clip_table(margin: float, noise: float) -> pd.DataFrame:
 
 def test_a_clip_margin_inside_the_noise_is_inconclusive_and_gets_no_law():
     result = analyze_sensitivity(clip_table(margin=0.0005, noise=0.002))
-    clip = result["hyperparameters"]["clip"]
-    assert clip["verdict"] == "inconclusive" and not clip["sensitive"] and result["inconclusive"] == ["clip"]
-    assert 0 < clip["margin"] < clip["required_margin"] and clip["noise"] > 0
-    assert "inconclusive" in clip["reason"] and "margin" in clip["reason"]
-    assert result["recommended"]["clip"]["verdict"] == "inconclusive"
-    clip_hypothesis = next(h for h in result["hypotheses"] if h["hypothesis"].startswith("clip"))
+    clip = result.hyperparameters["clip"]
+    assert clip.verdict == "inconclusive" and not clip.sensitive and result.inconclusive == ["clip"]
+    assert 0 < clip.margin < clip.required_margin and clip.noise > 0
+    assert "inconclusive" in clip.reason and "margin" in clip.reason
+    assert result.recommended["clip"].verdict == "inconclusive"
+    clip_hypothesis = next(h for h in result.hypotheses if h.hypothesis.startswith("clip"))
     # clip = 1 itself is far from the larger model's optimum: that hypothesis fails whatever the shift's verdict
-    assert clip_hypothesis["verdict"] == "contradicted" and clip_hypothesis["sensitivity_verdict"] == "inconclusive"
+    assert clip_hypothesis.verdict == "contradicted" and clip_hypothesis.sensitivity_verdict == "inconclusive"
     laws = fit_scaling_laws(clip_table(margin=0.0005, noise=0.002), result, loss_law=False)
-    assert "clip" not in laws["laws"] and "inconclusive" in laws["skipped"]["clip"]
-    assert laws["constants"]["clip"]["value"] in (1.0, 1.25)
+    assert "clip" not in laws.laws and "inconclusive" in laws.skipped["clip"]
+    assert laws.constants["clip"].value in (1.0, 1.25)
 
     # the same margin without noise is a measured shift
-    quiet = analyze_sensitivity(clip_table(margin=0.0005, noise=0.0))["hyperparameters"]["clip"]
-    assert quiet["verdict"] == "sensitive" and 0 < quiet["margin"] < 0.002
+    quiet = analyze_sensitivity(clip_table(margin=0.0005, noise=0.0)).hyperparameters["clip"]
+    assert quiet.verdict == "sensitive" and 0 < quiet.margin < 0.002
 
 
 def test_a_missing_cell_of_a_2d_grid_is_not_an_edge():
@@ -151,11 +153,11 @@ def test_a_missing_cell_of_a_2d_grid_is_not_an_edge():
     result = analyze_sensitivity(table[~missing])
     optimum = lr_optimum(result, scale.name)
     # no complete block around the best for a surface: the slice through the best is fitted (exact here)
-    assert not optimum["at_edge"] and optimum["edge"] is None
-    assert optimum["refinement"].startswith("vertex of a quadratic")
-    assert optimum["refined"] == pytest.approx(lr_by_width(scale), rel=1e-6)
+    assert not optimum.at_edge and optimum.edge is None
+    assert optimum.refinement.startswith("vertex of a quadratic")
+    assert optimum.refined == pytest.approx(lr_by_width(scale), rel=1e-6)
     # where the grid is complete the optimum comes from the local lr x batch size surface
-    assert lr_optimum(result, SCALES[1].name)["refinement"].startswith("local surface over lr x batch_size")
+    assert lr_optimum(result, SCALES[1].name).refinement.startswith("local surface over lr x batch_size")
 
 
 def test_a_degenerate_loss_law_is_rejected_with_its_reason():
@@ -166,9 +168,9 @@ def test_a_degenerate_loss_law_is_rejected_with_its_reason():
         loss_law={**CHINCHILLA, "E": 0.0},
     )
     scales = scale_grid([256, 512, 1024, 2048], [2e9, 8e9, 3.2e10])
-    laws = fit_scaling_laws(run_table(truth, scales), {"sensitive": ["lr"], "recommended": {}})
-    assert laws["loss_law"]["form"] is None and "irreducible loss" in laws["loss_law"]["reason"]
-    assert any(w.startswith("loss law rejected") for w in laws["warnings"])
+    laws = fit_scaling_laws(run_table(truth, scales), ONLY_LR)
+    assert laws.loss_law["form"] is None and "irreducible loss" in laws.loss_law["reason"]
+    assert any(w.startswith("loss law rejected") for w in laws.warnings)
 
 
 def test_a_d_only_batch_size_law_is_recovered_as_d_only():
@@ -183,10 +185,10 @@ def test_a_d_only_batch_size_law_is_recovered_as_d_only():
     settings = AnalysisSettings(laws_for=["batch_size"])
     table = run_table(truth, scales)
     laws = fit_scaling_laws(table, analyze_sensitivity(table, settings), loss_law=False, settings=settings)
-    law = laws["laws"]["batch_size"]
-    assert law["kind"] == "D"
-    assert law["coefficients"]["D_exponent"]["estimate"] == pytest.approx(0.4, abs=0.02)
-    assert min(f["loo_rmse"] for k, f in law["forms"].items() if k in ("N", "compute")) > 5 * law["loo_rmse"]
+    law = laws.laws["batch_size"]
+    assert law.kind == "D"
+    assert law.coefficients["D_exponent"].estimate == pytest.approx(0.4, abs=0.02)
+    assert min(f.loo_rmse for k, f in law.forms.items() if k in ("N", "compute")) > 5 * law.loo_rmse
 
 
 def test_a_law_asked_for_is_fitted_and_warned_about_when_it_fits_poorly():
@@ -196,8 +198,8 @@ def test_a_law_asked_for_is_fitted_and_warned_about_when_it_fits_poorly():
     table = run_table(truth, scales, noise=0.003, seed=2)
     settings = AnalysisSettings(laws_for=["lr"])
     laws = fit_scaling_laws(table, analyze_sensitivity(table, settings), loss_law=False, settings=settings)
-    assert laws["laws"]["lr"]["asked"] and "lr" not in laws["constants"]
-    assert any("spans 0" in w and w.startswith("law: lr") for w in laws["warnings"])
+    assert laws.laws["lr"].asked and "lr" not in laws.constants
+    assert any("spans 0" in w and w.startswith("law: lr") for w in laws.warnings)
 
 
 def test_tables_from_elsewhere_failed_rows_varying_budgets_and_batch_sizes_in_tokens(tmp_path):
@@ -217,10 +219,10 @@ def test_tables_from_elsewhere_failed_rows_varying_budgets_and_batch_sizes_in_to
     assert len(loaded) == len(table) - 1 and loaded["loss"].notna().all()
     assert set(loaded["batch_size"]) == {b * 1024 for b in truth.grid["batch_size"]}
     result = analyze_sensitivity(loaded)
-    assert result["batch_size_unit"] == "tokens"
+    assert result.batch_size_unit == "tokens"
     for scale in SCALES:
-        assert result["scales"][scale.name]["tokens"] == pytest.approx(scale.tokens, rel=0.01)
-        assert result["hyperparameters"]["batch_size"]["optimum"][scale.name]["refined"] == pytest.approx(128 * 1024)
+        assert result.scales[scale.name].tokens == pytest.approx(scale.tokens, rel=0.01)
+        assert result.hyperparameters["batch_size"].optimum[scale.name].refined == pytest.approx(128 * 1024)
 
 
 def test_analyze_cli_takes_an_analysis_only_params_file_and_flags(tmp_path, capsys):
@@ -255,7 +257,7 @@ def test_scale_sized_from_the_brief_still_has_a_noise_free_lr_law():
     # guard: noise-free truths give zero measured noise, so nothing becomes inconclusive
     scales = [llama_scale(f"w{w}_t{t:.0e}", w, t) for w in (256, 512, 1024) for t in (2e9, 8e9)]
     result = analyze_sensitivity(run_table(LR_WD, scales))
-    assert result["noise"]["relative_std"] < 1e-9 and result["inconclusive"] == [] and result["warnings"] == []
+    assert result.noise.relative_std < 1e-9 and result.inconclusive == [] and result.warnings == []
 
 
 def test_a_full_2d_grid_is_refined_on_its_local_surface_not_one_slice():
@@ -273,10 +275,10 @@ def test_a_full_2d_grid_is_refined_on_its_local_surface_not_one_slice():
     result = analyze_sensitivity(pd.DataFrame(rows))
     for scale in SCALES:
         optimum = lr_optimum(result, scale.name)
-        assert optimum["refinement"].startswith("local surface over lr x batch_size")
-        assert optimum["refined"] == pytest.approx(lr_star, rel=1e-6)
-        batch = result["hyperparameters"]["batch_size"]["optimum"][scale.name]
-        assert batch["refined"] == pytest.approx(batch_star, rel=1e-6)
+        assert optimum.refinement.startswith("local surface over lr x batch_size")
+        assert optimum.refined == pytest.approx(lr_star, rel=1e-6)
+        batch = result.hyperparameters["batch_size"].optimum[scale.name]
+        assert batch.refined == pytest.approx(batch_star, rel=1e-6)
 
 
 def test_noisy_edge_optima_that_carry_the_trend_keep_the_exponents_inside_their_intervals():
@@ -290,8 +292,8 @@ def test_noisy_edge_optima_that_carry_the_trend_keep_the_exponents_inside_their_
             if v < sorted(map(lr_star, scales))[-2]]
     truth = Truth(optimum={"lr": lr_star}, curvature={"lr": 0.2}, grid={"lr": grid})
     table = run_table(truth, scales, relative_noise=0.002, seed=0)
-    law = fit_scaling_laws(table, {"sensitive": ["lr"], "recommended": {}}, loss_law=False)["laws"]["lr"]
-    assert law["n_censored"] >= 1 and law["method"].startswith("censored")
+    law = fit_scaling_laws(table, ONLY_LR, loss_law=False).laws["lr"]
+    assert law.n_censored >= 1 and law.method.startswith("censored")
     for name, value in (("N_exponent", -0.713), ("D_exponent", 0.307)):
-        low, high = law["forms"]["N_D"]["coefficients"][name]["ci95"]
+        low, high = law.forms["N_D"].coefficients[name]["ci95"]
         assert low <= value <= high

@@ -11,7 +11,7 @@ import pytest
 from optsweep.analysis import analyze_sensitivity, load_runs_table, runs_table_from_sweeps
 from optsweep.cli import main
 from optsweep.params.settings import ParamsError
-from optsweep.results.documents import SweepRuns
+from optsweep.results.documents import SweepRuns, as_json
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid
 
 
@@ -70,9 +70,9 @@ def test_a_single_valued_hparam_beside_a_swept_one_is_reported_fixed_not_judged(
     path = tmp_path / "runs.parquet"
     table.to_parquet(path)
     sensitivity = analyze_sensitivity(load_runs_table(path))
-    assert sensitivity["fixed"] == {"eps": 1e-15}
-    assert "eps" not in sensitivity["hyperparameters"]
-    assert sensitivity["recommended"]["eps"] == {"value": 1e-15, "rule": "none", "reference_width": None,
+    assert sensitivity.fixed == {"eps": 1e-15}
+    assert "eps" not in sensitivity.hyperparameters
+    assert as_json(sensitivity.recommended["eps"]) == {"value": 1e-15, "rule": "none", "reference_width": None,
                                                  "swept": False}
 
 
@@ -142,11 +142,11 @@ def test_runs_table_from_sweeps():
     assert (table.loc[table["scale"] == "n3", "steps"] == 128).all()
     assert {"lr", "min_lr_ratio", "weight_decay", "eps", "seed"} <= set(table.columns)
     sensitivity = analyze_sensitivity(table)
-    assert set(sensitivity["scales"]) == {"n1", "n2"}  # phase-1 rows decide sensitivity
-    assert sensitivity["fixed"] == {"min_lr_ratio": 0.0, "eps": 1e-15}
+    assert set(sensitivity.scales) == {"n1", "n2"}  # phase-1 rows decide sensitivity
+    assert sensitivity.fixed == {"min_lr_ratio": 0.0, "eps": 1e-15}
     # the seed pair (3.05, 3.06) of one config per phase-1 scale is the only noise measurement
-    assert sensitivity["noise"]["seeds"]["configs"] == 2
-    assert sensitivity["noise"]["std"] == pytest.approx(np.std([3.05, 3.06], ddof=1))
+    assert sensitivity.noise.seeds["configs"] == 2
+    assert sensitivity.noise.std == pytest.approx(np.std([3.05, 3.06], ddof=1))
 
 
 def test_runs_table_from_sweeps_without_runs_is_an_error():

@@ -40,7 +40,6 @@ from optsweep.results.documents import (
     SweepResult,
     VerdictEvidence,
     read_document,
-    stamped,
 )
 from optsweep.testing.tables import Truth, constant, run_table, scale_grid, sqrt2_grid
 
@@ -78,8 +77,8 @@ def lr_moves() -> tuple[SensitivityResult, ScalingLaws]:
         grid={"lr": sqrt2_grid(min(optima) / 3, max(optima) * 3), "weight_decay": [0.0, 0.1, 0.2]},
     )
     table = run_table(truth, scales)
-    sensitivity = stamped(SensitivityResult, analyze_sensitivity(table), None)
-    return sensitivity, stamped(ScalingLaws, fit_scaling_laws(table, sensitivity), None)
+    sensitivity = analyze_sensitivity(table)
+    return sensitivity, fit_scaling_laws(table, sensitivity)
 
 
 def test_answer_names_the_sensitive_law_with_its_exponent_intervals_and_the_constant(lr_moves):

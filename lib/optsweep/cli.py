@@ -145,13 +145,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .analysis import predict
-    from .results.documents import PredictionInputs, as_json, read_document
+    from .results.documents import PredictionInputs, read_document
 
     law_file = Path(args.law) if args.law else project().scaling_law
     if not law_file.is_file():
         raise ParamsError(f"--law {law_file}: file not found (run the scaling_law stage or `optsweep analyze`)")
-    law = as_json(read_document(law_file, PredictionInputs))  # validated: a bad file names itself and the field
-    _print_json(predict(law, n_params=args.n_params, tokens=args.tokens, width=args.width))
+    law = read_document(law_file, PredictionInputs)  # validated: a bad file names itself and the field
+    _print_json(dataclasses.asdict(predict(law, n_params=args.n_params, tokens=args.tokens, width=args.width)))
 
 
 def cmd_preset(args: argparse.Namespace) -> None:

@@ -32,7 +32,7 @@ def stable_hash(value: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def provenance(params_hash: str, **extra: Any) -> dict[str, Any]:
+def provenance(params_hash: str | None, **extra: Any) -> dict[str, Any]:
     return {
         "code_version": code_version(),
         "params_hash": params_hash,

@@ -16,7 +16,7 @@ import pandas as pd
 from ..params.sections import AnalysisSettings
 from ..params.settings import ParamsError, StudyParams
 from ..provenance import stable_hash
-from ..results.documents import ScalingLaws, SensitivityResult, stamped, write_document
+from ..results.documents import Provenance, ScalingLaws, SensitivityResult, write_document
 from .laws import fit_scaling_laws
 from .sensitivity import analyze_sensitivity
 from .speedup import REFERENCE, compute_speedup, measured_relative_noise
@@ -65,12 +65,11 @@ def analyze_one(
 def analyzed(
     table: pd.DataFrame, settings: AnalysisSettings, params_hash: str, **origin: Any
 ) -> tuple[SensitivityResult, ScalingLaws]:
-    """The sensitivity and scaling-law documents of one validated run table."""
-    sensitivity = analyze_sensitivity(table, settings)
-    laws = fit_scaling_laws(table, sensitivity, settings=settings)
-    origin = {**origin, "table_hash": stable_hash(table.to_dict("list"))}
-    return (stamped(SensitivityResult, sensitivity, params_hash, **origin),
-            stamped(ScalingLaws, laws, params_hash, **origin))
+    """The sensitivity and scaling-law documents of one validated run table (one provenance: one table, one
+    command)."""
+    provenance = Provenance.now(params_hash, **origin, table_hash=stable_hash(table.to_dict("list")))
+    sensitivity = analyze_sensitivity(table, settings, provenance=provenance)
+    return sensitivity, fit_scaling_laws(table, sensitivity, settings=settings, provenance=provenance)
 
 
 def write_analysis(documents: tuple[SensitivityResult, ScalingLaws], out_dir: Path) -> list[Path]:

@@ -12,7 +12,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from ..params.sections import AnalysisSettings
-from ..results.documents import SensitivityResult, as_json
+from ..results.documents import LawPhaseInputs, Provenance, ScalingLaws, SensitivityResult, stamped
 from .law_fit import fit_hparam_law, law_axis_stderr, nearly_collinear
 from .loss_law import fit_loss_law
 from .optimum import WIDTH_RULES, Landscape
@@ -22,20 +22,19 @@ POOR_R2 = 0.5  # a law fitting worse than this is flagged: do not extrapolate it
 
 
 def fit_scaling_laws(
-    table: pd.DataFrame, sensitivity: SensitivityResult | dict[str, Any], *, loss_law: bool = True,
-    settings: AnalysisSettings | None = None,
-) -> dict[str, Any]:
-    """The scaling_law.json dict: a law per sensitive hyperparameter (and per `settings.laws_for`) from every
-    row of the table, phase-1 and law-phase, the constants for the rest, lr against width beside the width
-    rule the sensitivity used, and the loss law (loss_law=False skips it, the slow part).
+    table: pd.DataFrame, sensitivity: SensitivityResult | LawPhaseInputs, *, loss_law: bool = True,
+    settings: AnalysisSettings | None = None, provenance: Provenance | None = None,
+) -> ScalingLaws:
+    """The scaling_law.json document: a law per sensitive hyperparameter (and per `settings.laws_for`) from
+    every row of the table, phase-1 and law-phase, the constants for the rest, lr against width beside the
+    width rule the sensitivity used, and the loss law (loss_law=False skips it, the slow part); it carries
+    `provenance` (None: this call's, with no params hash).
 
-    Reads "sensitive", "recommended" and (when present) "hyperparameters" from `sensitivity`: a results/
-    sensitivity.json document as read, or `analyze_sensitivity`'s mapping before it is stamped."""
-    if isinstance(sensitivity, SensitivityResult):
-        sensitivity = as_json(sensitivity)  # the mapping the file holds: the analysis reads its evidence as written
+    Reads the sensitive hyperparameters and the constants of `sensitivity`, and of a full `SensitivityResult`
+    also its verdicts (which were judged and left without a law) and the width rule it chose for lr."""
     settings = settings or AnalysisSettings()
     table = mark_blown_up(validate_runs_table(table), settings.divergence_rise)
-    sensitive = list(sensitivity["sensitive"])
+    sensitive = list(sensitivity.sensitive)
     asked = [h for h in settings.laws_for if h in table.columns and h not in sensitive]
     wanted = [*sensitive, *asked]
     hparams = [h for h in dict.fromkeys([*wanted, "lr"]) if h in table.columns]
@@ -48,14 +47,14 @@ def fit_scaling_laws(
             unfitted[hparam] = fitted
         else:
             laws[hparam] = fitted | ({"asked": True} if hparam in asked else {})
-    verdicts = sensitivity.get("hyperparameters", {})
+    verdicts = sensitivity.hyperparameters if isinstance(sensitivity, SensitivityResult) else {}
     skipped = {
-        h: f"{v['verdict']}: no law fitted (list it in analysis.laws_for to fit one anyway)"
-        for h, v in verdicts.items() if v.get("verdict", "sensitive") != "sensitive" and h not in laws
+        h: f"{v.verdict}: no law fitted (list it in analysis.laws_for to fit one anyway)"
+        for h, v in verdicts.items() if v.verdict != "sensitive" and h not in laws
     }
-    lr_rule = verdicts.get("lr", {}).get("evidence", {}).get("width_rule")
-    constants = {h: c for h, c in sensitivity["recommended"].items() if h not in laws}
-    out = {
+    lr_rule = verdicts["lr"].evidence.width_rule if "lr" in verdicts else None
+    constants = {h: c for h, c in sensitivity.recommended.items() if h not in laws}
+    content = {
         "sensitive": sensitive,
         "laws": laws,
         "unfitted": unfitted,
@@ -64,12 +63,13 @@ def fit_scaling_laws(
         "lr_width": lr_against_width(land, lr_rule) if land.slices.get("lr") else None,
         "loss_law": fit_loss_law(land.scales) if loss_law else {"form": None, "reason": "not requested"},
     }
-    out["warnings"] = law_warnings(out)
-    return out
+    content["warnings"] = law_warnings(content)
+    return stamped(ScalingLaws, content, provenance or Provenance.now())
 
 
 def law_warnings(laws: dict[str, Any]) -> list[str]:
-    """A warning for each law that fits poorly (low R^2, or an exponent whose interval spans 0)."""
+    """A warning for each law that fits poorly (low R^2, or an exponent whose interval spans 0), from the
+    laws as fitted (before they are validated into the document, which carries the warnings)."""
     found = []
     for hparam, law in laws["laws"].items():
         if law["r2"] is not None and law["r2"] < POOR_R2:
@@ -100,7 +100,6 @@ def optimum_points(land: Landscape, hparam: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
 
 
 def lr_against_width(land: Landscape, rule: str | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from ..params.sections import AnalysisSettings
+from ..results.documents import Provenance, SensitivityResult, stamped
 from .constants import consensus, normalised_values, original_rule
 from .hypotheses import judge_hypotheses
 from .optimum import Landscape, Slice
@@ -37,8 +38,11 @@ from .table import blown_up_counts, fixed_hparams, mark_blown_up, sensitivity_ro
 SENSITIVE, INSENSITIVE, INCONCLUSIVE = "sensitive", "insensitive", "inconclusive"
 
 
-def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None = None) -> dict[str, Any]:
-    """The sensitivity.json dict for a run table (phase-1 rows when the table marks phases)."""
+def analyze_sensitivity(
+    table: pd.DataFrame, settings: AnalysisSettings | None = None, *, provenance: Provenance | None = None
+) -> SensitivityResult:
+    """The sensitivity.json document for a run table (phase-1 rows when the table marks phases), carrying
+    `provenance` (None: this call's, with no params hash)."""
     settings = settings or AnalysisSettings()
     table = mark_blown_up(validate_runs_table(table), settings.divergence_rise)
     table = sensitivity_rows(table)
@@ -62,7 +66,7 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
     for h, value in fixed.items():
         recommended[h] = {"value": value, "rule": "none", "reference_width": None, "swept": False}
 
-    return {
+    content = {
         "hyperparameters": verdicts,
         "sensitive": [h for h in hparams if verdicts[h]["verdict"] == SENSITIVE],
         "inconclusive": [h for h in hparams if verdicts[h]["verdict"] == INCONCLUSIVE],
@@ -89,6 +93,7 @@ def analyze_sensitivity(table: pd.DataFrame, settings: AnalysisSettings | None =
         },
         "hypotheses": judge_hypotheses(land, verdicts, thresholds, lambda s: z * land.noise.difference_std(s)),
     }
+    return stamped(SensitivityResult, content, provenance or Provenance.now())
 
 
 def scale_thresholds(scales: pd.DataFrame, settings: AnalysisSettings) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from ..analysis import predict
-from ..results.documents import HparamLaw, HparamVerdict, ScalingLaws, SensitivityResult, as_json
+from ..results.documents import HparamLaw, HparamVerdict, ScalingLaws, SensitivityResult
 
 
 def sensitivity_frame(sensitivity: SensitivityResult) -> pd.DataFrame:
@@ -133,7 +133,6 @@ def law_curves(laws: ScalingLaws, hparam: str, samples: int = 30) -> pd.DataFram
     largest fitted value."""
     points = pd.DataFrame([point.model_dump(mode="json") for point in laws.laws[hparam].points])
     width = int(points["width"].median())  # only constants with a width rule read it
-    law = as_json(laws)  # `predict` reads a scaling_law.json's mapping, as `optsweep predict` does
 
     def spread(column: str) -> np.ndarray:
         return np.geomspace(points[column].min() / 1.5, points[column].max() * 1.5, samples)
@@ -143,10 +142,10 @@ def law_curves(laws: ScalingLaws, hparam: str, samples: int = 30) -> pd.DataFram
         for held in sorted(points[fixed].unique()):
             for value in spread(moving):
                 at = {moving: value, fixed: held}
-                prediction = predict(law, n_params=at["n_params"], tokens=at["tokens"], width=width)
-                lower, upper = prediction["intervals"][hparam]
+                prediction = predict(laws, n_params=at["n_params"], tokens=at["tokens"], width=width)
+                lower, upper = prediction.intervals[hparam]
                 rows.append({"along": along, "tokens": at["tokens"], "n_params": at["n_params"],
-                             "estimate": prediction["hparams"][hparam], "lower": lower, "upper": upper})
+                             "estimate": prediction.hparams[hparam], "lower": lower, "upper": upper})
     return pd.DataFrame(rows)
 
 

@@ -38,9 +38,11 @@ class OriginalRule(Document):
 
 class VerdictEvidence(Document):
     """The numbers behind a verdict (as `analyze_sensitivity` writes them); `at_edge`: the scales whose optimum
-    lies at the grid's edge."""
+    lies at the grid's edge; `width_rule`: the rule the shift test chose (the law phase reports lr's beside its
+    own fit of lr against width)."""
 
     at_edge: list[str] = Field(default_factory=list)
+    width_rule: str | None = None
 
 
 class HparamVerdict(Document):
@@ -165,12 +167,16 @@ class LawForm(Document):
 
 
 class HparamLaw(Document):
-    """One hyperparameter's fitted power law in (N, D): its form, coefficients with 95% intervals, fit quality
-    and points (the rest -- covariance, residuals, the forms compared, the summary -- as the fit writes them)."""
+    """One hyperparameter's fitted power law in (N, D): its form, coefficients with 95% intervals and what a
+    prediction interval needs of the fit, fit quality and points (the rest -- residuals, collinearity, the
+    method -- as the fit writes them)."""
 
     form: str
     kind: str
     coefficients: dict[str, LawCoefficient]
+    covariance: list[list[float]]  # of the coefficients, in their order
+    residual_std: float | None  # of an optimum of average standard error (None: not finite)
+    df_resid: int | None  # for the t quantile (None: a likelihood fit, normal quantile)
     r2: float | None
     n_points: int
     points: list[LawPoint]
@@ -182,11 +188,12 @@ class HparamLaw(Document):
 
 
 class PredictionInputs(Document):
-    """What `optsweep predict` reads of a `results/scaling_law.json`: the fitted laws and the constants (a full
-    `ScalingLaws` is one)."""
+    """What `optsweep predict` reads of a `results/scaling_law.json`: the fitted laws, the constants and why
+    the rest have no law (a full `ScalingLaws` is one)."""
 
     laws: dict[str, HparamLaw]
     constants: dict[str, RecommendedConstant]
+    unfitted: dict[str, str] = Field(default_factory=dict)
 
 
 class ScalingLaws(Document):

@@ -2,7 +2,8 @@
 
 Reading validates: a hand-edited, truncated or stale results file fails with one line naming the file and
 the field (`ParamsError`), instead of a KeyError three modules later. Every document carries the
-provenance of whatever command wrote it (`stamped`).
+provenance of whatever command wrote it: the analyses take a `Provenance` and build their document with it
+(`stamped`), so a document is never without one, in memory or on disk.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jsonio import read_json, to_strict, write_json
 from ..params.settings import ParamsError
-from ..provenance import provenance
+from ..provenance import provenance as writer_provenance
 
 Interval = tuple[float | None, float | None]  # None: not finite (an upper bound: unbounded)
 
@@ -32,10 +33,15 @@ class Provenance(Document):
     params_hash: str | None
     created: str
 
+    @classmethod
+    def now(cls, params_hash: str | None = None, **origin: Any) -> Provenance:
+        """This checkout's code version and the current time, with the params hash (None: no params file) and
+        what the writer adds (`origin`: data, trainer, the table analysed)."""
+        return cls.model_validate(to_strict(writer_provenance(params_hash, **origin)))
+
     def recorded(self, part: str) -> Any:
         """What the writer added under `part` (e.g. `data_hash`, `trainer`), None when it did not."""
         return (self.model_extra or {}).get(part)
-
 
 
 DocumentType = TypeVar("DocumentType", bound=Document)
@@ -74,7 +80,7 @@ def write_document(path: Path | str, document: Document) -> Path:
     return write_json(Path(path), as_json(document))
 
 
-def stamped(kind: type[DocumentType], content: dict[str, Any], params_hash: str | None,
-            **origin: Any) -> DocumentType:
-    """An analysis result as a validated document carrying the provenance of whatever wrote it."""
-    return kind.model_validate(to_strict({**content, "provenance": provenance(params_hash, **origin)}))
+def stamped(kind: type[DocumentType], content: dict[str, Any], provenance: Provenance) -> DocumentType:
+    """An analysis's content, as it builds it (numpy numbers, NaN for what is not finite), as a validated
+    document carrying `provenance`."""
+    return kind.model_validate({**to_strict(content), "provenance": provenance})

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..provenance import provenance
 from .base import Document, Interval, Provenance, read_document, write_document
 
 __all__ = ["Estimate", "Interval", "LossCurve", "SharedLaw", "SizeLaw", "SizePrediction", "Speedup", "SpeedupResult",
@@ -156,7 +155,7 @@ class SpeedupResult(Document):
 
     def stamped(self, params_hash: str | None, **origin: Any) -> SpeedupResult:
         """The result carrying the provenance of whatever command writes it (and what it was computed from)."""
-        return self.model_copy(update={"provenance": Provenance.model_validate(provenance(params_hash, **origin))})
+        return self.model_copy(update={"provenance": Provenance.now(params_hash, **origin)})
 
     def write(self, path: str | Path) -> Path:
         """`write_document` of this result."""
