@@ -336,10 +336,30 @@ def test_a_contradicted_claim_rests_on_adamws_measured_data_where_it_can():
                        effective_tokens=2e7, speedup=low + 0.2, interval=(low, low + 0.4), extrapolated=extrapolated)
 
     claim = no_speedup_above("muon", [at("x1", 1.6, False), at("x8", 3.0, True)])
-    assert claim.verdict == "contradicted" and "x1" in claim.why and "extrapolated" not in claim.why
+    deciding, quoted = claim.why.split("; ")
+    assert claim.verdict == "contradicted" and "x1" in deciding and "extrapolated" not in deciding
     assert claim.margin == pytest.approx(0.2)
+    # the estimate quoted is the largest speedup (x8's), not the deciding scale's, and says it is extrapolated
+    assert (claim.estimate, claim.interval, claim.scale) == (pytest.approx(3.2), (3.0, 3.4), "x8")
+    assert quoted == "largest speedup 3.2x (D_eff extrapolated) at scale x8"
     claim = no_speedup_above("muon", [at("x1", 1.0, False), at("x8", 3.0, True)])
     assert claim.verdict == "contradicted" and "x8" in claim.why and "extrapolated" in claim.why
+
+
+def test_a_supported_or_inconclusive_claim_quotes_the_largest_speedup_not_the_widest_interval():
+    def at(scale: str, speedup: float | None, interval: tuple) -> Speedup:
+        return Speedup(optimizer="muon", scale=scale, n_params=1e6, tokens=1e7, loss=3.0, reference_loss=3.1,
+                       effective_tokens=None if speedup is None else speedup * 1e7, speedup=speedup,
+                       interval=interval, extrapolated=False)
+
+    # x2 has the highest upper bound (it decides), x1 the largest point speedup (it is quoted)
+    claim = no_speedup_above("muon", [at("x1", 1.25, (1.2, 1.3)), at("x2", 1.1, (0.9, 1.35))])
+    assert claim.verdict == "supported" and "highest upper bound: scale x2" in claim.why
+    assert (claim.estimate, claim.scale, claim.interval) == (1.25, "x1", (1.2, 1.3))
+    assert claim.margin == pytest.approx(1.4 - 1.35)
+    claim = no_speedup_above("muon", [at("x1", 1.3, (1.2, 1.5)), at("x2", None, (1.0, None))])
+    assert claim.verdict == "inconclusive" and (claim.estimate, claim.scale) == (None, "x2")  # unbounded: largest
+    assert claim.why.endswith("largest speedup unbounded at scale x2")
 
 
 def test_a_study_without_three_data_scales_says_so_and_still_judges_the_transfer():
