@@ -12,11 +12,12 @@ import pytest
 from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
-from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above
+from optsweep.analysis.speedup import TRANSFER, RelativeNoise, Speedup, SpeedupResult, no_speedup_above
 from optsweep.analysis.speedup_sweeps import speedup_from_sweeps
-from optsweep.params.sections import SpeedupTarget
+from optsweep.params.sections import AnalysisSettings, SpeedupTarget
 from optsweep.params.settings import ParamsError
 from optsweep.results.documents import SweepResult, write_document
+from optsweep.results.sweep_documents import SweptRun
 from optsweep.testing.trainers import OPTSWEEP, cli_env, write_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -402,3 +403,119 @@ def test_shared_law_recovers_the_exponents_and_each_optimizers_data_efficiency()
                             (law.rho_D["lion"], 0.8), (law.rho_N["muon"], 1.0)):
         assert estimate.interval[0] < truth < estimate.interval[1], (estimate, truth)
     assert law.rho_D["adamw"].estimate == 1.0
+
+
+# --- what the document records: the noise and its source, the points, the unjudged claims, the costs ------
+
+
+def test_the_noise_behind_each_curve_and_speedup_names_its_source():
+    table = runs_table({"muon": {1e6: 1.3}})
+    floor = compute_speedup(table, replicates=REPLICATES)
+    assert floor.curves[0].noise_source == "floor (no noise measured for adamw)"
+    assert {s.noise_source for s in floor.speedups} == {"floor (no noise measured for muon)"}
+    relative = {"adamw": RelativeNoise(0.004, "seeds"), "muon": RelativeNoise(1e-5, "seeds")}
+    measured = compute_speedup(table, replicates=REPLICATES, relative_noise=relative)
+    assert measured.curves[0].noise_source == "measured from seeds (relative std 0.004 x loss)"
+    assert all(s.noise == 3e-3 and s.noise_source.startswith("floor (above the measured") for s in measured.speedups)
+    stated = compute_speedup(table, replicates=REPLICATES, stated_noise=0.02)
+    assert stated.stated_noise == 0.02 and stated.curves[0].noise == 0.02
+    assert {(s.noise, s.noise_source) for s in stated.speedups} == {(0.02, "stated (analysis.speedup_noise)")}
+    for narrow, wide in zip(floor.speedups, stated.speedups):
+        assert wide.interval[1] - wide.interval[0] > 3 * (narrow.interval[1] - narrow.interval[0])
+    noisy = compute_speedup(runs_table({"muon": {1e6: 1.3}}, (1, 2, 4, 8, 16), noise=0.01, seed=1), replicates=50)
+    assert noisy.curves[0].noise == noisy.curves[0].residual_se > 3e-3
+    assert noisy.curves[0].noise_source.startswith("residual SE of the fit (2 dof; above the floor")
+
+
+def test_the_analysis_settings_set_the_speedup_noise_and_its_floor():
+    settings = AnalysisSettings(speedup_noise_floor=0.01, speedup_targets=[{"n_params": 1e8, "chinchilla": 1}])
+    result = compute_speedup(runs_table({"muon": {1e6: 1.3}}), replicates=REPLICATES, **settings.speedup_options())
+    assert result.noise_floor == 0.01 and {s.noise for s in result.speedups} == {0.01}
+    stated = AnalysisSettings(speedup_noise=0.005).speedup_options({"muon": 0.5})
+    result = compute_speedup(runs_table({"muon": {1e6: 1.3}}), replicates=REPLICATES, **stated)
+    assert {s.noise for s in result.speedups} == {0.005}  # stated: the measured 0.5 x loss is not used
+    with pytest.raises(ValueError):
+        AnalysisSettings(speedup_noise=-1.0)
+
+
+def test_each_curve_lists_the_points_it_fitted_left_out_and_beyond_the_others():
+    table = runs_table({"muon": {1e6: 1.3}}, (1, 2, 4, 8, 16))
+    table = table[~((table["optimizer"] == "muon") & (table["scale"] == "n1e+06-x16"))]  # muon: up to 8x
+    never = {"optimizer": "adamw", "scale": "n1e+06-x32", "n_params": 1e6, "tokens": 640e6, "loss": 9.0,
+             "status": "diverged"}
+    result = compute_speedup(pd.concat([table, pd.DataFrame([never])]), replicates=REPLICATES)
+    (curve,) = result.curves
+    assert curve.scales == [f"n1e+06-x{m}" for m in (1, 2, 4, 8, 16)]
+    assert curve.left_out == ["n1e+06-x32: no finished run"] and curve.beyond_others == ["n1e+06-x16"]
+    assert not any(s.extrapolated for s in result.speedups) and {s.extrapolation for s in result.speedups} == {None}
+    (eight,) = [s for s in compute_speedup(runs_table({"muon": {1e6: 1.3}}), replicates=REPLICATES).speedups
+                if s.scale == "n1e+06-x8"]
+    assert eight.extrapolation == f"D_eff {eight.effective_tokens:.3g} is 1.3x the largest data fitted (1.6e+08)"
+
+
+def test_claims_that_could_not_be_judged_are_listed_with_the_reason():
+    table = pd.concat([runs_table({"muon": {1e6: 1.3}}), runs_table({"lion": {4e6: 1.1}}, multiples=(1, 2))])
+    result = compute_speedup(table, replicates=REPLICATES)
+    unjudged = {(u.optimizer, u.hypothesis): u.why for u in result.unjudged}
+    why = "no finished run at a model size where adamw's curve was fitted"
+    assert unjudged[("lion", "no speedup above 1.4x over a tuned AdamW")] == why
+    assert unjudged[("lion", "the speedup shrinks with model size")] == why
+    assert unjudged[("muon", TRANSFER)].startswith("a runs table records no carried optimum")
+    assert ("muon", "the speedup shrinks with model size") not in unjudged
+    sweeps = study_sweeps(1.3)
+    (claim,) = speedup_from_sweeps(sweeps, replicates=REPLICATES).unjudged
+    assert (claim.optimizer, claim.hypothesis) == ("muon", TRANSFER)
+    assert claim.why == "no sweep recorded a carried optimum (`transfer`)"
+    sweeps = study_sweeps(1.3, gaps=[0.0] * 4)
+    sweeps["muon"] = [s.model_copy(update={"transfer": s.transfer.model_copy(update={"status": "failed"})})
+                      for s in sweeps["muon"]]
+    (claim,) = speedup_from_sweeps(sweeps, replicates=REPLICATES).unjudged
+    assert claim.why.startswith("optimizer muon scale n1e+06-x1: adamw's optimum not judged (its run is failed)")
+
+
+def with_runs(sweep: SweepResult, flops_per_token: float, tokens_per_s: list[float], flops: float) -> SweepResult:
+    """The sweep with finished runs whose results record `tokens_per_s` (one run each) and `flops_per_token`,
+    and a `compute` of `flops`."""
+    tokens = sweep.scale["tokens"]
+    runs = [SweptRun(key=f"k{i}", hparams={"lr": 1e-2}, seed=0, loss=sweep.best_loss, status="ok",
+                     result={"tokens": tokens, "flops": flops_per_token * tokens, "tokens_per_s": speed})
+            for i, speed in enumerate(tokens_per_s)]
+    runs.append(SweptRun(key="d", hparams={"lr": 1.0}, seed=0, loss=None, status="diverged",
+                         result={"tokens": tokens, "flops": 1.0, "tokens_per_s": 1.0}))  # not a finished run
+    return sweep.model_copy(update={"runs": runs, "compute": sweep.compute.model_copy(update={"flops": flops})})
+
+
+def test_compute_and_wall_clock_speedups_from_the_runs_measured_throughput():
+    sweeps = study_sweeps(1.3)
+    sweeps["adamw"] = [with_runs(s, 100.0, [900.0, 1000.0, 1100.0], 5e9 * i) for i, s in enumerate(sweeps["adamw"])]
+    sweeps["muon"] = [with_runs(s, 125.0, [400.0, 500.0], 7e9) for s in sweeps["muon"]]
+    result = speedup_from_sweeps(sweeps, replicates=REPLICATES)
+    for s in result.speedups:
+        assert (s.flops_per_token, s.reference_flops_per_token) == (125.0, 100.0)
+        assert (s.tokens_per_s, s.reference_tokens_per_s) == (450.0, 1000.0)  # medians over finished runs
+        assert s.compute_speedup == pytest.approx(s.speedup * 100 / 125)
+        assert s.wall_clock_speedup == pytest.approx(s.speedup * 450 / 1000)
+        assert s.compute_interval == pytest.approx(tuple(b * 0.8 for b in s.interval))
+        assert s.wall_clock_interval == pytest.approx(tuple(b * 0.45 for b in s.interval))
+    budgets = {(b.optimizer, b.scale): b for b in result.budgets}
+    assert len(budgets) == 8 and budgets[("adamw", "n1e+06-x4")].flops == 1e10
+    assert budgets[("muon", "n1e+06-x2")].runs == 2 and budgets[("muon", "n1e+06-x2")].phase == "phase1"
+    assert budgets[("muon", "n1e+06-x2")].best_loss == sweeps["muon"][1].best_loss
+
+
+def test_a_runs_table_gives_costs_and_budgets_from_its_columns():
+    table = runs_table({"muon": {1e6: 1.3}})
+    plain = compute_speedup(table, replicates=REPLICATES)
+    assert {(s.compute_speedup, s.wall_clock_speedup) for s in plain.speedups} == {(None, None)}
+    budget = {(b.optimizer, b.scale): b for b in plain.budgets}
+    assert (budget[("adamw", "n1e+06-x1")].runs, budget[("adamw", "n1e+06-x1")].flops) == (4, None)
+    costs = table.assign(flops=table["tokens"] * np.where(table["optimizer"] == "muon", 130.0, 100.0),
+                         tokens_per_s=np.where(table["optimizer"] == "muon", 800.0, 1000.0))
+    result = compute_speedup(costs, replicates=REPLICATES)
+    for s in result.speedups:
+        assert s.compute_speedup == pytest.approx(s.speedup / 1.3)
+        assert s.wall_clock_speedup == pytest.approx(s.speedup * 0.8)
+    budget = {(b.optimizer, b.scale): b for b in result.budgets}
+    first = costs[(costs["optimizer"] == "adamw") & (costs["scale"] == "n1e+06-x1")]
+    assert budget[("adamw", "n1e+06-x1")].flops == pytest.approx(first["flops"].sum())
+    assert budget[("muon", "n1e+06-x1")].best_loss == pytest.approx(true_loss(1.3 * 20e6, 1e6))
