@@ -271,12 +271,12 @@ def test_without_other_optimizers_the_result_is_empty_and_says_so(tmp_path):
 STUDY_SCALES = {"phase1": ["a", "b"], "law": ["c", "d"]}  # one model size, 1x 2x 4x 8x its data
 
 
-def notebook_study(root: Path, optimizers: dict) -> Path:
-    """A project whose params name `optimizers`, with AdamW's sweep results and Muon's at 1.3x (AdamW's
-    optimum carried over to Muon costs nothing at every scale)."""
+def notebook_study(root: Path, optimizers: dict, **sections: dict) -> Path:
+    """A project whose params name `optimizers` (and hold `sections`), with AdamW's sweep results and Muon's at
+    1.3x (AdamW's optimum carried over to Muon costs nothing at every scale)."""
     scale = {"width": 32, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192}
     write_study(root / "params", "bowl", scales={n: scale for n in STUDY_SCALES["phase1"]},
-                law_scales={n: scale for n in STUDY_SCALES["law"]}, optimizers=optimizers)
+                law_scales={n: scale for n in STUDY_SCALES["law"]}, optimizers=optimizers, **sections)
     (root / "params/params.yaml").rename(root / "params/study.yaml")
     names = [(phase, name) for phase, names in STUDY_SCALES.items() for name in names]
     for (phase, name), multiple in zip(names, MULTIPLES):
@@ -311,6 +311,19 @@ def test_speedup_notebook_compares_the_optimizers_in_params(tmp_path):
         ("muon", "contradicted")}
     assert result.provenance.sweeps == {"adamw": ["a", "b", "c", "d"], "muon": ["a", "b", "c", "d"]}
     assert result.provenance.data_hash == "data-1"
+    assert [(b.optimizer, b.scale, b.runs) for b in result.budgets] == [
+        (optimizer, scale, 2) for optimizer in ("adamw", "muon") for scale in "abcd"]
+    assert {s.noise_source for s in result.speedups} == {"floor (no noise measured for muon)"}
+    page = (tmp_path / "reports/speedup.html").read_text()
+    assert "What tuning cost" in page and "noise source" in page and "No size law" in page
+
+
+@pytest.mark.slow
+def test_speedup_notebook_uses_the_analysis_settings_speedup_noise(tmp_path):
+    muon = {"baseline": {"lr": 0.02}, "grid": {"lr": [0.01, 0.02, 0.04]}}
+    result = run_speedup_notebook(notebook_study(tmp_path, {"muon": muon}, analysis={"speedup_noise": 0.02}))
+    assert result.stated_noise == 0.02 and result.curves[0].noise_source == "stated (analysis.speedup_noise)"
+    assert {(s.noise, s.noise_source) for s in result.speedups} == {(0.02, "stated (analysis.speedup_noise)")}
 
 
 @pytest.mark.slow
