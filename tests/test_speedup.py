@@ -14,6 +14,7 @@ from scipy.stats import norm
 from optsweep.analysis import compute_speedup
 from optsweep.analysis.speedup import TRANSFER, RelativeNoise, Speedup, SpeedupResult, no_speedup_above
 from optsweep.analysis.speedup_sweeps import speedup_from_sweeps
+from optsweep.cli import main
 from optsweep.params.sections import AnalysisSettings, SpeedupTarget
 from optsweep.params.settings import ParamsError
 from optsweep.results.documents import SweepResult, write_document
@@ -532,3 +533,15 @@ def test_a_runs_table_gives_costs_and_budgets_from_its_columns():
     first = costs[(costs["optimizer"] == "adamw") & (costs["scale"] == "n1e+06-x1")]
     assert budget[("adamw", "n1e+06-x1")].flops == pytest.approx(first["flops"].sum())
     assert budget[("muon", "n1e+06-x1")].best_loss == pytest.approx(true_loss(1.3 * 20e6, 1e6))
+
+
+def test_optsweep_analyze_speedup_noise_sets_the_noise_behind_the_speedups(tmp_path):
+    table = runs_table({"muon": {1e6: 1.3}})
+    table = table[table["loss"].notna()]  # the analyze command wants a status for these
+    worse = table[table["optimizer"] == "muon"].assign(lr=1e-2, loss=lambda t: t["loss"] + 0.05)  # lr swept
+    pd.concat([table, worse]).to_csv(tmp_path / "runs.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["analyze", str(tmp_path / "runs.csv"), "--out", str(out), "--speedup-noise", "0.02"]) == 0
+    result = SpeedupResult.read(out / "speedup.json")
+    assert result.stated_noise == 0.02
+    assert {(s.noise, s.noise_source) for s in result.speedups} == {(0.02, "stated (analysis.speedup_noise)")}

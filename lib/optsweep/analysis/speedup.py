@@ -24,6 +24,7 @@ FLOPs and seconds (optsweep.analysis.speedup_costs).
 from __future__ import annotations
 
 import warnings
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,7 @@ from ..results.speedup_documents import tokens_to_reach as _tokens_to_reach
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .speedup_costs import cost_per_token, table_budgets, with_costs
 from .speedup_laws import shared_law, size_laws
-from .speedup_noise import NOISE_FLOOR, NoiseRule, RelativeNoise, measured_relative_noise
+from .speedup_noise import NOISE_FLOOR, Measured, NoiseRule, RelativeNoise, measured_relative_noise
 from .table import DIVERGED_STATUSES, MISSING_STATUSES
 
 __all__ = [  # the documents live in optsweep.results.speedup_documents; importable from here as before
@@ -201,7 +202,7 @@ def compute_speedup(
     level: float = 0.95,
     seed: int = 0,
     source: str = "runs table",
-    relative_noise: dict[str, RelativeNoise | float | None] | None = None,
+    relative_noise: Mapping[str, Measured] | None = None,
     require_curve: bool = True,
     targets: list[SpeedupTarget] | tuple[SpeedupTarget, ...] = DEFAULT_SPEEDUP_TARGETS,
     stated_noise: float | None = None,

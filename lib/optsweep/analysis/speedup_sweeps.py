@@ -4,7 +4,7 @@ and whether the reference's optimum transfers to the other optimizers (the gap i
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from .speedup import (
     Verdict,
     compute_speedup,
 )
-from .speedup_noise import NoiseRule, RelativeNoise
+from .speedup_noise import Measured, NoiseRule
 
 
 def speedup_from_sweeps(
@@ -36,7 +36,7 @@ def speedup_from_sweeps(
     replicates: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    relative_noise: dict[str, RelativeNoise | float | None] | None = None,
+    relative_noise: Mapping[str, Measured] | None = None,
     stated_noise: float | None = None,
     targets: Sequence[SpeedupTarget] = DEFAULT_SPEEDUP_TARGETS,
 ) -> SpeedupResult:
