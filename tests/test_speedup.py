@@ -17,6 +17,14 @@ from optsweep.analysis.speedup_sweeps import speedup_from_sweeps
 from optsweep.cli import main
 from optsweep.params.sections import AnalysisSettings, SpeedupTarget
 from optsweep.params.settings import ParamsError
+from optsweep.report.comparison import reference_curves_frame, speedup_frame
+from optsweep.report.speedup_tables import (
+    budgets_frame,
+    curve_points_frame,
+    predictions_frame,
+    unjudged_frame,
+    verdicts_frame,
+)
 from optsweep.results.documents import SweepResult, write_document
 from optsweep.results.sweep_documents import SweptRun
 from optsweep.testing.trainers import OPTSWEEP, cli_env, write_study
@@ -545,3 +553,26 @@ def test_optsweep_analyze_speedup_noise_sets_the_noise_behind_the_speedups(tmp_p
     result = SpeedupResult.read(out / "speedup.json")
     assert result.stated_noise == 0.02
     assert {(s.noise, s.noise_source) for s in result.speedups} == {(0.02, "stated (analysis.speedup_noise)")}
+
+
+def test_the_report_tables_show_costs_points_budgets_unjudged_claims_and_predictions():
+    table = runs_table({"muon": {n: 1.6 * (n / 1e6) ** -0.1 for n in SIZES}}, noise=1e-3, seed=3)
+    speed = np.where(table["optimizer"] == "muon", 50.0, 100.0)
+    table = table.assign(flops=table["tokens"] * 100.0, tokens_per_s=speed)
+    result = compute_speedup(table, replicates=REPLICATES, targets=[SpeedupTarget(n_params=1e8, chinchilla=2)])
+    speedups = speedup_frame(result)
+    assert speedups["wall-clock speedup"].to_numpy() == pytest.approx(speedups["speedup"].to_numpy() / 2)
+    assert speedups["compute speedup"].to_numpy() == pytest.approx(speedups["speedup"].to_numpy())
+    assert set(speedups["noise source"]) == {"floor (no noise measured for muon)"}
+    points = curve_points_frame(result)
+    assert list(points["fitted"]) == [", ".join(c.scales) for c in result.curves] and len(points) == len(SIZES)
+    assert list(reference_curves_frame(result)["noise source"]) == [c.noise_source for c in result.curves]
+    budgets = budgets_frame(result)
+    assert len(budgets) == 2 * len(SIZES) * len(MULTIPLES) and budgets["FLOPs"].notna().all()
+    assert list(unjudged_frame(result)["hypothesis"]) == [TRANSFER]
+    (prediction,) = predictions_frame(result).itertuples()
+    assert prediction.optimizer == "muon" and prediction.speedup == result.size_laws[0].predictions[0].speedup
+    quoted = [v for v in result.hypotheses if v.scale]  # the 1.4x claim's largest speedup
+    assert list(verdicts_frame(result).dropna(subset="at scale")["at scale"]) == [v.scale for v in quoted]
+    assert quoted and all(v.estimate == max(s.speedup for s in result.speedups if s.optimizer == v.optimizer)
+                          for v in quoted)

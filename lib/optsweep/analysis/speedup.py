@@ -233,7 +233,7 @@ def compute_speedup(
             )
             continue
         curve, boot = fit_reference_curve(ours, rule.of(reference, float(ours["loss"].mean())), replicates, level, rng)
-        curve = _with_points(curve, runs[(runs["optimizer"] == reference) & (runs["n_params"] == n_params)], size)
+        curve = _with_points(curve, runs[runs["n_params"] == n_params], size, reference)
         curves.append(curve)
         reference_loss = dict(zip(ours["scale"], ours["loss"]))
         for row in size[size["optimizer"] != reference].itertuples():
@@ -276,11 +276,13 @@ def compute_speedup(
     )
 
 
-def _with_points(curve: LossCurve, listed: pd.DataFrame, size: pd.DataFrame) -> LossCurve:
-    """The curve with the reference's scales at its size that it did not fit (no finished run) and those it
-    fitted beyond every other optimizer's data there (they shape the curve where no speedup is read)."""
-    left_out = [f"{scale}: no finished run" for scale in dict.fromkeys(listed["scale"]) if scale not in curve.scales]
-    others = size.loc[size["optimizer"] != listed["optimizer"].iloc[0], "tokens"]
+def _with_points(curve: LossCurve, listed: pd.DataFrame, size: pd.DataFrame, reference: str) -> LossCurve:
+    """The curve with the reference's scales at its size that it did not fit (`listed`: every run there, no
+    finished one) and those it fitted beyond every other optimizer's data (`size`: the tuned losses there);
+    those shape the curve where no speedup is read."""
+    ours = listed.loc[listed["optimizer"] == reference, "scale"]
+    left_out = [f"{scale}: no finished run" for scale in dict.fromkeys(ours) if scale not in curve.scales]
+    others = size.loc[size["optimizer"] != reference, "tokens"]
     beyond = [scale for scale, tokens in zip(curve.scales, curve.tokens) if len(others) and tokens > others.max()]
     return curve.model_copy(update={"left_out": left_out, "beyond_others": beyond})
 
