@@ -57,6 +57,7 @@ from optsweep.report import (
     tuned_loss_frame,
     tuned_points,
 )
+from optsweep.report.speedup_tables import budgets_frame, curve_points_frame, predictions_frame, unjudged_frame
 from optsweep.results.documents import ScalingLaws, SensitivityResult, as_json, read_document
 from optsweep.results.metrics import study_metrics
 
@@ -147,12 +148,17 @@ if comparison:
         "Every optimizer was tuned by the same coordinate descent on the same data, scales and seeds. "
         f"Speedup = D_eff / D: D_eff is the data {speedup.reference} needs to reach the optimizer's tuned loss "
         f"on its fitted L(D) = a D^-b + c at that model size, D the data the optimizer trained on. Intervals: "
-        f"{speedup.level:.0%}, {speedup.bootstrap} ({speedup.replicates} replicates; the noise of one run is the "
-        f"one each optimizer's sensitivity analysis measured, at least {speedup.noise_floor:g}: see the `noise` "
-        f"columns); D_eff outside {speedup.reference}'s fitted data range is flagged extrapolated."
+        f"{speedup.level:.0%}, {speedup.bootstrap} ({speedup.replicates} replicates; the noise of one run is "
+        + (f"the stated {speedup.stated_noise:g} (analysis.speedup_noise)" if speedup.stated_noise is not None else
+           f"the one each optimizer's sensitivity analysis measured, at least {speedup.noise_floor:g}")
+        + f": see the `noise` and `noise source` columns); D_eff outside {speedup.reference}'s fitted data range is "
+        "flagged extrapolated. Compute and wall-clock speedups weigh D_eff and D by the runs' measured FLOPs per "
+        "token and tokens per second."
     ))
     display(Markdown("### Tuned loss per optimizer and scale\nEach sweep's best held-out loss; - = not swept there."))
     display(styled(tuned_loss_frame(comparison)))
+    display(Markdown("What tuning cost: the runs each sweep's result rests on and their FLOPs, beside its best loss."))
+    display(styled(budgets_frame(speedup)))
 
 # %%
 if comparison:
@@ -165,6 +171,7 @@ if comparison:
                          "coefficients' intervals; the points are every optimizer's tuned loss at the data it "
                          "trained on."))
         display(styled(reference_curves_frame(speedup)))
+        display(styled(curve_points_frame(speedup)))
         plots.reference_curves(reference_curve_lines(speedup), tuned_points(speedup), speedup.reference)
         plt.show()
     points = speedup_points(speedup)
@@ -183,6 +190,14 @@ if comparison:
     display(Markdown("### The talk's claims, as hypotheses\nSupported or contradicted only when the deciding "
                      "interval clears the claim's boundary (the margin); otherwise inconclusive."))
     display(styled(speedup_verdicts_frame(speedup)))
+    unjudged = unjudged_frame(speedup)
+    if not unjudged.empty:
+        display(Markdown("Not judged:"))
+        display(styled(unjudged))
+    predictions = predictions_frame(speedup)
+    if not predictions.empty:
+        display(Markdown("The speedup against model size, predicted at `analysis.speedup_targets`:"))
+        display(styled(predictions))
     transfers = transfer_frame(comparison)
     display(Markdown(f"### Does {speedup.reference}'s optimum transfer?\n{speedup.reference}'s best at each "
                      "scale carried to the other optimizer where the names match (the rest at its own best), "

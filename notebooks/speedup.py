@@ -16,9 +16,14 @@
 # Every optimizer was tuned by the same coordinate descent at the same scales. Per model size, AdamW's
 # tuned loss is fitted against data, L(D) = a * D^-b + c; an optimizer's speedup at a scale is the data
 # AdamW needs to reach its tuned loss, D_eff, over the data it used: speedup = D_eff / D, with a bootstrap
-# interval, flagged *extrapolated* when D_eff lies outside the data AdamW was run on. The talk's claims
-# (no speedup above 1.4x, the speedup shrinks with model size, optimal hyperparameters do not transfer
-# between optimizers) are judged per optimizer with their margins and the noise behind them.
+# interval, flagged *extrapolated* when D_eff lies outside the data AdamW was run on. The compute and
+# wall-clock speedups weigh D_eff and D by each optimizer's measured FLOPs per token and tokens per second:
+# (AdamW's FLOPs per token x D_eff) / (the optimizer's x D), and the same with seconds per token. The
+# intervals rest on the loss noise of one run: `analysis.speedup_noise` when set, else each optimizer's
+# measured noise, at least `analysis.speedup_noise_floor`; every curve and speedup names its source. The
+# talk's claims (no speedup above 1.4x, the speedup shrinks with model size, optimal hyperparameters do not
+# transfer between optimizers) are judged per optimizer with their margins and the noise behind them; a claim
+# that could not be judged is listed with the reason.
 
 # %% tags=["parameters"]
 params_file = ""  # default: the active params/study.yaml
@@ -35,10 +40,14 @@ from optsweep.params.paths import enter_root
 from optsweep.params.settings import load_params
 from optsweep.report import styled
 from optsweep.report.speedup_tables import (
+    budgets_frame,
+    curve_points_frame,
     curves_frame,
+    predictions_frame,
     speedups_frame,
     transfers_frame,
     tuned_points_frame,
+    unjudged_frame,
     verdicts_frame,
 )
 from optsweep.results.documents import SensitivityResult, SweepResult, read_document, sweeps_origin
@@ -62,8 +71,9 @@ relative_noise = {name: measured_relative_noise(read_document(study.sensitivity,
                   for name, study in studies.items() if study.sensitivity.is_file()}
 origin = sweeps_origin([sweep for results in sweeps.values() for sweep in results])
 origin["sweeps"] = {name: [sweep.scale["name"] for sweep in results] for name, results in sweeps.items()}
-result = speedup_from_sweeps(sweeps, reference, replicates=replicates, relative_noise=relative_noise).stamped(
-    params.params_hash(), **origin)
+# analysis.speedup_noise, its floor and analysis.speedup_targets (where the size laws predict) decide the rest.
+result = speedup_from_sweeps(sweeps, reference, replicates=replicates,
+                             **params.analysis.speedup_options(relative_noise)).stamped(params.params_hash(), **origin)
 result.write(paths.speedup)
 if result.skipped:
     display(Markdown("\n".join(f"- left out: {line}" for line in result.skipped)))
@@ -75,7 +85,18 @@ if result.skipped:
 styled(speedups_frame(result))
 
 # %% [markdown]
+# ## What tuning cost: runs and FLOPs per optimizer and scale, beside the best loss found
+
+# %%
+styled(budgets_frame(result))
+
+# %% [markdown]
 # ## AdamW's loss against data per model size (line: fitted L(D)), and each optimizer's tuned loss
+# The scales each curve fitted (those with more data than any other optimizer's run at that size named), those
+# left out, and the noise its bootstrap used:
+
+# %%
+styled(curve_points_frame(result))
 
 # %%
 if result.curves:
@@ -98,6 +119,17 @@ else:
 
 # %%
 styled(verdicts_frame(result))
+
+# %%
+unjudged = unjudged_frame(result)
+styled(unjudged) if not unjudged.empty else Markdown("Every claim was judged for every optimizer.")
+
+# %% [markdown]
+# ## The speedup against model size, predicted at `analysis.speedup_targets`
+
+# %%
+predictions = predictions_frame(result)
+styled(predictions) if not predictions.empty else Markdown("No size law: see the lines left out above.")
 
 # %% [markdown]
 # ## AdamW's optimum carried to each optimizer (the names they share), against its own tuned loss

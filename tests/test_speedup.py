@@ -12,11 +12,21 @@ import pytest
 from scipy.stats import norm
 
 from optsweep.analysis import compute_speedup
-from optsweep.analysis.speedup import Speedup, SpeedupResult, no_speedup_above
+from optsweep.analysis.speedup import TRANSFER, RelativeNoise, Speedup, SpeedupResult, no_speedup_above
 from optsweep.analysis.speedup_sweeps import speedup_from_sweeps
-from optsweep.params.sections import SpeedupTarget
+from optsweep.cli import main
+from optsweep.params.sections import AnalysisSettings, SpeedupTarget
 from optsweep.params.settings import ParamsError
+from optsweep.report.comparison import reference_curves_frame, speedup_frame
+from optsweep.report.speedup_tables import (
+    budgets_frame,
+    curve_points_frame,
+    predictions_frame,
+    unjudged_frame,
+    verdicts_frame,
+)
 from optsweep.results.documents import SweepResult, write_document
+from optsweep.results.sweep_documents import SweptRun
 from optsweep.testing.trainers import OPTSWEEP, cli_env, write_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,12 +280,12 @@ def test_without_other_optimizers_the_result_is_empty_and_says_so(tmp_path):
 STUDY_SCALES = {"phase1": ["a", "b"], "law": ["c", "d"]}  # one model size, 1x 2x 4x 8x its data
 
 
-def notebook_study(root: Path, optimizers: dict) -> Path:
-    """A project whose params name `optimizers`, with AdamW's sweep results and Muon's at 1.3x (AdamW's
-    optimum carried over to Muon costs nothing at every scale)."""
+def notebook_study(root: Path, optimizers: dict, **sections: dict) -> Path:
+    """A project whose params name `optimizers` (and hold `sections`), with AdamW's sweep results and Muon's at
+    1.3x (AdamW's optimum carried over to Muon costs nothing at every scale)."""
     scale = {"width": 32, "depth": 1, "heads": 2, "seq_len": 32, "batch_size": 8, "tokens": 8192}
     write_study(root / "params", "bowl", scales={n: scale for n in STUDY_SCALES["phase1"]},
-                law_scales={n: scale for n in STUDY_SCALES["law"]}, optimizers=optimizers)
+                law_scales={n: scale for n in STUDY_SCALES["law"]}, optimizers=optimizers, **sections)
     (root / "params/params.yaml").rename(root / "params/study.yaml")
     names = [(phase, name) for phase, names in STUDY_SCALES.items() for name in names]
     for (phase, name), multiple in zip(names, MULTIPLES):
@@ -310,6 +320,19 @@ def test_speedup_notebook_compares_the_optimizers_in_params(tmp_path):
         ("muon", "contradicted")}
     assert result.provenance.sweeps == {"adamw": ["a", "b", "c", "d"], "muon": ["a", "b", "c", "d"]}
     assert result.provenance.data_hash == "data-1"
+    assert [(b.optimizer, b.scale, b.runs) for b in result.budgets] == [
+        (optimizer, scale, 2) for optimizer in ("adamw", "muon") for scale in "abcd"]
+    assert {s.noise_source for s in result.speedups} == {"floor (no noise measured for muon)"}
+    page = (tmp_path / "reports/speedup.html").read_text()
+    assert "What tuning cost" in page and "noise source" in page and "No size law" in page
+
+
+@pytest.mark.slow
+def test_speedup_notebook_uses_the_analysis_settings_speedup_noise(tmp_path):
+    muon = {"baseline": {"lr": 0.02}, "grid": {"lr": [0.01, 0.02, 0.04]}}
+    result = run_speedup_notebook(notebook_study(tmp_path, {"muon": muon}, analysis={"speedup_noise": 0.02}))
+    assert result.stated_noise == 0.02 and result.curves[0].noise_source == "stated (analysis.speedup_noise)"
+    assert {(s.noise, s.noise_source) for s in result.speedups} == {(0.02, "stated (analysis.speedup_noise)")}
 
 
 @pytest.mark.slow
@@ -336,10 +359,30 @@ def test_a_contradicted_claim_rests_on_adamws_measured_data_where_it_can():
                        effective_tokens=2e7, speedup=low + 0.2, interval=(low, low + 0.4), extrapolated=extrapolated)
 
     claim = no_speedup_above("muon", [at("x1", 1.6, False), at("x8", 3.0, True)])
-    assert claim.verdict == "contradicted" and "x1" in claim.why and "extrapolated" not in claim.why
+    deciding, quoted = claim.why.split("; ")
+    assert claim.verdict == "contradicted" and "x1" in deciding and "extrapolated" not in deciding
     assert claim.margin == pytest.approx(0.2)
+    # the estimate quoted is the largest speedup (x8's), not the deciding scale's, and says it is extrapolated
+    assert (claim.estimate, claim.interval, claim.scale) == (pytest.approx(3.2), (3.0, 3.4), "x8")
+    assert quoted == "largest speedup 3.2x (D_eff extrapolated) at scale x8"
     claim = no_speedup_above("muon", [at("x1", 1.0, False), at("x8", 3.0, True)])
     assert claim.verdict == "contradicted" and "x8" in claim.why and "extrapolated" in claim.why
+
+
+def test_a_supported_or_inconclusive_claim_quotes_the_largest_speedup_not_the_widest_interval():
+    def at(scale: str, speedup: float | None, interval: tuple) -> Speedup:
+        return Speedup(optimizer="muon", scale=scale, n_params=1e6, tokens=1e7, loss=3.0, reference_loss=3.1,
+                       effective_tokens=None if speedup is None else speedup * 1e7, speedup=speedup,
+                       interval=interval, extrapolated=False)
+
+    # x2 has the highest upper bound (it decides), x1 the largest point speedup (it is quoted)
+    claim = no_speedup_above("muon", [at("x1", 1.25, (1.2, 1.3)), at("x2", 1.1, (0.9, 1.35))])
+    assert claim.verdict == "supported" and "highest upper bound: scale x2" in claim.why
+    assert (claim.estimate, claim.scale, claim.interval) == (1.25, "x1", (1.2, 1.3))
+    assert claim.margin == pytest.approx(1.4 - 1.35)
+    claim = no_speedup_above("muon", [at("x1", 1.3, (1.2, 1.5)), at("x2", None, (1.0, None))])
+    assert claim.verdict == "inconclusive" and (claim.estimate, claim.scale) == (None, "x2")  # unbounded: largest
+    assert claim.why.endswith("largest speedup unbounded at scale x2")
 
 
 def test_a_study_without_three_data_scales_says_so_and_still_judges_the_transfer():
@@ -382,3 +425,154 @@ def test_shared_law_recovers_the_exponents_and_each_optimizers_data_efficiency()
                             (law.rho_D["lion"], 0.8), (law.rho_N["muon"], 1.0)):
         assert estimate.interval[0] < truth < estimate.interval[1], (estimate, truth)
     assert law.rho_D["adamw"].estimate == 1.0
+
+
+# --- what the document records: the noise and its source, the points, the unjudged claims, the costs ------
+
+
+def test_the_noise_behind_each_curve_and_speedup_names_its_source():
+    table = runs_table({"muon": {1e6: 1.3}})
+    floor = compute_speedup(table, replicates=REPLICATES)
+    assert floor.curves[0].noise_source == "floor (no noise measured for adamw)"
+    assert {s.noise_source for s in floor.speedups} == {"floor (no noise measured for muon)"}
+    relative = {"adamw": RelativeNoise(0.004, "seeds"), "muon": RelativeNoise(1e-5, "seeds")}
+    measured = compute_speedup(table, replicates=REPLICATES, relative_noise=relative)
+    assert measured.curves[0].noise_source == "measured from seeds (relative std 0.004 x loss)"
+    assert all(s.noise == 3e-3 and s.noise_source.startswith("floor (above the measured") for s in measured.speedups)
+    stated = compute_speedup(table, replicates=REPLICATES, stated_noise=0.02)
+    assert stated.stated_noise == 0.02 and stated.curves[0].noise == 0.02
+    assert {(s.noise, s.noise_source) for s in stated.speedups} == {(0.02, "stated (analysis.speedup_noise)")}
+    for narrow, wide in zip(floor.speedups, stated.speedups):
+        assert wide.interval[1] - wide.interval[0] > 3 * (narrow.interval[1] - narrow.interval[0])
+    noisy = compute_speedup(runs_table({"muon": {1e6: 1.3}}, (1, 2, 4, 8, 16), noise=0.01, seed=1), replicates=50)
+    assert noisy.curves[0].noise == noisy.curves[0].residual_se > 3e-3
+    assert noisy.curves[0].noise_source.startswith("residual SE of the fit (2 dof; above the floor")
+
+
+def test_the_analysis_settings_set_the_speedup_noise_and_its_floor():
+    settings = AnalysisSettings(speedup_noise_floor=0.01, speedup_targets=[{"n_params": 1e8, "chinchilla": 1}])
+    result = compute_speedup(runs_table({"muon": {1e6: 1.3}}), replicates=REPLICATES, **settings.speedup_options())
+    assert result.noise_floor == 0.01 and {s.noise for s in result.speedups} == {0.01}
+    stated = AnalysisSettings(speedup_noise=0.005).speedup_options({"muon": 0.5})
+    result = compute_speedup(runs_table({"muon": {1e6: 1.3}}), replicates=REPLICATES, **stated)
+    assert {s.noise for s in result.speedups} == {0.005}  # stated: the measured 0.5 x loss is not used
+    with pytest.raises(ValueError):
+        AnalysisSettings(speedup_noise=-1.0)
+
+
+def test_each_curve_lists_the_points_it_fitted_left_out_and_beyond_the_others():
+    table = runs_table({"muon": {1e6: 1.3}}, (1, 2, 4, 8, 16))
+    table = table[~((table["optimizer"] == "muon") & (table["scale"] == "n1e+06-x16"))]  # muon: up to 8x
+    never = {"optimizer": "adamw", "scale": "n1e+06-x32", "n_params": 1e6, "tokens": 640e6, "loss": 9.0,
+             "status": "diverged"}
+    result = compute_speedup(pd.concat([table, pd.DataFrame([never])]), replicates=REPLICATES)
+    (curve,) = result.curves
+    assert curve.scales == [f"n1e+06-x{m}" for m in (1, 2, 4, 8, 16)]
+    assert curve.left_out == ["n1e+06-x32: no finished run"] and curve.beyond_others == ["n1e+06-x16"]
+    assert not any(s.extrapolated for s in result.speedups) and {s.extrapolation for s in result.speedups} == {None}
+    (eight,) = [s for s in compute_speedup(runs_table({"muon": {1e6: 1.3}}), replicates=REPLICATES).speedups
+                if s.scale == "n1e+06-x8"]
+    assert eight.extrapolation == f"D_eff {eight.effective_tokens:.3g} is 1.3x the largest data fitted (1.6e+08)"
+
+
+def test_claims_that_could_not_be_judged_are_listed_with_the_reason():
+    table = pd.concat([runs_table({"muon": {1e6: 1.3}}), runs_table({"lion": {4e6: 1.1}}, multiples=(1, 2))])
+    result = compute_speedup(table, replicates=REPLICATES)
+    unjudged = {(u.optimizer, u.hypothesis): u.why for u in result.unjudged}
+    why = "no finished run at a model size where adamw's curve was fitted"
+    assert unjudged[("lion", "no speedup above 1.4x over a tuned AdamW")] == why
+    assert unjudged[("lion", "the speedup shrinks with model size")] == why
+    assert unjudged[("muon", TRANSFER)].startswith("a runs table records no carried optimum")
+    assert ("muon", "the speedup shrinks with model size") not in unjudged
+    sweeps = study_sweeps(1.3)
+    (claim,) = speedup_from_sweeps(sweeps, replicates=REPLICATES).unjudged
+    assert (claim.optimizer, claim.hypothesis) == ("muon", TRANSFER)
+    assert claim.why == "no sweep recorded a carried optimum (`transfer`)"
+    sweeps = study_sweeps(1.3, gaps=[0.0] * 4)
+    sweeps["muon"] = [s.model_copy(update={"transfer": s.transfer.model_copy(update={"status": "failed"})})
+                      for s in sweeps["muon"]]
+    (claim,) = speedup_from_sweeps(sweeps, replicates=REPLICATES).unjudged
+    assert claim.why.startswith("optimizer muon scale n1e+06-x1: adamw's optimum not judged (its run is failed)")
+
+
+def with_runs(sweep: SweepResult, flops_per_token: float, tokens_per_s: list[float], flops: float) -> SweepResult:
+    """The sweep with finished runs whose results record `tokens_per_s` (one run each) and `flops_per_token`,
+    and a `compute` of `flops`."""
+    tokens = sweep.scale["tokens"]
+    runs = [SweptRun(key=f"k{i}", hparams={"lr": 1e-2}, seed=0, loss=sweep.best_loss, status="ok",
+                     result={"tokens": tokens, "flops": flops_per_token * tokens, "tokens_per_s": speed})
+            for i, speed in enumerate(tokens_per_s)]
+    runs.append(SweptRun(key="d", hparams={"lr": 1.0}, seed=0, loss=None, status="diverged",
+                         result={"tokens": tokens, "flops": 1.0, "tokens_per_s": 1.0}))  # not a finished run
+    return sweep.model_copy(update={"runs": runs, "compute": sweep.compute.model_copy(update={"flops": flops})})
+
+
+def test_compute_and_wall_clock_speedups_from_the_runs_measured_throughput():
+    sweeps = study_sweeps(1.3)
+    sweeps["adamw"] = [with_runs(s, 100.0, [900.0, 1000.0, 1100.0], 5e9 * i) for i, s in enumerate(sweeps["adamw"])]
+    sweeps["muon"] = [with_runs(s, 125.0, [400.0, 500.0], 7e9) for s in sweeps["muon"]]
+    result = speedup_from_sweeps(sweeps, replicates=REPLICATES)
+    for s in result.speedups:
+        assert (s.flops_per_token, s.reference_flops_per_token) == (125.0, 100.0)
+        assert (s.tokens_per_s, s.reference_tokens_per_s) == (450.0, 1000.0)  # medians over finished runs
+        assert s.compute_speedup == pytest.approx(s.speedup * 100 / 125)
+        assert s.wall_clock_speedup == pytest.approx(s.speedup * 450 / 1000)
+        assert s.compute_interval == pytest.approx(tuple(b * 0.8 for b in s.interval))
+        assert s.wall_clock_interval == pytest.approx(tuple(b * 0.45 for b in s.interval))
+    budgets = {(b.optimizer, b.scale): b for b in result.budgets}
+    assert len(budgets) == 8 and budgets[("adamw", "n1e+06-x4")].flops == 1e10
+    assert budgets[("muon", "n1e+06-x2")].runs == 2 and budgets[("muon", "n1e+06-x2")].phase == "phase1"
+    assert budgets[("muon", "n1e+06-x2")].best_loss == sweeps["muon"][1].best_loss
+
+
+def test_a_runs_table_gives_costs_and_budgets_from_its_columns():
+    table = runs_table({"muon": {1e6: 1.3}})
+    plain = compute_speedup(table, replicates=REPLICATES)
+    assert {(s.compute_speedup, s.wall_clock_speedup) for s in plain.speedups} == {(None, None)}
+    budget = {(b.optimizer, b.scale): b for b in plain.budgets}
+    assert (budget[("adamw", "n1e+06-x1")].runs, budget[("adamw", "n1e+06-x1")].flops) == (4, None)
+    costs = table.assign(flops=table["tokens"] * np.where(table["optimizer"] == "muon", 130.0, 100.0),
+                         tokens_per_s=np.where(table["optimizer"] == "muon", 800.0, 1000.0))
+    result = compute_speedup(costs, replicates=REPLICATES)
+    for s in result.speedups:
+        assert s.compute_speedup == pytest.approx(s.speedup / 1.3)
+        assert s.wall_clock_speedup == pytest.approx(s.speedup * 0.8)
+    budget = {(b.optimizer, b.scale): b for b in result.budgets}
+    first = costs[(costs["optimizer"] == "adamw") & (costs["scale"] == "n1e+06-x1")]
+    assert budget[("adamw", "n1e+06-x1")].flops == pytest.approx(first["flops"].sum())
+    assert budget[("muon", "n1e+06-x1")].best_loss == pytest.approx(true_loss(1.3 * 20e6, 1e6))
+
+
+def test_optsweep_analyze_speedup_noise_sets_the_noise_behind_the_speedups(tmp_path):
+    table = runs_table({"muon": {1e6: 1.3}})
+    table = table[table["loss"].notna()]  # the analyze command wants a status for these
+    worse = table[table["optimizer"] == "muon"].assign(lr=1e-2, loss=lambda t: t["loss"] + 0.05)  # lr swept
+    pd.concat([table, worse]).to_csv(tmp_path / "runs.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["analyze", str(tmp_path / "runs.csv"), "--out", str(out), "--speedup-noise", "0.02"]) == 0
+    result = SpeedupResult.read(out / "speedup.json")
+    assert result.stated_noise == 0.02
+    assert {(s.noise, s.noise_source) for s in result.speedups} == {(0.02, "stated (analysis.speedup_noise)")}
+
+
+def test_the_report_tables_show_costs_points_budgets_unjudged_claims_and_predictions():
+    table = runs_table({"muon": {n: 1.6 * (n / 1e6) ** -0.1 for n in SIZES}}, noise=1e-3, seed=3)
+    speed = np.where(table["optimizer"] == "muon", 50.0, 100.0)
+    table = table.assign(flops=table["tokens"] * 100.0, tokens_per_s=speed)
+    result = compute_speedup(table, replicates=REPLICATES, targets=[SpeedupTarget(n_params=1e8, chinchilla=2)])
+    speedups = speedup_frame(result)
+    assert speedups["wall-clock speedup"].to_numpy() == pytest.approx(speedups["speedup"].to_numpy() / 2)
+    assert speedups["compute speedup"].to_numpy() == pytest.approx(speedups["speedup"].to_numpy())
+    assert set(speedups["noise source"]) == {"floor (no noise measured for muon)"}
+    points = curve_points_frame(result)
+    assert list(points["fitted"]) == [", ".join(c.scales) for c in result.curves] and len(points) == len(SIZES)
+    assert list(reference_curves_frame(result)["noise source"]) == [c.noise_source for c in result.curves]
+    budgets = budgets_frame(result)
+    assert len(budgets) == 2 * len(SIZES) * len(MULTIPLES) and budgets["FLOPs"].notna().all()
+    assert list(unjudged_frame(result)["hypothesis"]) == [TRANSFER]
+    (prediction,) = predictions_frame(result).itertuples()
+    assert prediction.optimizer == "muon" and prediction.speedup == result.size_laws[0].predictions[0].speedup
+    quoted = [v for v in result.hypotheses if v.scale]  # the 1.4x claim's largest speedup
+    assert list(verdicts_frame(result).dropna(subset="at scale")["at scale"]) == [v.scale for v in quoted]
+    assert quoted and all(v.estimate == max(s.speedup for s in result.speedups if s.optimizer == v.optimizer)
+                          for v in quoted)

@@ -132,7 +132,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze_table
 
     settings = load_analysis_settings(args.params) if args.params else AnalysisSettings()
-    overrides = {"threshold": args.threshold, "divergence_rise": args.divergence_rise}
+    overrides = {"threshold": args.threshold, "divergence_rise": args.divergence_rise,
+                 "speedup_noise": args.speedup_noise}
     if args.threshold_kind:
         overrides["threshold_kind"] = args.threshold_kind
     if args.noise is not None:
@@ -294,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the known run-to-run std of one config's loss, in loss units (0.002) or as a "
                               "percentage of each scale's best loss (0.1%%); decides over seeds and grid "
                               "differences (overrides analysis.noise)")
+    analyze.add_argument("--speedup-noise", type=_positive_float, default=None, metavar="STD",
+                         help="with an optimizer column: the loss std of one run behind every speedup interval, in "
+                              "loss units (overrides analysis.speedup_noise; default: each optimizer's measured "
+                              "noise, at least analysis.speedup_noise_floor)")
     analyze.add_argument("--divergence-rise", type=_positive_float, default=None,
                          help="a finite loss this much (relative) above its scale's best counts as diverged "
                               "(overrides analysis.divergence_rise)")

@@ -46,7 +46,7 @@ def analyze_table(
     documents = {name: analyzed(tables[name], settings, params_hash, runs_table=str(path), optimizer=name)
                  for name in order}
     relative_noise = {name: measured_relative_noise(sensitivity) for name, (sensitivity, _) in documents.items()}
-    speedup = compute_speedup(frame, reference, source=str(path), relative_noise=relative_noise).stamped(
+    speedup = compute_speedup(frame, reference, source=str(path), **settings.speedup_options(relative_noise)).stamped(
         params_hash, runs_table=str(path), table_hash=stable_hash(frame.to_dict("list"))
     )
     written = []

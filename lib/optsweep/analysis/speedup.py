@@ -12,15 +12,19 @@ never reaches, has no D_eff (None: an unbounded speedup).
 
 Intervals come from a parametric bootstrap with Gaussian residuals: each replicate adds independent N(0, noise^2) to
 AdamW's fitted losses and to the challenger's tuned loss, refits L(D) and recomputes D_eff. `noise`, the
-loss noise of one run, is the largest of a floor (default 3e-3, the original study's near-best tolerance),
-the noise the optimizer's own sensitivity analysis measured (`relative_noise`: the relative std of one
-config's loss, from seeds and the surface scatter, times the loss) and, for AdamW's curve, the fit's residual
-standard error when there are more than 3 data scales (with exactly 3 the curve goes through every point).
+loss noise of one run, is `stated_noise` (analysis.speedup_noise) when set, else the noise the optimizer's own
+sensitivity analysis measured (`relative_noise`: the relative std of one config's loss, from seeds and the
+surface scatter, times the loss), at least a floor (default 3e-3, the original study's near-best tolerance);
+for AdamW's curve, the fit's residual standard error when that is larger and there are more than 3 data scales
+(with exactly 3 the curve goes through every point). Every curve and speedup records which
+(optsweep.analysis.speedup_noise), each curve the scales it fitted and left out, and each speedup its cost in
+FLOPs and seconds (optsweep.analysis.speedup_costs).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -28,7 +32,6 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from ..params.sections import DEFAULT_SPEEDUP_TARGETS, SpeedupTarget
 from ..params.settings import ParamsError
-from ..results.documents import SensitivityResult
 from ..results.speedup_documents import (
     Interval,
     LossCurve,
@@ -37,24 +40,28 @@ from ..results.speedup_documents import (
     Speedup,
     SpeedupResult,
     TransferGap,
+    Unjudged,
     Verdict,
 )
 from ..results.speedup_documents import tokens_to_reach as _tokens_to_reach
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from .speedup_costs import cost_per_token, table_budgets, with_costs
 from .speedup_laws import shared_law, size_laws
+from .speedup_noise import NOISE_FLOOR, Measured, NoiseRule, RelativeNoise, measured_relative_noise
 from .table import DIVERGED_STATUSES, MISSING_STATUSES
 
 __all__ = [  # the documents live in optsweep.results.speedup_documents; importable from here as before
     "Interval", "LossCurve", "SharedLaw", "SizeLaw", "Speedup", "SpeedupResult", "TransferGap", "Verdict",
-    "compute_speedup", "fit_power_law", "fit_reference_curve", "measured_relative_noise", "no_speedup_above",
-    "run_noise", "shrinks_with_model_size", "tuned_losses",
+    "NOISE_FLOOR", "NoiseRule", "RelativeNoise", "compute_speedup", "fit_power_law", "fit_reference_curve",
+    "measured_relative_noise", "no_speedup_above", "shrinks_with_model_size", "tuned_losses",
 ]
 
 REFERENCE = "adamw"
 REQUIRED = ("optimizer", "scale", "n_params", "tokens", "loss")
 MIN_DATA_SCALES = 3
-NOISE_FLOOR = 3e-3
 CLAIMED_MAX_SPEEDUP = 1.4  # the talk: no optimizer beat a well-tuned AdamW by more
+SHRINKS = "the speedup shrinks with model size"
+TRANSFER = "optimal hyperparameters do not transfer between optimizers"
 BOOTSTRAP = (
     "parametric bootstrap (Gaussian residuals): each replicate adds N(0, noise^2) to AdamW's fitted losses and to the "
     "challenger's tuned loss, refits L(D) = a * D^-b + c and recomputes D_eff"
@@ -112,6 +119,11 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
 
     Diverged runs (non-finite loss, or status diverged/failed) and skipped runs never count.
     """
+    return _best(_finished(_validated(table, source)))
+
+
+def _validated(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Every row, with the required columns present and numbers where numbers belong (one-line errors)."""
     for column in REQUIRED:
         if column not in table.columns:
             raise ParamsError(f"{source}: missing column {column!r}; a speedup table needs {', '.join(REQUIRED)}")
@@ -124,10 +136,16 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
             row = int(np.flatnonzero(bad.to_numpy())[0])
             value = table[column].iloc[row]
             raise ParamsError(f"{source}: column {column!r}: data row {row + 1} has {value!r}: needs a positive number")
+    return runs.assign(optimizer=runs["optimizer"].astype(str), scale=runs["scale"].astype(str))
+
+
+def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     if "status" in runs.columns:
         runs = runs[~runs["status"].isin([*DIVERGED_STATUSES, *MISSING_STATUSES])]
-    runs = runs[np.isfinite(runs["loss"])]
-    runs = runs.assign(optimizer=runs["optimizer"].astype(str), scale=runs["scale"].astype(str))
+    return runs[np.isfinite(runs["loss"])]
+
+
+def _best(runs: pd.DataFrame) -> pd.DataFrame:
     best = runs.loc[runs.groupby(["optimizer", "scale"], sort=True)["loss"].idxmin()]
     return best[["optimizer", "scale", "n_params", "tokens", "loss"]].reset_index(drop=True)
 
@@ -135,28 +153,20 @@ def tuned_losses(table: pd.DataFrame, source: str = "runs table") -> pd.DataFram
 # --- speedup with intervals -----------------------------------------------------------------------------
 
 
-def measured_relative_noise(sensitivity: SensitivityResult) -> float | None:
-    """The relative std of one config's loss that a sensitivity analysis measured (None: not measured)."""
-    return sensitivity.noise.relative_std if sensitivity.noise else None
-
-
-def run_noise(loss: float, noise_floor: float, relative_noise: float | None) -> float:
-    """The loss noise of one run: the measured relative noise times the loss, at least the floor."""
-    return max(noise_floor, (relative_noise or 0.0) * loss)
-
-
 def fit_reference_curve(
-    ours: pd.DataFrame, noise_floor: float, replicates: int, level: float, rng: np.random.Generator
+    ours: pd.DataFrame, base_noise: tuple[float, str], replicates: int, level: float, rng: np.random.Generator
 ) -> tuple[LossCurve, np.ndarray]:
     """The reference's L(D) at one model size (rows sorted by tokens) and its bootstrap refits (a, b, c)
-    per replicate (NaN where curve_fit gave up). `noise_floor`: the run noise measured at this size, or the
-    floor."""
+    per replicate (NaN where curve_fit gave up). `base_noise`: the run noise at this size and its source
+    (`NoiseRule.of`); the fit's residual SE replaces it when larger."""
     tokens, losses = ours["tokens"].to_numpy(float), ours["loss"].to_numpy(float)
     a, b, c = fit_power_law(tokens, losses)
     fitted = a * tokens**-b + c
     dof = len(tokens) - 3
     residual_se = float(np.sqrt(np.sum((losses - fitted) ** 2) / dof)) if dof > 0 else None
-    noise = max(noise_floor, residual_se or 0.0)
+    noise, source = base_noise
+    if residual_se is not None and residual_se > noise:  # the points scatter more than one run's noise says
+        noise, source = residual_se, f"residual SE of the fit ({dof} dof; above the {source} {base_noise[0]:.3g})"
     boot = np.full((replicates, 3), np.nan)
     for i in range(replicates):
         try:
@@ -166,7 +176,8 @@ def fit_reference_curve(
     curve = LossCurve(
         n_params=float(ours["n_params"].iloc[0]), tokens=tokens.tolist(), losses=losses.tolist(), a=a, b=b, c=c,
         a_interval=_interval(boot[:, 0], level), b_interval=_interval(boot[:, 1], level),
-        c_interval=_interval(boot[:, 2], level), residual_se=residual_se, noise=noise,
+        c_interval=_interval(boot[:, 2], level), residual_se=residual_se, noise=noise, noise_source=source,
+        scales=ours["scale"].tolist(),
     )
     return curve, boot
 
@@ -191,21 +202,26 @@ def compute_speedup(
     level: float = 0.95,
     seed: int = 0,
     source: str = "runs table",
-    relative_noise: dict[str, float] | None = None,
+    relative_noise: Mapping[str, Measured] | None = None,
     require_curve: bool = True,
     targets: list[SpeedupTarget] | tuple[SpeedupTarget, ...] = DEFAULT_SPEEDUP_TARGETS,
+    stated_noise: float | None = None,
 ) -> SpeedupResult:
     """Speedups of every optimizer in `table` over `reference`, per scale, and the talk's claims judged;
     the size laws with predictions at `targets`, and the shared-exponent loss law (optsweep.analysis.speedup_laws).
-    `relative_noise`: per optimizer, the relative std of one config's loss its analysis measured.
+    `relative_noise`: per optimizer, the relative std of one config's loss its analysis measured;
+    `stated_noise` (analysis.speedup_noise): every run's noise instead (`NoiseRule`).
     `require_curve`: a table where no model size has 3 data scales of `reference` is an error (else the
     result has no speedups and `skipped` says why)."""
-    relative_noise = relative_noise or {}
-    tuned = tuned_losses(table, source)
+    rule = NoiseRule(noise_floor, stated_noise, relative_noise or {})
+    runs = _validated(table, source)
+    finished = _finished(runs)
+    tuned = _best(finished)
     if reference not in set(tuned["optimizer"]):
         found = ", ".join(sorted(set(tuned["optimizer"]))) or "none"
         raise ParamsError(f"{source}: column 'optimizer': no finished run of reference {reference!r}; found {found}")
     rng = np.random.default_rng(seed)
+    costs = cost_per_token(finished)
     curves, speedups, skipped = [], [], []
     draws: dict[tuple[str, str], np.ndarray] = {}  # bootstrap speedups per (optimizer, scale)
     for n_params, size in tuned.groupby("n_params", sort=True):
@@ -216,69 +232,111 @@ def compute_speedup(
                 f"the fit L(D) = a * D^-b + c needs {MIN_DATA_SCALES}"
             )
             continue
-        measured = run_noise(float(ours["loss"].mean()), noise_floor, relative_noise.get(reference))
-        curve, boot = fit_reference_curve(ours, measured, replicates, level, rng)
+        curve, boot = fit_reference_curve(ours, rule.of(reference, float(ours["loss"].mean())), replicates, level, rng)
+        curve = _with_points(curve, runs[runs["n_params"] == n_params], size, reference)
         curves.append(curve)
         reference_loss = dict(zip(ours["scale"], ours["loss"]))
         for row in size[size["optimizer"] != reference].itertuples():
             d_eff = curve.tokens_to_reach(row.loss)
-            noise = run_noise(row.loss, noise_floor, relative_noise.get(row.optimizer))
+            noise, noise_source = rule.of(row.optimizer, row.loss)
             challenger = row.loss + rng.normal(0.0, noise, replicates)
             samples = _tokens_to_reach(challenger, boot[:, 0], boot[:, 1], boot[:, 2]) / row.tokens
             draws[(row.optimizer, row.scale)] = samples
-            speedups.append(Speedup(
+            speedups.append(with_costs(Speedup(
                 optimizer=row.optimizer, scale=row.scale, n_params=curve.n_params, tokens=float(row.tokens),
                 loss=float(row.loss), reference_loss=reference_loss.get(row.scale),
                 effective_tokens=_finite_or_none(d_eff), speedup=_finite_or_none(d_eff / row.tokens),
-                interval=_interval(samples, level), noise=noise,
+                interval=_interval(samples, level), noise=noise, noise_source=noise_source,
                 extrapolated=not curve.tokens[0] <= d_eff <= curve.tokens[-1],
-            ))
+                extrapolation=_extrapolation(curve, d_eff),
+            ), costs, reference))
     if not curves and require_curve:
         raise ParamsError(f"{source}: no model size has {MIN_DATA_SCALES} data scales of {reference}: {skipped[0]}")
     judged = {s.optimizer for s in speedups}
-    for optimizer in sorted(set(tuned["optimizer"]) - judged - {reference}):
-        skipped.append(f"optimizer {optimizer}: no run at a model size where {reference}'s curve was fitted")
+    unjudged = []
+    for optimizer in sorted(set(runs["optimizer"]) - judged - {reference}):
+        why = f"no finished run at a model size where {reference}'s curve was fitted"
+        skipped.append(f"optimizer {optimizer}: {why}")
+        unjudged += [Unjudged(hypothesis=h, optimizer=optimizer, why=why) for h in (_no_speedup_text(), SHRINKS)]
+    no_carried = "a runs table records no carried optimum (sweep results' `transfer` do)"
+    unjudged += [Unjudged(hypothesis=TRANSFER, optimizer=optimizer, why=no_carried)
+                 for optimizer in sorted(set(runs["optimizer"]) - {reference})]
     hypotheses = []
     for optimizer in sorted(judged):
         mine = [s for s in speedups if s.optimizer == optimizer]
         hypotheses.append(no_speedup_above(optimizer, mine))
         hypotheses.append(shrinks_with_model_size(optimizer, mine, draws, level))
     laws, left_out = size_laws(speedups, draws, targets, level)
-    shared, why = shared_law(
-        tuned, reference, lambda optimizer, loss: run_noise(loss, noise_floor, relative_noise.get(optimizer)), level
-    )
+    shared, why = shared_law(tuned, reference, rule.value, level)
     return SpeedupResult(
-        reference=reference, level=level, noise_floor=noise_floor, bootstrap=BOOTSTRAP,
+        reference=reference, level=level, noise_floor=noise_floor, stated_noise=stated_noise, bootstrap=BOOTSTRAP,
         replicates=replicates, curves=curves, speedups=speedups, skipped=[*skipped, *left_out, *([why] if why else [])],
-        hypotheses=hypotheses, size_laws=laws, shared_law=shared,
+        hypotheses=hypotheses, unjudged=unjudged, budgets=table_budgets(runs, tuned), size_laws=laws,
+        shared_law=shared,
     )
+
+
+def _with_points(curve: LossCurve, listed: pd.DataFrame, size: pd.DataFrame, reference: str) -> LossCurve:
+    """The curve with the reference's scales at its size that it did not fit (`listed`: every run there, no
+    finished one) and those it fitted beyond every other optimizer's data (`size`: the tuned losses there);
+    those shape the curve where no speedup is read."""
+    ours = listed.loc[listed["optimizer"] == reference, "scale"]
+    left_out = [f"{scale}: no finished run" for scale in dict.fromkeys(ours) if scale not in curve.scales]
+    others = size.loc[size["optimizer"] != reference, "tokens"]
+    beyond = [scale for scale, tokens in zip(curve.scales, curve.tokens) if len(others) and tokens > others.max()]
+    return curve.model_copy(update={"left_out": left_out, "beyond_others": beyond})
+
+
+def _extrapolation(curve: LossCurve, d_eff: float) -> str | None:
+    """How far D_eff lies outside the data the curve was fitted on (None: inside)."""
+    low, high = curve.tokens[0], curve.tokens[-1]
+    if not np.isfinite(d_eff):
+        return "no finite D_eff: the loss is at or below the curve's asymptote c"
+    if d_eff > high:
+        return f"D_eff {d_eff:.3g} is {d_eff / high:.3g}x the largest data fitted ({high:.3g})"
+    if d_eff < low:
+        return f"D_eff {d_eff:.3g} is {low / d_eff:.3g}x below the smallest data fitted ({low:.3g})"
+    return None
 
 
 # --- the talk's claims ----------------------------------------------------------------------------------
 
 
+def _no_speedup_text(claim: float = CLAIMED_MAX_SPEEDUP) -> str:
+    return f"no speedup above {claim:g}x over a tuned AdamW"
+
+
 def no_speedup_above(optimizer: str, speedups: list[Speedup], claim: float = CLAIMED_MAX_SPEEDUP) -> Verdict:
     """Contradicted when some scale's whole interval lies above `claim`, supported when every interval
-    lies at or below it, else inconclusive. The margin is the distance of the deciding bound from `claim`."""
-    text = f"no speedup above {claim:g}x over a tuned AdamW"
+    lies at or below it, else inconclusive. The margin is the distance of the deciding bound from `claim`;
+    the estimate quoted is the largest speedup (an unbounded one first), whichever scale decided."""
+    text = _no_speedup_text(claim)
+    largest = max(speedups, key=lambda s: _bound(s.speedup))
+    quoted = f"largest speedup {_speedup_text(largest)} at scale {largest.scale}"
+
+    def verdict(name: str, why: str, margin: float | None) -> Verdict:
+        return Verdict(hypothesis=text, optimizer=optimizer, verdict=name, why=f"{why}; {quoted}",
+                       margin=_finite_or_none(margin) if margin is not None else None, estimate=largest.speedup,
+                       interval=largest.interval, scale=largest.scale)
+
     above = [s for s in speedups if _bound(s.interval[0]) > claim]
     in_range = [s for s in above if not s.extrapolated]  # decide on AdamW's measured data where possible
-    top = max(in_range or above or speedups, key=lambda s: _bound(s.interval[0]))
     if above:
+        top = max(in_range or above, key=lambda s: _bound(s.interval[0]))
         note = " (D_eff extrapolated beyond AdamW's data)" if top.extrapolated else ""
-        return Verdict(hypothesis=text, optimizer=optimizer, verdict=CONTRADICTED,
-                       why=f"at scale {top.scale} the speedup's interval lies above {claim:g}x{note}",
-                       margin=_finite_or_none(_bound(top.interval[0]) - claim), estimate=top.speedup,
-                       interval=top.interval)
+        return verdict(CONTRADICTED, f"at scale {top.scale} the speedup's interval lies above {claim:g}x{note}",
+                       _bound(top.interval[0]) - claim)
     highest = max(speedups, key=lambda s: _bound(s.interval[1]))
     if _bound(highest.interval[1]) <= claim:
-        return Verdict(hypothesis=text, optimizer=optimizer, verdict=SUPPORTED,
-                       why=f"every scale's interval lies at or below {claim:g}x (highest: scale {highest.scale})",
-                       margin=claim - highest.interval[1], estimate=highest.speedup, interval=highest.interval)
+        return verdict(SUPPORTED, f"every scale's interval lies at or below {claim:g}x (highest upper bound: "
+                       f"scale {highest.scale})", claim - highest.interval[1])
     straddles = ", ".join(s.scale for s in speedups if _bound(s.interval[1]) > claim)
-    return Verdict(hypothesis=text, optimizer=optimizer, verdict=INCONCLUSIVE,
-                   why=f"the interval of scale(s) {straddles} contains {claim:g}x",
-                   margin=None, estimate=highest.speedup, interval=highest.interval)
+    return verdict(INCONCLUSIVE, f"the interval of scale(s) {straddles} contains {claim:g}x", None)
+
+
+def _speedup_text(speedup: Speedup) -> str:
+    value = "unbounded" if speedup.speedup is None else f"{speedup.speedup:.3g}x"
+    return value + (" (D_eff extrapolated)" if speedup.extrapolated else "")
 
 
 def _bound(value: float | None) -> float:
@@ -301,7 +359,7 @@ def shrinks_with_model_size(
     its bootstrap interval: supported when the interval lies below 0, contradicted when above, else
     inconclusive. Replicates with an unbounded speedup are left out. The estimate and interval are the
     speedup's factor per doubling of model size, 2^slope."""
-    text = "the speedup shrinks with model size"
+    text = SHRINKS
     if len({s.n_params for s in speedups}) < 2:
         return Verdict(hypothesis=text, optimizer=optimizer, verdict=INCONCLUSIVE,
                        why="speedups at one model size only", margin=None, estimate=None, interval=(None, None))

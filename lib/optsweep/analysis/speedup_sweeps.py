@@ -4,25 +4,29 @@ and whether the reference's optimum transfers to the other optimizers (the gap i
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
 from ..axes import declare_axes
+from ..params.sections import DEFAULT_SPEEDUP_TARGETS, SpeedupTarget
 from ..params.settings import ParamsError
 from ..results.documents import SweepResult, require_one_identity
+from ..results.speedup_documents import TuningBudget, Unjudged
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .speedup import (
     BOOTSTRAP,
     NOISE_FLOOR,
     REFERENCE,
+    TRANSFER,
     SpeedupResult,
     TransferGap,
     Verdict,
     compute_speedup,
-    run_noise,
 )
+from .speedup_noise import Measured, NoiseRule
 
 
 def speedup_from_sweeps(
@@ -32,11 +36,14 @@ def speedup_from_sweeps(
     replicates: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    relative_noise: dict[str, float] | None = None,
+    relative_noise: Mapping[str, Measured] | None = None,
+    stated_noise: float | None = None,
+    targets: Sequence[SpeedupTarget] = DEFAULT_SPEEDUP_TARGETS,
 ) -> SpeedupResult:
     """Speedups from each optimizer's sweep results (both phases; keys: the optimizers' names), and the
     talk's claims judged, "optimal hyperparameters do not transfer" among them (`hparams_do_not_transfer`).
-    `relative_noise`: per optimizer, the relative std of one config's loss its sensitivity analysis measured.
+    `relative_noise`: per optimizer, the relative std of one config's loss its sensitivity analysis measured;
+    `stated_noise` (analysis.speedup_noise): every run's noise instead; `targets`: where the size laws predict.
 
     A sweep's tuned loss is its `best_loss` at the size and data of its scale; a sweep without a finished
     run is left out (said in `skipped`). Every sweep must share one training identity (data, trainer and its
@@ -51,34 +58,65 @@ def speedup_from_sweeps(
     for optimizer, results in sweeps.items():
         for sweep in results:
             scale = sweep.scale
-            if sweep.best_loss is None:
+            if sweep.best_loss is None:  # a row still: the reference's curve lists the scale as left out
                 skipped.append(f"optimizer {optimizer} scale {scale['name']} ({sweep.phase}): no finished run")
-                continue
             rows.append({"optimizer": optimizer, "scale": scale["name"], "n_params": scale["n_params"],
-                         "tokens": scale["tokens"], "loss": sweep.best_loss})
-    finished = {row["optimizer"] for row in rows}
+                         "tokens": scale["tokens"], "loss": math.nan if sweep.best_loss is None else sweep.best_loss,
+                         **run_costs(sweep)})
+    finished = {row["optimizer"] for row in rows if math.isfinite(row["loss"])}
     if not finished - {reference}:
         skipped.append(f"no other optimizer than {reference} has a finished sweep: nothing to compare")
-        return SpeedupResult(reference=reference, level=level, noise_floor=noise_floor, bootstrap=BOOTSTRAP,
-                             replicates=replicates, curves=[], speedups=[], skipped=skipped, hypotheses=[])
+        return SpeedupResult(reference=reference, level=level, noise_floor=noise_floor, stated_noise=stated_noise,
+                             bootstrap=BOOTSTRAP, replicates=replicates, curves=[], speedups=[], skipped=skipped,
+                             hypotheses=[], budgets=sweep_budgets(sweeps))
     if reference not in finished:
         raise ParamsError(f"sweeps: no finished sweep of the reference optimizer {reference!r}; "
                           f"found {', '.join(sorted(finished))}")
-    relative_noise = relative_noise or {}
+    rule = NoiseRule(noise_floor, stated_noise, relative_noise or {})
     result = compute_speedup(pd.DataFrame(rows), reference, noise_floor, replicates, level, seed, source="sweeps",
-                             relative_noise=relative_noise, require_curve=False)  # a study says why, not fails
-    transfers, left_out = transfer_gaps(
-        sweeps, reference, lambda optimizer, loss: run_noise(loss, noise_floor, relative_noise.get(optimizer))
-    )
+                             relative_noise=rule.measured, require_curve=False,  # a study says why, not fails
+                             stated_noise=stated_noise, targets=tuple(targets))
+    transfers, left_out = transfer_gaps(sweeps, reference, rule)
     hypotheses = list(result.hypotheses)
+    unjudged = [claim for claim in result.unjudged if claim.hypothesis != TRANSFER]  # sweeps can judge it
     for optimizer in sorted(set(sweeps) - {reference}):
         mine = [gap for gap in transfers if gap.optimizer == optimizer]
         if mine:
             hypotheses.append(hparams_do_not_transfer(optimizer, mine, level))
+        else:
+            unjudged.append(Unjudged(hypothesis=TRANSFER, optimizer=optimizer, why=_no_transfer_why(
+                optimizer, left_out, sweeps[optimizer])))
     hypotheses.sort(key=lambda verdict: verdict.optimizer)  # stable: each optimizer's claims together
     return result.model_copy(update={
         "skipped": [*skipped, *result.skipped, *left_out], "hypotheses": hypotheses, "transfers": transfers,
+        "unjudged": sorted(unjudged, key=lambda claim: claim.optimizer), "budgets": sweep_budgets(sweeps),
     })
+
+
+def _no_transfer_why(optimizer: str, left_out: list[str], results: list[SweepResult]) -> str:
+    """Why no carried optimum of `optimizer` could be judged: each one left out, or none recorded."""
+    mine = [line for line in left_out if line.startswith(f"optimizer {optimizer} ")]
+    if mine:
+        return "; ".join(mine)
+    if not results:
+        return "no sweep result"
+    return "no sweep recorded a carried optimum (`transfer`)"
+
+
+def run_costs(sweep: SweepResult) -> dict[str, float]:
+    """The median FLOPs per token and tokens per second over the sweep's finished runs (NaN: not recorded)."""
+    results = [run.result for run in sweep.runs if str(run.status) == "ok" and run.result]
+    flops = [r["flops"] / r["tokens"] for r in results if r.get("flops") and r.get("tokens")]
+    speed = [r["tokens_per_s"] for r in results if r.get("tokens_per_s")]
+    return {"flops_per_token": float(np.median(flops)) if flops else math.nan,
+            "tokens_per_s": float(np.median(speed)) if speed else math.nan}
+
+
+def sweep_budgets(sweeps: dict[str, list[SweepResult]]) -> list[TuningBudget]:
+    """What each sweep spent (its `compute`: runs its result rests on, their FLOPs) beside its best loss."""
+    return [TuningBudget(optimizer=optimizer, scale=str(sweep.scale["name"]), phase=sweep.phase,
+                         runs=sweep.compute.runs_planned, flops=sweep.compute.flops, best_loss=sweep.best_loss)
+            for optimizer, results in sweeps.items() for sweep in results]
 
 
 def require_same_training(sweeps: dict[str, list[SweepResult]]) -> None:
@@ -90,10 +128,10 @@ def require_same_training(sweeps: dict[str, list[SweepResult]]) -> None:
 
 
 def transfer_gaps(
-    sweeps: dict[str, list[SweepResult]], reference: str, noise_at: Callable[[str, float], float]
+    sweeps: dict[str, list[SweepResult]], reference: str, rule: NoiseRule
 ) -> tuple[list[TransferGap], list[str]]:
     """Each carried optimum that was trained (`sweep.transfer`), with the noise of one run of that optimizer
-    at its tuned loss, `noise_at(optimizer, loss)`; and a line for each one left out (nothing carried, or its
+    at its tuned loss and its source (`rule`); and a line for each one left out (nothing carried, or its
     run never finished)."""
     gaps, left_out = [], []
     for optimizer, results in sweeps.items():
@@ -110,11 +148,12 @@ def transfer_gaps(
                 why = "no hyperparameter name in common" if not transfer.carried else f"its run is {status}"
                 left_out.append(f"optimizer {optimizer} scale {name}: {transfer.source}'s optimum not judged ({why})")
                 continue
+            noise, source = rule.of(optimizer, transfer.tuned_loss if transfer.tuned_loss is not None else 0.0)
             gaps.append(TransferGap(
                 optimizer=optimizer, scale=name, phase=sweep.phase, n_params=float(sweep.scale["n_params"]),
                 carried=transfer.carried, status=status, loss=transfer.loss, tuned_loss=transfer.tuned_loss,
                 gap=None if diverged else transfer.loss - transfer.tuned_loss,
-                noise=noise_at(optimizer, transfer.tuned_loss if transfer.tuned_loss is not None else 0.0),
+                noise=noise, noise_source=source,
             ))
     return gaps, left_out
 
@@ -140,7 +179,7 @@ def hparams_do_not_transfer(optimizer: str, gaps: list[TransferGap], level: floa
     runs under common random numbers make the true noise of a gap smaller than sqrt(2) x noise, which leans
     the other way (fewer gaps pass as significant).
     """
-    text = "optimal hyperparameters do not transfer between optimizers"
+    text = TRANSFER
     z = float(norm.isf((1 - level) / 2))
     carried = ", ".join(dict.fromkeys(name for gap in gaps for name in gap.carried))
 

@@ -150,3 +150,16 @@ class AnalysisSettings(Strict):
         default_factory=lambda: list(DEFAULT_SPEEDUP_TARGETS),
         description="sizes and data budgets where the speedup-against-size laws predict (default 7B at 1x and 8x)",
     )
+    speedup_noise: float | None = Field(
+        None, gt=0, description="the loss std of one run behind every speedup interval, in loss units "
+        "(default: each optimizer's measured noise, at least speedup_noise_floor)",
+    )
+    speedup_noise_floor: float = Field(
+        3e-3, gt=0, description="the least loss noise of one run the speedup intervals assume when it is measured",
+    )
+
+    def speedup_options(self, relative_noise: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of `compute_speedup` / `speedup_from_sweeps` these settings decide, with the
+        noise each optimizer's own analysis measured (`relative_noise`) passed along."""
+        return {"noise_floor": self.speedup_noise_floor, "stated_noise": self.speedup_noise,
+                "targets": list(self.speedup_targets), "relative_noise": relative_noise}

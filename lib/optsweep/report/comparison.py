@@ -93,20 +93,25 @@ def interval_text(interval: Interval) -> str:
 
 def speedup_frame(result: SpeedupResult) -> pd.DataFrame:
     """One row per (optimizer, scale): its tuned loss, the data AdamW needs to reach it (D_eff), the speedup
-    D_eff / D with its interval, and whether D_eff was extrapolated beyond AdamW's fitted data range."""
+    D_eff / D with its interval, in compute and wall-clock time, the noise behind the interval and where it
+    came from, and whether (and how far) D_eff was extrapolated beyond AdamW's fitted data range."""
     reference = result.reference
     return pd.DataFrame(
         [
             {"optimizer": s.optimizer, "scale": s.scale, "N (non-emb.)": s.n_params, "D (tokens)": s.tokens,
              "tuned loss": s.loss, f"{reference} loss": s.reference_loss, "D_eff (tokens)": s.effective_tokens,
              "speedup": s.speedup, f"{result.level:.0%} interval": interval_text(s.interval),
-             "extrapolated": s.extrapolated, "noise": s.noise,
-             "note": "" if s.speedup is not None else f"below {reference}'s asymptote c: no D_eff reaches it"}
+             "compute speedup": s.compute_speedup, "wall-clock speedup": s.wall_clock_speedup,
+             "extrapolated": s.extrapolated, "noise": s.noise, "noise source": s.noise_source,
+             "note": (s.extrapolation or "") if s.speedup is not None else
+             f"below {reference}'s asymptote c: no D_eff reaches it"}
             for s in result.speedups
         ],
         columns=["optimizer", "scale", "N (non-emb.)", "D (tokens)", "tuned loss", f"{reference} loss",
-                 "D_eff (tokens)", "speedup", f"{result.level:.0%} interval", "extrapolated", "noise", "note"],
-    ).astype({"D_eff (tokens)": float, "speedup": float, f"{reference} loss": float, "noise": float})
+                 "D_eff (tokens)", "speedup", f"{result.level:.0%} interval", "compute speedup", "wall-clock speedup",
+                 "extrapolated", "noise", "noise source", "note"],
+    ).astype({"D_eff (tokens)": float, "speedup": float, f"{reference} loss": float, "noise": float,
+              "compute speedup": float, "wall-clock speedup": float})
 
 
 def speedup_points(result: SpeedupResult) -> pd.DataFrame:
@@ -143,14 +148,18 @@ def tuned_points(result: SpeedupResult) -> pd.DataFrame:
 
 
 def reference_curves_frame(result: SpeedupResult) -> pd.DataFrame:
-    """The reference's fitted L(D) = a D^-b + c per model size, each coefficient with its interval."""
+    """The reference's fitted L(D) = a D^-b + c per model size, each coefficient with its interval, the noise
+    the bootstrap used and its source, the scales fitted (those beyond every other optimizer's data there
+    named) and those left out."""
     level = f"{result.level:.0%} interval"
     return pd.DataFrame(
         [
             {"N (non-emb.)": c.n_params, "L(D)": f"{c.a:.3g} D^-{c.b:.3g} + {c.c:.3g}",
              "data scales (tokens)": ", ".join(f"{t:.3g}" for t in c.tokens),
              "a": c.a, f"a {level}": interval_text(c.a_interval), "b": c.b, f"b {level}": interval_text(c.b_interval),
-             "c": c.c, f"c {level}": interval_text(c.c_interval), "residual SE": c.residual_se, "noise used": c.noise}
+             "c": c.c, f"c {level}": interval_text(c.c_interval), "residual SE": c.residual_se, "noise used": c.noise,
+             "noise source": c.noise_source, "scales fitted": ", ".join(c.scales),
+             "beyond the others' data": ", ".join(c.beyond_others), "left out": "; ".join(c.left_out)}
             for c in result.curves
         ]
     ).astype({"residual SE": float})
@@ -160,9 +169,11 @@ def speedup_verdicts_frame(result: SpeedupResult) -> pd.DataFrame:
     """The talk's claims as hypotheses, one row per (claim, optimizer): verdict, margin, estimate, interval."""
     return pd.DataFrame(
         [{"hypothesis": v.hypothesis, "optimizer": v.optimizer, "verdict": v.verdict, "margin": v.margin,
-          "estimate": v.estimate, f"{result.level:.0%} interval": interval_text(v.interval), "why": v.why}
+          "estimate": v.estimate, f"{result.level:.0%} interval": interval_text(v.interval), "at scale": v.scale,
+          "why": v.why}
          for v in result.hypotheses],
-        columns=["hypothesis", "optimizer", "verdict", "margin", "estimate", f"{result.level:.0%} interval", "why"],
+        columns=["hypothesis", "optimizer", "verdict", "margin", "estimate", f"{result.level:.0%} interval",
+                 "at scale", "why"],
     ).astype({"margin": float, "estimate": float})
 
 

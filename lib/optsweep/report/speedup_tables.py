@@ -1,5 +1,6 @@
-"""A speedup result (results/speedup.json) as tables for the notebooks: speedups, AdamW's curves, the tuned
-points, the verdicts and the transfer gaps."""
+"""A speedup result (results/speedup.json) as tables for the notebooks: speedups (in tokens, compute and
+wall-clock time), AdamW's curves and the points each fitted, the tuned points, the verdicts and the claims not
+judged, the transfer gaps, the tuning budgets and the size laws' predictions."""
 
 from __future__ import annotations
 
@@ -10,14 +11,27 @@ from ..results.speedup_documents import SpeedupResult
 
 
 def speedups_frame(result: SpeedupResult) -> pd.DataFrame:
-    """One row per (optimizer, scale): tuned losses, D_eff and the speedup with its interval and flag."""
+    """One row per (optimizer, scale): tuned losses, D_eff and the speedup with its interval and flag, the
+    compute and wall-clock speedups, and the noise behind the interval with its source."""
     low, high = f"{result.level:.0%} low", f"{result.level:.0%} high"
     return pd.DataFrame(
         [{"optimizer": s.optimizer, "scale": s.scale, "N": s.n_params, "D": s.tokens, "tuned loss": s.loss,
           f"{result.reference} loss": s.reference_loss, "D_eff": s.effective_tokens, "speedup": s.speedup,
-          low: s.interval[0], high: s.interval[1], "extrapolated": s.extrapolated} for s in result.speedups],
+          low: s.interval[0], high: s.interval[1], "compute speedup": s.compute_speedup,
+          "wall-clock speedup": s.wall_clock_speedup, "extrapolated": s.extrapolation or "", "noise": s.noise,
+          "noise source": s.noise_source} for s in result.speedups],
         columns=["optimizer", "scale", "N", "D", "tuned loss", f"{result.reference} loss", "D_eff", "speedup",
-                 low, high, "extrapolated"],
+                 low, high, "compute speedup", "wall-clock speedup", "extrapolated", "noise", "noise source"],
+    )
+
+
+def curve_points_frame(result: SpeedupResult) -> pd.DataFrame:
+    """Per model size: the reference's scales its curve fitted, those beyond every other optimizer's data
+    there, those left out and why, and the noise its bootstrap used with the source."""
+    return pd.DataFrame(
+        [{"N": c.n_params, "fitted": ", ".join(c.scales), "beyond the others' data": ", ".join(c.beyond_others),
+          "left out": "; ".join(c.left_out), "noise": c.noise, "noise source": c.noise_source} for c in result.curves],
+        columns=["N", "fitted", "beyond the others' data", "left out", "noise", "noise source"],
     )
 
 
@@ -45,9 +59,36 @@ def verdicts_frame(result: SpeedupResult) -> pd.DataFrame:
     """The talk's claims per optimizer: verdict, estimate with its interval, margin, noise and why."""
     return pd.DataFrame(
         [{"optimizer": v.optimizer, "hypothesis": v.hypothesis, "verdict": v.verdict, "estimate": v.estimate,
-          "low": v.interval[0], "high": v.interval[1], "margin": v.margin, "noise": v.noise, "why": v.why}
+          "low": v.interval[0], "high": v.interval[1], "at scale": v.scale, "margin": v.margin, "noise": v.noise,
+          "why": v.why}
          for v in result.hypotheses],
-        columns=["optimizer", "hypothesis", "verdict", "estimate", "low", "high", "margin", "noise", "why"],
+        columns=["optimizer", "hypothesis", "verdict", "estimate", "low", "high", "at scale", "margin", "noise",
+                 "why"],
+    )
+
+
+def unjudged_frame(result: SpeedupResult) -> pd.DataFrame:
+    """The claims not judged for an optimizer, and why."""
+    return pd.DataFrame([{"optimizer": u.optimizer, "hypothesis": u.hypothesis, "why": u.why} for u in result.unjudged],
+                        columns=["optimizer", "hypothesis", "why"])
+
+
+def budgets_frame(result: SpeedupResult) -> pd.DataFrame:
+    """What tuning each optimizer at each scale cost (runs, FLOPs) beside the best loss it found."""
+    return pd.DataFrame(
+        [{"optimizer": b.optimizer, "scale": b.scale, "phase": b.phase, "runs": b.runs, "FLOPs": b.flops,
+          "best loss": b.best_loss} for b in result.budgets],
+        columns=["optimizer", "scale", "phase", "runs", "FLOPs", "best loss"],
+    ).astype({"FLOPs": float, "best loss": float})
+
+
+def predictions_frame(result: SpeedupResult) -> pd.DataFrame:
+    """Each size law's predicted speedup at the targets (analysis.speedup_targets), with its interval."""
+    return pd.DataFrame(
+        [{"optimizer": law.optimizer, "N": p.n_params, "x Chinchilla": p.chinchilla, "D": p.tokens,
+          "speedup": p.speedup, "low": p.interval[0], "high": p.interval[1], "extrapolated": p.extrapolated,
+          "per doubling of N": law.per_doubling.estimate} for law in result.size_laws for p in law.predictions],
+        columns=["optimizer", "N", "x Chinchilla", "D", "speedup", "low", "high", "extrapolated", "per doubling of N"],
     )
 
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from .base import Document, Interval, Provenance, read_document, write_document
 
 __all__ = ["Estimate", "Interval", "LossCurve", "SharedLaw", "SizeLaw", "SizePrediction", "Speedup", "SpeedupResult",
-           "TransferGap", "Verdict", "tokens_to_reach"]
+           "TransferGap", "TuningBudget", "Unjudged", "Verdict", "tokens_to_reach"]
 
 
 def tokens_to_reach(loss: np.ndarray | float, a: np.ndarray | float, b: np.ndarray | float,
@@ -41,6 +41,10 @@ class LossCurve(Document):
     c_interval: Interval
     residual_se: float | None  # None with exactly 3 data scales (no degrees of freedom left)
     noise: float  # the loss noise of one run that the bootstrap used here
+    noise_source: str | None = None  # where `noise` came from: stated, measured (how), the floor, fit residuals
+    scales: list[str] = Field(default_factory=list)  # the reference's scales fitted, in order of `tokens`
+    left_out: list[str] = Field(default_factory=list)  # the reference's scales at this size not fitted, and why
+    beyond_others: list[str] = Field(default_factory=list)  # fitted scales with more data than any other's run here
 
     def tokens_to_reach(self, loss: float) -> float:
         """D_eff: the data at which this curve reaches `loss` (inf when `loss` is at or below c)."""
@@ -61,6 +65,18 @@ class Speedup(Document):
     interval: Interval
     extrapolated: bool  # D_eff outside AdamW's fitted data range
     noise: float | None = None  # the loss noise of one run of this optimizer the bootstrap used
+    noise_source: str | None = None  # where `noise` came from
+    extrapolation: str | None = None  # when `extrapolated`: how far D_eff lies outside the fitted data
+    # Cost per token from the runs' measured results (median over the scale's finished runs; None: not recorded)
+    flops_per_token: float | None = None
+    reference_flops_per_token: float | None = None  # the reference's at the same scale
+    tokens_per_s: float | None = None
+    reference_tokens_per_s: float | None = None
+    # (reference FLOPs per token x D_eff) / (FLOPs per token x D), and the same with seconds per token
+    compute_speedup: float | None = None
+    compute_interval: Interval = (None, None)
+    wall_clock_speedup: float | None = None
+    wall_clock_interval: Interval = (None, None)
 
 
 class Verdict(Document):
@@ -74,6 +90,26 @@ class Verdict(Document):
     estimate: float | None
     interval: Interval
     noise: float | None = None  # the loss noise of one run it was judged against (where not an interval's)
+    scale: str | None = None  # the scale the estimate is from
+
+
+class Unjudged(Document):
+    """One of the talk's claims that could not be judged for an optimizer, and why."""
+
+    hypothesis: str
+    optimizer: str
+    why: str
+
+
+class TuningBudget(Document):
+    """What tuning one optimizer at one scale cost (a sweep's `compute`, or a runs table's rows) and what it found."""
+
+    optimizer: str
+    scale: str
+    phase: str | None  # None: from a runs table
+    runs: int
+    flops: float | None  # None: the runs table has no `flops` column
+    best_loss: float | None
 
 
 class TransferGap(Document):
@@ -90,6 +126,7 @@ class TransferGap(Document):
     tuned_loss: float | None  # the optimizer's own best at this scale
     gap: float | None  # loss - tuned_loss (None: the carried config diverged)
     noise: float  # the loss noise of one run of this optimizer at its tuned loss (measured, or the floor)
+    noise_source: str | None = None
 
 
 class Estimate(Document):
@@ -142,12 +179,15 @@ class SpeedupResult(Document):
     reference: str
     level: float  # of every interval
     noise_floor: float
+    stated_noise: float | None = None  # analysis.speedup_noise: when set, every run's noise (else measured / floor)
     bootstrap: str
     replicates: int
     curves: list[LossCurve]
     speedups: list[Speedup]
     skipped: list[str]  # model sizes (or optimizers) left out, and why
     hypotheses: list[Verdict]
+    unjudged: list[Unjudged] = Field(default_factory=list)  # claims not judged for an optimizer, and why
+    budgets: list[TuningBudget] = Field(default_factory=list)  # per optimizer and scale
     transfers: list[TransferGap] = Field(default_factory=list)  # from sweep results only
     size_laws: list[SizeLaw] = Field(default_factory=list)  # speedup against model size, per optimizer
     shared_law: SharedLaw | None = None  # one loss law, per-optimizer rho_N and rho_D
