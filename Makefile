@@ -34,7 +34,7 @@ test: $(STAMP) browser
 	ruff check lib tests notebooks bench
 	python -m pytest -q
 
-# Switch the active params/study.yaml to a preset: make preset PRESET=micro|tiny|paper|optimizers
+# Switch the active params/study.yaml to a preset: make preset PRESET=micro|tiny|paper|optimizers|fantastic
 preset: $(STAMP)
 	optsweep preset $(PRESET)
 

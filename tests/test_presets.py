@@ -89,7 +89,7 @@ def test_preset_command_switches_the_active_params(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "params/study.yaml").read_text() == (REPO / "params/presets/micro.yaml").read_text()
     missing = _optsweep("preset", "nope", cwd=tmp_path)
-    assert missing.returncode == 2 and "available: micro, optimizers, paper, tiny" in missing.stderr
+    assert missing.returncode == 2 and f"available: {', '.join(p.stem for p in PRESETS)}" in missing.stderr
 
 
 def _stage_params(node) -> set[str]:
@@ -218,3 +218,28 @@ def test_bad_gpus_fails_in_one_line(gpus: str):
     done = _optsweep("plan", "--params", "params/presets/paper.yaml", f"--gpus={gpus}")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "--gpus" in done.stderr and "at least 1" in done.stderr
+
+
+FANTASTIC_OPTIMIZERS = ("adamw", "nadamw", "cautious", "lion", "adam_mini", "mars", "muon", "scion", "kron", "soap")
+
+
+def test_fantastic_preset_has_the_follow_up_studys_scales_and_optimizers():
+    params = load_params(REPO / "params/presets/fantastic.yaml")
+    assert (params.study.optimizer, *params.optimizers) == FANTASTIC_OPTIMIZERS
+    widths = {scale.width for scale in params.scales.values()}
+    assert widths == {512, 768, 1024, 1536} and {s.seq_len for s in params.scales.values()} == {4096}
+    for width in widths:  # AdamW's L(D) needs 3+ data scales per size: 1/2/4/8x Chinchilla
+        multiples = sorted(s.tokens / (20 * s.n_params) for s in params.scales.values() if s.width == width)
+        assert multiples == pytest.approx([1, 2, 4, 8], rel=1e-6)
+
+
+def test_fantastic_plan_prints_runs_and_gpu_hours_per_optimizer():
+    done = _optsweep("plan", "--params", "params/presets/fantastic.yaml", "--gpus", "64")
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.split("per optimizer")[1].split("calendar")[0]
+    rows = {line.split()[0]: line.split()[1:] for line in summary.splitlines()[3:] if line.strip()}
+    assert tuple(rows) == FANTASTIC_OPTIMIZERS
+    plans = scale_plans(load_params(REPO / "params/presets/fantastic.yaml"))
+    adamw = [plan for plan in plans if plan.optimizer == "adamw"]
+    first, most = sum(p.first_pass_runs for p in adamw), sum(p.max_runs for p in adamw)
+    assert rows["adamw"] == [f"{first}/{most}", f"{sum(p.gpu_hours for p in adamw):,.0f}"]

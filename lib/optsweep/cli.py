@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--law", default=None, help="fitted scaling_law.json (default results/scaling_law.json)")
 
     preset = add("preset", cmd_preset, "make params/presets/NAME.yaml the active params file", False)
-    preset.add_argument("name", help="micro, tiny, paper, or any file in params/presets/")
+    preset.add_argument("name", help="micro, tiny, paper, optimizers, fantastic, or any file in params/presets/")
     preset.add_argument("--params", default=DEFAULT_PARAMS, help="the active params file to replace")
 
     notebook = add("notebook", cmd_notebook, "execute a jupytext notebook with papermill, write its HTML", False)

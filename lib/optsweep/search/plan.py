@@ -276,6 +276,24 @@ def _ray_gpus(study: StudySettings) -> GpuCount:
         return GpuCount(1, f"the Ray cluster at {study.ray.address} has no GPU: one worker; --gpus G plans for G")
     return GpuCount(gpus, f"the Ray cluster at {study.ray.address}; --gpus G plans for G")
 
+def optimizer_totals(plans: list[ScalePlan]) -> dict[str, tuple[int, int, float]]:
+    """Per optimizer, over its scales and phases: first-pass runs, at most runs, and those runs' GPU-hours."""
+    totals: dict[str, tuple[int, int, float]] = {}
+    for plan in plans:
+        first, most, hours = totals.get(plan.optimizer, (0, 0, 0.0))
+        totals[plan.optimizer] = (first + plan.first_pass_runs, most + plan.max_runs, hours + plan.gpu_hours)
+    return totals
+
+
+def _print_per_optimizer(plans: list[ScalePlan]) -> None:
+    header = f"{'optimizer':<10} {'runs 1st/max':>13} {'GPU-h (max)':>12}"
+    print("per optimizer (every scale and phase)")
+    print(header)
+    print("-" * len(header))
+    for optimizer, (first, most, hours) in optimizer_totals(plans).items():
+        print(f"{optimizer:<10} {f'{first}/{most}':>13} {hours:>12,.0f}")
+    print()
+
 
 def print_plan(params: StudyParams, gpus: GpuCount) -> None:
     """Runs, tokens and estimated GPU-hours per optimizer and scale, then the calendar on `gpus`."""
@@ -296,6 +314,7 @@ def print_plan(params: StudyParams, gpus: GpuCount) -> None:
     total_hours = sum(plan.gpu_hours for plan in plans)
     print(f"\nat most {total_runs} runs, about {total_hours:,.0f} GPU-hours "
           "(law scales: fewer once the sensitive set is known)\n")
+    _print_per_optimizer(plans)
     _print_calendar(study_calendar(plans, params.search, gpus.count), gpus)
 
 
