@@ -15,6 +15,7 @@ from ..params.sections import DEFAULT_SPEEDUP_TARGETS, SpeedupTarget
 from ..params.settings import ParamsError
 from ..results.documents import SweepResult, require_one_identity
 from ..results.speedup_documents import TuningBudget, Unjudged
+from ..runs.store import RunStatus
 from .hypotheses import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from .speedup import (
     BOOTSTRAP,
@@ -105,7 +106,7 @@ def _no_transfer_why(optimizer: str, left_out: list[str], results: list[SweepRes
 
 def run_costs(sweep: SweepResult) -> dict[str, float]:
     """The median FLOPs per token and tokens per second over the sweep's finished runs (NaN: not recorded)."""
-    results = [run.result for run in sweep.runs if str(run.status) == "ok" and run.result]
+    results = [run.result for run in sweep.runs if run.status == RunStatus.OK and run.result]
     flops = [r["flops"] / r["tokens"] for r in results if r.get("flops") and r.get("tokens")]
     speed = [r["tokens_per_s"] for r in results if r.get("tokens_per_s")]
     return {"flops_per_token": float(np.median(flops)) if flops else math.nan,

@@ -3,7 +3,6 @@ runs it rests on."""
 
 from __future__ import annotations
 
-from ..provenance import provenance
 from ..results.documents import Compute, FailedRun, Provenance, SweepResult, TransferredOptimum
 from ..runs.store import RunStatus
 from .evaluator import RunEvaluator
@@ -40,5 +39,5 @@ def sweep_result(plan: SweepPlan, outcome: SearchOutcome, evaluator: RunEvaluato
         failed=[FailedRun(key=run.key, hparams=run.hparams, seed=run.seed, error=run.reason)
                 for run in runs if run.status == RunStatus.FAILED],
         compute=compute_used(evaluator, wall_s), transfer=transfer,
-        provenance=Provenance.model_validate(provenance(plan.identity.params_hash, **plan.identity.provenance())),
+        provenance=Provenance.now(plan.identity.params_hash, **plan.identity.provenance()),
     )
